@@ -1,0 +1,30 @@
+# Two commands: `make demo` and `make test`. Each creates .venv when missing and installs what is needed.
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+TORCH_SPEC ?= torch==2.13.0
+DEMO_DIR ?= demo_out
+
+.PHONY: demo test venv bench clean
+
+$(VENV)/.installed: pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	# torch first, pinned, so pip takes the CPU wheel on disk instead of a multi-GB CUDA build.
+	$(PY) -m pip install -q "$(TORCH_SPEC)"
+	$(PY) -m pip install -q -e ".[test]"
+	touch $@
+
+venv: $(VENV)/.installed
+
+demo: venv
+	$(PY) -m homefeed.demo --out $(DEMO_DIR)
+
+test: venv
+	$(PY) -m pytest -q
+
+bench: venv
+	$(PY) benchmarks/ingest.py --size large
+
+clean:
+	rm -rf $(VENV) $(DEMO_DIR) .pytest_cache
