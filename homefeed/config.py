@@ -1,0 +1,142 @@
+"""Settings: pydantic models with unknown keys rejected, one commented default file, overrides.
+
+Precedence, lowest first: the defaults below (documented in `homefeed/default.toml`), a TOML file
+given with `--config FILE`, then `--set a.b=value` pairs. A misspelt key is an error that names it
+and lists the valid keys at that level.
+
+    >>> cfg = load_config(overrides=["ingest.session_gap_s=600"])
+    >>> cfg.ingest.session_gap_s
+    600
+"""
+from __future__ import annotations
+
+import json
+import tomllib
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+DEFAULT_FILE = Path(__file__).with_name("default.toml")
+
+
+class Section(BaseModel):
+    """Base of every settings block: unknown keys are errors, assignments are validated."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class TimeWindow(Section):
+    """A recurring daily window in local time, e.g. a midnight ordering spike 00:00-00:10."""
+
+    name: str
+    start: str = Field(description="HH:MM local time, inclusive")
+    end: str = Field(description="HH:MM local time, exclusive; may wrap past midnight")
+    behaviors: list[str] = Field(default_factory=list, description="only these behaviours; empty = all")
+    dates: list[str] = Field(default_factory=list, description="YYYY-MM-DD days it applies to; empty = every day")
+
+
+class CrawlerRule(Section):
+    enabled: bool = True
+    max_pv_per_minute: int = 20  # more page views than this in any one minute marks a bot
+    daily_factor: float = 10.0  # ... or a busiest day this many times the crowd's 99th percentile
+    pv_only_min_events: int = 200  # ... or at least this many events and never anything but pv
+
+
+class FakeOrderRule(Section):
+    enabled: bool = True
+    require_view: bool = True  # a buy with no earlier pv/click/fav/cart of the same item is fake
+    view_lookback_s: int = 7 * 86400  # how far back the view may be
+    burst_buys: int = 5  # this many buys ...
+    burst_window_s: int = 300  # ... within this many seconds is a burst: all of them are fake
+
+
+class InactiveRule(Section):
+    enabled: bool = True
+    min_events: int = 3  # users with fewer events overall are dropped from ranking samples only
+
+
+class Cleaning(Section):
+    crawler: CrawlerRule = CrawlerRule()
+    fake_orders: FakeOrderRule = FakeOrderRule()
+    abnormal_windows: list[TimeWindow] = Field(
+        default_factory=lambda: [TimeWindow(name="midnight_spike", start="00:00", end="00:10", behaviors=["buy", "cart"])]
+    )
+    inactive: InactiveRule = InactiveRule()
+
+
+class Ingest(Section):
+    policy: Literal["quarantine", "strict"] = "quarantine"
+    tz_offset_hours: float = 8.0  # local time of the logs (China Standard Time by default)
+    session_gap_s: int = 30 * 60  # a gap longer than this starts a new session
+    valid_days: int = 1  # the last `test_days` days are test, the `valid_days` before them valid
+    test_days: int = 1
+    ts_min: int = 946_684_800  # 2000-01-01; timestamps outside [ts_min, ts_max) are rejected
+    ts_max: int = 4_102_444_800  # 2100-01-01
+
+
+class World(Section):
+    seed: int = 7
+    size: Literal["tiny", "small", "large"] = "tiny"
+    tz_offset_hours: float = 8.0
+
+
+class Config(Section):
+    world: World = World()
+    ingest: Ingest = Ingest()
+    cleaning: Cleaning = Cleaning()
+
+
+class ConfigError(ValueError):
+    """A config file or override that does not fit the settings; the message says where and why."""
+
+
+def _set_path(tree: dict, dotted: str, value: Any) -> None:
+    keys = dotted.split(".")
+    node = tree
+    for k in keys[:-1]:
+        node = node.setdefault(k, {})
+        if not isinstance(node, dict):
+            raise ConfigError(f"--set {dotted}: {k!r} is a value, not a section")
+    node[keys[-1]] = value
+
+
+def _parse_value(text: str) -> Any:
+    """`--set` values are JSON when they parse (numbers, true, lists), else plain strings."""
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError:
+        return text
+
+
+def _check_keys(model: type[BaseModel], tree: dict, where: str = "") -> None:
+    """Reject unknown keys with the valid ones listed (pydantic's own message omits them)."""
+    for key, value in tree.items():
+        fields = model.model_fields
+        if key not in fields:
+            raise ConfigError(f"unknown setting {where + key!r}; valid keys{' in ' + where.rstrip('.') if where else ''}: {', '.join(fields)}")
+        sub = fields[key].annotation
+        if isinstance(value, dict) and isinstance(sub, type) and issubclass(sub, BaseModel):
+            _check_keys(sub, value, f"{where}{key}.")
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = ()) -> Config:
+    """Defaults, then the TOML file at `path`, then `key.sub=value` overrides."""
+    tree: dict = {}
+    if path is not None:
+        try:
+            tree = tomllib.loads(Path(path).read_text())
+        except tomllib.TOMLDecodeError as e:
+            raise ConfigError(f"{path}: not valid TOML: {e}") from None
+    for item in overrides:
+        if "=" not in item:
+            raise ConfigError(f"--set {item!r}: expected key.sub=value")
+        key, value = item.split("=", 1)
+        _set_path(tree, key.strip(), _parse_value(value.strip()))
+    _check_keys(Config, tree)
+    try:
+        return Config.model_validate(tree)
+    except ValidationError as e:
+        first = e.errors()[0]
+        loc = ".".join(str(p) for p in first["loc"])
+        raise ConfigError(f"setting {loc!r}: {first['msg']} (got {first.get('input')!r})") from None
