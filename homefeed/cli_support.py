@@ -1,0 +1,65 @@
+"""Pieces every CLI command shares: the config options, progress display, errors and report tables."""
+from __future__ import annotations
+
+import contextlib
+import sys
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from homefeed.config import Config, ConfigError, load_config
+
+ConfigOpt = Annotated[Optional[Path], typer.Option("--config", help="TOML settings file (see homefeed/default.toml for every key).")]
+SetOpt = Annotated[Optional[list[str]], typer.Option("--set", help="Override one setting, e.g. --set ingest.session_gap_s=600 (repeatable).")]
+JsonOpt = Annotated[bool, typer.Option("--json", help="Print one JSON object instead of a table.")]
+
+
+def fail(message: str, code: int = 2) -> None:
+    Console(stderr=True).print(f"[red]error:[/] {message}")
+    raise typer.Exit(code)
+
+
+def get_config(path: Path | None, overrides: list[str] | None) -> Config:
+    try:
+        return load_config(path, overrides or [])
+    except ConfigError as e:
+        fail(f"config: {e}")
+
+
+@contextlib.contextmanager
+def steps(console: Console, title: str):
+    """A progress display; yields `progress(step, done, total)` (total 0 = indeterminate)."""
+    columns = [SpinnerColumn(), TextColumn("[bold]{task.description}"), BarColumn(), TextColumn("{task.fields[step]}"), TimeElapsedColumn()]
+    with Progress(*columns, console=console, transient=False, disable=not console.is_terminal) as bar:
+        task = bar.add_task(title, total=None, step="")
+
+        def progress(step: str, done: int = 0, total: int = 0) -> None:
+            bar.update(task, step=step, completed=done, total=total or None)
+            if not console.is_terminal:
+                console.print(f"  {title}: {step}" + (f" {done}/{total}" if total else ""), highlight=False)
+
+        yield progress
+
+
+def print_report(console: Console, report: dict) -> None:
+    """The ingest report: per table, where every input row went."""
+    out = Console(file=sys.stdout)
+    table = Table(title=f"ingest {report['source']} ({report['format']}, policy {report['policy']})")
+    for col in ("table", "input", "kept", "quarantined", "removed by cleaning"):
+        table.add_column(col, justify="right" if col != "table" else "left")
+    for name, t in report["tables"].items():
+        removed = ", ".join(f"{k}={v}" for k, v in t["removed_by_cleaning"].items()) or "0"
+        table.add_row(name, f"{t['input_rows']:,}", f"{t['kept_rows']:,}", f"{t['quarantined_rows']:,}", removed)
+    table.add_row("total", f"{report['input_rows']:,}", f"{report['kept_rows']:,}", f"{report['quarantined_rows']:,}",
+                  ", ".join(f"{k}={v}" for k, v in report["removed_by_cleaning"].items()) or "0", style="bold")
+    out.print(table)
+    reasons = {r: n for t in report["tables"].values() for r, n in t["quarantined_by_reason"].items()}
+    if reasons:
+        out.print("quarantined by reason: " + ", ".join(f"{r}={n}" for r, n in sorted(reasons.items())))
+    s = report["split"]
+    out.print(f"users {report['users']:,}  items {report['items']:,}  sessions {report['sessions']:,}  "
+              f"events train/valid/test {s['train']:,}/{s['valid']:,}/{s['test']:,}  in {report['timings']['total_s']:.1f}s")

@@ -1,0 +1,91 @@
+"""Time split: train on the past, validate on the next days, test on the last days.
+
+A recommender is judged on what users do *after* it was trained, so the events are cut by time,
+never at random: a random cut lets a model see tomorrow's clicks while it learns today's (leakage),
+and its offline scores then promise more than it can deliver online. Days are counted in the shop's
+local time (`tz_offset_hours`, +8 for China): a "day" of Taobao logs runs from local midnight to
+local midnight, which is when daily habits and promotions (the 00:00 Double 11 rush) reset.
+
+The last `test_days` local days that hold any event are test, the `valid_days` before them valid,
+everything earlier train. The first and last days may be partial; they still count as days.
+
+    >>> # events from local 2017-11-25 00:00 to 2017-12-03 23:59 (9 days), +8 h
+    >>> split = time_split(events, valid_days=1, test_days=1, tz_offset_hours=8)   # doctest: +SKIP
+    >>> split.valid_end - split.train_end                                            # doctest: +SKIP
+    86400
+
+The boundaries are local midnights written as unix seconds, so `TimeSplit.expr()` can label rows
+without knowing the time zone.
+"""
+from __future__ import annotations
+
+from datetime import date, timedelta
+
+import polars as pl
+
+from homefeed.data.dataset import TimeSplit
+
+DAY_S = 86_400
+EPOCH = date(1970, 1, 1)
+
+
+def tz_seconds(tz_offset_hours: float) -> int:
+    """Offset of local time from UTC in whole seconds (5.5 h -> 19800)."""
+    return int(round(tz_offset_hours * 3600))
+
+
+def local_day(ts: pl.Expr | str = "ts", *, tz_offset_hours: float) -> pl.Expr:
+    """Local calendar day of unix seconds, as days since 1970-01-01 (Int64; floor, so before 1970 works)."""
+    t = pl.col(ts) if isinstance(ts, str) else ts
+    return (t + tz_seconds(tz_offset_hours)) // DAY_S
+
+
+def day_name(day: int) -> str:
+    """Days since 1970-01-01 -> 'YYYY-MM-DD'."""
+    return (EPOCH + timedelta(days=int(day))).isoformat()
+
+
+def day_number(text: str) -> int:
+    """'YYYY-MM-DD' -> days since 1970-01-01; ValueError naming the text when it is not a date."""
+    try:
+        return (date.fromisoformat(text) - EPOCH).days
+    except ValueError:
+        raise ValueError(f"{text!r} is not a date; expected YYYY-MM-DD, e.g. 2017-11-11") from None
+
+
+def time_split(events: pl.DataFrame, *, valid_days: int = 1, test_days: int = 1,
+               tz_offset_hours: float = 8.0, ts: str = "ts") -> TimeSplit:
+    """Cut the event log into train / valid / test by local day.
+
+    Parameters
+    ----------
+    events : frame with an integer unix-seconds column `ts` (any other columns are ignored).
+    valid_days, test_days : how many local days (>= 0) go to validation and test; at least one
+        earlier day must remain for training.
+    tz_offset_hours : local time of the logs, hours east of UTC.
+
+    Returns
+    -------
+    TimeSplit with `train_end` / `valid_end` at local midnights (unix seconds):
+    train = ts < train_end, valid = train_end <= ts < valid_end, test = ts >= valid_end.
+
+    Raises ValueError when the log spans too few days, naming how many it spans and needs.
+    """
+    if valid_days < 0 or test_days < 0:
+        raise ValueError(f"valid_days and test_days must be >= 0, got valid_days={valid_days}, test_days={test_days}")
+    if ts not in events.columns:
+        raise ValueError(f"events have no column {ts!r}; columns: {', '.join(events.columns)}")
+    days = events.select(first=local_day(ts, tz_offset_hours=tz_offset_hours).min(),
+                         last=local_day(ts, tz_offset_hours=tz_offset_hours).max()).row(0)
+    if days[0] is None:
+        raise ValueError("cannot split an empty event log (0 rows with a timestamp)")
+    first, last = days
+    span, needed = last - first + 1, valid_days + test_days + 1
+    if span < needed:
+        raise ValueError(
+            f"events span {span} local day(s) ({day_name(first)} .. {day_name(last)}, UTC{tz_offset_hours:+g} h) "
+            f"but the split needs at least {needed}: {test_days} test + {valid_days} valid + 1 train; "
+            f"lower ingest.valid_days / ingest.test_days or provide a longer log")
+    test_start_day = last - test_days + 1
+    valid_end = test_start_day * DAY_S - tz_seconds(tz_offset_hours)
+    return TimeSplit(train_end=valid_end - valid_days * DAY_S, valid_end=valid_end)
