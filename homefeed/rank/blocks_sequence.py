@@ -1,0 +1,122 @@
+"""Sequence blocks: turn the user's behaviour sequence into one vector, given the target item.
+
+All three share one signature, so the model can swap them:
+
+    block(query (B, E), keys (B, L, E), gaps (B, L) int64, mask (B, L) bool) -> (B, E)
+
+query is the target item's token (its item id, category... embeddings concatenated, E = S * D),
+keys the tokens of the last L behaviours (oldest first), gaps their time-gap buckets before the
+sample time, and mask is True at real steps, False at padding. Padded steps never change the result.
+
+    MeanPool         the average of the real steps (the YouTube DNN / WDL+Seq baseline)
+    TargetAttention  DIN (Zhou et al., KDD 2018): an activation unit scores each step against the
+                     target; the weighted SUM (not softmax) keeps the intensity of the interest
+    BST              Behaviour Sequence Transformer (Chen et al., Alibaba, DLP-KDD 2019): the target is
+                     appended to the sequence, each token gets a time-gap position embedding, then
+                     multi-head self-attention and a feed-forward net, each with residual + layer norm;
+                     the target token's output is the result
+
+    >>> keys, mask = torch.ones(2, 3, 4), torch.tensor([[True, True, False], [True, False, False]])
+    >>> MeanPool()(keys[:, 0], keys, torch.zeros(2, 3, dtype=torch.long), mask).shape
+    torch.Size([2, 4])
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+
+class MeanPool(nn.Module):
+    """Average of the real sequence steps; zeros for an empty sequence.  -> (B, E)."""
+
+    def forward(self, query: Tensor, keys: Tensor, gaps: Tensor, mask: Tensor) -> Tensor:
+        m = mask.unsqueeze(-1).to(keys.dtype)  # (B, L, 1)
+        return (keys * m).sum(dim=1) / m.sum(dim=1).clamp(min=1.0)
+
+
+class TargetAttention(nn.Module):
+    """DIN: weight_t = MLP([q, k_t, q - k_t, q * k_t]); output = sum_t weight_t * k_t.  -> (B, E).
+
+    The first layer of the activation unit is linear in [q, k, q - k, q * k], so it is computed as
+    A q + C k + G (q * k): the query part once per row instead of once per step (same function,
+    half the work). PReLU activations as in the paper.
+    """
+
+    def __init__(self, dim: int, hidden: list[int]):
+        super().__init__()
+        if not hidden:
+            raise ValueError("DIN's activation unit needs at least one hidden layer width")
+        self.query = nn.Linear(dim, hidden[0])  # A: [q, q] parts of [q, k, q - k, q * k]
+        self.key = nn.Linear(dim, hidden[0], bias=False)  # C
+        self.product = nn.Linear(dim, hidden[0], bias=False)  # G
+        layers: list[nn.Module] = [nn.PReLU(hidden[0])]
+        for a, b in zip(hidden, hidden[1:]):
+            layers += [nn.Linear(a, b), nn.PReLU(b)]
+        self.score = nn.Sequential(*layers, nn.Linear(hidden[-1], 1))
+
+    def forward(self, query: Tensor, keys: Tensor, gaps: Tensor, mask: Tensor) -> Tensor:
+        q = query.unsqueeze(1)  # (B, 1, E)
+        h = self.query(q) + self.key(keys) + self.product(q * keys)  # (B, L, H)
+        w = self.score(h).squeeze(-1) * mask.to(keys.dtype)  # (B, L), 0 at padding
+        return torch.bmm(w.unsqueeze(1), keys).squeeze(1)  # (B, E)
+
+
+class TransformerLayer(nn.Module):
+    """Post-norm transformer layer (as in BST): x = LN(x + MHSA(x)); x = LN(x + FFN(x)).
+
+    x (B, T, E), real (B, T) bool: padded keys are masked out of every attention row.
+    With last_only=True only the last position is computed as a query, (B, 1, E): exact when
+    only the last token's output is used, and it makes a one-layer BST cost O(T) per row, not O(T^2).
+    """
+
+    def __init__(self, dim: int, heads: int, ffn_dim: int, *, dropout: float = 0.0):
+        super().__init__()
+        if dim % heads:
+            raise ValueError(f"token width {dim} is not divisible by {heads} attention heads")
+        self.heads, self.dropout = heads, dropout
+        self.q = nn.Linear(dim, dim)
+        self.kv = nn.Linear(dim, 2 * dim)
+        self.out = nn.Linear(dim, dim)
+        self.ffn = nn.Sequential(nn.Linear(dim, ffn_dim), nn.LeakyReLU(), nn.Linear(ffn_dim, dim))
+        self.norm1, self.norm2 = nn.LayerNorm(dim), nn.LayerNorm(dim)
+
+    def _split(self, x: Tensor) -> Tensor:
+        return x.unflatten(-1, (self.heads, -1)).transpose(1, 2)  # (B, T, E) -> (B, H, T, E/H)
+
+    def forward(self, x: Tensor, real: Tensor, last_only: bool = False) -> Tensor:
+        xq = x[:, -1:] if last_only else x  # (B, Tq, E)
+        k, v = self.kv(x).chunk(2, dim=-1)  # (B, T, E) each
+        att = F.scaled_dot_product_attention(
+            self._split(self.q(xq)), self._split(k), self._split(v),
+            attn_mask=real[:, None, None, :], dropout_p=self.dropout if self.training else 0.0,
+        )  # (B, H, Tq, E/H)
+        x = self.norm1(xq + self.out(att.transpose(1, 2).flatten(2)))  # (B, Tq, E)
+        return self.norm2(x + F.dropout(self.ffn(x), self.dropout, self.training))
+
+
+class BST(nn.Module):
+    """Behaviour Sequence Transformer over [k_1 .. k_L, q] with time-gap position embeddings.  -> (B, E).
+
+    Position of step t is its gap bucket (bucket 0 = padding); the target takes the extra bucket
+    n_gap_buckets ("now"). Embeddings are added to the tokens. The result is the target's output.
+    """
+
+    def __init__(self, dim: int, *, n_gap_buckets: int, heads: int = 2, n_layers: int = 1, ffn_dim: int = 128, dropout: float = 0.0):
+        super().__init__()
+        if n_layers < 1:
+            raise ValueError(f"BST needs at least one transformer layer; got {n_layers}")
+        self.now = n_gap_buckets
+        self.position = nn.Embedding(n_gap_buckets + 1, dim)
+        nn.init.normal_(self.position.weight, std=0.05)
+        self.layers = nn.ModuleList(TransformerLayer(dim, heads, ffn_dim, dropout=dropout) for _ in range(n_layers))
+
+    def forward(self, query: Tensor, keys: Tensor, gaps: Tensor, mask: Tensor) -> Tensor:
+        tokens = torch.cat([keys, query.unsqueeze(1)], dim=1)  # (B, L+1, E)
+        positions = torch.cat([gaps, torch.full_like(gaps[:, :1], self.now)], dim=1)  # (B, L+1)
+        real = torch.cat([mask, torch.ones_like(mask[:, :1])], dim=1)  # (B, L+1), the target is real
+        x = tokens + self.position(positions)
+        for i, layer in enumerate(self.layers):
+            x = layer(x, real, last_only=i == len(self.layers) - 1)
+        return x[:, -1]  # (B, E)
+

@@ -1,0 +1,220 @@
+"""The feature server: per-user state behind one small interface, with two backends.
+
+Per user it keeps the profile, the behaviour log (clicks, favs, carts, purchases, views with
+time), and named JSON blobs for the mechanism's state (purchase filter, exposure templates). Ids
+are the shop's raw ids as strings, so a newer bundle with new vocabularies reads the same state.
+
+- `SQLiteStore`: the embedded default, one file in WAL mode; a write returns only after its
+  transaction is committed, so an acknowledged event survives `kill -9`.
+- `RedisStore`: shared by many API replicas; the event append is one Lua script (atomic,
+  idempotent on the event id); durability is the server's AOF setting (`appendfsync always`).
+
+    >>> store = open_store("sqlite:/tmp/state.db")          # doctest: +SKIP
+    >>> store.append_events([Event("e1", "u1", "i9", "click", 1700000000)])   # doctest: +SKIP
+    1
+"""
+from __future__ import annotations
+
+import json
+import sqlite3
+import threading
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+from pathlib import Path
+
+
+@dataclass(frozen=True)
+class Event:
+    """One behaviour event as clients send it. `event_id` makes ingestion idempotent."""
+
+    event_id: str
+    user_id: str
+    item_id: str
+    behavior: str
+    ts: int
+
+
+class StateStore(ABC):
+    """What the online pipeline needs to know and remember about users."""
+
+    @abstractmethod
+    def append_events(self, events: list[Event]) -> int:
+        """Store events not seen before (by event_id); return how many were new. Durable on return."""
+
+    @abstractmethod
+    def recent_events(self, user_id: str, n: int = 200) -> list[Event]:
+        """The user's last n events, oldest first."""
+
+    @abstractmethod
+    def get_profile(self, user_id: str) -> dict:
+        """The user's profile (gender, age, city, purchase_power); {} when unknown."""
+
+    @abstractmethod
+    def put_profiles(self, profiles: dict[str, dict]) -> None: ...
+
+    @abstractmethod
+    def get_blob(self, user_id: str, key: str) -> dict | None:
+        """A named piece of mechanism state (e.g. 'purchase_filter', 'templates'), or None."""
+
+    @abstractmethod
+    def put_blob(self, user_id: str, key: str, value: dict) -> None: ...
+
+    @abstractmethod
+    def has_event(self, event_id: str) -> bool: ...
+
+    @abstractmethod
+    def count_events(self) -> int: ...
+
+    def close(self) -> None:
+        pass
+
+
+class SQLiteStore(StateStore):
+    """One SQLite file in WAL mode; a connection per thread (FastAPI runs handlers in a pool)."""
+
+    SCHEMA = """
+    CREATE TABLE IF NOT EXISTS events (event_id TEXT PRIMARY KEY, user_id TEXT NOT NULL, item_id TEXT NOT NULL,
+                                       behavior TEXT NOT NULL, ts INTEGER NOT NULL);
+    CREATE INDEX IF NOT EXISTS events_by_user ON events (user_id, ts);
+    CREATE TABLE IF NOT EXISTS profiles (user_id TEXT PRIMARY KEY, profile TEXT NOT NULL);
+    CREATE TABLE IF NOT EXISTS blobs (user_id TEXT NOT NULL, key TEXT NOT NULL, value TEXT NOT NULL,
+                                      PRIMARY KEY (user_id, key));
+    """
+
+    def __init__(self, path: str | Path, *, synchronous: str = "FULL"):
+        self.path = str(path)
+        self.synchronous = synchronous
+        self._local = threading.local()
+        Path(self.path).parent.mkdir(parents=True, exist_ok=True)
+        self._conn().executescript(self.SCHEMA)
+
+    def _conn(self) -> sqlite3.Connection:
+        conn = getattr(self._local, "conn", None)
+        if conn is None:
+            conn = sqlite3.connect(self.path, timeout=30, isolation_level=None, check_same_thread=False)
+            conn.execute("PRAGMA journal_mode=WAL")
+            conn.execute(f"PRAGMA synchronous={self.synchronous}")
+            self._local.conn = conn
+        return conn
+
+    def append_events(self, events: list[Event]) -> int:
+        conn = self._conn()
+        rows = [(e.event_id, e.user_id, e.item_id, e.behavior, int(e.ts)) for e in events]
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            before = conn.total_changes
+            conn.executemany("INSERT OR IGNORE INTO events VALUES (?, ?, ?, ?, ?)", rows)
+            added = conn.total_changes - before
+            conn.execute("COMMIT")
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+        return added
+
+    def recent_events(self, user_id: str, n: int = 200) -> list[Event]:
+        rows = self._conn().execute(
+            "SELECT event_id, user_id, item_id, behavior, ts FROM events WHERE user_id = ? ORDER BY ts DESC, rowid DESC LIMIT ?",
+            (str(user_id), n)).fetchall()
+        return [Event(*r) for r in reversed(rows)]
+
+    def get_profile(self, user_id: str) -> dict:
+        row = self._conn().execute("SELECT profile FROM profiles WHERE user_id = ?", (str(user_id),)).fetchone()
+        return json.loads(row[0]) if row else {}
+
+    def put_profiles(self, profiles: dict[str, dict]) -> None:
+        conn = self._conn()
+        with conn:
+            conn.execute("BEGIN")
+            conn.executemany("INSERT OR REPLACE INTO profiles VALUES (?, ?)", [(str(u), json.dumps(p)) for u, p in profiles.items()])
+
+    def get_blob(self, user_id: str, key: str) -> dict | None:
+        row = self._conn().execute("SELECT value FROM blobs WHERE user_id = ? AND key = ?", (str(user_id), key)).fetchone()
+        return json.loads(row[0]) if row else None
+
+    def put_blob(self, user_id: str, key: str, value: dict) -> None:
+        self._conn().execute("INSERT OR REPLACE INTO blobs VALUES (?, ?, ?)", (str(user_id), key, json.dumps(value)))
+
+    def has_event(self, event_id: str) -> bool:
+        return self._conn().execute("SELECT 1 FROM events WHERE event_id = ?", (event_id,)).fetchone() is not None
+
+    def count_events(self) -> int:
+        return self._conn().execute("SELECT COUNT(*) FROM events").fetchone()[0]
+
+    def close(self) -> None:
+        conn = getattr(self._local, "conn", None)
+        if conn is not None:
+            conn.close()
+            self._local.conn = None
+
+
+_APPEND_LUA = """
+local added = 0
+for i = 1, #ARGV, 2 do
+  local id, payload = ARGV[i], ARGV[i + 1]
+  if redis.call('SET', KEYS[1] .. id, '1', 'NX') then
+    local ev = cjson.decode(payload)
+    local key = KEYS[2] .. ev[2]
+    redis.call('ZADD', key, ev[5] * 1000000 + redis.call('INCR', KEYS[3]) % 1000000, payload)
+    added = added + 1
+  end
+end
+return added
+"""
+
+
+class RedisStore(StateStore):
+    """State in a Redis server shared by every replica; keys under `prefix`."""
+
+    def __init__(self, url: str, *, prefix: str = "hf:", max_events: int = 1000):
+        import redis
+
+        self.r = redis.Redis.from_url(url, decode_responses=True)
+        self.prefix = prefix
+        self.max_events = max_events
+        self._append = self.r.register_script(_APPEND_LUA)
+
+    def append_events(self, events: list[Event]) -> int:
+        if not events:
+            return 0
+        argv: list[str] = []
+        for e in events:
+            argv += [e.event_id, json.dumps([e.event_id, e.user_id, e.item_id, e.behavior, int(e.ts)])]
+        p = self.prefix
+        return int(self._append(keys=[f"{p}eid:", f"{p}ev:", f"{p}seq"], args=argv))
+
+    def recent_events(self, user_id: str, n: int = 200) -> list[Event]:
+        rows = self.r.zrange(f"{self.prefix}ev:{user_id}", -n, -1)
+        return [Event(*json.loads(r)) for r in rows]
+
+    def get_profile(self, user_id: str) -> dict:
+        raw = self.r.hget(f"{self.prefix}profile", str(user_id))
+        return json.loads(raw) if raw else {}
+
+    def put_profiles(self, profiles: dict[str, dict]) -> None:
+        if profiles:
+            self.r.hset(f"{self.prefix}profile", mapping={str(u): json.dumps(p) for u, p in profiles.items()})
+
+    def get_blob(self, user_id: str, key: str) -> dict | None:
+        raw = self.r.hget(f"{self.prefix}blob:{user_id}", key)
+        return json.loads(raw) if raw else None
+
+    def put_blob(self, user_id: str, key: str, value: dict) -> None:
+        self.r.hset(f"{self.prefix}blob:{user_id}", key, json.dumps(value))
+
+    def has_event(self, event_id: str) -> bool:
+        return bool(self.r.exists(f"{self.prefix}eid:{event_id}"))
+
+    def count_events(self) -> int:
+        return sum(1 for _ in self.r.scan_iter(f"{self.prefix}eid:*", count=1000))
+
+    def close(self) -> None:
+        self.r.close()
+
+
+def open_store(spec: str) -> StateStore:
+    """`sqlite:PATH` or `redis://host:port/db`."""
+    if spec.startswith("sqlite:"):
+        return SQLiteStore(spec.removeprefix("sqlite:"))
+    if spec.startswith(("redis://", "rediss://", "unix://")):
+        return RedisStore(spec)
+    raise ValueError(f"unknown state store {spec!r}; use sqlite:PATH or redis://HOST:PORT/DB")

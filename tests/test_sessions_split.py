@@ -1,0 +1,130 @@
+"""Sessions, the local-day time split and point-in-time history, on hand-made logs."""
+from __future__ import annotations
+
+import numpy as np
+import polars as pl
+import pytest
+
+from homefeed.data.history import history_before, last_events
+from homefeed.data.schema import BEHAVIOR
+from homefeed.data.sessions import add_sessions, session_lengths
+from homefeed.data.split import time_split
+
+DAY, H = 86_400, 3_600
+
+
+# --- sessions --------------------------------------------------------------------------------
+
+def test_sessions_split_on_gaps_longer_than_gap_s_and_on_user_change():
+    events = pl.DataFrame({
+        "user_id": ["u7", "u3", "u7", "u7", "u3", "u7", "u7", "u3"],
+        "ts": [4000, 50, 0, 60, 1850, 4100, 100, 3651],
+        "item_id": [1, 2, 3, 4, 5, 6, 7, 8],
+    })
+    out = add_sessions(events, gap_s=1800)
+    # u3: 50, 1850 (gap exactly 1800: same session), 3651 (gap 1801: new); u7: 0, 60, 100 | 4000, 4100
+    assert out.select("user_id", "ts", "session_id").rows() == [
+        ("u3", 50, 0), ("u3", 1850, 0), ("u3", 3651, 1),
+        ("u7", 0, 2), ("u7", 60, 2), ("u7", 100, 2), ("u7", 4000, 3), ("u7", 4100, 3)]
+    assert out.schema["session_id"] == pl.Int64
+    assert add_sessions(events.reverse(), gap_s=1800)["session_id"].to_list() == out["session_id"].to_list()
+    assert add_sessions(out, gap_s=50)["session_id"].to_list() == [0, 1, 2, 3, 4, 4, 5, 6]  # replaced, not duplicated
+
+
+def test_session_lengths():
+    out = session_lengths(add_sessions(pl.DataFrame({"user_id": [1, 1, 1, 2], "ts": [0, 100, 5000, 7]}), gap_s=1800))
+    assert out.rows() == [(0, 1, 2, 0, 100, 100), (1, 1, 1, 5000, 5000, 0), (2, 2, 1, 7, 7, 0)]
+    assert out.columns == ["session_id", "user_id", "n_events", "start_ts", "end_ts", "duration_s"]
+    with pytest.raises(ValueError, match="run homefeed.data.sessions.add_sessions"):
+        session_lengths(pl.DataFrame({"user_id": [1], "ts": [0]}))
+
+
+# --- time split ------------------------------------------------------------------------------
+
+def local(day: int, hour: float, tz: float = 8.0) -> int:
+    """Unix seconds of local `day` (days since 1970-01-01) at `hour`, UTC+tz."""
+    return int(day * DAY + hour * H - tz * H)
+
+
+def test_time_split_boundaries_are_local_midnights():
+    ts = [local(10, 23), local(11, 12), local(12, 23.999), local(13, 0), local(13, 23.99), local(14, 0), local(14, 0.5)]
+    events = pl.DataFrame({"ts": ts})
+    split = time_split(events, valid_days=1, test_days=1, tz_offset_hours=8)
+    assert (split.train_end, split.valid_end) == (local(13, 0), local(14, 0))
+    parts = events.select(split.expr())["literal"].to_list()
+    assert parts == ["train", "train", "train", "valid", "valid", "test", "test"]
+    two = time_split(events, valid_days=2, test_days=2, tz_offset_hours=8)
+    assert (two.train_end, two.valid_end) == (local(11, 0), local(13, 0))
+    assert time_split(events, valid_days=0, test_days=1, tz_offset_hours=8).train_end == local(14, 0)
+
+
+def test_time_split_days_follow_the_time_zone():
+    # UTC 1970-01-15 20:00 is local 01-16 04:00 at +8: at +8 the log spans 3 days, at UTC only 2
+    events = pl.DataFrame({"ts": [14 * DAY + 12 * H, 15 * DAY + 20 * H]})
+    assert time_split(events, valid_days=1, test_days=1, tz_offset_hours=8).valid_end == local(16, 0)
+    with pytest.raises(ValueError, match="UTC"):
+        time_split(events, valid_days=1, test_days=1, tz_offset_hours=0)
+
+
+def test_time_split_too_few_days_says_how_many():
+    events = pl.DataFrame({"ts": [local(10, 1), local(11, 22)]})
+    with pytest.raises(ValueError) as e:
+        time_split(events, valid_days=1, test_days=1, tz_offset_hours=8)
+    assert "events span 2 local day(s) (1970-01-11 .. 1970-01-12, UTC+8 h) but the split needs at least 3" in str(e.value)
+    with pytest.raises(ValueError, match="empty"):
+        time_split(events.clear(), valid_days=1, test_days=1, tz_offset_hours=8)
+    with pytest.raises(ValueError, match=">= 0"):
+        time_split(events, valid_days=-1, test_days=1, tz_offset_hours=8)
+
+
+# --- point-in-time history -------------------------------------------------------------------
+
+def events_frame(rows) -> pl.DataFrame:
+    return pl.DataFrame(rows, schema={"user_id": pl.Int32, "item_id": pl.Int32, "behavior": BEHAVIOR, "ts": pl.Int64},
+                        orient="row")
+
+
+EVENTS = events_frame([
+    (1, 10, "pv", 5), (1, 11, "buy", 9), (1, 12, "click", 9), (1, 13, "fav", 20),
+    (2, 20, "cart", 3), (1, 14, "pv", 1),
+])
+
+
+def test_history_excludes_the_query_time_itself():
+    queries = pl.DataFrame({"user_id": pl.Series([1, 1, 1], dtype=pl.Int32), "ts": [9, 10, 1], "req": ["a", "b", "c"]})
+    out = history_before(EVENTS, queries, max_len=10)
+    assert out["hist_item_id"].to_list() == [[14, 10], [14, 10, 11, 12], []]   # events at ts 9 wait for ts 10
+    assert out["hist_ts"].to_list() == [[1, 5], [1, 5, 9, 9], []]
+    assert out["hist_behavior"].to_list()[1] == ["pv", "pv", "buy", "click"]
+    assert out["req"].to_list() == ["a", "b", "c"] and out["hist_len"].to_list() == [2, 4, 0]
+
+
+def test_history_max_len_keeps_the_most_recent_and_filters_behaviours():
+    queries = pl.DataFrame({"user_id": pl.Series([2, 1, 3], dtype=pl.Int32), "ts": [4, 100, 100]})
+    out = history_before(EVENTS, queries, max_len=2)
+    assert out["hist_item_id"].to_list() == [[20], [12, 13], []]               # user 3 is unknown: empty
+    buys = history_before(EVENTS, queries, max_len=2, behaviors=["buy", "cart"])
+    assert buys["hist_item_id"].to_list() == [[20], [11], []]
+    assert history_before(EVENTS, queries, max_len=0)["hist_len"].to_list() == [0, 0, 0]
+    with pytest.raises(ValueError, match="unknown behaviour"):
+        history_before(EVENTS, queries, max_len=2, behaviors=["view"])
+
+
+def test_history_matches_a_brute_force_reference():
+    rng = np.random.default_rng(0)
+    n = 400
+    events = events_frame(zip(rng.integers(0, 20, n).tolist(), rng.integers(0, 50, n).tolist(),
+                              rng.choice(["pv", "click", "buy"], n).tolist(), rng.integers(0, 100, n).tolist()))
+    queries = pl.DataFrame({"user_id": pl.Series(rng.integers(0, 22, 200), dtype=pl.Int32), "ts": rng.integers(-5, 110, 200)})
+    out = history_before(events, queries, max_len=3)
+    ordered = events.sort("user_id", "ts", maintain_order=True)
+    for (u, t), got in zip(queries.iter_rows(), out["hist_item_id"].to_list()):
+        before = ordered.filter((pl.col("user_id") == u) & (pl.col("ts") < t))
+        assert got == before["item_id"].to_list()[-3:]
+
+
+def test_last_events_before_a_cutoff():
+    out = last_events(EVENTS, 9, n=2)
+    assert out.select("user_id", "item_id", "recency").rows() == [(1, 14, 2), (1, 10, 1), (2, 20, 1)]
+    assert last_events(EVENTS, 100, n=1, behaviors=["buy", "click"]).select("user_id", "item_id").rows() == [(1, 12)]
+    assert last_events(EVENTS, 1, n=5).height == 0

@@ -1,0 +1,68 @@
+"""Both user-state backends pass the same tests: a real SQLite file and a real redis-server."""
+import threading
+
+import pytest
+
+from homefeed.serve.state import Event, RedisStore, SQLiteStore, open_store
+
+
+@pytest.fixture(params=["sqlite", "redis"])
+def store(request, tmp_path):
+    if request.param == "sqlite":
+        s = SQLiteStore(tmp_path / "state.db")
+    else:
+        url = request.getfixturevalue("redis_url")
+        s = RedisStore(url, prefix=f"t{abs(hash(request.node.name))}:")
+    yield s
+    s.close()
+
+
+def ev(i, user="u1", item="i1", behavior="click", ts=100):
+    return Event(f"e{i}", user, item, behavior, ts)
+
+
+def test_append_is_idempotent_on_event_id(store):
+    assert store.append_events([ev(1), ev(2, ts=101)]) == 2
+    assert store.append_events([ev(2, ts=101), ev(3, ts=102)]) == 1
+    assert [e.event_id for e in store.recent_events("u1")] == ["e1", "e2", "e3"]
+    assert store.has_event("e3") and not store.has_event("e9")
+    assert store.count_events() == 3
+
+
+def test_recent_events_oldest_first_and_limited(store):
+    store.append_events([ev(i, ts=1000 - i) for i in range(10)])  # arrive newest first
+    recent = store.recent_events("u1", n=3)
+    assert [e.ts for e in recent] == sorted(e.ts for e in recent)
+    assert [e.ts for e in recent] == [998, 999, 1000]
+    assert store.recent_events("nobody") == []
+
+
+def test_profiles_and_blobs(store):
+    assert store.get_profile("u1") == {}
+    store.put_profiles({"u1": {"gender": "F", "age": 31}, "u2": {"city": "c3"}})
+    assert store.get_profile("u1") == {"gender": "F", "age": 31}
+    assert store.get_blob("u1", "purchase_filter") is None
+    store.put_blob("u1", "purchase_filter", {"blocked": {"7": 1234}})
+    store.put_blob("u1", "purchase_filter", {"blocked": {"8": 99}})
+    assert store.get_blob("u1", "purchase_filter") == {"blocked": {"8": 99}}
+
+
+def test_concurrent_writers_lose_nothing(store):
+    def write(t):
+        for i in range(50):
+            store.append_events([ev(f"{t}-{i}", user=f"u{t}", ts=i)])
+
+    threads = [threading.Thread(target=write, args=(t,)) for t in range(4)]
+    [t.start() for t in threads]
+    [t.join() for t in threads]
+    assert store.count_events() == 200
+    assert len(store.recent_events("u2", n=1000)) == 50
+
+
+def test_sqlite_survives_reopen(tmp_path):
+    s = SQLiteStore(tmp_path / "s.db")
+    s.append_events([ev(1)])
+    s.close()
+    assert [e.event_id for e in open_store(f"sqlite:{tmp_path / 's.db'}").recent_events("u1")] == ["e1"]
+    with pytest.raises(ValueError, match="sqlite:PATH"):
+        open_store("mongo://x")
