@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 TORCH_SPEC ?= torch==2.13.0
 DEMO_DIR ?= demo_out
 
-.PHONY: demo test venv bench clean
+.PHONY: demo test venv bench clean redis
 
 $(VENV)/.installed: pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -20,7 +20,12 @@ venv: $(VENV)/.installed
 demo: venv
 	$(PY) -m homefeed.demo --out $(DEMO_DIR)
 
-test: venv
+# A real redis-server for the Redis state-store tests; they skip with a reason where it cannot be installed.
+redis:
+	@command -v redis-server >/dev/null 2>&1 || { (apt-get update -qq && apt-get install -y -qq redis-server) >/dev/null 2>&1 \
+	  || echo "redis-server could not be installed: the Redis tests will be skipped"; }
+
+test: venv redis
 	$(PY) -m pytest -q
 
 bench: venv
