@@ -79,7 +79,8 @@ def conform_events(events: pl.DataFrame) -> pl.DataFrame:
         raise ValueError(f"events column 'ts' must be integer unix seconds, got {events.schema['ts']}")
     if events.schema["behavior"] == BEHAVIOR:
         return events
-    bad = events.with_row_index("row").filter(~pl.col("behavior").cast(pl.String).is_in(list(BEHAVIORS)))
+    bad = events.with_row_index("row").filter(
+        ~pl.col("behavior").cast(pl.String).is_in(list(BEHAVIORS)).fill_null(False))
     if bad.height:
         row, value = bad.row(0, named=True)["row"], bad.row(0, named=True)["behavior"]
         raise ValueError(f"events row {row}, column 'behavior': unknown value {value!r} "
@@ -97,17 +98,18 @@ def crawler_users(events: pl.DataFrame, rule: CrawlerRule = CrawlerRule(), *, tz
     (UInt32), sorted by user_id. Empty when the rule is disabled.
     """
     events = conform_events(events)
-    per_minute = (  # one pass over the log; days and users are rolled up from minutes
+    per_day = (  # one pass over the log for (user, local minute); days and users roll up from it
         events.lazy()
         .group_by("user_id", minute=(pl.col("ts") + tz_seconds(tz_offset_hours)) // 60)
         .agg(n=pl.len(), n_pv=(pl.col("behavior") == "pv").sum().cast(pl.UInt32))
+        .group_by("user_id", day=pl.col("minute") // (DAY_S // 60))
+        .agg(n=pl.col("n").sum(), n_pv=pl.col("n_pv").sum(), max_pv_minute=pl.col("n_pv").max())
         .collect()
     )
-    per_day = per_minute.group_by("user_id", day=pl.col("minute") // (DAY_S // 60)).agg(n=pl.col("n").sum())
     p99 = per_day["n"].quantile(0.99, interpolation="nearest") or 0.0
-    users = per_minute.group_by("user_id").agg(
-        max_pv_minute=pl.col("n_pv").max(), n_events=pl.col("n").sum(), n_pv=pl.col("n_pv").sum()
-    ).join(per_day.group_by("user_id").agg(max_daily=pl.col("n").max()), on="user_id")
+    users = per_day.group_by("user_id").agg(
+        max_pv_minute=pl.col("max_pv_minute").max(), max_daily=pl.col("n").max(),
+        n_events=pl.col("n").sum(), n_pv=pl.col("n_pv").sum())
     tests = {
         "pv_per_minute": pl.col("max_pv_minute") > rule.max_pv_per_minute,
         "daily_volume": pl.col("max_daily") > rule.daily_factor * p99,

@@ -15,18 +15,19 @@ lines that mostly have the wrong number of fields.
 
     >>> src = open_text("UserBehavior.csv", names=["user_id", "item_id", "category_id", "behavior_type", "timestamp"])  # doctest: +SKIP
     >>> src.frame.collect_schema().names()                                                                            # doctest: +SKIP
-    ['__line', '__raw', '__nf', 'user_id', 'item_id', 'category_id', 'behavior_type', 'timestamp']
+    ['__line', '__raw', 'user_id', 'item_id', 'category_id', 'behavior_type', 'timestamp', '__more']
 """
 from __future__ import annotations
 
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
+from typing import Callable, Sequence
 
 import polars as pl
 
-from homefeed.data.validate import LINE, NF, RAW, Check, DataError
+from homefeed.data.quarantine import DataError
+from homefeed.data.validate import LINE, RAW, Check
 
 SEPARATORS = (",", "\t", ";", "|")
 HEAD_BYTES = 1 << 16
@@ -35,8 +36,8 @@ BAD_CHAR = "\ufffd"  # what lossy UTF-8 decoding puts in place of invalid bytes
 
 @dataclass
 class Source:
-    """One input file: a lazy frame of its rows (LINE, source columns as named in the file, and for
-    text files RAW, the line itself, and NF, its field count) plus what checks need about the file."""
+    """One input file: a lazy frame of its rows (LINE, then the source columns as named in the file,
+    as strings for text; for text files also RAW, the line itself) and what checks need to know."""
 
     path: Path
     frame: pl.LazyFrame
@@ -45,6 +46,8 @@ class Source:
     header: bool = False
     terminated: bool = True  # the file ends with a newline (else a bad last line looks cut off)
     checks: tuple[Check, ...] = ()  # structural row checks: blank line, bad encoding, field count
+    bad: pl.Expr = pl.lit(False)  # true exactly where one of `checks` fails, cheaper to evaluate
+    split: Callable[[pl.LazyFrame], pl.LazyFrame] | None = None  # (LINE, RAW) -> source columns
 
     @property
     def name(self) -> str:
@@ -55,8 +58,15 @@ class Source:
         try:
             return lf.collect(engine="streaming")
         except pl.exceptions.ComputeError as e:
-            hint = "a NUL byte (UTF-16 or binary?)" if "more fields" in str(e) and not self.header or RAW in self.frame.collect_schema() else "a line with more fields than the header"
-            raise DataError(self.name, None, None, f"cannot be read: {hint}: {str(e).splitlines()[0]}") from None
+            hint = (" (a NUL byte: UTF-16 or binary?)" if self.split else
+                    " (a row with more fields than the header?)" if self.header else "")
+            raise DataError(self.name, None, None, f"cannot be read{hint}: {str(e).splitlines()[0]}") from None
+
+    def rows_at(self, lines: pl.Series, raw: pl.Series | None = None) -> pl.LazyFrame:
+        """The source rows at `lines`: re-split from their `raw` text when given, else read again."""
+        if self.split is not None and raw is not None:
+            return self.split(pl.LazyFrame({LINE: lines.cast(pl.Int64), RAW: raw.cast(pl.String)}))
+        return self.frame.filter(pl.col(LINE).cast(pl.Int64).is_in(lines.cast(pl.Int64).implode()))
 
     def raw_lines(self, lines: pl.Series) -> pl.DataFrame:
         """The text of the given lines, as (line Int64, raw String); Parquet rows are joined with ','."""
@@ -66,9 +76,8 @@ class Source:
         else:
             flat = [c for c in self.columns if not isinstance(schema[c], (pl.List, pl.Array, pl.Struct))]
             text = pl.concat_str([pl.col(c).cast(pl.String).fill_null("") for c in flat], separator=self.sep)
-        wanted = lines.cast(pl.Int64).implode()
-        lf = self.frame.filter(pl.col(LINE).cast(pl.Int64).is_in(wanted))
-        return self.collect(lf.select(pl.col(LINE).cast(pl.Int64).alias("line"), text.alias("raw")))
+        rows = self.rows_at(lines).select(pl.col(LINE).cast(pl.Int64).alias("line"), text.alias("raw"))
+        return self.collect(rows)
 
     def value(self, raw: str | None, column: str | None) -> str | None:
         """The field of `column` in a raw line, for messages (None when the line is shorter)."""
@@ -144,18 +153,24 @@ def open_text(path: str | Path, *, names: Sequence[str] | None = None, sep: str 
     return _lines(path, tuple(names), sep, header, terminated)
 
 
+def _splitter(names: tuple[str, ...], sep: str) -> Callable[[pl.LazyFrame], pl.LazyFrame]:
+    """Split RAW into the named fields, plus one more (`__more`, non-null when the line is too long)."""
+    fields = [*names, "__more"]
+    split = pl.col(RAW).str.split_exact(sep, len(names)).struct.rename_fields(fields).alias("_fields")
+    return lambda lf: lf.with_columns(split).unnest("_fields")
+
+
 def _lines(path: Path, names: tuple[str, ...], sep: str, header: bool, terminated: bool) -> Source:
     lf = pl.scan_csv(path, has_header=False, separator="\x00", quote_char=None, new_columns=[RAW],
                      schema={RAW: pl.String}, encoding="utf8-lossy", skip_rows=int(header), raise_if_empty=False)
-    lf = lf.with_row_index(LINE, offset=1 + int(header))
-    split = pl.col(RAW).str.split_exact(sep, len(names) - 1).struct.rename_fields(list(names)).alias("_fields")
-    lf = lf.with_columns(split, (pl.col(RAW).str.count_matches(sep, literal=True) + 1).alias(NF)).unnest("_fields")
-    checks = (
-        Check(pl.col(RAW).is_null(), "blank line"),
-        Check(pl.col(RAW).str.contains(BAD_CHAR, literal=True), "bad encoding"),
-        Check(pl.col(NF) != len(names), "wrong field count"),
-    )
-    return Source(path, lf, names, sep, header, terminated, checks)
+    split = _splitter(names, sep)
+    lf = split(lf.with_row_index(LINE, offset=1 + int(header)))
+    raw = pl.col(RAW)
+    wrong = pl.col(names[-1]).is_null() | pl.col("__more").is_not_null()  # too few fields, too many
+    checks = (Check(raw.is_null(), "blank line"), Check(raw.str.contains(BAD_CHAR, literal=True), "bad encoding"),
+              Check(wrong, "wrong field count"))
+    bad = raw.is_null() | wrong | raw.str.contains(BAD_CHAR, literal=True)
+    return Source(path, lf, names, sep, header, terminated, checks, bad, split)
 
 
 def _quoted(path: Path, names: tuple[str, ...], sep: str, terminated: bool) -> Source:
@@ -163,11 +178,10 @@ def _quoted(path: Path, names: tuple[str, ...], sep: str, terminated: bool) -> S
                      new_columns=list(names), raise_if_empty=False)
     lf = lf.with_row_index(LINE, offset=2)
     cols = [pl.col(c) for c in names]
-    checks = (
-        Check(pl.all_horizontal([c.is_null() for c in cols]), "blank line"),
-        Check(pl.any_horizontal([c.str.contains(BAD_CHAR, literal=True) for c in cols]), "bad encoding"),
-    )
-    return Source(path, lf, names, sep, True, terminated, checks)
+    blank = pl.all_horizontal([c.is_null() for c in cols])
+    encoding = pl.any_horizontal([c.str.contains(BAD_CHAR, literal=True).fill_null(False) for c in cols])
+    checks = (Check(blank, "blank line"), Check(encoding, "bad encoding"))
+    return Source(path, lf, names, sep, True, terminated, checks, blank | encoding)
 
 
 def open_parquet(path: str | Path) -> Source:

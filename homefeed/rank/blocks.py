@@ -66,8 +66,8 @@ class Wide(nn.Module):
         self.weights = FieldEmbedding(vocab_sizes, 1, sparse=sparse, std=0.01)
         self.dense = nn.Linear(n_dense, 1, bias=False) if n_dense else None
 
-    def forward(self, sparse: Tensor, dense: Tensor) -> Tensor:
-        """sparse (B, F) int64, dense (B, Dn) float32 -> (B,)."""
+    def forward(self, sparse: Tensor, dense: Tensor | None = None) -> Tensor:
+        """sparse (B, F) int64, dense (B, Dn) float32 (None when Dn = 0) -> (B,)."""
         out = self.weights(sparse).sum(dim=(1, 2))  # (B,)
         if self.dense is not None:
             out = out + self.dense(dense).squeeze(-1)

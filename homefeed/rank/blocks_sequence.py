@@ -50,9 +50,9 @@ class TargetAttention(nn.Module):
         self.query = nn.Linear(dim, hidden[0])  # A: [q, q] parts of [q, k, q - k, q * k]
         self.key = nn.Linear(dim, hidden[0], bias=False)  # C
         self.product = nn.Linear(dim, hidden[0], bias=False)  # G
-        layers: list[nn.Module] = [nn.PReLU(hidden[0])]
+        layers: list[nn.Module] = [nn.PReLU()]
         for a, b in zip(hidden, hidden[1:]):
-            layers += [nn.Linear(a, b), nn.PReLU(b)]
+            layers += [nn.Linear(a, b), nn.PReLU()]
         self.score = nn.Sequential(*layers, nn.Linear(hidden[-1], 1))
 
     def forward(self, query: Tensor, keys: Tensor, gaps: Tensor, mask: Tensor) -> Tensor:

@@ -58,6 +58,19 @@ class Funnel(Section):
     repurchase_block: float = 0.03  # buy probability multiplier inside a category's repurchase cycle
 
 
+class Browse(Section):
+    """How organic (search/browse) sessions move through the catalogue."""
+
+    explore: float = 0.08  # sessions in a random category instead of one of the user's interests
+    search_share: float = 0.4  # sessions that are searches (they stay on one leaf longer)
+    stay_search: float = 0.65  # next view stays on the same leaf category (search)
+    stay_browse: float = 0.45  # ... (browse); otherwise it hops to a sibling leaf of the same standard
+    intent_noise: float = 0.5  # norm of a session's random deviation from the user's taste
+    choice_beta: float = 4.0  # x intent . item_vec when picking among popularity-drawn candidates
+    n_candidates: int = Field(6, ge=1)  # candidates drawn by popularity per view
+    price_fit: float = 1.0  # - price_fit * |price tier - purchase power| / 4 in that choice
+
+
 class Noise(Section):
     """The dirt that cleaning must remove; labelled only in `truth/`."""
 
@@ -101,6 +114,7 @@ class WorldSpec(Section):
     next_page: float = 0.5  # probability of scrolling to the next page
     channel_mix: list[float] = Field(default_factory=lambda: [0.3, 0.3, 0.25, 0.15])  # per CHANNELS
     chunk_users: int = Field(20_000, ge=100)  # users simulated per batch (memory, progress)
+    browse: Browse = Browse()
     click: ClickTruth = ClickTruth()
     funnel: Funnel = Funnel()
     noise: Noise = Noise()

@@ -1,0 +1,344 @@
+"""Benchmark: ranking models against deepctr-torch and torch-rechub on the same tensors, same run.
+
+Data: N synthetic samples with a planted truth (16 sparse fields, 2 dense, a behaviour sequence of
+item and category with time-gap buckets). Click probability = sigmoid of item popularity, position
+bias, a user x category latent cross, an age x category cross, a price x purchase-power fit, and
+recency-weighted matches of the target category and item in the history, so sequence models and
+field crosses can both earn AUC. The last 10% of rows are the test set.
+
+Every model trains in its own subprocess (its own threads and memory) with the SAME loop: the
+tensors are pre-built, each step gathers a shuffled batch, Adam, binary cross-entropy, one epoch
+(or until --budget seconds). Peers get their inputs in their own formats, built before timing:
+deepctr-torch one float matrix (its API casts ids to float), torch-rechub a dict of columns. This is
+kinder to the peers than their own fit loops (no DataLoader, no regularisation terms).
+Ours runs with sparse embedding gradients (SparseAdam on the tables), fp32 and bf16 autocast.
+
+Measured per model: train and inference samples/s, peak resident memory while training above
+the data (a sampler thread), test AUC. For BST also: AUC of the dynamic-int8 model and the time
+to score 500 candidates of one request (eager fp32, eager int8, TorchScript int8, bf16).
+
+    python benchmarks/rank.py                          # 1M samples, all models and peers
+    python benchmarks/rank.py --rows 100000 --models deepfm,bst --json
+Targets (issue 7): >= 3x the peers' training samples/s at equal AUC (within 0.002); 500 candidates < 10 ms.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import threading
+import time
+
+import numpy as np
+
+FIELDS = [  # (name, vocabulary without the 0 code) : 16 sparse fields
+    ("user_id", 50_000), ("gender", 3), ("age", 8), ("city", 300), ("power", 6),
+    ("item_id", 100_000), ("category", 800), ("brand", 5_000), ("shop", 10_000), ("price_band", 10),
+    ("channel", 8), ("hour", 24), ("position", 60), ("page", 6), ("trigger_type", 5), ("weekday", 7),
+]
+GAPS = 16  # time-gap buckets; 0 = padding
+RUNS = {  # run name -> (library, model, variant)
+    "ours deepfm": ("ours", "deepfm", "fp32"), "ours deepfm bf16": ("ours", "deepfm", "bf16"),
+    "ours deepfm dense-grad": ("ours", "deepfm", "dense"), "deepctr deepfm": ("deepctr", "deepfm", "fp32"),
+    "ours dcn": ("ours", "dcn", "fp32"), "ours dcn bf16": ("ours", "dcn", "bf16"), "deepctr dcn": ("deepctr", "dcn", "fp32"),
+    "ours din": ("ours", "din", "fp32"), "ours din bf16": ("ours", "din", "bf16"), "deepctr din": ("deepctr", "din", "fp32"),
+    "ours bst": ("ours", "bst", "fp32"), "ours bst bf16": ("ours", "bst", "bf16"), "rechub bst": ("rechub", "bst", "fp32"),
+}
+
+
+def make_data(n: int, *, max_len: int, seed: int = 0) -> dict[str, np.ndarray]:
+    """Synthetic samples in the batch contract (codes 1..v, 0 = padding) with a planted click truth."""
+    rng = np.random.default_rng(seed)
+    vocab = dict(FIELDS)
+    n_items, n_cats = vocab["item_id"], vocab["category"]
+    item_cat = rng.permutation(np.arange(n_items) % n_cats)  # every category has items
+    by_cat = np.argsort(item_cat, kind="stable")
+    cat_start = np.searchsorted(item_cat[by_cat], np.arange(n_cats))
+    cat_count = np.bincount(item_cat, minlength=n_cats)
+
+    def item_in(cats):  # a random item (0-based) of each category
+        return by_cat[cat_start[cats] + (rng.random(cats.shape) * cat_count[cats]).astype(np.int64)]
+
+    user = rng.integers(0, vocab["user_id"], n)
+    fav = rng.integers(0, n_cats, (vocab["user_id"], 3))[user]  # (n, 3) favourite categories
+    def from_favourites(shape, p):  # the user's favourite categories with probability p, else any category
+        fav_pick = np.take_along_axis(fav, rng.integers(0, 3, (n, int(np.prod(shape[1:])))), 1).reshape(shape)
+        return np.where(rng.random(shape) < p, fav_pick, rng.integers(0, n_cats, shape))
+
+    target_cat = from_favourites((n,), 0.4)
+    item = item_in(target_cat)
+    hist_cat = from_favourites((n, max_len), 0.7)
+    hist_item = np.where(rng.random((n, max_len)) < 0.1, item[:, None], item_in(hist_cat))  # some re-visits
+    length = rng.integers(0, max_len + 1, n)
+    real = np.arange(max_len) < length[:, None]
+    gaps = -np.sort(-rng.integers(1, GAPS, (n, max_len)), axis=1) * real  # oldest (largest gap) first
+    cols = {name: rng.integers(0, v, n) for name, v in FIELDS}
+    cols |= {"user_id": user, "item_id": item, "category": item_cat[item], "brand": item % vocab["brand"],
+             "shop": item % vocab["shop"], "price_band": (item * 7) % 10, "age": user % 8, "power": (user // 8) % 6}
+    lat_u, lat_c = rng.normal(0, 0.6, (vocab["user_id"], 4)), rng.normal(0, 0.6, (n_cats, 4))
+    recency = np.exp(-gaps / 4.0) * real
+    logit = (-1.6 + rng.normal(0, 0.5, n_items)[item] - 0.015 * cols["position"] + rng.normal(0, 0.3, 8)[cols["channel"]]
+             + (lat_u[user] * lat_c[cols["category"]]).sum(1) + rng.normal(0, 0.4, (8, 20))[cols["age"], cols["category"] % 20]
+             - 0.04 * (cols["price_band"] - 2 * cols["power"]) ** 2 / 4
+             + 1.2 * np.tanh(((hist_cat == cols["category"][:, None]) * recency).sum(1))
+             + 0.6 * ((hist_item == item[:, None]) * recency).max(1))
+    label = (rng.random(n) < 1 / (1 + np.exp(-logit))).astype(np.float32)
+    sparse = np.stack([cols[name] + 1 for name, _ in FIELDS], 1)
+    dense = np.stack([(cols["price_band"] - 4.5) / 3, rng.normal(0, 1, n)], 1).astype(np.float32)
+    seq = np.stack([hist_item + 1, hist_cat + 1], -1) * real[..., None]
+    return {"sparse": sparse, "dense": dense, "seq": seq, "seq_gap": gaps, "length": length, "label": label, "truth": logit}
+
+
+def feature_spec(max_len: int):
+    from homefeed.rank.spec import DenseField, FeatureSpec, SequenceField, SparseField
+    group = lambda i: "user" if i < 5 else "item" if i < 10 else "context"  # noqa: E731
+    return FeatureSpec(sparse=[SparseField(name=f, vocab_size=v + 1, group=group(i)) for i, (f, v) in enumerate(FIELDS)],
+                       dense=[DenseField(name="price", group="item"), DenseField(name="noise", group="user")],
+                       sequence=[SequenceField(name="hist_item_id", shares="item_id"), SequenceField(name="hist_category", shares="category")],
+                       max_len=max_len, n_gap_buckets=GAPS)
+
+
+def ours(model_name: str, variant: str, data: dict, max_len: int):
+    """Our RankModel; inputs are the batch dict itself."""
+    from homefeed.rank.model import build_model
+    model = build_model(feature_spec(max_len), model_name, sparse_grad=variant != "dense")
+    return model, lambda b: b, lambda out: out, model.input_names  # logits
+
+
+def deepctr(model_name: str, data: dict, max_len: int, dim: int = 16):
+    """deepctr-torch DeepFM / DCN / DIN on one float matrix, columns in its feature_index order."""
+    from deepctr_torch.inputs import DenseFeat, SparseFeat, VarLenSparseFeat
+    from deepctr_torch.models import DCN, DIN, DeepFM
+    sparse = [SparseFeat(f, v + 1, embedding_dim=dim) for f, v in FIELDS]
+    dense = [DenseFeat("price"), DenseFeat("noise")]
+    if model_name == "din":
+        hist = [VarLenSparseFeat(SparseFeat(f"hist_{f}", dict(FIELDS)[f] + 1, embedding_dim=dim, embedding_name=f), max_len,
+                                 length_name="seq_length") for f in ("item_id", "category")]
+        model = DIN(sparse + dense + hist, ["item_id", "category"], dnn_hidden_units=(256, 128))
+    elif model_name == "dcn":
+        model = DCN(sparse + dense, sparse + dense, cross_num=3, dnn_hidden_units=(256, 128))
+    else:
+        model = DeepFM(sparse + dense, sparse + dense, dnn_hidden_units=(256, 128))
+    columns = {f: data["sparse"][:, i : i + 1] for i, (f, _) in enumerate(FIELDS)}
+    columns |= {"price": data["dense"][:, :1], "noise": data["dense"][:, 1:], "hist_item_id": data["seq"][..., 0],
+                "hist_category": data["seq"][..., 1], "seq_length": data["length"][:, None]}
+    data["x"] = np.concatenate([columns[name] for name in model.feature_index], 1).astype(np.float32)
+    return model, lambda b: b["x"], lambda out: out.squeeze(-1), ["x"]  # probabilities
+
+
+def rechub_bst(data: dict, max_len: int, dim: int = 16):
+    """torch-rechub BST on a dict of columns; its encoder rebuilt with our width (2 heads, FFN 128, no dropout)."""
+    import torch
+    from torch_rechub.basic.features import DenseFeature, SequenceFeature, SparseFeature
+    from torch_rechub.models.ranking import BST
+    targets = [SparseFeature(f, dict(FIELDS)[f] + 1, embed_dim=dim) for f in ("item_id", "category")]
+    others = [SparseFeature(f, v + 1, embed_dim=dim) for f, v in FIELDS if f not in ("item_id", "category")]
+    others += [DenseFeature("price"), DenseFeature("noise")]
+    hist = [SequenceFeature(f"hist_{f}", dict(FIELDS)[f] + 1, embed_dim=dim, pooling="concat", shared_with=f) for f in ("item_id", "category")]
+    model = BST(others, hist, targets, mlp_params={"dims": [256, 128]}, nhead=2, dropout=0.0, max_seq_len=max_len + 1)
+    layer = torch.nn.TransformerEncoderLayer(2 * dim, 2, dim_feedforward=128, dropout=0.0, activation=torch.nn.LeakyReLU(), batch_first=True)
+    model.transformer_layers = torch.nn.TransformerEncoder(layer, num_layers=1, enable_nested_tensor=False)
+    index = {f: i for i, (f, _) in enumerate(FIELDS)}
+
+    def inputs(b):
+        x = {f: b["sparse"][:, i] for f, i in index.items()}
+        return x | {"price": b["dense"][:, 0], "noise": b["dense"][:, 1], "hist_item_id": b["seq"][..., 0], "hist_category": b["seq"][..., 1]}
+
+    return model, inputs, lambda out: out, ["sparse", "dense", "seq"]  # probabilities
+
+
+class PeakRSS:
+    """Samples this process's resident memory every 20 ms; .peak_mb and .base_mb after the block."""
+
+    def __enter__(self):
+        self.base_mb = self.peak_mb = self._rss()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._watch, daemon=True)
+        self._thread.start()
+        return self
+
+    @staticmethod
+    def _rss() -> float:
+        with open("/proc/self/statm") as f:
+            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+
+    def _watch(self):
+        while not self._stop.wait(0.02):
+            self.peak_mb = max(self.peak_mb, self._rss())
+
+    def __exit__(self, *exc):
+        self._stop.set()
+        self._thread.join()
+        self.peak_mb = max(self.peak_mb, self._rss())
+
+
+def worker(run: str, args) -> dict:
+    """Train and evaluate one run in this process; returns its measurements."""
+    import contextlib
+
+    import torch
+    import torch.nn.functional as F
+
+    from homefeed.evaluate.metrics import auc
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(0)
+    library, model_name, variant = RUNS[run]
+    arrays = make_data(args.rows, max_len=args.max_len)
+    if library == "deepctr":
+        built = deepctr(model_name, arrays, args.max_len)
+    elif library == "rechub":
+        built = rechub_bst(arrays, args.max_len)
+    else:
+        built = ours(model_name, variant, arrays, args.max_len)
+    model, to_input, to_logit, keys = built
+    data = {k: torch.from_numpy(arrays[k]) for k in keys + ["label"]}
+    n_test = args.rows // 10
+    train_idx, test_idx = torch.randperm(args.rows - n_test), torch.arange(args.rows - n_test, args.rows)
+    cast = (lambda: torch.autocast("cpu", dtype=torch.bfloat16)) if variant == "bf16" else contextlib.nullcontext
+    logits = library == "ours"
+    if library == "ours" and variant != "dense":
+        opts = [torch.optim.SparseAdam(model.sparse_parameters(), lr=args.lr), torch.optim.Adam(model.dense_parameters(), lr=args.lr)]
+    else:
+        opts = [torch.optim.Adam(model.parameters(), lr=args.lr)]
+    loss_fn = F.binary_cross_entropy_with_logits if logits else F.binary_cross_entropy
+    model.train()
+    seen, start = 0, time.perf_counter()
+    with PeakRSS() as mem:
+        for lo in range(0, len(train_idx), args.batch):
+            idx = train_idx[lo : lo + args.batch]
+            batch = {k: v[idx] for k, v in data.items()}
+            with cast():
+                out = to_logit(model(to_input(batch))).float()
+            loss = loss_fn(out, batch["label"])
+            for o in opts:
+                o.zero_grad()
+            loss.backward()
+            for o in opts:
+                o.step()
+            seen += len(idx)
+            if time.perf_counter() - start > args.budget:
+                break
+    train_s = time.perf_counter() - start
+    scores, infer_s = predict(model, data, test_idx, to_input, to_logit, cast, args.batch)
+    result = {"run": run, "train_rows": seen, "epoch_share": seen / len(train_idx), "train_sps": seen / train_s,
+              "infer_sps": len(test_idx) / infer_s, "peak_mb": mem.peak_mb - mem.base_mb, "data_mb": mem.base_mb,
+              "auc": auc(arrays["label"][-n_test:], scores), "truth_auc": auc(arrays["label"][-n_test:], arrays["truth"][-n_test:])}
+    if model_name == "bst" and library == "ours" and variant == "fp32":
+        result |= serving(model, data, test_idx, scores, args)
+    return result
+
+
+def predict(model, data, idx, to_input, to_logit, cast, batch_size):
+    """Scores (any monotone transform of the probability) of rows idx, and the seconds it took."""
+    import torch
+    model.eval()
+    out, start = [], time.perf_counter()
+    with torch.inference_mode():
+        for lo in range(0, len(idx), batch_size):
+            batch = {k: v[idx[lo : lo + batch_size]] for k, v in data.items()}
+            with cast():
+                out.append(to_logit(model(to_input(batch))).float())
+    return torch.cat(out).numpy(), time.perf_counter() - start
+
+
+def serving(model, data, test_idx, scores, args) -> dict:
+    """BST as served: AUC of the int8 model; ms to score 500 candidates of one request."""
+    import contextlib
+
+    import torch
+
+    from homefeed.evaluate.metrics import auc
+    from homefeed.rank.export import export_torchscript, load_torchscript, quantize_dynamic
+    int8 = quantize_dynamic(model)
+    labels = data["label"][test_idx].numpy()
+    q_scores, _ = predict(int8, data, test_idx, lambda b: b, lambda o: o, contextlib.nullcontext, args.batch)
+    rows = test_idx[:500]  # one user (row 0's profile and history) against 500 candidate items
+    request = {k: data[k][rows].clone() for k in ("sparse", "dense", "seq", "seq_gap")}
+    for k in ("seq", "seq_gap"):
+        request[k][:] = data[k][rows[0]]
+    request["sparse"][:, :5] = data["sparse"][rows[0], :5]
+    path = export_torchscript(int8, request, f"/tmp/bench_bst_int8_{os.getpid()}.pt")
+    scripted = load_torchscript(path)
+    os.unlink(path)
+
+    def bf16(b):
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            return model(b)
+
+    out = {"int8_auc": auc(labels, q_scores), "int8_auc_loss": auc(labels, scores) - auc(labels, q_scores)}
+    for threads in (1, args.threads):
+        torch.set_num_threads(threads)
+        for name, fn in (("fp32", model), ("int8", int8), ("int8_ts", scripted), ("bf16", bf16)):
+            out[f"ms500_{name}_{threads}t"] = time_ms(fn, request)
+    return out
+
+
+def time_ms(fn, batch, repeats: int = 50) -> float:
+    """Median milliseconds of fn(batch) after a warm-up."""
+    import torch
+    times = []
+    with torch.inference_mode():
+        for i in range(repeats + 5):
+            start = time.perf_counter()
+            fn(batch)
+            if i >= 5:
+                times.append((time.perf_counter() - start) * 1000)
+    return float(np.median(times))
+
+
+def print_table(results: list[dict]) -> None:
+    from rich.console import Console
+    from rich.table import Table
+    table = Table(title=f"ranking: train/infer throughput, memory, test AUC (the planted truth scores {results[0]['truth_auc']:.4f})")
+    for col in ("run", "train samples/s", "infer samples/s", "peak MB", "epoch", "test AUC"):
+        table.add_column(col, justify="left" if col == "run" else "right")
+    for r in results:
+        table.add_row(r["run"], f"{r['train_sps']:,.0f}", f"{r['infer_sps']:,.0f}", f"{r['peak_mb']:,.0f}",
+                      f"{r['epoch_share']:.2f}", f"{r['auc']:.4f}")
+    Console().print(table)
+    for r in results:
+        extra = {k: round(v, 4) for k, v in r.items() if k.startswith(("ms500", "int8"))}
+        if extra:
+            Console().print(f"{r['run']}: {extra}")
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--rows", type=int, default=1_000_000)
+    p.add_argument("--max-len", type=int, default=20)
+    p.add_argument("--batch", type=int, default=4096)
+    p.add_argument("--lr", type=float, default=2e-3)
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--budget", type=float, default=300.0, help="seconds of training per run at most (then a partial epoch)")
+    p.add_argument("--runs", default=",".join(RUNS), help=f"comma-separated runs; valid: {', '.join(RUNS)}")
+    p.add_argument("--json", action="store_true")
+    p.add_argument("--worker", help=argparse.SUPPRESS)
+    args = p.parse_args()
+    if args.worker:
+        print("__RESULT__" + json.dumps(worker(args.worker, args)))
+        return
+    runs = [r.strip() for r in args.runs.split(",") if r.strip()]
+    unknown = [r for r in runs if r not in RUNS]
+    if unknown:
+        p.error(f"unknown run {unknown[0]!r}; valid runs: {', '.join(RUNS)}")
+    results = []
+    for run in runs:
+        cmd = [sys.executable, __file__, "--worker", run] + [f"--{k.replace('_', '-')}={v}" for k, v in vars(args).items()
+                                                             if k not in ("worker", "json", "runs")]
+        done = subprocess.run(cmd, capture_output=True, text=True, env=os.environ | {"OMP_NUM_THREADS": str(args.threads)})
+        line = [x for x in done.stdout.splitlines() if x.startswith("__RESULT__")]
+        if done.returncode or not line:
+            sys.exit(f"run {run!r} failed:\n{done.stderr[-3000:]}")
+        results.append(json.loads(line[0][len("__RESULT__"):]))
+        if not args.json:
+            print(f"{run}: {results[-1]['train_sps']:,.0f} samples/s, AUC {results[-1]['auc']:.4f}", file=sys.stderr)
+    if args.json:
+        print(json.dumps({r["run"]: {k: v for k, v in r.items() if k != "run"} for r in results}, indent=1))
+    else:
+        print_table(results)
+
+
+if __name__ == "__main__":
+    main()

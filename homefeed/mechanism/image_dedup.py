@@ -1,0 +1,263 @@
+"""Similar-image detection: a small CNN's image vectors -> SimHash fingerprints -> near-duplicate groups.
+
+The same product is often listed many times (by other shops, in other venues) with the same photo,
+shifted a pixel, re-compressed, colour-tweaked. A homepage showing three of them looks broken. This
+module finds such groups:
+
+1. images come from the catalogue's `image` column: "npy:ROW" rows of an `images.npy` array, image
+   files read with Pillow (resized to 32x32), or vectors given in an `image_vec` list column;
+2. a small CNN (3 conv blocks, B x 3 x 32 x 32 -> B x `hidden`) is trained to classify an item's
+   image into its leaf category; its last hidden layer is the image vector. Classification alone
+   makes all items of a leaf look alike, so by default the same layer is also trained to tell
+   images apart from each other but not from lightly perturbed copies of themselves (instance
+   discrimination, SimCLR: Chen et al. 2020) -- the perturbations being the ones re-listing causes;
+3. SimHash (see `simhash.py`) maps vectors to 64-bit fingerprints; multi-index hashing finds all
+   pairs within `max_distance` bits; union-find merges them into groups.
+
+    >>> groups = fit_image_groups(items, root="out/tiny")     # doctest: +SKIP
+    >>> groups.table.head(2)                                  # item_id, image_group, fingerprint
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import polars as pl
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from homefeed.config import Section
+from homefeed.mechanism.simhash import SimHasher, group_fingerprints, union_find
+
+SIZE = 32
+
+
+class ImageConfig(Section):
+    bits: int = 64  # SimHash fingerprint length (<= 64)
+    max_distance: int = 3  # Hamming distance within which two images are near-duplicates
+    bands: int | None = None  # multi-index bands; None = max_distance + 1 (exact)
+    hidden: int = 64  # image vector size (last hidden layer)
+    epochs: int = 12
+    batch_size: int = 256
+    lr: float = 3e-3
+    instance_weight: float = 1.0  # weight of instance discrimination; 0 = leaf classification only
+    temperature: float = 0.1
+    seed: int = 0
+    threads: int = 2  # torch CPU threads
+
+
+def load_images(items: pl.DataFrame, *, root: str | Path | None = None) -> np.ndarray:
+    """uint8 (n, 32, 32, 3) images of `items` in row order, from their `image` column.
+
+    'npy:ROW' reads row ROW of `root/images.npy`; any other value is an image file path (relative
+    to `root`) read with Pillow. A missing or unreadable image is an error naming the row.
+    """
+    if "image" not in items.columns:
+        raise ValueError(f"items have no 'image' column (columns: {items.columns}); give image vectors instead")
+    root = Path(root or ".")
+    refs = items["image"].to_list()
+    out = np.zeros((len(refs), SIZE, SIZE, 3), np.uint8)
+    is_npy = items["image"].str.starts_with("npy:").fill_null(False).to_numpy()
+    if is_npy.any():
+        bank = np.load(root / "images.npy", mmap_mode="r")
+        rows = items["image"].str.strip_prefix("npy:").cast(pl.Int64, strict=False).to_numpy()
+        bad = np.flatnonzero(is_npy & ((rows < 0) | (rows >= len(bank)) | np.isnan(rows.astype(float))))
+        if bad.size:
+            raise ValueError(f"items row {bad[0]}: image {refs[bad[0]]!r} is not a row of {root / 'images.npy'} ({len(bank)} rows)")
+        out[is_npy] = _fit_size(np.asarray(bank[rows[is_npy].astype(np.int64)]))
+    for i in np.flatnonzero(~is_npy):  # files: one Pillow decode each (offline only)
+        out[i] = _read_file(root, refs[i], i)
+    return out
+
+
+def _fit_size(images: np.ndarray) -> np.ndarray:
+    if images.shape[1:] == (SIZE, SIZE, 3):
+        return images
+    from PIL import Image
+    return np.stack([np.asarray(Image.fromarray(im).convert("RGB").resize((SIZE, SIZE))) for im in images])
+
+
+def _read_file(root: Path, ref: str | None, row: int) -> np.ndarray:
+    from PIL import Image, UnidentifiedImageError
+    if not ref:
+        raise ValueError(f"items row {row}: column 'image' is empty")
+    try:
+        with Image.open(root / ref) as im:
+            return np.asarray(im.convert("RGB").resize((SIZE, SIZE)))
+    except (FileNotFoundError, UnidentifiedImageError) as e:
+        raise ValueError(f"items row {row}: column 'image': cannot read {root / ref}: {e}") from None
+
+
+class ImageCNN(nn.Module):
+    """B x 3 x 32 x 32 float images in [0, 1] -> B x hidden vectors (`embed`) and B x n_classes logits."""
+
+    def __init__(self, n_classes: int, *, hidden: int = 64, width: int = 16):
+        super().__init__()
+        if n_classes < 2:
+            raise ValueError(f"need at least 2 leaf categories to classify, got {n_classes}")
+
+        def block(cin, cout):
+            return nn.Sequential(nn.Conv2d(cin, cout, 3, padding=1, bias=False), nn.BatchNorm2d(cout), nn.ReLU(), nn.MaxPool2d(2))
+
+        self.features = nn.Sequential(block(3, width), block(width, 2 * width), block(2 * width, 2 * width))  # (B, 2w, 4, 4)
+        self.hidden = nn.Linear(2 * width * 16, hidden)  # the image vector
+        self.head = nn.Linear(hidden, n_classes)
+
+    def embed(self, x: torch.Tensor) -> torch.Tensor:
+        return self.hidden(self.features(x).flatten(1))  # (B, hidden)
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        z = self.embed(x)
+        return z, self.head(F.relu(z))
+
+
+def _to_tensor(images: np.ndarray) -> torch.Tensor:
+    return torch.from_numpy(np.ascontiguousarray(images)).permute(0, 3, 1, 2).float() / 255.0  # (B, 3, 32, 32)
+
+
+def perturb(x: torch.Tensor, g: torch.Generator) -> torch.Tensor:
+    """A re-listed copy of each image: shifted up to 1 px, colour jittered, pixel noise (B, 3, H, W)."""
+    b = x.shape[0]
+    dx, dy = (int(v) for v in torch.randint(-1, 2, (2,), generator=g))
+    x = torch.roll(x, shifts=(dy, dx), dims=(2, 3))
+    x = x + (torch.rand(b, 3, 1, 1, generator=g) - 0.5) * 0.06
+    x = x + torch.randn(x.shape, generator=g) * (4.0 / 255)
+    return x.clamp(0, 1)
+
+
+def nt_xent(z1: torch.Tensor, z2: torch.Tensor, temperature: float) -> torch.Tensor:
+    """SimCLR's contrastive loss: each view must pick its partner out of the 2B - 1 others."""
+    z = F.normalize(torch.cat([z1, z2]), dim=1)  # (2B, hidden)
+    sim = z @ z.T / temperature
+    sim.fill_diagonal_(float("-inf"))
+    b = z1.shape[0]
+    target = torch.cat([torch.arange(b, 2 * b), torch.arange(b)])
+    return F.cross_entropy(sim, target)
+
+
+def train_cnn(images: np.ndarray, labels: np.ndarray, *, config: ImageConfig | None = None) -> ImageCNN:
+    """Fit the CNN on uint8 images (n, 32, 32, 3) and integer leaf labels (n,); returns it in eval mode."""
+    cfg = config or ImageConfig()
+    torch.set_num_threads(cfg.threads)
+    torch.manual_seed(cfg.seed)
+    g = torch.Generator().manual_seed(cfg.seed)
+    _, y = np.unique(labels, return_inverse=True)
+    model = ImageCNN(int(y.max()) + 1, hidden=cfg.hidden)
+    opt = torch.optim.Adam(model.parameters(), lr=cfg.lr)
+    x_all, y_all = _to_tensor(images), torch.from_numpy(y.astype(np.int64))
+    steps = cfg.epochs * max(1, -(-len(y) // cfg.batch_size))
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=cfg.lr, total_steps=steps)
+    model.train()
+    for _ in range(cfg.epochs):
+        for idx in torch.randperm(len(y), generator=g).split(cfg.batch_size):
+            if len(idx) < 2:
+                continue
+            x, t = x_all[idx], y_all[idx]
+            v1, v2 = perturb(x, g), perturb(x, g)
+            z1, logit1 = model(v1)
+            z2, logit2 = model(v2)
+            loss = 0.5 * (F.cross_entropy(logit1, t) + F.cross_entropy(logit2, t))
+            if cfg.instance_weight > 0:
+                loss = loss + cfg.instance_weight * nt_xent(z1, z2, cfg.temperature)
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            sched.step()
+    return model.eval()
+
+
+@torch.no_grad()
+def embed(model: ImageCNN, images: np.ndarray, *, batch: int = 2048) -> np.ndarray:
+    """float32 (n, hidden) image vectors."""
+    return np.concatenate([model.embed(_to_tensor(images[i:i + batch])).numpy() for i in range(0, len(images), batch)] or
+                          [np.zeros((0, model.hidden.out_features), np.float32)])
+
+
+def leaf_accuracy(model: ImageCNN, images: np.ndarray, labels: np.ndarray) -> float:
+    """Share of images whose predicted leaf is right (labels as given to `train_cnn`)."""
+    classes, y = np.unique(labels, return_inverse=True)
+    with torch.no_grad():
+        pred = np.concatenate([model(_to_tensor(images[i:i + 2048]))[1].argmax(1).numpy() for i in range(0, len(images), 2048)])
+    return float((pred == y).mean())
+
+
+def save_cnn(model: ImageCNN, path: str | Path) -> None:
+    """Weights as .npz (no pickle)."""
+    np.savez(path, **{k: v.numpy() for k, v in model.state_dict().items()})
+
+
+def load_cnn(path: str | Path) -> ImageCNN:
+    with np.load(path, allow_pickle=False) as z:
+        state = {k: torch.from_numpy(z[k]) for k in z.files}
+    model = ImageCNN(state["head.weight"].shape[0], hidden=state["hidden.weight"].shape[0], width=state["features.0.0.weight"].shape[0])
+    model.load_state_dict(state)
+    return model.eval()
+
+
+def cosine_groups(vectors: np.ndarray, *, threshold: float, batch: int = 2048) -> np.ndarray:
+    """Exact reference: union-find over every pair with cosine >= threshold ((n,) int64 labels); O(n^2)."""
+    v = np.asarray(vectors, np.float32)
+    v = v - v.mean(axis=0)  # the same centring SimHash uses
+    v /= np.maximum(np.linalg.norm(v, axis=1, keepdims=True), 1e-12)
+    pairs = []
+    for lo in range(0, len(v), batch):
+        s = v[lo:lo + batch] @ v.T  # (b, n)
+        i, j = np.nonzero(s >= threshold)
+        keep = lo + i < j
+        pairs.append(np.stack([lo + i[keep], j[keep]], axis=1))
+    return union_find(len(v), np.concatenate(pairs) if pairs else np.zeros((0, 2), np.int64))
+
+
+def hamming_to_cosine(max_distance: int, bits: int = 64) -> float:
+    """The cosine SimHash's distance threshold stands for: E[hamming] = bits * angle / pi."""
+    return float(np.cos(np.pi * (max_distance + 0.5) / bits))
+
+
+class ImageGroups:
+    """Near-duplicate image groups of a catalogue. `table`: item_id, image_group (Int64), fingerprint (UInt64)."""
+
+    def __init__(self, table: pl.DataFrame, *, vectors: np.ndarray | None = None, model: ImageCNN | None = None,
+                 hasher: SimHasher | None = None):
+        self.table, self.vectors, self.model, self.hasher = table, vectors, model, hasher
+
+    def save(self, folder: str | Path) -> Path:
+        folder = Path(folder)
+        folder.mkdir(parents=True, exist_ok=True)
+        self.table.write_parquet(folder / "image_groups.parquet")
+        if self.hasher is not None:
+            self.hasher.save(folder / "simhash.npz")
+        if self.model is not None:
+            save_cnn(self.model, folder / "image_cnn.npz")
+        return folder
+
+    @classmethod
+    def load(cls, folder: str | Path) -> "ImageGroups":
+        folder = Path(folder)
+        hasher = SimHasher.load(folder / "simhash.npz") if (folder / "simhash.npz").exists() else None
+        model = load_cnn(folder / "image_cnn.npz") if (folder / "image_cnn.npz").exists() else None
+        return cls(pl.read_parquet(folder / "image_groups.parquet"), model=model, hasher=hasher)
+
+
+def image_vectors(items: pl.DataFrame, *, root: str | Path | None = None,
+                  config: ImageConfig | None = None) -> tuple[np.ndarray, ImageCNN | None]:
+    """(n, d) float32 vectors for `items`: the `image_vec` column if present, else a CNN trained here."""
+    if "image_vec" in items.columns:
+        return np.asarray(items["image_vec"].to_list(), np.float32), None
+    images = load_images(items, root=root)
+    model = train_cnn(images, items["leaf_category"].to_numpy(), config=config)
+    return embed(model, images), model
+
+
+def fit_image_groups(items: pl.DataFrame, *, root: str | Path | None = None, config: ImageConfig | None = None,
+                     vectors: np.ndarray | None = None) -> ImageGroups:
+    """Group `items` by near-duplicate images (vectors given, from `image_vec`, or from the CNN on `image`)."""
+    cfg = config or ImageConfig()
+    model = None
+    if vectors is None:
+        vectors, model = image_vectors(items, root=root, config=cfg)
+    hasher = SimHasher(bits=cfg.bits, seed=cfg.seed).fit(vectors)
+    fp = hasher.transform(vectors)
+    labels = group_fingerprints(fp, max_distance=cfg.max_distance, bits=cfg.bits, bands=cfg.bands)
+    table = pl.DataFrame({"item_id": items["item_id"], "image_group": labels, "fingerprint": pl.Series(fp, dtype=pl.UInt64)})
+    return ImageGroups(table, vectors=vectors, model=model, hasher=hasher)

@@ -1,0 +1,191 @@
+"""One composable CTR model: the classic rankers are presets of the same `RankModel`.
+
+The seed system keeps LR, WDL, DeepFM, PNN, NFM, DCN, DCN-V2, DeepResNet, DIN and BST in one
+framework ("Union-DeepModel"); here too a new model is a new `ModelConfig`, not a new file of copies.
+Blocks live in `blocks.py` (fields) and `blocks_sequence.py` (behaviour sequences).
+
+    >>> model = build_model(spec, "deepfm", embed_dim=8)       # a preset with an override
+    >>> model = RankModel(spec, ModelConfig(sequence="bst", cross="v2", deep="mlp"))  # BST + cross
+    >>> logits = model(batch)                                  # (B,) float32; sigmoid -> CTR
+
+Structural mistakes (a product layer without a deep tower, DIN on a spec without sequences, an
+unknown key) raise ValueError when the model is built, never deep in training.
+"""
+from __future__ import annotations
+
+from typing import Literal
+
+import torch
+from pydantic import Field, model_validator
+from torch import Tensor, nn
+
+from homefeed.config import Section
+from homefeed.rank.blocks import FM, MLP, BiInteraction, CrossNet, FieldEmbedding, InnerProduct, OuterProduct, ResidualMLP, Wide
+from homefeed.rank.blocks_sequence import BST, MeanPool, TargetAttention
+from homefeed.rank.spec import FeatureSpec
+
+
+class ModelConfig(Section):
+    """The blocks a RankModel assembles and their sizes; any combination that reaches the logit is legal."""
+
+    embed_dim: int = Field(16, ge=1)  # D: width of every field embedding
+    linear: bool = False  # wide term: one weight per code + a linear map of the dense values
+    fm: bool = False  # factorisation machine second-order term
+    cross: Literal["v1", "v2"] | None = None  # cross network on the flat input, beside the deep tower
+    cross_layers: int = Field(3, ge=1)
+    product: Literal["inner", "outer"] | None = None  # PNN product layer, fed to the deep tower
+    bi_interaction: bool = False  # NFM bi-interaction pool, fed to the deep tower
+    deep: Literal["mlp", "resnet"] | None = None  # deep tower
+    deep_fields: bool = True  # feed the flat input x to the deep tower (NFM: False, only the pool)
+    hidden: list[int] = Field(default_factory=lambda: [256, 128], min_length=1)  # MLP widths; resnet: width hidden[0], a unit each
+    dropout: float = Field(0.0, ge=0.0, lt=1.0)
+    sequence: Literal["mean", "din", "bst"] | None = None  # behaviour sequence block
+    attention_hidden: list[int] = Field(default_factory=lambda: [64, 32], min_length=1)  # DIN activation unit
+    heads: int = Field(2, ge=1)  # BST attention heads (must divide E = S * D)
+    transformer_layers: int = Field(1, ge=1)  # BST
+    ffn_dim: int = Field(128, ge=1)  # BST feed-forward width
+    sparse_grad: bool = False  # embedding tables give sparse gradients (train them with SparseAdam/Adagrad)
+
+    @model_validator(mode="after")
+    def _check_structure(self):
+        deep_x = self.deep is not None and self.deep_fields
+        if not (self.linear or self.fm or self.cross or self.deep):
+            raise ValueError("nothing reaches the logit: enable at least one of linear, fm, cross, deep")
+        for name in ("product", "bi_interaction"):
+            if getattr(self, name) and self.deep is None:
+                raise ValueError(f"{name} feeds the deep tower: set deep='mlp' or 'resnet'")
+        if self.deep is not None and not (self.deep_fields or self.product or self.bi_interaction):
+            raise ValueError("the deep tower gets no input: set deep_fields=True, product or bi_interaction")
+        if self.sequence is not None and not (deep_x or self.cross):
+            raise ValueError(f"sequence={self.sequence!r} output reaches the logit only through the deep tower "
+                             "(with deep_fields=True) or the cross network")
+        return self
+
+
+class RankModel(nn.Module):
+    """A CTR model assembled from blocks; `forward(batch) -> logits (B,)`.
+
+    Notation: B batch, F sparse fields, D embedding dim, Dn dense values, L sequence length,
+    S sequence fields, E = S * D token width, P = F(F-1)/2 field pairs, K = F * D + Dn (+ E) flat width.
+
+        e     = embedding(sparse)                                  (B, F, D)
+        s     = sequence(target token, history tokens, gaps)       (B, E)
+        x     = [flatten(e), dense, s]                             (B, K)
+        logit = bias + wide(sparse, dense) + fm(e) + head([cross(x), deep([x, product(e), bi(e)])])
+
+    Attributes: spec, config, input_names (the batch keys the model reads, in export order).
+    """
+
+    def __init__(self, spec: FeatureSpec, config: ModelConfig | None = None):
+        super().__init__()
+        c = self.config = config if config is not None else ModelConfig()
+        self.spec = spec
+        n_fields, d, n_dense = len(spec.sparse), c.embed_dim, len(spec.dense)
+        vocab = [f.vocab_size for f in spec.sparse]
+        if c.sequence is not None and not spec.sequence:
+            raise ValueError(f"sequence={c.sequence!r} needs sequence fields in the feature spec; it has none")
+        self.n_dense = n_dense
+        self.embedding = FieldEmbedding(vocab, d, sparse=c.sparse_grad)
+        self.wide = Wide(vocab, n_dense, sparse=c.sparse_grad) if c.linear else None
+        self.fm = FM() if c.fm else None
+        self.sequence = self._sequence_block(spec, c)
+        if self.sequence is not None:
+            self.register_buffer("seq_offsets", self.embedding.offsets[spec.target_indices].clone(), persistent=False)
+            self.register_buffer("target_fields", torch.tensor(spec.target_indices), persistent=False)
+        width = n_fields * d + n_dense + (len(spec.sequence) * d if self.sequence is not None else 0)  # K
+        products = {"inner": lambda: InnerProduct(n_fields), "outer": lambda: OuterProduct(n_fields, d)}
+        self.product = products[c.product]() if c.product else None
+        self.bi = BiInteraction() if c.bi_interaction else None
+        deep_in = width * c.deep_fields + (self.product.n_pairs if self.product else 0) + (d if self.bi else 0)
+        tower = {"mlp": MLP, "resnet": ResidualMLP}.get(c.deep or "")
+        self.deep = tower(deep_in, c.hidden, dropout=c.dropout) if tower else None
+        self.cross = CrossNet(width, c.cross_layers, version=c.cross) if c.cross else None
+        head_in = (self.cross.out_dim if self.cross else 0) + (self.deep.out_dim if self.deep else 0)
+        self.head = nn.Linear(head_in, 1, bias=False) if head_in else None
+        self.bias = nn.Parameter(torch.zeros(1))
+        self.input_names = ["sparse"] + ["dense"] * (n_dense > 0) + ["seq"] * (c.sequence is not None) + ["seq_gap"] * (c.sequence == "bst")
+
+    @staticmethod
+    def _sequence_block(spec: FeatureSpec, c: ModelConfig) -> nn.Module | None:
+        dim = len(spec.sequence) * c.embed_dim  # E
+        if c.sequence == "mean":
+            return MeanPool()
+        if c.sequence == "din":
+            return TargetAttention(dim, c.attention_hidden)
+        if c.sequence == "bst":
+            if dim % c.heads:
+                raise ValueError(f"BST token width E = {len(spec.sequence)} sequence fields x embed_dim {c.embed_dim} = {dim} "
+                                 f"is not divisible by heads={c.heads}")
+            return BST(dim, n_gap_buckets=spec.n_gap_buckets, heads=c.heads, n_layers=c.transformer_layers,
+                       ffn_dim=c.ffn_dim, dropout=c.dropout)
+        return None
+
+    def forward(self, batch: dict[str, Tensor]) -> Tensor:
+        e = self.embedding(batch["sparse"])  # (B, F, D)
+        x = torch.cat([e.flatten(1), *self._dense(batch), *self._pool_sequence(batch, e)], dim=1)  # (B, K)
+        terms = self._shallow(batch, e) + self._over(x, e)  # [(B,), ...]
+        return self.bias + torch.stack(terms).sum(dim=0)  # (B,)
+
+    def _dense(self, batch: dict[str, Tensor]) -> list[Tensor]:
+        return [batch["dense"]] if self.n_dense else []  # [(B, Dn)]
+
+    def _pool_sequence(self, batch: dict[str, Tensor], e: Tensor) -> list[Tensor]:
+        """[the sequence block's (B, E) vector]; the target token is the target fields' embeddings."""
+        if self.sequence is None:
+            return []
+        seq = batch["seq"]  # (B, L, S)
+        keys = self.embedding.lookup(seq, self.seq_offsets).flatten(2)  # (B, L, E)
+        query = e[:, self.target_fields].flatten(1)  # (B, E)
+        gaps = batch["seq_gap"] if "seq_gap" in self.input_names else seq[..., 0]  # only BST reads the gaps
+        return [self.sequence(query, keys, gaps, seq[..., 0] > 0)]  # a step is real <=> its first field != 0
+
+    def _shallow(self, batch: dict[str, Tensor], e: Tensor) -> list[Tensor]:
+        """[wide(sparse, dense), fm(e)] for the enabled terms, each (B,)."""
+        wide = [self.wide(batch["sparse"], *self._dense(batch))] if self.wide is not None else []
+        return wide + ([self.fm(e)] if self.fm is not None else [])
+
+    def _over(self, x: Tensor, e: Tensor) -> list[Tensor]:
+        """[head([cross(x), deep([x, product(e), bi(e)])])] -> [(B,)], or [] without cross and deep."""
+        parts = [self.cross(x)] if self.cross is not None else []
+        if self.deep is not None:
+            deep_in = [x] * self.config.deep_fields + [m(e) for m in (self.product, self.bi) if m is not None]
+            parts.append(self.deep(torch.cat(deep_in, dim=1)))
+        return [self.head(torch.cat(parts, dim=1)).squeeze(-1)] if parts else []
+
+    def sparse_parameters(self) -> list[nn.Parameter]:
+        """The embedding tables (sparse gradients when config.sparse_grad); the rest is `dense_parameters`."""
+        return [self.embedding.table.weight] + ([self.wide.weights.table.weight] if self.wide is not None else [])
+
+    def dense_parameters(self) -> list[nn.Parameter]:
+        sparse = {id(p) for p in self.sparse_parameters()}
+        return [p for p in self.parameters() if id(p) not in sparse]
+
+
+_MLP = {"deep": "mlp"}
+PRESETS: dict[str, ModelConfig] = {
+    "lr": ModelConfig(linear=True),
+    "wdl": ModelConfig(linear=True, **_MLP),  # Wide & Deep, Cheng et al. 2016
+    "deepfm": ModelConfig(linear=True, fm=True, **_MLP),  # Guo et al. 2017
+    "pnn": ModelConfig(product="inner", **_MLP),  # IPNN, Qu et al. 2016
+    "nfm": ModelConfig(linear=True, bi_interaction=True, deep_fields=False, **_MLP),  # He & Chua 2017
+    "dcn": ModelConfig(cross="v1", **_MLP),  # Wang et al. 2017
+    "dcnv2": ModelConfig(cross="v2", **_MLP),  # Wang et al. 2021
+    "deepresnet": ModelConfig(deep="resnet"),  # Deep Crossing residual units, Shan et al. 2016
+    "din": ModelConfig(sequence="din", **_MLP),  # Zhou et al. 2018
+    "bst": ModelConfig(sequence="bst", **_MLP),  # Chen et al. 2019
+}
+
+
+def model_config(preset: str, **overrides) -> ModelConfig:
+    """The preset's config with overrides applied; unknown presets or keys raise ValueError naming them."""
+    if preset not in PRESETS:
+        raise ValueError(f"unknown model preset {preset!r}; valid presets: {', '.join(PRESETS)}")
+    unknown = [k for k in overrides if k not in ModelConfig.model_fields]
+    if unknown:
+        raise ValueError(f"unknown model setting {unknown[0]!r}; valid settings: {', '.join(ModelConfig.model_fields)}")
+    return ModelConfig.model_validate(PRESETS[preset].model_dump() | overrides)
+
+
+def build_model(spec: FeatureSpec, preset: str, **overrides) -> RankModel:
+    """`RankModel(spec, model_config(preset, **overrides))`."""
+    return RankModel(spec, model_config(preset, **overrides))

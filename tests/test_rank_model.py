@@ -1,0 +1,144 @@
+"""RankModel: seeded golden values per preset, masking, free combinations, config errors, sparse gradients."""
+import pytest
+import torch
+from pydantic import ValidationError
+
+from homefeed.rank.export import random_batch
+from homefeed.rank.model import PRESETS, ModelConfig, RankModel, build_model, model_config
+from homefeed.rank.spec import DenseField, FeatureSpec, SequenceField, SparseField
+
+
+def tiny_spec(**changes) -> FeatureSpec:
+    fields = [("user_id", 6, "user"), ("item_id", 11, "item"), ("category", 5, "item"), ("hour", 4, "context")]
+    return FeatureSpec(
+        sparse=[SparseField(name=n, vocab_size=v, group=g) for n, v, g in fields],
+        dense=[DenseField(name="price", group="item"), DenseField(name="n_clicks", group="cross")],
+        sequence=[SequenceField(name="hist_item_id", shares="item_id"), SequenceField(name="hist_category", shares="category")],
+        max_len=4, n_gap_buckets=6,
+    ).model_copy(update=changes)
+
+
+BATCH = {  # 3 rows; sequences of length 1, 3, 3, right-padded with 0
+    "sparse": torch.tensor([[4, 3, 2, 2], [0, 8, 1, 3], [3, 4, 3, 2]]),
+    "dense": torch.tensor([[0.1978, 0.1306], [0.2424, 0.8616], [0.0727, 1.3484]]),
+    "seq": torch.tensor([[[5, 3], [0, 0], [0, 0], [0, 0]], [[3, 2], [6, 4], [8, 1], [0, 0]], [[10, 4], [1, 1], [3, 4], [0, 0]]]),
+    "seq_gap": torch.tensor([[1, 0, 0, 0], [4, 4, 1, 0], [5, 2, 5, 0]]),
+}
+
+# logits of torch.manual_seed(0); build_model(tiny_spec(), preset, embed_dim=4, hidden=[8, 4]) on BATCH
+GOLDEN = {
+    "lr": [0.16373546, 0.6655553, 0.87904137],
+    "wdl": [0.21380003, 0.71472597, 0.92941517],
+    "deepfm": [0.20943823, 0.70714808, 0.92449093],
+    "pnn": [-0.085082963, -0.077635966, -0.052517388],
+    "nfm": [0.36811092, 0.87008202, 1.0832411],
+    "dcn": [-0.028943541, 0.10747753, 0.17161338],
+    "dcnv2": [0.044669341, 0.06763912, 0.073942885],
+    "deepresnet": [0.18933457, 0.17694744, 0.20333253],
+    "din": [-0.00021097902, -0.00042450498, -0.0015204614],
+    "bst": [0.0014651529, -0.00078508258, 0.0065073483],
+}
+
+
+def seeded(preset: str, spec: FeatureSpec | None = None, **overrides) -> RankModel:
+    torch.manual_seed(0)
+    return build_model(spec or tiny_spec(), preset, **({"embed_dim": 4, "hidden": [8, 4]} | overrides)).eval()
+
+
+def test_every_preset_has_a_golden_value():
+    assert set(GOLDEN) == set(PRESETS)
+
+
+@pytest.mark.parametrize("preset", GOLDEN)
+def test_seeded_golden_logits(preset):
+    with torch.no_grad():
+        logits = seeded(preset)(BATCH)
+    assert logits.shape == (3,) and logits.dtype == torch.float32
+    assert torch.allclose(logits, torch.tensor(GOLDEN[preset]), rtol=1e-4, atol=1e-7), logits.tolist()
+
+
+@pytest.mark.parametrize("preset", ["din", "bst"])
+def test_padded_positions_change_nothing(preset):
+    model = seeded(preset)
+    with torch.no_grad():
+        base = model(BATCH)
+        pad = lambda t: torch.cat([t, torch.zeros((3, 3) + t.shape[2:], dtype=t.dtype)], dim=1)  # noqa: E731
+        longer = model({**BATCH, "seq": pad(BATCH["seq"]), "seq_gap": pad(BATCH["seq_gap"])})  # L = 7
+        noisy = BATCH["seq"].clone()
+        noisy[0, 1:, 1] = 3  # the category of padded steps (the item code 0 marks padding)
+        gaps = BATCH["seq_gap"].clone()
+        gaps[:, 3] = 5
+        noisy_out = model({**BATCH, "seq": noisy, "seq_gap": gaps})
+        moved = model({**BATCH, "seq": BATCH["seq"].roll(1, 0)})  # another history does change the logits
+    assert torch.allclose(longer, base, atol=1e-6) and torch.allclose(noisy_out, base, atol=1e-6)
+    assert not torch.allclose(moved, base, atol=1e-6)
+
+
+@pytest.mark.parametrize("preset", sorted(PRESETS))
+def test_rows_are_scored_independently_of_the_batch(preset):
+    model = seeded(preset)
+    batch = random_batch(tiny_spec(), 16, seed=3)
+    with torch.no_grad():
+        whole = model(batch)
+        alone = torch.cat([model({k: v[i : i + 1] for k, v in batch.items()}) for i in range(3)])
+    assert torch.allclose(whole[:3], alone, atol=1e-5)
+
+
+def test_free_combination_bst_with_cross_and_fm_trains():
+    config = ModelConfig(sequence="bst", cross="v2", fm=True, deep="resnet", embed_dim=4, hidden=[8])
+    model = RankModel(tiny_spec(), config)
+    batch = random_batch(tiny_spec(), 32, seed=0)
+    loss = torch.nn.functional.binary_cross_entropy_with_logits(model(batch), batch["label"])
+    loss.backward()
+    assert model.cross.layers[0].weight.grad.abs().sum() > 0
+    assert model.sequence.layers[0].q.weight.grad.abs().sum() > 0
+
+
+def test_sparse_gradients_touch_only_looked_up_rows():
+    model = seeded("deepfm", sparse_grad=True)
+    model(BATCH).sum().backward()
+    grad = model.embedding.table.weight.grad
+    assert grad.is_sparse
+    rows = (BATCH["sparse"] + model.embedding.offsets).unique()
+    assert torch.equal(grad.coalesce().indices()[0].unique(), rows)
+    dense_ids = {id(p) for p in model.dense_parameters()}
+    assert len(model.sparse_parameters()) == 2 and not dense_ids & {id(p) for p in model.sparse_parameters()}
+    assert len(dense_ids) + 2 == len(list(model.parameters()))
+
+
+def test_unknown_config_key_fails_with_its_name():
+    with pytest.raises(ValidationError, match="crossing_layers"):
+        ModelConfig(crossing_layers=3)
+    with pytest.raises(ValueError, match="unknown model setting 'crossing_layers'.*cross_layers"):
+        build_model(tiny_spec(), "dcn", crossing_layers=3)
+    with pytest.raises(ValueError, match="unknown model preset 'deepfn'; valid presets: lr, wdl, deepfm"):
+        build_model(tiny_spec(), "deepfn")
+    assert model_config("dcn", cross_layers=5).cross_layers == 5 and PRESETS["dcn"].cross_layers == 3
+
+
+@pytest.mark.parametrize("settings, message", [
+    ({}, "nothing reaches the logit"),
+    ({"linear": True, "product": "inner"}, "product feeds the deep tower"),
+    ({"linear": True, "bi_interaction": True}, "bi_interaction feeds the deep tower"),
+    ({"deep": "mlp", "deep_fields": False}, "the deep tower gets no input"),
+    ({"linear": True, "sequence": "din"}, "reaches the logit only through"),
+    ({"deep": "mlp", "hidden": []}, "at least 1 item"),
+    ({"deep": "mlp", "cross": "v3"}, "cross"),
+])
+def test_structural_mistakes_raise_when_the_config_is_built(settings, message):
+    with pytest.raises(ValueError, match=message):
+        ModelConfig(**settings)
+
+
+def test_spec_mismatches_raise_when_the_model_is_built():
+    with pytest.raises(ValueError, match="needs sequence fields"):
+        build_model(tiny_spec(sequence=[]), "din")
+    with pytest.raises(ValueError, match="E = 2 sequence fields x embed_dim 4 = 8 is not divisible by heads=3"):
+        build_model(tiny_spec(), "bst", embed_dim=4, heads=3)
+
+
+def test_a_spec_without_dense_or_sequence_fields_works():
+    spec = tiny_spec(dense=[], sequence=[])
+    model = seeded("deepfm", spec)
+    assert model.input_names == ["sparse"]
+    assert model({"sparse": BATCH["sparse"]}).shape == (3,)
