@@ -39,12 +39,15 @@ FIELDS = [  # (name, vocabulary without the 0 code) : 16 sparse fields
     ("channel", 8), ("hour", 24), ("position", 60), ("page", 6), ("trigger_type", 5), ("weekday", 7),
 ]
 GAPS = 16  # time-gap buckets; 0 = padding
-RUNS = {  # run name -> (library, model, variant)
+RUNS = {  # run name -> (library, model, variant); "fit": the library's own training loop, else ours
     "ours deepfm": ("ours", "deepfm", "fp32"), "ours deepfm bf16": ("ours", "deepfm", "bf16"),
-    "ours deepfm dense-grad": ("ours", "deepfm", "dense"), "deepctr deepfm": ("deepctr", "deepfm", "fp32"),
-    "ours dcn": ("ours", "dcn", "fp32"), "ours dcn bf16": ("ours", "dcn", "bf16"), "deepctr dcn": ("deepctr", "dcn", "fp32"),
-    "ours din": ("ours", "din", "fp32"), "ours din bf16": ("ours", "din", "bf16"), "deepctr din": ("deepctr", "din", "fp32"),
-    "ours bst": ("ours", "bst", "fp32"), "ours bst bf16": ("ours", "bst", "bf16"), "rechub bst": ("rechub", "bst", "fp32"),
+    "deepctr deepfm fit": ("deepctr", "deepfm", "fit"), "deepctr deepfm": ("deepctr", "deepfm", "fp32"),
+    "ours dcn": ("ours", "dcn", "fp32"), "ours dcn bf16": ("ours", "dcn", "bf16"),
+    "deepctr dcn fit": ("deepctr", "dcn", "fit"), "deepctr dcn": ("deepctr", "dcn", "fp32"),
+    "ours din": ("ours", "din", "fp32"), "ours din bf16": ("ours", "din", "bf16"),
+    "deepctr din fit": ("deepctr", "din", "fit"), "deepctr din": ("deepctr", "din", "fp32"),
+    "ours bst": ("ours", "bst", "fp32"), "ours bst bf16": ("ours", "bst", "bf16"),
+    "rechub bst fit": ("rechub", "bst", "fit"), "rechub bst": ("rechub", "bst", "fp32"),
 }
 
 
@@ -100,15 +103,22 @@ def feature_spec(max_len: int):
                        max_len=max_len, n_gap_buckets=GAPS)
 
 
-def ours(model_name: str, variant: str, data: dict, max_len: int):
-    """Our RankModel; inputs are the batch dict itself."""
+def columns(arrays: dict) -> dict[str, np.ndarray]:
+    """The samples as named columns, the input format of deepctr-torch's fit and torch-rechub's datasets."""
+    out = {f: arrays["sparse"][:, i] for i, (f, _) in enumerate(FIELDS)}
+    return out | {"price": arrays["dense"][:, 0], "noise": arrays["dense"][:, 1], "hist_item_id": arrays["seq"][..., 0],
+                  "hist_category": arrays["seq"][..., 1], "seq_length": arrays["length"]}
+
+
+def ours(model_name: str, variant: str, arrays: dict, max_len: int):
+    """Our RankModel (sparse embedding gradients); its input is the batch dict itself; it returns logits."""
     from homefeed.rank.model import build_model
-    model = build_model(feature_spec(max_len), model_name, sparse_grad=variant != "dense")
-    return model, lambda b: b, lambda out: out, model.input_names  # logits
+    model = build_model(feature_spec(max_len), model_name, sparse_grad=True)
+    return model, lambda b: b, lambda out: out, model.input_names
 
 
-def deepctr(model_name: str, data: dict, max_len: int, dim: int = 16):
-    """deepctr-torch DeepFM / DCN / DIN on one float matrix, columns in its feature_index order."""
+def deepctr(model_name: str, arrays: dict, max_len: int, dim: int = 16):
+    """deepctr-torch DeepFM / DCN / DIN; in our loop its input is one float matrix in feature_index order."""
     from deepctr_torch.inputs import DenseFeat, SparseFeat, VarLenSparseFeat
     from deepctr_torch.models import DCN, DIN, DeepFM
     sparse = [SparseFeat(f, v + 1, embedding_dim=dim) for f, v in FIELDS]
@@ -121,15 +131,13 @@ def deepctr(model_name: str, data: dict, max_len: int, dim: int = 16):
         model = DCN(sparse + dense, sparse + dense, cross_num=3, dnn_hidden_units=(256, 128))
     else:
         model = DeepFM(sparse + dense, sparse + dense, dnn_hidden_units=(256, 128))
-    columns = {f: data["sparse"][:, i : i + 1] for i, (f, _) in enumerate(FIELDS)}
-    columns |= {"price": data["dense"][:, :1], "noise": data["dense"][:, 1:], "hist_item_id": data["seq"][..., 0],
-                "hist_category": data["seq"][..., 1], "seq_length": data["length"][:, None]}
-    data["x"] = np.concatenate([columns[name] for name in model.feature_index], 1).astype(np.float32)
+    cols = columns(arrays)
+    arrays["x"] = np.concatenate([cols[name].reshape(len(cols[name]), -1) for name in model.feature_index], 1).astype(np.float32)
     return model, lambda b: b["x"], lambda out: out.squeeze(-1), ["x"]  # probabilities
 
 
-def rechub_bst(data: dict, max_len: int, dim: int = 16):
-    """torch-rechub BST on a dict of columns; its encoder rebuilt with our width (2 heads, FFN 128, no dropout)."""
+def rechub_bst(arrays: dict, max_len: int, dim: int = 16):
+    """torch-rechub BST on a dict of columns, its encoder rebuilt to our width (2 heads, FFN 128, no dropout)."""
     import torch
     from torch_rechub.basic.features import DenseFeature, SequenceFeature, SparseFeature
     from torch_rechub.models.ranking import BST
@@ -179,55 +187,88 @@ def worker(run: str, args) -> dict:
     import contextlib
 
     import torch
-    import torch.nn.functional as F
 
     from homefeed.evaluate.metrics import auc
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     library, model_name, variant = RUNS[run]
     arrays = make_data(args.rows, max_len=args.max_len)
-    if library == "deepctr":
-        built = deepctr(model_name, arrays, args.max_len)
-    elif library == "rechub":
-        built = rechub_bst(arrays, args.max_len)
-    else:
-        built = ours(model_name, variant, arrays, args.max_len)
-    model, to_input, to_logit, keys = built
+    builders = {"ours": lambda: ours(model_name, variant, arrays, args.max_len),
+                "deepctr": lambda: deepctr(model_name, arrays, args.max_len), "rechub": lambda: rechub_bst(arrays, args.max_len)}
+    model, to_input, to_logit, keys = builders[library]()
     data = {k: torch.from_numpy(arrays[k]) for k in keys + ["label"]}
     n_test = args.rows // 10
-    train_idx, test_idx = torch.randperm(args.rows - n_test), torch.arange(args.rows - n_test, args.rows)
+    order, test_idx = torch.randperm(args.rows - n_test), torch.arange(args.rows - n_test, args.rows)
     cast = (lambda: torch.autocast("cpu", dtype=torch.bfloat16)) if variant == "bf16" else contextlib.nullcontext
-    logits = library == "ours"
-    if library == "ours" and variant != "dense":
+    with PeakRSS() as mem:
+        wall, cpu = time.perf_counter(), time.process_time()
+        if variant == "fit":
+            seen = own_fit(library, model, arrays, order.numpy(), args)
+        else:
+            seen = our_loop(model, data, order, to_input, lambda b: to_logit(model(to_input(b))), cast, library == "ours", args)
+        wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
+    scores, infer_s = predict(model, data, test_idx, to_input, to_logit, cast, args.batch)
+    labels = arrays["label"][-n_test:]
+    result = {"run": run, "train_rows": seen, "epoch_share": seen / len(order), "train_sps": seen / wall, "train_sp_cpu_s": seen / cpu,
+              "infer_sps": len(test_idx) / infer_s, "peak_mb": mem.peak_mb - mem.base_mb, "data_mb": mem.base_mb,
+              "auc": auc(labels, scores), "truth_auc": auc(labels, arrays["truth"][-n_test:])}
+    if model_name == "bst" and library == "ours" and variant == "fp32":
+        result |= serving(model, data, test_idx, scores, args)
+    return result
+
+
+def our_loop(model, data, order, to_input, score, cast, logits: bool, args) -> int:
+    """One epoch (or --budget seconds) of shuffled batches, Adam (SparseAdam on our tables); rows trained."""
+    import torch
+    import torch.nn.functional as F
+    if logits:
         opts = [torch.optim.SparseAdam(model.sparse_parameters(), lr=args.lr), torch.optim.Adam(model.dense_parameters(), lr=args.lr)]
     else:
         opts = [torch.optim.Adam(model.parameters(), lr=args.lr)]
     loss_fn = F.binary_cross_entropy_with_logits if logits else F.binary_cross_entropy
     model.train()
     seen, start = 0, time.perf_counter()
-    with PeakRSS() as mem:
-        for lo in range(0, len(train_idx), args.batch):
-            idx = train_idx[lo : lo + args.batch]
-            batch = {k: v[idx] for k, v in data.items()}
-            with cast():
-                out = to_logit(model(to_input(batch))).float()
-            loss = loss_fn(out, batch["label"])
-            for o in opts:
-                o.zero_grad()
-            loss.backward()
-            for o in opts:
-                o.step()
-            seen += len(idx)
-            if time.perf_counter() - start > args.budget:
-                break
-    train_s = time.perf_counter() - start
-    scores, infer_s = predict(model, data, test_idx, to_input, to_logit, cast, args.batch)
-    result = {"run": run, "train_rows": seen, "epoch_share": seen / len(train_idx), "train_sps": seen / train_s,
-              "infer_sps": len(test_idx) / infer_s, "peak_mb": mem.peak_mb - mem.base_mb, "data_mb": mem.base_mb,
-              "auc": auc(arrays["label"][-n_test:], scores), "truth_auc": auc(arrays["label"][-n_test:], arrays["truth"][-n_test:])}
-    if model_name == "bst" and library == "ours" and variant == "fp32":
-        result |= serving(model, data, test_idx, scores, args)
-    return result
+    for lo in range(0, len(order), args.batch):
+        batch = {k: v[order[lo : lo + args.batch]] for k, v in data.items()}
+        with cast():
+            loss = loss_fn(score(batch).float(), batch["label"])
+        for o in opts:
+            o.zero_grad()
+        loss.backward()
+        for o in opts:
+            o.step()
+        seen += len(batch["label"])
+        if time.perf_counter() - start > args.budget:
+            break
+    return seen
+
+
+def own_fit(library: str, model, arrays: dict, order: np.ndarray, args) -> int:
+    """The library's own fit loop (deepctr `model.fit`, rechub `CTRTrainer`), fed chunks of 64 batches until
+    the epoch ends or --budget seconds pass; rows trained."""
+    import tempfile
+
+    import torch
+    cols = columns(arrays)
+    start, seen, chunk = time.perf_counter(), 0, 64 * args.batch
+    if library == "deepctr":
+        model.compile(torch.optim.Adam(model.parameters(), lr=args.lr), "binary_crossentropy")
+    else:
+        from torch_rechub.trainers import CTRTrainer
+        from torch_rechub.utils.data import TorchDataset
+        trainer = CTRTrainer(model, optimizer_params={"lr": args.lr, "weight_decay": 0.0}, n_epoch=1, model_path=tempfile.mkdtemp())
+        cols.pop("seq_length")
+    for lo in range(0, len(order), chunk):
+        rows = order[lo : lo + chunk]
+        x, y = {k: v[rows] for k, v in cols.items()}, arrays["label"][rows]
+        if library == "deepctr":
+            model.fit(x, y, batch_size=args.batch, epochs=1, verbose=0)
+        else:
+            trainer.fit(torch.utils.data.DataLoader(TorchDataset(x, y), batch_size=args.batch, shuffle=True))
+        seen += len(rows)
+        if time.perf_counter() - start > args.budget:
+            break
+    return seen
 
 
 def predict(model, data, idx, to_input, to_logit, cast, batch_size):
@@ -292,10 +333,10 @@ def print_table(results: list[dict]) -> None:
     from rich.console import Console
     from rich.table import Table
     table = Table(title=f"ranking: train/infer throughput, memory, test AUC (the planted truth scores {results[0]['truth_auc']:.4f})")
-    for col in ("run", "train samples/s", "infer samples/s", "peak MB", "epoch", "test AUC"):
-        table.add_column(col, justify="left" if col == "run" else "right")
+    for col in ("run", "train samples/s", "per CPU-s", "infer samples/s", "peak MB", "epoch", "test AUC"):
+        table.add_column(col, justify="left" if col == "run" else "right", no_wrap=col == "run")
     for r in results:
-        table.add_row(r["run"], f"{r['train_sps']:,.0f}", f"{r['infer_sps']:,.0f}", f"{r['peak_mb']:,.0f}",
+        table.add_row(r["run"], f"{r['train_sps']:,.0f}", f"{r['train_sp_cpu_s']:,.0f}", f"{r['infer_sps']:,.0f}", f"{r['peak_mb']:,.0f}",
                       f"{r['epoch_share']:.2f}", f"{r['auc']:.4f}")
     Console().print(table)
     for r in results:

@@ -34,6 +34,7 @@ class TimeWindow(Section):
     end: str = Field(description="HH:MM local time, exclusive; may wrap past midnight")
     behaviors: list[str] = Field(default_factory=list, description="only these behaviours; empty = all")
     dates: list[str] = Field(default_factory=list, description="YYYY-MM-DD days it applies to; empty = every day")
+    min_lift: float = 3.0  # remove only on days this many times fuller than the window's median day; 0 = every day
 
 
 class CrawlerRule(Section):

@@ -5,11 +5,21 @@ import polars as pl
 import pytest
 
 from homefeed.config import Cleaning, CrawlerRule, FakeOrderRule, InactiveRule, TimeWindow
-from homefeed.data.clean import clean_events, crawler_users, fake_orders, in_window, inactive_users
+from homefeed.data.clean import clean_events, crawler_users, fake_orders, in_window, inactive_users, window_days
 from homefeed.data.schema import BEHAVIOR
 
 HUGE = 10**9
 DAY = 86_400
+
+
+class LiftWindow(TimeWindow):
+    """TimeWindow with the proposed `min_lift` knob (clean.py reads it when present)."""
+
+    min_lift: float = 0.0
+
+
+EVERY_NIGHT = Cleaning(abnormal_windows=[LiftWindow(name="midnight_spike", start="00:00", end="00:10",
+                                                    behaviors=["buy", "cart"], min_lift=0.0)])
 
 
 def log(rows: list[tuple]) -> pl.DataFrame:
@@ -136,6 +146,23 @@ def test_window_wraps_past_midnight_and_dates_name_the_start_day():
     assert window_rows(events, TimeWindow(name="day", start="00:00", end="24:00"), tz=0) == list(range(7))
 
 
+def test_window_days_flag_only_abnormally_full_days():
+    per_day = {0: 1, 1: 1, 2: 10, 3: 2, 4: 0, 5: 1}                   # rows at 00:05 UTC of each day
+    events = log([(1, 1, "buy", d * DAY + 300) for d, k in per_day.items() for _ in range(k)] + [(1, 1, "pv", 5 * DAY + 300)])
+    w = TimeWindow(name="night", start="00:00", end="00:10", behaviors=["buy"])
+    days = window_days(events, w, tz_offset_hours=0, min_lift=3.0)       # median 1 -> abnormal above 3
+    assert days["n"].to_list() == [1, 1, 10, 2, 0, 1] and days["date"][2] == "1970-01-03"
+    assert days.filter("abnormal")["day"].to_list() == [2]
+    assert window_days(events, w, tz_offset_hours=0, min_lift=0.0).filter("abnormal")["day"].to_list() == [0, 1, 2, 3, 5]
+    assert window_days(events, w, tz_offset_hours=0, min_lift=10.0).filter("abnormal").height == 0
+    res = clean_events(events, Cleaning(crawler=CrawlerRule(enabled=False), abnormal_windows=[w],
+                                        fake_orders=FakeOrderRule(enabled=False)), tz_offset_hours=0)
+    assert res.counts == {"abnormal_window:night": 10}                  # default min_lift 3: only day 2
+    res = clean_events(events, Cleaning(crawler=CrawlerRule(enabled=False), fake_orders=FakeOrderRule(enabled=False),
+                                        abnormal_windows=[LiftWindow(**w.model_dump(), min_lift=0.0)]), tz_offset_hours=0)
+    assert res.counts == {"abnormal_window:night": 15}
+
+
 @pytest.mark.parametrize("knobs, message", [
     ({"start": "25:00"}, "'25:00' is not a time of day"),
     ({"start": "7:5"}, "'7:5' is not a time of day"),
@@ -173,7 +200,7 @@ def pipeline_log() -> pl.DataFrame:
 
 def test_clean_events_order_and_accounting():
     events = pipeline_log()
-    res = clean_events(events, Cleaning(), tz_offset_hours=0)
+    res = clean_events(events, EVERY_NIGHT, tz_offset_hours=0)
     assert res.counts == {"crawler": 26, "abnormal_window:midnight_spike": 2, "fake_order": 1}
     assert res.kept.height + sum(res.counts.values()) == events.height
     assert res.kept.rows() == events[[26, 30, 31]].rows()
@@ -197,7 +224,7 @@ def test_clean_events_rules_can_be_switched_off():
 
 def test_clean_events_accepts_string_behaviours_and_names_bad_rows():
     events = pipeline_log().with_columns(pl.col("behavior").cast(pl.String))
-    assert clean_events(events, Cleaning(), tz_offset_hours=0).counts["fake_order"] == 1
+    assert clean_events(events, EVERY_NIGHT, tz_offset_hours=0).counts["fake_order"] == 1
     bad = events.with_columns(pl.when(pl.int_range(pl.len()) == 3).then(pl.lit("view"))
                               .otherwise(pl.col("behavior")).alias("behavior"))
     with pytest.raises(ValueError, match=r"events row 3, column 'behavior': unknown value 'view'.*valid: pv, click"):
@@ -223,17 +250,17 @@ def test_cleaning_finds_the_synthetic_worlds_noise(tmp_path):
     world = pytest.importorskip("homefeed.world")
     if not all(hasattr(world, name) for name in ("generate", "load_truth")):
         pytest.skip("homefeed.world does not expose generate / load_truth yet")
-    from homefeed.config import World
-    out = world.generate(World(size="tiny", seed=7), tmp_path / "tiny")
-    events = pl.read_parquet(out / "events.parquet")
-    truth = world.load_truth(out)
-    res = clean_events(events, Cleaning(), tz_offset_hours=World().tz_offset_hours)
+    spec = world.WorldSpec.preset("tiny", seed=7)
+    paths = world.generate(spec, tmp_path / "tiny")
+    events = pl.read_parquet(paths["events"])
+    truth = world.load_truth(tmp_path / "tiny")
+    res = clean_events(events, Cleaning(), tz_offset_hours=spec.tz_offset_hours)
     by_rule = {rule: res.removed.filter(pl.col("rule") == rule) for rule in res.counts}
-    crawlers = truth["crawler_users"].select("user_id")
+    crawlers = truth.crawler_users.select("user_id")
     p, r = precision_recall(res.crawlers, res.kept, crawlers, ["user_id"])
     assert p >= 0.9 and r >= 0.9, f"crawler users: precision {p:.3f}, recall {r:.3f}"
-    p, r = precision_recall(by_rule["fake_order"], res.kept, truth["fake_orders"], ["user_id", "item_id", "ts"])
+    p, r = precision_recall(by_rule["fake_order"], res.kept, truth.fake_orders, ["user_id", "item_id", "ts"])
     assert p >= 0.9 and r >= 0.9, f"fake order rows: precision {p:.3f}, recall {r:.3f}"
-    p, r = precision_recall(by_rule["abnormal_window:midnight_spike"], res.kept, truth["spike_events"],
+    p, r = precision_recall(by_rule["abnormal_window:midnight_spike"], res.kept, truth.spike_events,
                             ["user_id", "item_id", "ts"])
     assert p >= 0.9 and r >= 0.9, f"midnight spike rows: precision {p:.3f}, recall {r:.3f}"

@@ -7,7 +7,7 @@ import torch
 from homefeed.data.dataset import Dataset, TimeSplit
 from homefeed.data.schema import BEHAVIOR
 from homefeed.rank.encoders import Encoders, FieldCode
-from homefeed.rank.features import FeatureSettings, KeyedTimes, gap_bucket, point_in_time
+from homefeed.rank.features import FeatureSettings, Queries, Timeline, gap_bucket, point_in_time
 from test_rank_samples import toy_dataset
 
 DAY = 86_400
@@ -36,13 +36,15 @@ def rows(user, item, ts, trigger=0, channel="itemcf", position=3, page=1):
                          "position": [position], "page": [page]}).cast({"user_id": pl.Int32, "item_id": pl.Int32})
 
 
-def test_keyed_times_counts_a_half_open_window():
-    kt = KeyedTimes(np.array([5, 5, 5, 9, 5]), np.array([10, 20, 30, 20, 40]))
-    # key 5 events at 10, 20, 30, 40; queries at t=30 window 15 -> [15, 30) holds 20 only; t=30 no window -> 10, 20
-    assert kt.count_before(np.array([5, 5, 9, 7]), np.array([30, 30, 21, 99]), 15).tolist() == [1, 1, 1, 0]
-    assert kt.count_before(np.array([5, 5]), np.array([30, 5]), None).tolist() == [2, 0]
-    last = kt.last_before(np.array([5, 5]), np.array([35, 11]), 3)
-    assert kt.ts[last[0]].tolist() == [10, 20, 30] and last[1].tolist() == [0, -1, -1]
+def test_timeline_counts_a_half_open_window():
+    tl = Timeline(np.array([5, 5, 5, 9, 5]), np.array([10, 20, 30, 20, 40]), item=np.array([1, 2, 3, 4, 5]))
+    # user 5 rows at 10, 20, 30, 40; at t=30 the window of 15 s is [15, 30): the row at 20 only
+    lo, hi = tl.bounds(Queries(np.array([5, 5, 9, 7]), np.array([30, 30, 21, 99])), 15)
+    assert (hi - lo).tolist() == [1, 1, 1, 0]
+    lo, hi = tl.bounds(Queries(np.array([5, 5]), np.array([30, 5])))
+    assert (hi - lo).tolist() == [2, 0]
+    last = tl.last(Queries(np.array([5, 5]), np.array([35, 11])), 3)
+    assert tl.columns["item"][last[0]].tolist() == [1, 2, 3] and last[1].tolist() == [0, -1, -1]
 
 
 def test_point_in_time_values_by_hand():

@@ -13,9 +13,10 @@ and no other, so `input rows == kept rows + sum(counts)`:
    or a busiest local day above `daily_factor` x the 99th percentile (nearest rank) of all
    (user, day) event counts; or at least `pv_only_min_events` events, every one a pv.
 2. ``abnormal_window:<name>`` (rows): events inside a recurring daily window of local time,
-   e.g. 23:50-00:10 (wrapping past midnight), optionally only some behaviours and dates. A
-   configured, known anomaly goes before the inferred fake-order rule that would otherwise also
-   catch some of its buys.
+   e.g. 23:50-00:10 (wrapping past midnight), optionally only some behaviours and dates, on the
+   days when that window is abnormally full (more than `min_lift` x its median day; 0 = every
+   day). A configured, known anomaly goes before the inferred fake-order rule that would
+   otherwise also catch some of its buys.
 3. ``fake_order`` (buy rows): a buy with no pv/click/fav/cart of the same item by the same user
    in the `view_lookback_s` seconds up to it (same second included: log order within a second is
    unknown); or a burst: `burst_buys` or more buys of one user whose times span at most
@@ -42,10 +43,11 @@ import polars as pl
 from homefeed.config import Cleaning, CrawlerRule, FakeOrderRule, InactiveRule, TimeWindow
 from homefeed.data.history import group_time_key
 from homefeed.data.schema import BEHAVIOR, BEHAVIORS
-from homefeed.data.split import DAY_S, day_number, local_day, tz_seconds
+from homefeed.data.split import DAY_S, day_name, day_number, tz_seconds
 
 REQUIRED = ("user_id", "item_id", "behavior", "ts")
 VIEWS = ("pv", "click", "fav", "cart")  # behaviours that prove a buyer looked at the item
+DEFAULT_MIN_LIFT = 3.0  # a window's day is abnormal above 3 x its median day (TimeWindow.min_lift overrides)
 
 
 @dataclass
@@ -134,6 +136,12 @@ def _clock(text: str, *, window: str, end: bool) -> int:
                      f"(00:00 .. 23:59{', or 24:00 as end' if end else ''})")
 
 
+def occurrence_day(window: TimeWindow, *, tz_offset_hours: float) -> pl.Expr:
+    """Local date (days since 1970-01-01) on which the latest occurrence of `window` at or before each row started."""
+    start = _clock(window.start, window=window.name, end=False)
+    return (pl.col("ts") + (tz_seconds(tz_offset_hours) - start)) // DAY_S
+
+
 def in_window(window: TimeWindow, *, tz_offset_hours: float) -> pl.Expr:
     """Boolean expression: the row's local time falls in `window` (and its behaviours and dates).
 
@@ -146,11 +154,11 @@ def in_window(window: TimeWindow, *, tz_offset_hours: float) -> pl.Expr:
     if length == 0:
         raise ValueError(f"abnormal window {window.name!r}: start {window.start} equals end {window.end}; "
                          f"use 00:00-24:00 for a whole day")
-    since_start = pl.col("ts") + (tz_seconds(tz_offset_hours) - start)  # local seconds after the window's start
-    cond = (since_start % DAY_S) < length
+    cond = ((pl.col("ts") + (tz_seconds(tz_offset_hours) - start)) % DAY_S) < length
     unknown = sorted(set(window.behaviors) - set(BEHAVIORS))
     if unknown:
-        raise ValueError(f"abnormal window {window.name!r}: unknown behaviour(s) {unknown}; valid: {', '.join(BEHAVIORS)}")
+        raise ValueError(f"abnormal window {window.name!r}: unknown behaviour(s) {unknown}; "
+                         f"valid: {', '.join(BEHAVIORS)}")
     if window.behaviors:
         cond = cond & pl.col("behavior").is_in(window.behaviors)
     if window.dates:
@@ -158,8 +166,30 @@ def in_window(window: TimeWindow, *, tz_offset_hours: float) -> pl.Expr:
             days = [day_number(d) for d in window.dates]
         except ValueError as e:
             raise ValueError(f"abnormal window {window.name!r}, dates: {e}") from None
-        cond = cond & local_day(since_start, tz_offset_hours=0).is_in(days)
+        cond = cond & occurrence_day(window, tz_offset_hours=tz_offset_hours).is_in(days)
     return cond
+
+
+def window_days(events: pl.DataFrame, window: TimeWindow, *, tz_offset_hours: float,
+                min_lift: float = DEFAULT_MIN_LIFT) -> pl.DataFrame:
+    """How full `window` is on each day, and on which days it is abnormal.
+
+    A window is a suspect, not a verdict: 00:00-00:10 buys on an ordinary night are real demand;
+    only the night of a pre-sale opening is a spike. So a day's occurrence is *abnormal* when it
+    holds more than `min_lift` x max(median over days, 1) matching rows; `min_lift=0` makes every
+    day with a matching row abnormal (a plain recurring window).
+
+    Returns one row per local day from the log's first to last occurrence day: day (Int64, days
+    since 1970-01-01), date (String), n (UInt32 rows inside the window, 0 if none), abnormal (Boolean).
+    """
+    day = occurrence_day(window, tz_offset_hours=tz_offset_hours)
+    lo, hi = events.select(day.min(), day.max().alias("hi")).row(0)
+    counts = events.filter(in_window(window, tz_offset_hours=tz_offset_hours)).group_by(day=day).agg(n=pl.len())
+    days = pl.DataFrame({"day": pl.int_range(lo or 0, (hi or -1) + 1, dtype=pl.Int64, eager=True)})
+    days = days.join(counts, on="day", how="left").with_columns(pl.col("n").fill_null(0))
+    threshold = min_lift * max(days["n"].median() or 0.0, 1.0)
+    date = pl.col("day").map_elements(day_name, return_dtype=pl.String)  # a handful of days
+    return days.select("day", date.alias("date"), "n", abnormal=pl.col("n") > threshold)
 
 
 # --- 3. fake orders --------------------------------------------------------------------------
@@ -238,7 +268,10 @@ def clean_events(events: pl.DataFrame, cleaning: Cleaning = Cleaning(), *, tz_of
         crawlers = crawler_users(events, cleaning.crawler, tz_offset_hours=tz_offset_hours)
         flags.append(("crawler", pl.col("user_id").is_in(crawlers["user_id"].implode())))
     for w in cleaning.abnormal_windows:
-        flags.append((f"abnormal_window:{w.name}", in_window(w, tz_offset_hours=tz_offset_hours)))
+        lift = getattr(w, "min_lift", DEFAULT_MIN_LIFT)  # the knob TimeWindow may carry
+        days = window_days(events, w, tz_offset_hours=tz_offset_hours, min_lift=lift)
+        on_days = occurrence_day(w, tz_offset_hours=tz_offset_hours).is_in(days.filter("abnormal")["day"].implode())
+        flags.append((f"abnormal_window:{w.name}", in_window(w, tz_offset_hours=tz_offset_hours) & on_days))
     if cleaning.fake_orders.enabled:
         mask = np.zeros(events.height, bool)
         mask[fake_orders(events, cleaning.fake_orders)["row"].to_numpy()] = True

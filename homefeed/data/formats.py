@@ -1,22 +1,29 @@
-"""The Alibaba display-ad CTR data set ("Ad Display/Click Data on Taobao.com", Tianchi 56) as contract tables.
+"""The two public Alibaba log formats, as contract tables.
 
-The folder holds three CSV files with headers (the real user_profile.csv header ends in a space,
-which is tolerated):
+**Taobao UserBehavior** (Tianchi 649): one CSV file, no header,
+`user_id,item_id,category_id,behavior_type,timestamp` with behaviours pv/fav/cart/buy. It becomes
+events and items (leaf_category = category_id; brand = shop = UNKNOWN_RAW and price null, since the
+format records none); a row giving its item another category than the item's first row did is
+quarantined ("conflicting item attributes").
+
+**Display-ad CTR set** ("Ad Display/Click Data on Taobao.com", Tianchi 56): a folder of three CSV
+files with headers (the real user_profile.csv header ends in a space, which is tolerated):
 
     raw_sample.csv   user,time_stamp,adgroup_id,pid,nonclk,clk           one row per ad shown
     ad_feature.csv   adgroup_id,cate_id,campaign_id,customer,brand,price  one row per ad
     user_profile.csv userid,cms_segid,cms_group_id,final_gender_code,age_level,pvalue_level,
                      shopping_level,occupation,new_user_class_level        one row per user (optional file)
 
-They become: exposures (one request per (user, time_stamp, pid): request_id numbers those groups in
-time order; item_id = adgroup_id; channel = pid, the resource slot; clicked = clk; the data set records
-no slot order, so position = 0 and page = 0), events (each click, as behaviour "click"), items
+They become exposures (one request per (user, time_stamp, pid): request_id numbers those groups in
+time order; item_id = adgroup_id; channel = pid, the resource slot; clicked = clk; the set records no
+slot order, so position = 0 and page = 0), events (each click, as behaviour "click"), items
 (leaf_category = cate_id, shop = customer, brand "NULL" -> UNKNOWN_RAW, price) and users (gender from
-final_gender_code 1 = M, 2 = F; age = age_level; purchase_power = pvalue_level; city null), with a row
-of null attributes for users shown ads but absent from user_profile.csv.
+final_gender_code 1 = M, 2 = F; age = age_level; purchase_power = pvalue_level; city null), plus a row
+of null attributes for each user shown ads but absent from user_profile.csv.
 
-    >>> data = load_alimama("data/alimama")      # doctest: +SKIP
-    >>> data.exposures.columns                   # doctest: +SKIP
+    >>> data = load_taobao("UserBehavior.csv")    # doctest: +SKIP
+    >>> data = load_alimama("data/alimama")       # doctest: +SKIP
+    >>> data.exposures.columns                    # doctest: +SKIP
     ['request_id', 'user_id', 'item_id', 'ts', 'position', 'page', 'channel', 'clicked']
 """
 from __future__ import annotations
@@ -26,11 +33,68 @@ from pathlib import Path
 import polars as pl
 
 from homefeed.config import Ingest
-from homefeed.data.loaders import (UNKNOWN_RAW, Loaded, assemble, check_columns, complete_users, policy_of,
-                                   reject_conflicts, reject_unknown_items)
+from homefeed.data.loaded import (UNKNOWN_RAW, Loaded, assemble, check_columns, complete_users, policy_of,
+                                  reject_conflicts, reject_unknown_items)
+from homefeed.data.quarantine import Policy, conflicts
 from homefeed.data.rawfile import open_text
 from homefeed.data.schema import BEHAVIOR
-from homefeed.data.validate import Check, Field, Policy, triage
+from homefeed.data.validate import Check, Field, triage
+
+# ---------------------------------------------------------------------------------------------- taobao
+
+TAOBAO_COLUMNS = ("user_id", "item_id", "category_id", "behavior_type", "timestamp")
+TAOBAO_FIELDS = [
+    Field("user_id", "user_id", "id"),
+    Field("item_id", "item_id", "id"),
+    Field("leaf_category", "category_id", "id"),
+    Field("behavior", "behavior_type", "code", codes={b: b for b in ("pv", "fav", "cart", "buy")}, dtype=BEHAVIOR),
+    Field("ts", "timestamp", "ts"),
+]
+
+
+def _first_line_is_header(path: Path) -> bool:
+    with Path(path).open("rb") as f:
+        first = f.readline().decode("utf-8", errors="replace").lstrip("\ufeff")
+    return not first.split(",")[0].strip().lstrip("-").isdigit() and "behavior" in first.lower()
+
+
+def _categories(rows: pl.DataFrame) -> tuple[pl.DataFrame, pl.DataFrame]:
+    """(item_id, leaf_category) of each item's first row, sorted by item_id, and the item_ids (one
+    column) whose rows do not all agree. A stable sort by item then adjacent rows: cheaper than a
+    group_by over millions of items."""
+    s = rows.select("item_id", "leaf_category").sort("item_id", maintain_order=True)
+    s = s.with_columns(_new=(pl.col("item_id") != pl.col("item_id").shift()).fill_null(True))
+    changed = ~pl.col("_new") & (pl.col("leaf_category") != pl.col("leaf_category").shift())
+    return s.filter("_new").drop("_new"), s.filter(changed).select("item_id").unique()
+
+
+def load_taobao(path: str | Path, *, policy: Policy | None = None, ingest: Ingest = Ingest()) -> Loaded:
+    """Taobao UserBehavior CSV -> events (pv/fav/cart/buy) and items (leaf_category from category_id).
+
+    Items get brand = shop = UNKNOWN_RAW and a null price (the format records none). A row giving its
+    item another category than the item's first row did is quarantined ("conflicting item attributes").
+    A header line naming the five columns is tolerated.
+    """
+    policy = policy_of(policy, ingest)
+    header = Path(path).is_file() and _first_line_is_header(path)
+    src = open_text(path, names=None if header else TAOBAO_COLUMNS)
+    if header:
+        check_columns(src, TAOBAO_COLUMNS, exact=True)
+    c = triage(src, TAOBAO_FIELDS, table="events", ingest=ingest, policy=policy)
+    items, suspects = _categories(c.rows)
+    if suspects.height:
+        bad = conflicts(c.rows.join(suspects, on="item_id", how="semi"), ["item_id"], ["leaf_category"], what="item",
+                        columns={"leaf_category": "category_id"}, duplicates=False)
+        c.reject(bad, policy=policy, raw=src.raw_lines)
+    items = items.with_columns(brand=pl.lit(UNKNOWN_RAW, pl.Int64), shop=pl.lit(UNKNOWN_RAW, pl.Int64),
+                               price=pl.lit(None, pl.Float64))
+    events = c.rows.select("user_id", "item_id", "behavior", "ts")
+    users = events.select(pl.col("user_id").unique().sort())
+    return assemble({"events": c}, fmt="taobao", tables={"events": events, "items": items, "users": users})
+
+
+
+# --------------------------------------------------------------------------------------------- alimama
 
 RAW_SAMPLE = ("user", "time_stamp", "adgroup_id", "pid", "nonclk", "clk")
 AD_FEATURE = ("adgroup_id", "cate_id", "campaign_id", "customer", "brand", "price")
@@ -101,9 +165,10 @@ def load_alimama(folder: str | Path, *, policy: Policy | None = None, ingest: In
     check_columns(sample, RAW_SAMPLE, exact=True)
     shows = checked["exposures"] = triage(sample, SAMPLE_FIELDS, table="exposures", ingest=ingest, policy=policy,
                                           extra=(CLICK_AGREES,))
-    reject_unknown_items(shows, sample, items, policy=policy)
+    reject_unknown_items(shows, sample, items, policy=policy, source_column="adgroup_id")
     shows.rows = with_requests(shows.rows.drop("nonclk"))
-    reject_conflicts(shows, sample, ["request_id", "item_id"], what="exposure", policy=policy, fields=SAMPLE_FIELDS)
+    reject_conflicts(shows, sample, ["request_id", "item_id"], what="exposure", policy=policy, fields=SAMPLE_FIELDS,
+                     attrs=["clicked"])  # user, ts and channel are the request's own
     exposures = shows.rows.select(EXPOSURE_COLUMNS)
     events = exposures.filter(pl.col("clicked") == 1).select(
         "user_id", "item_id", pl.lit("click", BEHAVIOR).alias("behavior"), "ts")

@@ -21,21 +21,21 @@ only for formats that have no price column at all.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Mapping, Sequence
+from typing import Mapping
 
 import polars as pl
 
 from homefeed.config import Ingest
+from homefeed.data.formats import load_alimama, load_taobao
+from homefeed.data.loaded import (UNKNOWN_RAW, Loaded, assemble, check_columns, complete_users, derived_items, policy_of,
+                                  reject_conflicts, reject_unknown_items)
+from homefeed.data.quarantine import Checked, DataError, Policy, auto_int
 from homefeed.data.rawfile import Source, open_parquet, open_text
 from homefeed.data.schema import BEHAVIOR, BEHAVIORS, CONTRACTS, ID_COLUMNS
-from homefeed.data.quarantine import Checked, DataError, Policy, auto_int, conflicts, empty_quarantine, unknown
 from homefeed.data.validate import Field, triage
 
-UNKNOWN_RAW = -1
-"""Raw id meaning "not recorded" for brand, shop, leaf_category. It is one shared id, so code that
-spreads a page across brands or shops should skip it rather than treat all such items as one brand."""
+__all__ = ["DataError", "Loaded", "UNKNOWN_RAW", "detect_format", "load", "load_alimama", "load_generic", "load_taobao", "load_world"]
 
 TABLES = ("events", "exposures", "items", "users")
 KINDS = {"request_id": "int", "position": "int", "page": "int", "age": "int", "purchase_power": "int",
@@ -43,130 +43,8 @@ KINDS = {"request_id": "int", "position": "int", "page": "int", "age": "int", "p
          **{c: "key" for c in ID_COLUMNS}}
 NON_NEGATIVE = {"position", "page", "age", "purchase_power"}
 FILLABLE = {"leaf_category": UNKNOWN_RAW, "brand": UNKNOWN_RAW, "shop": UNKNOWN_RAW, "price": None}
-"""Required item columns a file may lack: filled with these (price may be null only when absent)."""
-
-
-@dataclass
-class Loaded:
-    """The contract tables with raw ids, the quarantine, and the accounting.
-
-    events: user_id, item_id, behavior (schema.BEHAVIOR), ts (Int64 unix s) [, scene]
-    exposures: request_id, user_id, item_id, ts, position, page, channel, clicked [, trigger_item]; or None
-    items: item_id, leaf_category, brand, shop, price [, optional columns]; users: user_id [, gender, age, ...]
-    quarantine: file, line (1-based, header counted), column (as in the file), reason, raw (the row's text)
-    counts: "<table>.input_rows", "<table>.kept_rows", "<table>.quarantined_rows", "<table>.quarantined.<reason>"
-    """
-
-    events: pl.DataFrame
-    items: pl.DataFrame
-    users: pl.DataFrame
-    exposures: pl.DataFrame | None
-    quarantine: pl.DataFrame
-    counts: dict[str, int]
-    format: str = "generic"
-
-
-def assemble(checked: Mapping[str, Checked], *, fmt: str, tables: Mapping[str, pl.DataFrame]) -> Loaded:
-    """A `Loaded` from final `tables` and the `Checked` files they came from (for the accounting)."""
-    parts = [c.quarantine for c in checked.values()]
-    quarantine = pl.concat([empty_quarantine(), *parts]) if parts else empty_quarantine()
-    counts = {k: v for c in checked.values() for k, v in c.counts().items()}
-    return Loaded(events=tables["events"], items=tables["items"], users=tables["users"],
-                  exposures=tables.get("exposures"), quarantine=quarantine, counts=counts, format=fmt)
-
-
-def policy_of(policy: Policy | None, ingest: Ingest) -> Policy:
-    if policy not in (None, "quarantine", "strict"):
-        raise ValueError(f"unknown policy {policy!r}; valid policies: quarantine, strict")
-    return policy or ingest.policy
-
-
-def check_columns(src: Source, expected: Sequence[str], *, exact: bool) -> None:
-    """File-level: every expected column is in the header (and, if `exact`, no other)."""
-    missing = [c for c in expected if c not in src.columns]
-    extra = [c for c in src.columns if c not in expected] if exact else []
-    line = 1 if src.header else None
-    if missing:
-        raise DataError(src.name, line, missing[0], f"missing column(s) {', '.join(map(repr, missing))}; "
-                        f"the file has: {', '.join(src.columns)}")
-    if extra:
-        raise DataError(src.name, line, extra[0], f"unexpected column(s) {', '.join(map(repr, extra))}; "
-                        f"expected exactly: {', '.join(expected)}")
-
-
-def reject_conflicts(c: Checked, src: Source, key: list[str], *, what: str, policy: Policy, duplicates: bool = True,
-                     fields: Sequence[Field] = (), attrs: list[str] | None = None) -> None:
-    """Quarantine rows repeating an earlier row's `key`: with other `attrs` (default: all other
-    columns), or (if `duplicates`) the same."""
-    attrs = attrs if attrs is not None else [col for col in c.rows.columns if col not in (*key, "line")]
-    names = {f.name: f.source for f in fields if f.source}
-    c.reject(conflicts(c.rows, key, attrs, what=what, columns=names, duplicates=duplicates),
-             policy=policy, raw=src.raw_lines)
-
-
-def reject_unknown_items(c: Checked, src: Source, items: Checked, *, policy: Policy, column: str = "item_id") -> None:
-    """Quarantine rows of `c` whose item is missing from the catalogue `items`."""
-    source_column = next((f for f in src.columns if f in (column, "adgroup_id", "item_id")), column)
-    bad = unknown(c.rows, column, items.rows["item_id"], what="item", where=f"the catalogue {items.file}",
-                  source_column=source_column)
-    c.reject(bad, policy=policy, raw=src.raw_lines)
-
-
-def derived_items(item_ids: pl.Series) -> pl.DataFrame:
-    """Items seen only in events: their attributes unknown (ids -1, price null)."""
-    ids = item_ids.unique(maintain_order=True).alias("item_id")
-    fill = pl.lit(UNKNOWN_RAW, pl.Int64) if ids.dtype != pl.String else pl.lit(str(UNKNOWN_RAW))
-    return ids.to_frame().with_columns(leaf_category=fill, brand=fill, shop=fill, price=pl.lit(None, pl.Float64))
-
-
-def complete_users(users: pl.DataFrame | None, *user_ids: pl.Series) -> pl.DataFrame:
-    """`users` plus a row (attributes null) for every user id seen elsewhere but not in it."""
-    seen = pl.concat([s.alias("user_id") for s in user_ids]).unique(maintain_order=True).to_frame()
-    if users is None:
-        return seen
-    extra = seen.join(users.select("user_id"), on="user_id", how="anti")
-    return pl.concat([users, extra], how="diagonal")
-
-
-# ---------------------------------------------------------------------------------------------- taobao
-
-TAOBAO_COLUMNS = ("user_id", "item_id", "category_id", "behavior_type", "timestamp")
-TAOBAO_FIELDS = [
-    Field("user_id", "user_id", "id"),
-    Field("item_id", "item_id", "id"),
-    Field("leaf_category", "category_id", "id"),
-    Field("behavior", "behavior_type", "code", codes={b: b for b in ("pv", "fav", "cart", "buy")}, dtype=BEHAVIOR),
-    Field("ts", "timestamp", "ts"),
-]
-
-
-def _first_line_is_header(path: Path) -> bool:
-    with Path(path).open("rb") as f:
-        first = f.readline().decode("utf-8", errors="replace").lstrip("\ufeff")
-    return not first.split(",")[0].strip().lstrip("-").isdigit() and "behavior" in first.lower()
-
-
-def load_taobao(path: str | Path, *, policy: Policy | None = None, ingest: Ingest = Ingest()) -> Loaded:
-    """Taobao UserBehavior CSV -> events (pv/fav/cart/buy) and items (leaf_category from category_id).
-
-    Items get brand = shop = UNKNOWN_RAW and a null price (the format records none). A row giving its
-    item another category than the item's first row did is quarantined ("conflicting item attributes").
-    A header line naming the five columns is tolerated.
-    """
-    policy = policy_of(policy, ingest)
-    header = Path(path).is_file() and _first_line_is_header(path)
-    src = open_text(path, names=None if header else TAOBAO_COLUMNS)
-    if header:
-        check_columns(src, TAOBAO_COLUMNS, exact=True)
-    c = triage(src, TAOBAO_FIELDS, table="events", ingest=ingest, policy=policy)
-    reject_conflicts(c, src, ["item_id"], what="item", policy=policy, duplicates=False, fields=TAOBAO_FIELDS,
-                     attrs=["leaf_category"])
-    items = c.rows.select("item_id", "leaf_category").unique("item_id", keep="any").sort("item_id")
-    items = items.with_columns(brand=pl.lit(UNKNOWN_RAW, pl.Int64), shop=pl.lit(UNKNOWN_RAW, pl.Int64),
-                               price=pl.lit(None, pl.Float64))
-    events = c.rows.select("user_id", "item_id", "behavior", "ts")
-    users = events.select(pl.col("user_id").unique().sort())
-    return assemble({"events": c}, fmt="taobao", tables={"events": events, "items": items, "users": users})
+"""Required item columns a file may lack, and their fill. An empty id in a file is unknown too; an
+empty price is a "missing value" (a null price only when the file has no price column at all)."""
 
 
 # --------------------------------------------------------------------------------------------- generic
@@ -206,7 +84,7 @@ def contract_fields(table: str, src: Source, mapping: Mapping[str, str], *, beha
         if source.startswith("="):
             fields.append(Field(col.name, None, fill=_constant(kind, source[1:], codes), **opts))
         elif source in src.columns:
-            required = col.required and FILLABLE.get(col.name, 0) is not None
+            required = col.required and not (col.name in FILLABLE and kind == "key")
             fields.append(Field(col.name, source, required=required, fill=FILLABLE.get(col.name), **opts))
         elif col.name in mapping or (col.required and col.name not in FILLABLE):
             missing.append(source)
@@ -252,7 +130,8 @@ def load_tables(paths: Mapping[str, str | Path], mapping: Mapping[str, Mapping[s
     for table in ("items", "users", "events", "exposures"):
         if table in paths:
             src = sources[table] = open_any(paths[table], separator=separator)
-            fields[table] = contract_fields(table, src, mapping.get(table, {}), behavior_map=behavior_map, ts_format=ts_format)
+            fields[table] = contract_fields(table, src, mapping.get(table, {}), behavior_map=behavior_map,
+                                            ts_format=ts_format)
             checked[table] = triage(src, fields[table], table=table, ingest=ingest, policy=policy)
     _unify_ids(checked)
     keys = {"items": ["item_id"], "users": ["user_id"], "exposures": ["request_id", "item_id"]}
@@ -261,12 +140,13 @@ def load_tables(paths: Mapping[str, str | Path], mapping: Mapping[str, Mapping[s
             reject_conflicts(checked[table], sources[table], key, what=table[:-1], policy=policy, fields=fields[table])
     for table in ("events", "exposures"):
         if table in checked and "items" in checked:
-            reject_unknown_items(checked[table], sources[table], checked["items"], policy=policy)
+            source = next((f.source for f in fields[table] if f.name == "item_id" and f.source), "item_id")
+            reject_unknown_items(checked[table], sources[table], checked["items"], policy=policy, source_column=source)
     tables = {t: c.rows.drop("line") for t, c in checked.items()}
     item_ids = [tables[t]["item_id"] for t in ("events", "exposures") if t in tables]
     tables.setdefault("items", derived_items(pl.concat(item_ids)))
     user_ids = [tables[t]["user_id"] for t in ("events", "exposures") if t in tables]
-    tables["users"] = tables["users"] if "users" in tables else complete_users(None, *user_ids)
+    tables["users"] = complete_users(tables.get("users"), *user_ids)
     return assemble(checked, fmt=fmt, tables=tables)
 
 
@@ -281,7 +161,8 @@ def load_generic(paths: Mapping[str, str | Path], mapping: Mapping[str, Mapping[
     separator: None sniffs , tab ; | from the header. ts_format: strptime format when times are
     local date-times rather than unix seconds (converted with ingest.tz_offset_hours).
     Ids stay strings unless every value of an id space is a plain integer. Without an items file,
-    items are derived from the events (attributes unknown); without a users file, users likewise.
+    items are derived from the events (attributes unknown); users seen in events or exposures but
+    not in the users file (or without one) get a row of null attributes.
     """
     return load_tables(paths, mapping, behavior_map=behavior_map, separator=separator, ts_format=ts_format,
                        policy=policy, ingest=ingest, fmt="generic")
@@ -327,8 +208,6 @@ def detect_format(src: str | Path) -> str:
 
 def load(src: str | Path, *, policy: Policy | None = None, ingest: Ingest = Ingest()) -> Loaded:
     """Load `src` in whichever known format `detect_format` recognises."""
-    from homefeed.data.formats import load_alimama
-
     fmt = detect_format(src)
     loaders = {"world": load_world, "alimama": load_alimama, "taobao": load_taobao}
     if fmt not in loaders:

@@ -91,9 +91,11 @@ def conflicts(df: pl.DataFrame, key: list[str], attrs: list[str], *, what: str, 
     Returns (line, column, reason, problem). One group_by answers the common case of no repeats;
     rows are compared one by one only for keys that repeat.
     """
-    stats = df.group_by(key).agg(pl.len().alias("_n"), *[pl.col(a).n_unique().alias(a) for a in attrs])
-    suspect = pl.col("_n") > 1 if duplicates else pl.any_horizontal([pl.col(a) > 1 for a in attrs] or [pl.lit(False)])
-    keys = stats.filter(suspect).select(key)
+    if duplicates:  # any repeat is suspect
+        keys = df.group_by(key).agg(pl.len().alias("_n")).filter(pl.col("_n") > 1).select(key)
+    else:
+        stats = df.group_by(key).agg(*[pl.col(a).n_unique().alias(a) for a in attrs])
+        keys = stats.filter(pl.any_horizontal([pl.col(a) > 1 for a in attrs] or [pl.lit(False)])).select(key)
     if keys.height == 0:
         return no_problems()
     df = df.join(keys, on=key, how="semi").sort("line")
@@ -108,13 +110,13 @@ def conflicts(df: pl.DataFrame, key: list[str], attrs: list[str], *, what: str, 
                                        for a in attrs] or [pl.lit(None, pl.String)]).fill_null("null")
     keytext = pl.concat_str([pl.col(k).cast(pl.String) for k in key], separator="/")
     conflict = pl.col("_col").is_not_null()
+    df = df.with_columns(column=pl.col("_col").replace_strict(columns or {}, default=pl.col("_col"), return_dtype=pl.String))
     return df.select(
-        pl.col("line").cast(pl.Int64),
-        column=pl.col("_col").replace_strict(columns or {}, default=pl.col("_col"), return_dtype=pl.String),
+        pl.col("line").cast(pl.Int64), "column",
         reason=pl.when(conflict).then(pl.lit(f"conflicting {what} attributes")).otherwise(pl.lit("duplicate row")),
         problem=pl.when(conflict)
-        .then(pl.format(f"{what} {{}} has {{}} = {{}} here but {{}} on line {{}}", keytext, "_col", pick(""), pick("_was_"), "_first"))
-        .otherwise(pl.format(f"repeats {what} {{}} of line {{}}", keytext, "_first")),
+        .then(pl.format(f"{what} {{}} has {{}} here but {{}} on line {{}}", keytext, pick(""), pick("_was_"), "_first"))
+        .otherwise(pl.format(f"repeats {what} {{}} of line {{}} exactly", keytext, "_first")),
     )
 
 

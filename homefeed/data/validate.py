@@ -37,6 +37,7 @@ __all__ = ["Check", "Checked", "DataError", "Field", "Policy", "describe", "firs
 
 Kind = Literal["id", "key", "int", "flag", "float", "ts", "code", "text", "any"]
 LINE, RAW = "__line", "__raw"  # internal columns of a source frame (see rawfile.py)
+BAD_CHAR = "\ufffd"  # what lossy UTF-8 decoding puts in place of invalid bytes
 ENCODING_LIMIT = 0.01  # more lines than this share not UTF-8 (and at least 2): the whole file is refused
 
 
@@ -72,7 +73,8 @@ class Check:
     column: str | None = None
 
 
-_DTYPES = {"id": pl.Int64, "int": pl.Int64, "flag": pl.Int8, "float": pl.Float64, "ts": pl.Int64, "code": pl.String, "text": pl.String}
+_DTYPES = {"id": pl.Int64, "int": pl.Int64, "flag": pl.Int8, "float": pl.Float64, "ts": pl.Int64,
+           "code": pl.String, "text": pl.String}
 _CASTS = ("id", "int", "flag", "float", "ts", "code")  # kinds whose parse fails (null) on an empty value
 
 
@@ -91,8 +93,20 @@ def _ts(f: Field, v: pl.Expr, dtype: pl.DataType, ingest: Ingest) -> tuple[pl.Ex
     else:  # one float parse reads "1511658000" and "874965758.0" alike; exact below 2**53
         x = v.cast(pl.Float64, strict=False)
         in_range = x.is_between(ingest.ts_min, ingest.ts_max, closed="left")
-        return x.floor().cast(pl.Int64, strict=False), [((~x.is_finite()).fill_null(True), "bad timestamp"), (~in_range, "timestamp out of range")]
-    return p, [(p.is_null(), "bad timestamp"), (~p.is_between(ingest.ts_min, ingest.ts_max, closed="left"), "timestamp out of range")]
+        bad = (~x.is_finite()).fill_null(True)
+        return x.floor().cast(pl.Int64, strict=False), [(bad, "bad timestamp"), (~in_range, "timestamp out of range")]
+    in_range = p.is_between(ingest.ts_min, ingest.ts_max, closed="left")
+    return p, [(p.is_null(), "bad timestamp"), (~in_range, "timestamp out of range")]
+
+
+def _code(f: Field, s: pl.Expr) -> tuple[pl.Expr, list[tuple[pl.Expr, str]]]:
+    """Raw codes -> values; a when-chain, not `replace_strict`, which would stop the streaming engine."""
+    mapped = s
+    for raw, value in f.codes.items():
+        if raw != value:
+            mapped = pl.when(s == raw).then(pl.lit(value)).otherwise(mapped)
+    p = pl.when(s.is_in(list(f.codes))).then(mapped)
+    return p, [(p.is_null(), f"unknown {f.name}")]
 
 
 def _parsed(f: Field, v: pl.Expr, dtype: pl.DataType, ingest: Ingest) -> tuple[pl.Expr, list[tuple[pl.Expr, str]]]:
@@ -112,8 +126,7 @@ def _parsed(f: Field, v: pl.Expr, dtype: pl.DataType, ingest: Ingest) -> tuple[p
     if f.kind == "ts":
         return _ts(f, v, dtype, ingest)
     if f.kind == "code":
-        p = v.cast(pl.String).replace_strict(list(f.codes), list(f.codes.values()), default=None)
-        return p, [(p.is_null(), f"unknown {f.name}")]
+        return _code(f, v.cast(pl.String))
     if f.kind == "key":
         return (v if dtype == pl.String else v.cast(pl.Int64, strict=False)), []
     return (v if f.kind == "any" else v.cast(pl.String)), []
@@ -165,37 +178,38 @@ def triage(src: Source, fields: list[Field], *, table: str, ingest: Ingest, poli
     schema = src.frame.collect_schema()
     parsed = [parse_field(f, schema.get(f.source) if f.source else None, ingest=ingest) for f in fields]
     checks = [*src.checks, *(c for _, cs, _ in parsed for c in cs), *extra]
-    flag = _any([src.bad, *(b for _, _, b in parsed), *(c.bad for c in extra)])
-    raw = pl.when(flag).then(pl.col(RAW)) if RAW in schema else pl.lit(None, pl.String)
-    df = src.collect(src.frame.select(pl.col(LINE).cast(pl.Int64).alias("line"), *(e for e, _, _ in parsed),
-                                      flag.alias("_bad"), raw.alias("_raw")))
+    texts = [pl.col(f.source).str.contains(BAD_CHAR, literal=True) for f in fields
+             if src.lines is not None and f.kind in ("text", "key") and schema.get(f.source) == pl.String]
+    flag = _any([src.bad, *(b for _, _, b in parsed), *(c.bad for c in extra), *texts])
+    line = pl.col(LINE).cast(pl.Int64).alias("line")
+    df = src.collect(src.frame.select(line, *(e for e, _, _ in parsed), flag.alias("_bad")))
     if df.height == 0:
         raise DataError(src.name, None, None, "no data rows" + (" after the header" if src.header else ""))
-    n_bad = int(df["_bad"].sum())
-    rows = (df.filter(~pl.col("_bad")) if n_bad else df).drop("_bad", "_raw")
-    quarantine = _name_problems(src, df.filter(pl.col("_bad")).select("line", "_raw"), checks) if n_bad else None
-    if quarantine is None:
-        return Checked(table, src.name, rows, input_rows=df.height)
+    if not df["_bad"].any():
+        return Checked(table, src.name, df.drop("_bad"), input_rows=df.height)
+    quarantine = _name_problems(src, df.filter(pl.col("_bad"))["line"], checks)
+    rows = df.drop("_bad").join(quarantine.select("line"), on="line", how="anti", maintain_order="left")
     quarantine = _mark_truncated(quarantine, src, last_line=int(df["line"].max()))
     _refuse_bad_encoding(quarantine, df.height, src)
-    if policy == "strict":
-        _, line, column, reason, text = quarantine.row(0)
-        raise DataError(src.name, line, column, describe(reason, src.value(text, column), src=src, fields=fields, ingest=ingest, raw=text))
+    if policy == "strict" and quarantine.height:
+        _, at, column, reason, text = quarantine.row(0)
+        problem = describe(reason, src.value(text, column), src=src, fields=fields, ingest=ingest, raw=text)
+        raise DataError(src.name, at, column, problem)
     return Checked(table, src.name, rows, quarantine, df.height)
 
 
-def _name_problems(src: Source, bad: pl.DataFrame, checks: list[Check]) -> pl.DataFrame:
-    """The quarantine rows of the flagged lines `bad` (line, _raw): the first failing check of each."""
+def _name_problems(src: Source, lines: pl.Series, checks: list[Check]) -> pl.DataFrame:
+    """Quarantine rows for the flagged `lines` that fail a check, each with its first failing check.
+    The fast pass flags a superset (e.g. an empty last field); rows failing no check are not returned."""
+    raw = src.raw_lines(lines)
+    line = pl.col(LINE).cast(pl.Int64).alias("line")
+    coded = src.collect(src.rows_at(raw).select(line, first_failure(checks).alias("_code")))
     index = list(range(len(checks)))
-    named = src.collect(src.rows_at(bad["line"], bad["_raw"]).select(
-        pl.col(LINE).cast(pl.Int64).alias("line"), first_failure(checks).alias("_code")))
-    if RAW not in src.frame.collect_schema():
-        bad = bad.drop("_raw").join(src.raw_lines(bad["line"]).rename({"raw": "_raw"}), on="line", how="left")
-    return bad.join(named, on="line", how="left").sort("line").select(
+    return raw.join(coded.filter(pl.col("_code").is_not_null()), on="line", how="inner").sort("line").select(
         pl.lit(src.name).alias("file"), "line",
-        pl.col("_code").replace_strict(index, [c.column for c in checks], default=None, return_dtype=pl.String).alias("column"),
-        pl.col("_code").replace_strict(index, [c.reason for c in checks], default="invalid row", return_dtype=pl.String).alias("reason"),
-        pl.col("_raw").alias("raw"),
+        pl.col("_code").replace_strict(index, [c.column for c in checks], return_dtype=pl.String).alias("column"),
+        pl.col("_code").replace_strict(index, [c.reason for c in checks], return_dtype=pl.String).alias("reason"),
+        "raw",
     ).cast(QUARANTINE_SCHEMA)
 
 
@@ -221,15 +235,20 @@ def describe(reason: str, value: str | None, *, src: Source, fields: list[Field]
     n, nf = len(src.columns), None if raw is None else raw.count(src.sep) + 1
     if reason == "wrong field count":
         hint = next((f" (separated by {s!r}?)" for s in ",\t;|" if s != src.sep and raw and raw.count(s) == n - 1), "")
-        return f"{nf} fields, expected {n} ({src.sep.join(src.columns)}){hint}"
+        return f"{nf} field{'s' if nf != 1 else ''}, expected {n} ({src.sep.join(src.columns)}){hint}"
     if reason == "truncated last line":
-        return f"last line has {nf} of {n} fields and no final newline: the file looks cut off"
+        what = f"has {nf} of {n} fields" if nf is not None and nf < n else "ends in an empty value"
+        return f"last line {what} and no final newline: the file looks cut off"
     if reason == "timestamp out of range":
         ms = value is not None and value.isdigit() and int(value) >= ingest.ts_max
-        return f"{value} is outside [{ingest.ts_min}, {ingest.ts_max}) (ingest.ts_min/ts_max)" + ("; milliseconds, not seconds?" if ms else "")
+        hint = "; milliseconds, not seconds?" if ms else ""
+        return f"{value} is outside [{ingest.ts_min}, {ingest.ts_max}) (ingest.ts_min/ts_max){hint}"
     if reason.startswith("unknown "):
         codes = next((f.codes for f in fields if f.kind == "code" and reason == f"unknown {f.name}"), None) or {}
         return f"{value!r} is not a valid {reason[8:]}; valid values: {', '.join(codes)}"
+    for word, text in (("negative ", "is negative"), ("NaN ", "is not a number (NaN)"), ("infinite ", "is infinite")):
+        if reason.startswith(word):
+            return f"{reason[len(word):]} {value!r} {text}"
     fmt = next((f.format for f in fields if f.kind == "ts" and f.format), None)
     texts = {
         "blank line": "blank line",
@@ -238,7 +257,6 @@ def describe(reason: str, value: str | None, *, src: Source, fields: list[Field]
         "not an integer": f"{value!r} is not an integer",
         "not a number": f"{value!r} is not a number",
         "not 0 or 1": f"{value!r} is not 0 or 1",
-        "negative value": f"{value!r} is negative",
         "bad timestamp": f"{value!r} is not a unix timestamp in seconds" + (f" nor a date-time like {fmt!r}" if fmt else ""),
     }
     return texts.get(reason, f"{reason}: {value!r}")

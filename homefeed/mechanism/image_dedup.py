@@ -19,6 +19,7 @@ module finds such groups:
 """
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -38,9 +39,16 @@ class ImageConfig(Section):
     max_distance: int = 3  # Hamming distance within which two images are near-duplicates
     bands: int | None = None  # multi-index bands; None = max_distance + 1 (exact)
     hidden: int = 64  # image vector size (last hidden layer)
-    epochs: int = 12
+    width: int = 16  # channels of the first conv block (then 2x)
+    blocks: int = 2  # conv blocks (conv 3x3, batch norm, ReLU, max pool 2)
+    input_pool: int = 2  # average-pool the 32x32 input by this factor first (speed)
+    colours: int = 32  # 1x1-conv colour detectors pooled over the image
+    grid: int = 0  # also max-pool the last conv map to grid x grid cells (position; 0 = fully shift-invariant)
+    leaf_batches: bool = True  # batches hold whole leaves, so instance negatives are look-alikes
+    steps: int = 600  # optimisation steps (batches), however many passes over the images that is
     batch_size: int = 256
     lr: float = 3e-3
+    leaf_weight: float = 1.0  # weight of leaf classification
     instance_weight: float = 1.0  # weight of instance discrimination; 0 = leaf classification only
     temperature: float = 0.1
     seed: int = 0
@@ -90,22 +98,37 @@ def _read_file(root: Path, ref: str | None, row: int) -> np.ndarray:
 
 
 class ImageCNN(nn.Module):
-    """B x 3 x 32 x 32 float images in [0, 1] -> B x hidden vectors (`embed`) and B x n_classes logits."""
+    """B x 3 x 32 x 32 float images in [0, 1] -> B x hidden vectors (`embed`) and B x n_classes logits.
 
-    def __init__(self, n_classes: int, *, hidden: int = 64, width: int = 16):
+    Two branches meet in the hidden layer: conv blocks over the (average-pooled) image keep *where*
+    things are, coarsely; 1x1 convolutions averaged over the whole image are a learned soft colour
+    histogram, blind to shifts (Swain & Ballard 1991 colour indexing, made trainable).
+    """
+
+    def __init__(self, n_classes: int, *, hidden: int = 64, width: int = 16, blocks: int = 2, input_pool: int = 2,
+                 colours: int = 32, grid: int = 0):
         super().__init__()
         if n_classes < 2:
             raise ValueError(f"need at least 2 leaf categories to classify, got {n_classes}")
 
-        def block(cin, cout):
-            return nn.Sequential(nn.Conv2d(cin, cout, 3, padding=1, bias=False), nn.BatchNorm2d(cout), nn.ReLU(), nn.MaxPool2d(2))
+        def block(cin, cout, pool):
+            return nn.Sequential(nn.Conv2d(cin, cout, 3, padding=1, bias=False), nn.BatchNorm2d(cout), nn.ReLU(),
+                                 nn.MaxPool2d(2) if pool else nn.Identity())
 
-        self.features = nn.Sequential(block(3, width), block(width, 2 * width), block(2 * width, 2 * width))  # (B, 2w, 4, 4)
-        self.hidden = nn.Linear(2 * width * 16, hidden)  # the image vector
+        chans = [3, width] + [2 * width] * (blocks - 1)
+        self.spatial = nn.Sequential(nn.AvgPool2d(input_pool), *(block(a, b, i < blocks - 1) for i, (a, b) in enumerate(zip(chans, chans[1:]))))
+        self.colour = nn.Sequential(nn.Conv2d(3, colours, 1, bias=False), nn.BatchNorm2d(colours), nn.ReLU(), nn.AdaptiveAvgPool2d(1))
+        self.grid = grid
+        n_spatial = chans[-1] * (2 + grid * grid)
+        self.hidden = nn.Linear(n_spatial + colours, hidden)  # the image vector
         self.head = nn.Linear(hidden, n_classes)
 
     def embed(self, x: torch.Tensor) -> torch.Tensor:
-        return self.hidden(self.features(x).flatten(1))  # (B, hidden)
+        f = self.spatial(x)  # (B, C, h, w)
+        parts = [f.mean((2, 3)), f.amax((2, 3)), self.colour(x).flatten(1)]
+        if self.grid:
+            parts.append(F.adaptive_max_pool2d(f, self.grid).flatten(1))
+        return self.hidden(torch.cat(parts, 1))  # (B, hidden)
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         z = self.embed(x)
@@ -117,13 +140,18 @@ def _to_tensor(images: np.ndarray) -> torch.Tensor:
 
 
 def perturb(x: torch.Tensor, g: torch.Generator) -> torch.Tensor:
-    """A re-listed copy of each image: shifted up to 1 px, colour jittered, pixel noise (B, 3, H, W)."""
-    b = x.shape[0]
-    dx, dy = (int(v) for v in torch.randint(-1, 2, (2,), generator=g))
-    x = torch.roll(x, shifts=(dy, dx), dims=(2, 3))
-    x = x + (torch.rand(b, 3, 1, 1, generator=g) - 0.5) * 0.06
-    x = x + torch.randn(x.shape, generator=g) * (4.0 / 255)
-    return x.clamp(0, 1)
+    """A re-listed copy of each image (B, 3, H, W): shifted up to 1 px each way, colour jittered, noisy."""
+    b, _, h, w = x.shape
+    padded = F.pad(x, (1, 1, 1, 1), mode="replicate")
+    shift = torch.randint(0, 3, (b, 2), generator=g)
+    out = torch.empty_like(x)
+    for dy in range(3):  # 9 vectorised crops, one per shift
+        for dx in range(3):
+            rows = (shift[:, 0] == dy) & (shift[:, 1] == dx)
+            out[rows] = padded[rows, :, dy:dy + h, dx:dx + w]
+    out = out + (torch.rand(b, 3, 1, 1, generator=g) - 0.5) * 0.06
+    out = out + torch.randn(out.shape, generator=g) * (4.0 / 255)
+    return out.clamp(0, 1)
 
 
 def nt_xent(z1: torch.Tensor, z2: torch.Tensor, temperature: float) -> torch.Tensor:
@@ -136,35 +164,51 @@ def nt_xent(z1: torch.Tensor, z2: torch.Tensor, temperature: float) -> torch.Ten
     return F.cross_entropy(sim, target)
 
 
-def train_cnn(images: np.ndarray, labels: np.ndarray, *, config: ImageConfig | None = None) -> ImageCNN:
-    """Fit the CNN on uint8 images (n, 32, 32, 3) and integer leaf labels (n,); returns it in eval mode."""
+def train_cnn(images: np.ndarray, labels: np.ndarray, *, config: ImageConfig | None = None,
+              on_step: Callable[[int, ImageCNN], None] | None = None) -> ImageCNN:
+    """Fit the CNN on uint8 images (n, 32, 32, 3) and integer leaf labels (n,); returns it in eval mode.
+
+    Runs `config.steps` optimisation steps (as many passes over the images as that takes), each on
+    two perturbed views of a batch: leaf cross-entropy on both plus the instance loss between them.
+    """
     cfg = config or ImageConfig()
     torch.set_num_threads(cfg.threads)
     torch.manual_seed(cfg.seed)
     g = torch.Generator().manual_seed(cfg.seed)
     _, y = np.unique(labels, return_inverse=True)
-    model = ImageCNN(int(y.max()) + 1, hidden=cfg.hidden)
+    model = ImageCNN(int(y.max()) + 1, hidden=cfg.hidden, width=cfg.width, blocks=cfg.blocks, input_pool=cfg.input_pool,
+                     colours=cfg.colours, grid=cfg.grid)
     opt = torch.optim.Adam(model.parameters(), lr=cfg.lr)
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=cfg.lr, total_steps=cfg.steps)
     x_all, y_all = _to_tensor(images), torch.from_numpy(y.astype(np.int64))
-    steps = cfg.epochs * max(1, -(-len(y) // cfg.batch_size))
-    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=cfg.lr, total_steps=steps)
-    model.train()
-    for _ in range(cfg.epochs):
-        for idx in torch.randperm(len(y), generator=g).split(cfg.batch_size):
-            if len(idx) < 2:
-                continue
-            x, t = x_all[idx], y_all[idx]
-            v1, v2 = perturb(x, g), perturb(x, g)
-            z1, logit1 = model(v1)
-            z2, logit2 = model(v2)
-            loss = 0.5 * (F.cross_entropy(logit1, t) + F.cross_entropy(logit2, t))
-            if cfg.instance_weight > 0:
-                loss = loss + cfg.instance_weight * nt_xent(z1, z2, cfg.temperature)
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
-            sched.step()
+    batches: list[torch.Tensor] = []
+    for step in range(cfg.steps):
+        if not batches:
+            batches = [b for b in _batches(y, cfg.batch_size, g, by_leaf=cfg.leaf_batches) if len(b) > 1][::-1]
+        idx = batches.pop()
+        model.train()
+        x, t = x_all[idx], y_all[idx]
+        z1, logit1 = model(perturb(x, g))
+        z2, logit2 = model(perturb(x, g))
+        loss = 0.5 * cfg.leaf_weight * (F.cross_entropy(logit1, t) + F.cross_entropy(logit2, t))
+        if cfg.instance_weight > 0:
+            loss = loss + cfg.instance_weight * nt_xent(z1, z2, cfg.temperature)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        sched.step()
+        if on_step is not None:
+            on_step(step, model)
     return model.eval()
+
+
+def _batches(y: np.ndarray, size: int, g: torch.Generator, *, by_leaf: bool) -> list[torch.Tensor]:
+    """Shuffled index batches; with `by_leaf`, items of one leaf sit together (leaves in random order)."""
+    perm = torch.randperm(len(y), generator=g)
+    if by_leaf:
+        leaf_rank = torch.randperm(int(y.max()) + 1, generator=g)[torch.from_numpy(y)]
+        perm = perm[torch.argsort(leaf_rank[perm], stable=True)]
+    return list(perm.split(size))
 
 
 @torch.no_grad()
@@ -190,7 +234,12 @@ def save_cnn(model: ImageCNN, path: str | Path) -> None:
 def load_cnn(path: str | Path) -> ImageCNN:
     with np.load(path, allow_pickle=False) as z:
         state = {k: torch.from_numpy(z[k]) for k in z.files}
-    model = ImageCNN(state["head.weight"].shape[0], hidden=state["hidden.weight"].shape[0], width=state["features.0.0.weight"].shape[0])
+    shape = {k: tuple(v.shape) for k, v in state.items()}
+    blocks = sum(1 for k in state if k.startswith("spatial.") and k.endswith(".0.weight"))
+    width = shape["spatial.1.0.weight"][0]
+    side = int(round(((shape["hidden.weight"][1] - shape["colour.0.weight"][0]) / shape[f"spatial.{blocks}.0.weight"][0]) ** 0.5))
+    model = ImageCNN(shape["head.weight"][0], hidden=shape["hidden.weight"][0], width=width, blocks=blocks,
+                     input_pool=SIZE // 2 ** blocks // side, colours=shape["colour.0.weight"][0])
     model.load_state_dict(state)
     return model.eval()
 

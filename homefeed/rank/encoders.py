@@ -23,7 +23,7 @@ Saved as `encoders.json` (settings, spec, per-field kind, band edges, dense mean
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -38,6 +38,7 @@ ITEM_FIELDS = ("item_id", "leaf_category", "standard_category", "brand", "shop",
 CONTEXT_FIELDS = ("channel", "trigger_type", "position", "page", "hour")
 COUNT_BUCKETS = 18  # count codes 1..17 (+ unknown 0)
 MISSING = -(2**62)
+DENSE_LIMIT = 1 << 26  # int vocabularies whose values are all in [0, this) encode by a lookup table
 
 
 @dataclass
@@ -50,6 +51,7 @@ class FieldCode:
     values: np.ndarray | None = None
     edges: np.ndarray | None = None
     buckets: int = 0
+    _table: np.ndarray | None = field(default=None, repr=False, compare=False)
 
     @property
     def vocab_size(self) -> int:
@@ -73,6 +75,12 @@ class FieldCode:
             return np.where(v == MISSING, 0, 1 + (_splitmix64(v) % np.uint64(self.buckets)).astype(np.int64))
         if len(self.values) == 0:
             return np.zeros(v.shape, np.int64)
+        if self.values[0] >= 0 and self.values[-1] < DENSE_LIMIT:  # small non-negative ints: one gather
+            if self._table is None:
+                self._table = np.zeros(int(self.values[-1]) + 1, np.int64)
+                self._table[self.values] = np.arange(1, len(self.values) + 1)
+            inside = (v >= 0) & (v < self._table.size)
+            return np.where(inside, self._table[np.where(inside, v, 0)], 0)
         i = np.minimum(np.searchsorted(self.values, v), len(self.values) - 1)
         return np.where((self.values[i] == v) & (v != MISSING), i + 1, 0).astype(np.int64)
 

@@ -35,6 +35,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import polars as pl
+from numba import njit
 from pydantic import Field
 
 from homefeed.config import Section
@@ -95,45 +96,90 @@ def _days(w: float) -> str:
 
 # --- point-in-time primitives -------------------------------------------------------------------
 
-class KeyedTimes:
-    """Event times grouped by an int64 key, queried by (key, t): how many / which events before t.
+class Timeline:
+    """Rows sorted once by (user, ts), looked up by (user, t) with one vectorised searchsorted.
 
-    keys, ts: (n,) int64. Built once (one sort); every query method is one vectorised searchsorted.
+    users: (n,) non-negative int codes; ts: (n,) int64; columns: payload arrays (n,), reordered alike.
+    `bounds(q, window_s)` gives, per query, the half-open index range of the user's rows with
+    ts in [t - window_s, t) (all rows before t when window_s is None).
     """
 
-    def __init__(self, keys: np.ndarray, ts: np.ndarray):
-        keys, ts = np.asarray(keys, np.int64), np.asarray(ts, np.int64)
-        self.order = np.lexsort((ts, keys))  # (n,) positions of the input rows, sorted by (key, ts)
-        self.uniq, group = np.unique(keys[self.order], return_inverse=True)
-        self.ts = ts[self.order]
-        self.key, self.t0, self.stride = group_time_key(group.reshape(-1), self.ts)
+    def __init__(self, users: np.ndarray, ts: np.ndarray, **columns: np.ndarray):
+        users, ts = np.asarray(users, np.int64), np.asarray(ts, np.int64)
+        key, self.t0, self.stride = group_time_key(users, ts, pad=0)
+        self.order = np.argsort(key, kind="stable")
+        self.key, self.ts = key[self.order], ts[self.order]
+        self.columns = {k: np.asarray(v)[self.order] for k, v in columns.items()}
 
-    def _locate(self, keys: np.ndarray, ts: np.ndarray, shift: np.ndarray | int = 0):
-        """Per query: index of the first event of its key at or after ts - shift, and of the key's block."""
-        keys = np.asarray(keys, np.int64)
-        if self.uniq.size == 0:
-            zero = np.zeros(keys.shape, np.int64)
+    def __len__(self) -> int:
+        return self.key.size
+
+    def _search(self, q: "Queries", shift: int | None) -> np.ndarray:
+        rel = np.zeros(len(q), np.int64) if shift is None else np.clip(q.ts - shift - self.t0, 0, self.stride - 1)
+        out = np.empty(len(q), np.int64)
+        out[q.order] = np.searchsorted(self.key, (q.users * self.stride + rel)[q.order], side="left")  # sorted probes
+        return out
+
+    def bounds(self, q: "Queries", window_s: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """(lo, hi): (n_q,) int64 index ranges into the sorted rows; hi - lo is the count."""
+        if len(self) == 0:
+            zero = np.zeros(len(q), np.int64)
             return zero, zero
-        g = np.minimum(np.searchsorted(self.uniq, keys), self.uniq.size - 1)
-        known = self.uniq[g] == keys
-        base = g * self.stride
-        rel = np.clip(np.asarray(ts, np.int64) - shift - self.t0, 0, self.stride - 1)
-        pos = np.searchsorted(self.key, base + rel, side="left")
-        block = np.searchsorted(self.key, base, side="left")
-        return np.where(known, pos, 0), np.where(known, block, 0)
+        block = self._search(q, None)
+        hi = self._search(q, 0)
+        return (block if window_s is None else np.maximum(self._search(q, int(window_s)), block)), hi
 
-    def count_before(self, keys: np.ndarray, ts: np.ndarray, window_s: int | None = None) -> np.ndarray:
-        """(n,) int64: events of each query's key with ts in [t - window_s, t) (all before t if None)."""
-        hi, block = self._locate(keys, ts)
-        lo = block if window_s is None else self._locate(keys, ts, int(window_s))[0]
-        return hi - np.maximum(lo, block)
-
-    def last_before(self, keys: np.ndarray, ts: np.ndarray, n: int) -> np.ndarray:
-        """(q, n) int64 indexes into the sorted events: the last n before t, oldest first, -1 right-padded."""
-        hi, block = self._locate(keys, ts)
-        start = np.maximum(hi - n, block)
-        pos = start[:, None] + np.arange(n, dtype=np.int64)[None, :]
+    def last(self, q: "Queries", n: int) -> np.ndarray:
+        """(n_q, n) int64 indexes of the last n rows before t, oldest first, -1 right-padded."""
+        block, hi = self.bounds(q)
+        pos = np.maximum(hi - n, block)[:, None] + np.arange(n, dtype=np.int64)[None, :]
         return np.where(pos < hi[:, None], pos, -1)
+
+
+class Queries:
+    """Sample (user, ts) pairs with their (user, ts) sort order, computed once for every Timeline."""
+
+    def __init__(self, users: np.ndarray, ts: np.ndarray):
+        self.users, self.ts = np.asarray(users, np.int64), np.asarray(ts, np.int64)
+        if self.users.size and self.users.min() < 0:
+            raise ValueError("user codes must be >= 0")
+        span = int(self.ts.max() - self.ts.min()) + 1 if self.ts.size else 1
+        if self.users.size and (int(self.users.max()) + 1) * span < 2**62:
+            self.order = np.argsort(self.users * span + (self.ts - self.ts.min()), kind="stable")
+        else:
+            self.order = np.lexsort((self.ts, self.users))
+
+    def __len__(self) -> int:
+        return self.users.size
+
+
+@njit(cache=True)
+def _window_counts(lo, hi, ev_ts, ev_keys, q_ts, q_keys, windows):  # pragma: no cover - numba
+    """counts[q, k, w] = rows in [lo[q], hi[q]) with ev_keys[., k] == q_keys[q, k] > 0 and age <= windows[w]."""
+    n_q, n_k = q_keys.shape
+    out = np.zeros((n_q, n_k, windows.size), np.int64)
+    for q in range(n_q):
+        for e in range(lo[q], hi[q]):
+            age = q_ts[q] - ev_ts[e]
+            for k in range(n_k):
+                if q_keys[q, k] > 0 and ev_keys[e, k] == q_keys[q, k]:
+                    for w in range(windows.size):
+                        if age <= windows[w]:
+                            out[q, k, w] += 1
+    return out
+
+
+@njit(cache=True)
+def _last_match(block, hi, ev_keys, q_keys):  # pragma: no cover - numba
+    """Index of the last row in [block[q], hi[q]) whose key equals q_keys[q] (> 0), else -1."""
+    out = np.full(q_keys.size, -1, np.int64)
+    for q in range(q_keys.size):
+        if q_keys[q] > 0:
+            for e in range(hi[q] - 1, block[q] - 1, -1):
+                if ev_keys[e] == q_keys[q]:
+                    out[q] = e
+                    break
+    return out
 
 
 def _gather(values: np.ndarray, pos: np.ndarray, fill) -> np.ndarray:
@@ -193,14 +239,25 @@ def point_in_time(dataset: Dataset, rows: pl.DataFrame, settings: FeatureSetting
     items = item_attributes(dataset.items)
     frame = (rows.select("user_id", "item_id", "ts").with_row_index("__row")
              .join(items, on="item_id", how="left").sort("__row").drop("__row"))
-    frame = frame.with_columns(_user_profile(dataset.users, rows["user_id"]))
-    frame = frame.with_columns(_context(dataset, rows, settings))
+    frame = frame.with_columns(*_user_profile(dataset.users, rows["user_id"]), *_context(rows, settings))
 
-    size = int(max(dataset.events["item_id"].max() or 0, items["item_id"].max() or 0, rows["item_id"].max() or 0)) + 1
-    tables = {k: _item_table(items, c, size) for k, c in
-              (("leaf", "leaf_category"), ("std", "standard_category"), ("brand", "brand"))}
-    frame = frame.with_columns(_cross_counts(dataset, frame, tables, settings))
-    seq, gap = _sequence(dataset.events, frame, tables["leaf"], settings)
+    ev = dataset.events
+    size = int(max(ev["item_id"].max() or 0, items["item_id"].max() or 0, rows["item_id"].max() or 0)) + 1
+    attrs = {"leaf": _item_table(items, "leaf_category", size), "std": _item_table(items, "standard_category", size),
+             "brand": _item_table(items, "brand", size), "item": np.arange(size, dtype=np.int64)}
+    ev_item = ev["item_id"].to_numpy().astype(np.int64)
+    timeline = Timeline(ev["user_id"].to_numpy(), ev["ts"].to_numpy(), item=ev_item,
+                        behavior=ev["behavior"].to_physical().to_numpy().astype(np.int64),
+                        **{k: _lookup(ev_item, t) for k, t in attrs.items() if k != "item"})
+    q = Queries(rows["user_id"].to_numpy(), rows["ts"].to_numpy())
+    q_item = rows["item_id"].to_numpy().astype(np.int64)
+    trigger = rows["trigger_item"].fill_null(0).to_numpy().astype(np.int64) if "trigger_item" in rows.columns else np.zeros(len(q), np.int64)
+    frame = frame.with_columns(_trigger_type(timeline, q, trigger), *_cross_counts(timeline, q, q_item, attrs, settings))
+    if dataset.exposures is not None:
+        ex = dataset.exposures
+        shown = Timeline(ex["user_id"].to_numpy(), ex["ts"].to_numpy(), item=ex["item_id"].to_numpy().astype(np.int64))
+        frame = frame.with_columns(*_counts(shown, q, {"item": q_item}, settings, prefix="item_shown"))
+    seq, gap = _sequence(timeline, q, attrs["leaf"], settings)
     return RawFeatures(frame=frame, seq=seq, seq_gap_s=gap)
 
 
@@ -212,74 +269,67 @@ def _user_profile(users: pl.DataFrame, user_ids: pl.Series) -> list[pl.Series]:
               .sort("__row"))
     out = []
     for c in PROFILE:
-        if c in ("gender", "city"):
-            out.append(joined[c].cast(pl.String) if c in present else pl.Series(c, [None] * len(joined), pl.String))
-        else:
-            out.append(joined[c].cast(pl.Int64) if c in present else pl.Series(c, [None] * len(joined), pl.Int64))
+        dtype = pl.String if c in ("gender", "city") else pl.Int64
+        out.append(joined[c].cast(dtype) if c in present else pl.Series(c, [None] * len(joined), dtype))
     return out
 
 
-def _context(dataset: Dataset, rows: pl.DataFrame, settings: FeatureSettings) -> list[pl.Series]:
-    """channel, trigger_type, position, page, hour of the samples."""
+def _context(rows: pl.DataFrame, settings: FeatureSettings) -> list[pl.Series]:
+    """channel, position, page and local hour of day of the samples."""
     n = rows.height
-    ts = rows["ts"].to_numpy().astype(np.int64)
-    local = ts + int(round(settings.tz_offset_hours * 3600))
-    out = [
+    local = rows["ts"].to_numpy().astype(np.int64) + int(round(settings.tz_offset_hours * 3600))
+    return [
         rows["channel"].cast(pl.String) if "channel" in rows.columns else pl.Series("channel", [None] * n, pl.String),
         *(rows[c].cast(pl.Int64) if c in rows.columns else pl.Series(c, [None] * n, pl.Int64) for c in ("position", "page")),
         pl.Series("hour", (local // 3600) % 24, pl.Int64),
     ]
-    trigger = rows["trigger_item"].fill_null(0).to_numpy().astype(np.int64) if "trigger_item" in rows.columns else np.zeros(n, np.int64)
-    out.append(pl.Series("trigger_type", _trigger_type(dataset.events, rows["user_id"].to_numpy(), trigger, ts), pl.String))
-    return out
 
 
-def _trigger_type(events: pl.DataFrame, users: np.ndarray, trigger: np.ndarray, ts: np.ndarray) -> np.ndarray:
-    """(n,) str: latest behaviour of the user on the trigger item before ts; 'none' / 'unseen'."""
-    stride = int(max(events["item_id"].max() or 0, trigger.max(initial=0))) + 1
-    ev_keys = events["user_id"].to_numpy().astype(np.int64) * stride + events["item_id"].to_numpy().astype(np.int64)
-    index = KeyedTimes(ev_keys, events["ts"].to_numpy())
-    last = index.last_before(users.astype(np.int64) * stride + trigger, ts, 1)[:, 0]
-    behavior = events["behavior"].to_physical().to_numpy().astype(np.int64)[index.order]
+def _trigger_type(timeline: Timeline, q: Queries, trigger: np.ndarray) -> pl.Series:
+    """The user's latest behaviour on the trigger item before ts; 'none' without trigger, 'unseen' if never touched."""
+    block, hi = timeline.bounds(q)
+    last = _last_match(block, hi, timeline.columns["item"], trigger) if len(timeline) else np.full(len(q), -1)
+    code = _gather(timeline.columns["behavior"], last, len(BEHAVIORS))
     names = np.array(BEHAVIORS + ("unseen", "none"), dtype=object)
-    code = _gather(behavior, last, len(BEHAVIORS))
-    return names[np.where(trigger > 0, code, len(BEHAVIORS) + 1)]
+    return pl.Series("trigger_type", names[np.where(trigger > 0, code, len(BEHAVIORS) + 1)], pl.String)
 
 
-def _cross_counts(dataset: Dataset, frame: pl.DataFrame, tables: dict[str, np.ndarray],
+def _counts(timeline: Timeline, q: Queries, q_keys: dict[str, np.ndarray], settings: FeatureSettings,
+            *, prefix: str = "user") -> list[pl.Series]:
+    """Rows of the user's timeline matching each key in each window before ts: one numba pass."""
+    windows = np.array([int(w * DAY_S) for w in settings.cross_windows_days], np.int64)
+    lo, hi = timeline.bounds(q, int(windows.max()))
+    ev_keys = np.stack([timeline.columns[k] for k in q_keys], axis=1) if len(timeline) else np.zeros((0, len(q_keys)), np.int64)
+    counts = _window_counts(lo, hi, timeline.ts, ev_keys, q.ts, np.stack(list(q_keys.values()), axis=1), windows)
+    return [pl.Series(f"{prefix}_{k}_{_days(w)}d" if prefix == "user" else f"{prefix}_{_days(w)}d", counts[:, i, j])
+            for i, k in enumerate(q_keys) for j, w in enumerate(settings.cross_windows_days)]
+
+
+def _cross_counts(timeline: Timeline, q: Queries, q_item: np.ndarray, attrs: dict[str, np.ndarray],
                   settings: FeatureSettings) -> list[pl.Series]:
-    """user x {leaf, standard, brand, item} event counts and item-shown counts in each window before ts."""
-    ev = dataset.events.filter(pl.col("behavior").cast(pl.String).is_in(settings.cross_behaviors))
-    ev_user, ev_item = ev["user_id"].to_numpy().astype(np.int64), ev["item_id"].to_numpy().astype(np.int64)
-    q_user, q_item = frame["user_id"].to_numpy().astype(np.int64), frame["item_id"].to_numpy().astype(np.int64)
-    ts = frame["ts"].to_numpy().astype(np.int64)
-    out = []
-    for k in CROSS_KEYS:
-        e_val = ev_item if k == "item" else _lookup(ev_item, tables[k])
-        q_val = q_item if k == "item" else _lookup(q_item, tables[k])
-        stride = int(max(e_val.max(initial=0), q_val.max(initial=0))) + 1
-        index = KeyedTimes(ev_user * stride + e_val, ev["ts"].to_numpy())
-        keys = np.where(q_val > 0, q_user * stride + q_val, -1)  # unknown attribute: no count
-        for w in settings.cross_windows_days:
-            out.append(pl.Series(f"user_{k}_{_days(w)}d", index.count_before(keys, ts, int(w * DAY_S))))
-    if dataset.exposures is not None:
-        ex = dataset.exposures
-        stride = int(max(ex["item_id"].max() or 0, q_item.max(initial=0))) + 1
-        index = KeyedTimes(ex["user_id"].to_numpy().astype(np.int64) * stride + ex["item_id"].to_numpy(), ex["ts"].to_numpy())
-        for w in settings.cross_windows_days:
-            out.append(pl.Series(f"item_shown_{_days(w)}d", index.count_before(q_user * stride + q_item, ts, int(w * DAY_S))))
+    """user x {leaf, standard, brand, item} counts of the `cross_behaviors` events in each window."""
+    counted = np.isin(timeline.columns["behavior"], [BEHAVIORS.index(b) for b in settings.cross_behaviors])
+    if not counted.all():
+        timeline = _subset(timeline, counted)
+    return _counts(timeline, q, {k: _lookup(q_item, attrs[k]) for k in CROSS_KEYS}, settings)
+
+
+def _subset(timeline: Timeline, keep: np.ndarray) -> Timeline:
+    """The rows where `keep`, still sorted (a mask keeps the order: no second sort)."""
+    out = Timeline.__new__(Timeline)
+    out.t0, out.stride, out.order = timeline.t0, timeline.stride, timeline.order[keep]
+    out.key, out.ts = timeline.key[keep], timeline.ts[keep]
+    out.columns = {k: v[keep] for k, v in timeline.columns.items()}
     return out
 
 
-def _sequence(events: pl.DataFrame, frame: pl.DataFrame, leaf: np.ndarray,
+def _sequence(timeline: Timeline, q: Queries, leaf: np.ndarray,
               settings: FeatureSettings) -> tuple[dict[str, np.ndarray], np.ndarray]:
     """Last L clicked items before ts per sample: item codes, their leaves and gaps in seconds."""
-    ev = events.filter(pl.col("behavior").cast(pl.String).is_in(settings.seq_behaviors))
-    index = KeyedTimes(ev["user_id"].to_numpy(), ev["ts"].to_numpy())
-    ts = frame["ts"].to_numpy().astype(np.int64)
-    pos = index.last_before(frame["user_id"].to_numpy().astype(np.int64), ts, settings.max_len)  # (N, L)
-    hist = _gather(ev["item_id"].to_numpy().astype(np.int64)[index.order], pos, 0)
-    gap = np.where(pos < 0, -1, ts[:, None] - _gather(index.ts, pos, 0))
+    clicks = _subset(timeline, np.isin(timeline.columns["behavior"], [BEHAVIORS.index(b) for b in settings.seq_behaviors]))
+    pos = clicks.last(q, settings.max_len)  # (N, L)
+    hist = _gather(clicks.columns["item"], pos, 0)
+    gap = np.where(pos < 0, -1, q.ts[:, None] - _gather(clicks.ts, pos, 0))
     return {"hist_item_id": hist, "hist_leaf_category": np.where(pos < 0, 0, _lookup(hist, leaf))}, gap
 
 
@@ -288,6 +338,6 @@ def gap_bucket(gap_s: np.ndarray, n_buckets: int) -> np.ndarray:
 
     0-1 min -> 1, 1-3 min -> 2, 3-7 -> 3, ..., capped at n_buckets - 1 (about 11 days for 16).
     """
-    minutes = np.maximum(np.asarray(gap_s, np.int64), 0) // 60
-    bucket = 1 + np.floor(np.log2(1 + minutes)).astype(np.int64)
-    return np.where(np.asarray(gap_s) < 0, 0, np.minimum(bucket, n_buckets - 1))
+    gap_s = np.asarray(gap_s, np.int64)
+    edges = 60 * (2 ** np.arange(1, n_buckets - 1, dtype=np.int64) - 1)  # minutes 1, 3, 7, 15, ... in seconds
+    return np.where(gap_s < 0, 0, 1 + np.searchsorted(edges, gap_s, side="right"))

@@ -38,7 +38,7 @@ from homefeed.config import Cleaning, Section, TimeWindow
 from homefeed.data.dataset import Dataset
 from homefeed.data.schema import BEHAVIORS
 from homefeed.rank.encoders import Encoders
-from homefeed.rank.features import FeatureSettings, KeyedTimes, point_in_time
+from homefeed.rank.features import FeatureSettings, Queries, Timeline, point_in_time
 from homefeed.rank.spec import FeatureSpec
 
 PARTS = ("train", "valid", "test")
@@ -248,9 +248,9 @@ def _active(dataset: Dataset, rows: pl.DataFrame, settings: SampleSettings) -> n
     if dataset.exposures is not None:  # a homepage visit (request) is an action in the scene
         acts.append(dataset.exposures.select("user_id", "ts").unique())
     acts = pl.concat([a.with_columns(pl.col("user_id").cast(pl.Int64), pl.col("ts").cast(pl.Int64)) for a in acts])
-    index = KeyedTimes(acts["user_id"].to_numpy(), acts["ts"].to_numpy())
-    n = index.count_before(rows["user_id"].to_numpy(), rows["ts"].to_numpy(), int(settings.active_window_days * 86_400))
-    return n >= settings.active_min_actions
+    lo, hi = Timeline(acts["user_id"].to_numpy(), acts["ts"].to_numpy()).bounds(
+        Queries(rows["user_id"].to_numpy(), rows["ts"].to_numpy()), int(settings.active_window_days * 86_400))
+    return (hi - lo) >= settings.active_min_actions
 
 
 def _with_negatives(dataset: Dataset, positives: pl.DataFrame, settings: SampleSettings, salt: int) -> pl.DataFrame:

@@ -69,8 +69,11 @@ def _optimizers(model: nn.Module, settings: TrainSettings) -> list[torch.optim.O
     if settings.embedding_optimizer == "adam":
         return [torch.optim.Adam(model.parameters(), lr=settings.lr, weight_decay=settings.weight_decay)]
     tables = [m for m in model.modules() if isinstance(m, nn.Embedding)]
+    if hasattr(model, "sparse_parameters"):  # the model names its big tables (RankModel does)
+        named = {id(p) for p in model.sparse_parameters()}
+        tables = [m for m in tables if id(m.weight) in named]
     if not tables:
-        raise ValueError(f"embedding_optimizer={settings.embedding_optimizer!r} needs nn.Embedding modules; "
+        raise ValueError(f"embedding_optimizer={settings.embedding_optimizer!r} needs nn.Embedding tables; "
                          f"{type(model).__name__} has none")
     for m in tables:
         m.sparse = True  # F.embedding now yields sparse gradients for this table
@@ -101,8 +104,16 @@ def train(model: nn.Module, train_samples: Samples, valid_samples: Samples,
     train, valid = train_samples, valid_samples
     if len(train) == 0 or len(valid) == 0:
         raise ValueError(f"training needs samples in both parts; got {len(train)} train and {len(valid)} valid")
+    threads = torch.get_num_threads()
     if settings.threads:
         torch.set_num_threads(settings.threads)
+    try:
+        return _fit(model, train, valid, settings)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _fit(model: nn.Module, train: Samples, valid: Samples, settings: TrainSettings) -> TrainResult:
     torch.manual_seed(settings.seed)
     order_rng = torch.Generator().manual_seed(settings.seed)
     opts = _optimizers(model, settings)
@@ -121,7 +132,7 @@ def train(model: nn.Module, train_samples: Samples, valid_samples: Samples,
             loss.backward()
             for o in opts:
                 o.step()
-            total, steps = total + float(loss), steps + 1
+            total, steps = total + float(loss.detach()), steps + 1
         seconds = time.perf_counter() - t0
         t_train, seen = t_train + seconds, seen + len(train)
         valid_auc = auc(valid.tensors["label"].numpy(), predict(model, valid, batch_size=settings.eval_batch_size, bf16=settings.bf16))

@@ -124,6 +124,7 @@ class Crowd(Recaller):
     """
 
     name = "crowd"
+    Settings = CrowdSettings
 
     def __init__(self, *, settings: CrowdSettings | None = None):
         self.settings = settings or CrowdSettings()
@@ -139,6 +140,7 @@ class Crowd(Recaller):
             lists.append((depth, level, top))
             parent_full, parent_top, parent_level = full, top, level
         self._store(obs, sorted(lists, key=lambda t: t[0]))
+        self._memo: dict[tuple, int] = {}
         return self
 
     def _fit_level(self, obs, level, parent_level, parent_full, parent_top, per_item):
@@ -184,6 +186,15 @@ class Crowd(Recaller):
 
     def group_of(self, profile: dict) -> int:
         """The group number serving this profile: its finest group with enough users (-1 if none)."""
+        memo = self._memo  # profiles repeat: look each distinct one up once
+        raw = tuple(profile.get(a) for a in ("gender", "age", "city", "purchase_power"))
+        if raw not in memo:
+            if len(memo) > 100_000:
+                memo.clear()
+            memo[raw] = self._lookup(profile)
+        return memo[raw]
+
+    def _lookup(self, profile: dict) -> int:
         for depth, level in enumerate(self.settings.levels):
             g = self.groups_.get((depth, profile_key(profile, level, self._bands)))
             if g is not None and (self.group_users_[g] >= self.settings.min_group_users or not level):
@@ -217,7 +228,7 @@ class Crowd(Recaller):
     def load(cls, path: Path) -> "Crowd":
         meta = json.loads((Path(path) / "crowd.json").read_text())
         rec = cls(settings=CrowdSettings.model_validate(meta["settings"]))
-        rec.source_ = meta["source"]
+        rec.source_, rec._memo = meta["source"], {}
         rec.groups_ = {(depth, tuple(key)): g for depth, key, g in meta["groups"]}
         with np.load(Path(path) / "crowd.npz", allow_pickle=False) as z:
             rec.indptr_, rec.items_, rec.scores_, rec.group_users_ = z["indptr"], z["items"], z["scores"], z["group_users"]

@@ -9,8 +9,8 @@ Rows are spread over threads in chunks. A row's cost grows with the square of it
 caller sorts rows by estimated cost and deals them round-robin into chunks (`balanced_chunks`),
 which keeps every thread about equally busy under numba's static scheduling.
 
-Outputs are dense (n_rows, top_n) blocks plus a length per row; `i2i.I2ITable.from_rows` turns
-them into the CSR table.
+Each row writes its top-N, best first, into its own slice of flat output arrays (the slice is
+min(top_n, a bound on the row's neighbours) long); `run_rows` packs them into an `I2ITable`.
 """
 from __future__ import annotations
 
@@ -19,6 +19,8 @@ import math
 import numba
 import numpy as np
 from numba import njit, prange
+
+from homefeed.recall.i2i import I2ITable
 
 
 def balanced_chunks(rows: np.ndarray, cost: np.ndarray, n_chunks: int) -> tuple[np.ndarray, np.ndarray]:
@@ -40,39 +42,167 @@ def default_chunks() -> int:
     return 16 * numba.get_num_threads()
 
 
+@njit(cache=True, inline="always")
+def _worse(v1, j1, v2, j2):
+    """Whether entry (v1, j1) ranks below (v2, j2): lower score, or equal score and higher item code."""
+    return v1 < v2 or (v1 == v2 and j1 > j2)
+
+
 @njit(cache=True)
-def _emit_top(slot, touched, m, acc, top_n, out_items, out_scores, out_len):
-    """Write the top_n of acc[touched[:m]] (score desc, ties by lower item code) into row `slot`."""
-    cand = np.sort(touched[:m])
-    vals = np.empty(m, np.float64)
+def _sift_down(hv, hj, pos, n):
+    """Restore the min-heap (worst entry on top) below `pos` in hv/hj[:n]."""
+    while True:
+        child = 2 * pos + 1
+        if child >= n:
+            return
+        if child + 1 < n and _worse(hv[child + 1], hj[child + 1], hv[child], hj[child]):
+            child += 1
+        if not _worse(hv[child], hj[child], hv[pos], hj[pos]):
+            return
+        hv[pos], hv[child] = hv[child], hv[pos]
+        hj[pos], hj[child] = hj[child], hj[pos]
+        pos = child
+
+
+@njit(cache=True)
+def _heapify(hv, hj, n):
+    for p in range(n // 2 - 1, -1, -1):
+        _sift_down(hv, hj, p, n)
+
+
+@njit(cache=True)
+def _lowest_tied(hv, hj, n, vals, touched, m, scratch):
+    """After a strict-improvement scan, entries tied with the heap's worst score may not be the
+    lowest-coded ones; swap in the lowest codes so ties always resolve the same way."""
+    worst = hv[0]
+    kept = 0
+    for k in range(n):
+        kept += hv[k] == worst
+    tied = 0
     for q in range(m):
-        vals[q] = acc[cand[q]]
-    order = np.argsort(-vals, kind="mergesort")
+        if vals[q] == worst:
+            scratch[tied] = touched[q]
+            tied += 1
+    if tied == kept:
+        return
+    lowest = np.sort(np.partition(scratch[:tied], kept - 1)[:kept])
     c = 0
+    for k in range(n):
+        if hv[k] == worst:
+            hj[k] = lowest[c]
+            c += 1
+    _heapify(hv, hj, n)
+
+
+@njit(cache=True)
+def _emit_top(start, limit, touched, m, acc, in_row, left, norm_right, hv, hj, vals, scratch, out_items, out_scores):
+    """Write the best `limit` of acc[j] / (left * norm_right[j]) over j in touched[:m] to out[start:],
+    score descending, ties by lower item code; clear acc and in_row for the next row; return the count.
+
+    One pass: a size-`limit` min-heap keeps the best so far, replaced only on a strictly better score
+    (ties at the cut are settled afterwards by `_lowest_tied`), so most entries cost one comparison.
+    """
+    n = 0
     for q in range(m):
-        if c == top_n:
-            break
-        o = order[q]
-        if vals[o] <= 0.0:
-            break
-        out_items[slot, c] = cand[o]
-        out_scores[slot, c] = vals[o]
-        c += 1
-    out_len[slot] = c
+        j = touched[q]
+        v = acc[j] / (left * norm_right[j])
+        acc[j] = 0.0
+        in_row[j] = False
+        vals[q] = v
+        if v <= 0.0 or limit == 0:
+            continue
+        if n < limit:
+            hv[n], hj[n] = v, j
+            n += 1
+            if n == limit:
+                _heapify(hv, hj, n)
+        elif v > hv[0]:
+            hv[0], hj[0] = v, j
+            _sift_down(hv, hj, 0, n)
+    if n < limit:
+        _heapify(hv, hj, n)
+    elif m > n:
+        _lowest_tied(hv, hj, n, vals, touched, m, scratch)
+    for k in range(n - 1, -1, -1):  # pop the worst to the back: descending order
+        out_items[start + k], out_scores[start + k] = hj[0], hv[0]
+        hv[0], hj[0] = hv[k], hj[k]
+        _sift_down(hv, hj, 0, k)
+    return n
+
+
+@njit(cache=True)
+def _itemcf_row_once(i, item_ptr, item_pos, item_user, act_item, act_w, lo, hi, iuf, cat, use_cat,
+                     acc, in_row, touched):
+    """Accumulate row i when every user meets each item pair at most once: a plain weighted sum."""
+    m = 0
+    ci = cat[i]
+    for b in range(item_ptr[i], item_ptr[i + 1]):
+        p = item_pos[b]
+        wa = act_w[p] * iuf[item_user[b]]
+        for q in range(lo[p], hi[p]):
+            j = act_item[q]
+            if use_cat and cat[j] != ci:
+                continue
+            if acc[j] == 0.0:  # weights are > 1e-100, so every product is > 0: zero means untouched
+                touched[m] = j
+                m += 1
+            acc[j] += wa * act_w[q]
+    return m
+
+
+@njit(cache=True)
+def _itemcf_row_max(i, item_ptr, item_pos, item_user, act_item, act_w, act_t, lo, hi, iuf, cat, use_cat,
+                    gap_rate, acc, in_row, touched, best, in_user, ubuf):
+    """Accumulate row i taking, per user, the best-weighted of their (i, j) pairs (with pair decay)."""
+    m = 0
+    ci = cat[i]
+    a, end = item_ptr[i], item_ptr[i + 1]
+    while a < end:
+        u = item_user[a]
+        g = a
+        while g < end and item_user[g] == u:
+            g += 1
+        mu = 0
+        for b in range(a, g):
+            p = item_pos[b]
+            ta, wa = act_t[p], act_w[p]
+            for q in range(lo[p], hi[p]):
+                j = act_item[q]
+                if use_cat and cat[j] != ci:
+                    continue
+                v = wa * act_w[q]
+                if gap_rate > 0.0:
+                    v *= math.exp(-gap_rate * abs(ta - act_t[q]))
+                if not in_user[j]:
+                    in_user[j] = True
+                    ubuf[mu] = j
+                    mu += 1
+                    best[j] = v
+                elif v > best[j]:
+                    best[j] = v
+        for q in range(mu):
+            j = ubuf[q]
+            in_user[j] = False
+            if not in_row[j]:
+                in_row[j] = True
+                touched[m] = j
+                m += 1
+            acc[j] += iuf[u] * best[j]
+        a = g
+    return m
 
 
 @njit(parallel=True, cache=True)
 def itemcf_rows(rows, chunk_ptr, chunk_rows, item_ptr, item_pos, item_user,
-                act_item, act_w, act_t, lo, hi, iuf, pop, cat, use_cat,
-                gap_rate, norm_mode, exponent, unique_pairs, n_items, top_n,
-                out_items, out_scores, out_len):
+                act_item, act_w, act_t, lo, hi, iuf, norm_left, norm_right, cat, use_cat,
+                gap_rate, unique_pairs, n_items, top_n, out_ptr, out_items, out_scores, out_len):
     """Item-CF rows. Actions are (user, item, time, weight); `item_ptr`/`item_pos` list each item's
     actions (grouped by user) as positions into the user-ordered action arrays, and `lo[p]:hi[p]`
     are the partner actions of action p inside its time window.
 
-    c(i, j) = sum_u iuf[u] * max over (a on i, p on j) of act_w[a] * act_w[p] * exp(-gap_rate * |t_a - t_p|)
-    then divided by sqrt(pop_i pop_j) (norm_mode 1) or pop_i^(1-exponent) pop_j^exponent (norm_mode 2).
-    With `unique_pairs` (each user acts on an item once) the max is skipped.
+    c(i, j) = sum_u iuf[u] * max over (a on i, p on j) of act_w[a] * act_w[p] * exp(-gap_rate * |t_a - t_p|),
+    s(i, j) = c(i, j) / (norm_left[i] * norm_right[j]). With `unique_pairs` (each user acts on an item
+    once, no pair decay) the max is a plain sum.
     """
     for c in prange(chunk_ptr.size - 1):
         acc = np.zeros(n_items, np.float64)
@@ -81,64 +211,27 @@ def itemcf_rows(rows, chunk_ptr, chunk_rows, item_ptr, item_pos, item_user,
         in_user = np.zeros(n_items, np.bool_)
         touched = np.empty(n_items, np.int32)
         ubuf = np.empty(n_items, np.int32)
+        hv = np.empty(top_n, np.float64)
+        hj = np.empty(top_n, np.int32)
+        vals = np.empty(n_items, np.float64)
+        scratch = np.empty(n_items, np.int32)
         for r in range(chunk_ptr[c], chunk_ptr[c + 1]):
             slot = chunk_rows[r]
             i = rows[slot]
-            m = 0
-            a, end = item_ptr[i], item_ptr[i + 1]
-            while a < end:
-                u = item_user[a]
-                g = a
-                while g < end and item_user[g] == u:
-                    g += 1
-                mu = 0
-                for b in range(a, g):
-                    p = item_pos[b]
-                    ta, wa = act_t[p], act_w[p]
-                    for q in range(lo[p], hi[p]):
-                        j = act_item[q]
-                        if j == i or (use_cat and cat[j] != cat[i]):
-                            continue
-                        v = wa * act_w[q]
-                        if gap_rate > 0.0:
-                            v *= math.exp(-gap_rate * abs(ta - act_t[q]))
-                        if unique_pairs:
-                            if not in_row[j]:
-                                in_row[j] = True
-                                touched[m] = j
-                                m += 1
-                            acc[j] += iuf[u] * v
-                        elif not in_user[j]:
-                            in_user[j] = True
-                            ubuf[mu] = j
-                            mu += 1
-                            best[j] = v
-                        elif v > best[j]:
-                            best[j] = v
-                for q in range(mu):
-                    j = ubuf[q]
-                    in_user[j] = False
-                    if not in_row[j]:
-                        in_row[j] = True
-                        touched[m] = j
-                        m += 1
-                    acc[j] += iuf[u] * best[j]
-                a = g
-            for q in range(m):
-                j = touched[q]
-                if norm_mode == 1:
-                    acc[j] /= math.sqrt(pop[i] * pop[j])
-                elif norm_mode == 2:
-                    acc[j] /= pop[i] ** (1.0 - exponent) * pop[j] ** exponent
-            _emit_top(slot, touched, m, acc, top_n, out_items, out_scores, out_len)
-            for q in range(m):
-                acc[touched[q]] = 0.0
-                in_row[touched[q]] = False
+            if unique_pairs:
+                m = _itemcf_row_once(i, item_ptr, item_pos, item_user, act_item, act_w, lo, hi, iuf, cat, use_cat,
+                                     acc, in_row, touched)
+            else:
+                m = _itemcf_row_max(i, item_ptr, item_pos, item_user, act_item, act_w, act_t, lo, hi, iuf, cat,
+                                    use_cat, gap_rate, acc, in_row, touched, best, in_user, ubuf)
+            acc[i] = 0.0  # an item is not its own neighbour
+            out_len[slot] = _emit_top(out_ptr[slot], out_ptr[slot + 1] - out_ptr[slot], touched, m, acc, in_row,
+                                      norm_left[i], norm_right, hv, hj, vals, scratch, out_items, out_scores)
 
 
 @njit(parallel=True, cache=True)
 def swing_rows(rows, chunk_ptr, chunk_rows, item_ptr, item_users, user_ptr, user_items, user_w,
-               alpha2, max_users, max_list, n_items, top_n, out_items, out_scores, out_len):
+               alpha2, max_users, max_list, n_items, top_n, out_ptr, out_items, out_scores, out_len):
     """Swing rows: s(i, j) = sum over user pairs u < v of U_i with j in I_u and I_v of
     user_w[u] * user_w[v] / (alpha2 + |I_u & I_v|).
 
@@ -156,6 +249,12 @@ def swing_rows(rows, chunk_ptr, chunk_rows, item_ptr, item_users, user_ptr, user
         touched = np.empty(n_items, np.int32)
         kept = np.empty(n_items, np.int32)
         lists = np.empty(max_list, np.int32)
+        hv = np.empty(top_n, np.float64)
+        hj = np.empty(top_n, np.int32)
+        vals = np.empty(n_items, np.float64)
+        scratch = np.empty(n_items, np.int32)
+        in_row = np.zeros(n_items, np.bool_)
+        ones = np.ones(n_items, np.float64)
         for r in range(chunk_ptr[c], chunk_ptr[c + 1]):
             slot = chunk_rows[r]
             i = rows[slot]
@@ -208,17 +307,27 @@ def swing_rows(rows, chunk_ptr, chunk_rows, item_ptr, item_users, user_ptr, user
                     kept[mk] = j
                     mk += 1
                 cnt[j] = 0
-            _emit_top(slot, kept, mk, acc, top_n, out_items, out_scores, out_len)
-            for q in range(mk):
-                acc[kept[q]] = 0.0
+            out_len[slot] = _emit_top(out_ptr[slot], out_ptr[slot + 1] - out_ptr[slot], kept, mk, acc, in_row,
+                                      1.0, ones, hv, hj, vals, scratch, out_items, out_scores)
 
 
-def run_rows(kernel, rows: np.ndarray, cost: np.ndarray, top_n: int, *args) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Run a row kernel over `rows` and return (row, neighbour, score) triples of every kept entry."""
+def run_rows(kernel, rows: np.ndarray, cost: np.ndarray, bound: np.ndarray, top_n: int, n_items: int, *args) -> I2ITable:
+    """Run a row kernel over `rows` (ascending item codes) and gather its output into an I2ITable.
+
+    `cost` estimates each row's work (for balancing threads); `bound` caps each row's number of
+    neighbours (its output space is min(top_n, bound), so a large top_n costs no memory where rows are short).
+    """
     chunk_ptr, chunk_rows = balanced_chunks(np.arange(rows.size), cost, default_chunks())
-    out_items = np.zeros((rows.size, top_n), np.int32)
-    out_scores = np.zeros((rows.size, top_n), np.float64)
+    space = np.minimum(top_n, bound).astype(np.int64)
+    out_ptr = np.zeros(rows.size + 1, np.int64)
+    np.cumsum(space, out=out_ptr[1:])
+    out_items = np.zeros(out_ptr[-1], np.int32)
+    out_scores = np.zeros(out_ptr[-1], np.float64)
     out_len = np.zeros(rows.size, np.int64)
-    kernel(rows, chunk_ptr, chunk_rows, *args, top_n, out_items, out_scores, out_len)
-    mask = np.arange(top_n)[None, :] < out_len[:, None]
-    return np.repeat(rows, out_len), out_items[mask], out_scores[mask]
+    kernel(rows, chunk_ptr, chunk_rows, *args, top_n, out_ptr, out_items, out_scores, out_len)
+    keep = np.arange(out_ptr[-1]) - np.repeat(out_ptr[:-1], space) < np.repeat(out_len, space)
+    counts = np.zeros(n_items, np.int64)
+    counts[rows] = out_len
+    indptr = np.zeros(n_items + 1, np.int64)
+    np.cumsum(counts, out=indptr[1:])
+    return I2ITable(indptr, out_items[keep], out_scores[keep].astype(np.float32))

@@ -5,7 +5,8 @@ The classic item-based collaborative filtering (Sarwar et al., WWW 2001; Linden 
 
 1. Actions. Events collapse to one action per (user, item, session): weight b = the strongest
    behaviour's weight (pv < click < fav < cart < buy, configurable; weight 0 drops a behaviour),
-   time t = the last event. Each user keeps the `max_actions_per_user` most recent actions.
+   time t = the last event. Each user's pairs come from their `max_actions_per_user` most recent
+   actions (popularity and IUF below still count all of them).
    With `age_half_life_s`, an action's weight also halves every that many seconds of age before
    `now` (the end of training): w = b * 2^(-(now - t) / age_half_life_s).
 2. Window. Two actions of a user form a pair only within the same session (`window="session"`),
@@ -30,6 +31,7 @@ The work runs in `i2i_kernels.itemcf_rows` (numba): no Python loop touches a pai
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Literal
 
 import numpy as np
@@ -68,7 +70,15 @@ class ItemCFSettings(Section):
         return check_behavior_weights(v)
 
 
-NORM_MODES = {"none": 0, "cosine": 1, "asymmetric": 2}
+def normalizers(pop: np.ndarray, settings: ItemCFSettings) -> tuple[np.ndarray, np.ndarray]:
+    """(left, right) with s(i, j) = c(i, j) / (left[i] * right[j]); items without users get 1 (never divided)."""
+    pop = np.where(pop > 0, pop, 1.0)
+    if settings.normalize == "cosine":
+        return np.sqrt(pop), np.sqrt(pop)
+    if settings.normalize == "asymmetric":
+        e = settings.popularity_exponent
+        return pop ** (1.0 - e), pop ** e
+    return np.ones_like(pop), np.ones_like(pop)
 
 
 def _check_events(events: pl.DataFrame, n_items: int) -> pl.DataFrame:
@@ -82,43 +92,82 @@ def _check_events(events: pl.DataFrame, n_items: int) -> pl.DataFrame:
     return events
 
 
-def collapse_actions(events: pl.DataFrame, settings: ItemCFSettings, *, now: int | None = None) -> pl.DataFrame:
-    """One row per action: user (dense 0..U-1), item, sess, t, b (behaviour weight), w (decayed weight),
-    sorted the way the window needs (by user, then session or time), at most `max_actions_per_user` per user."""
+@dataclass
+class Actions:
+    """Collapsed actions in user order (by user, then time), at most `max_actions_per_user` per user.
+
+    Attributes:
+        user: (n,) int64 dense user index 0..U-1.   item: (n,) int64 item code.
+        sess: (n,) int64 session id (0 when sessions do not matter).   t: (n,) int64 last event time.
+        w: (n,) float64 weight: strongest behaviour weight times the age decay.
+        n_user_items: (U,) distinct items per user (before the cap).   pop: (n_items,) sum over users of b_ui^2.
+    """
+
+    user: np.ndarray
+    item: np.ndarray
+    sess: np.ndarray
+    t: np.ndarray
+    w: np.ndarray
+    n_user_items: np.ndarray
+    pop: np.ndarray
+
+
+def collapse_actions(events: pl.DataFrame, n_items: int, settings: ItemCFSettings, *, now: int | None = None) -> Actions:
+    """Events -> one action per (user, item[, session]) with the strongest behaviour and the last time.
+
+    Sorting is done on packed int64 keys with numpy (one sort to group, one to order by user and time).
+    """
     s = settings
     bw = behavior_weight_array(s.behavior_weights)
-    ev = events.select("user_id", "item_id", "ts", *(["session_id"] if "session_id" in events.columns else []),
-                       b=pl.col("behavior").to_physical().replace_strict(list(range(bw.size)), bw.tolist(),
-                                                                         return_dtype=pl.Float64)).filter(pl.col("b") > 0)
     per_session = not unique_pairs(s)
-    if per_session and "session_id" not in ev.columns:
-        ev = add_sessions(ev, gap_s=s.session_gap_s)
-    sess = pl.col("session_id") if per_session else pl.lit(0, pl.Int64)
-    acts = (ev.group_by("user_id", "item_id", sess.alias("sess"))
-            .agg(t=pl.col("ts").max(), b=pl.col("b").max())
-            .sort("user_id", "t", "sess", "item_id"))
-    acts = acts.filter((pl.len() - pl.int_range(pl.len())).over("user_id") <= s.max_actions_per_user)
-    if s.window == "session":
-        acts = acts.sort("user_id", "sess", "t", "item_id")
-    now = int(events["ts"].max()) if now is None else int(now)
-    decay = (2.0 ** (-(now - pl.col("t")).clip(0) / s.age_half_life_s)) if s.age_half_life_s > 0 else pl.lit(1.0)
-    return acts.with_columns(user=(pl.col("user_id").rank("dense") - 1).cast(pl.Int64), w=pl.col("b") * decay)
+    if per_session and "session_id" not in events.columns:
+        events = add_sessions(events, gap_s=s.session_gap_s)
+    ev = events.select(pl.col("user_id").rank("dense").cast(pl.Int64) - 1, pl.col("item_id").cast(pl.Int64), "ts",
+                       sess=pl.col("session_id") if per_session else pl.lit(0, pl.Int64),
+                       b=pl.lit(pl.Series(bw)).gather(pl.col("behavior").to_physical())).filter(pl.col("b") > 0)
+    user, item, ts, sess, b = (ev[c].to_numpy() for c in ("user_id", "item_id", "ts", "sess", "b"))
+    if user.size == 0:
+        empty = np.zeros(0, np.int64)
+        return Actions(empty, empty, empty, empty, np.zeros(0), empty, np.zeros(n_items))
+    n_users = int(user.max()) + 1
+    pair = user * n_items + item  # (user, item) packed
+    order = np.lexsort((sess, pair)) if per_session else np.argsort(pair, kind="stable")
+    pair, sess = pair[order], sess[order]
+    new_pair = np.r_[True, pair[1:] != pair[:-1]]
+    starts = np.flatnonzero(new_pair | np.r_[True, sess[1:] != sess[:-1]])
+    a_pair, a_sess = pair[starts], sess[starts]
+    a_t, a_b = np.maximum.reduceat(ts[order], starts), np.maximum.reduceat(b[order], starts)
+    first_of_pair = np.flatnonzero(new_pair[starts])  # actions that open a (user, item) block
+    strongest = np.maximum.reduceat(a_b, first_of_pair)
+    pop = np.bincount(a_pair[first_of_pair] % n_items, weights=strongest ** 2, minlength=n_items)
+    n_user_items = np.bincount(a_pair[first_of_pair] // n_items, minlength=n_users)
+    a_user = a_pair // n_items
+    by_time = np.argsort((a_user << 32) | (a_t - a_t.min()), kind="stable")  # by user, then time
+    counts = np.bincount(a_user, minlength=n_users)
+    left = np.repeat(counts, counts) - (np.arange(by_time.size) - np.repeat(np.cumsum(counts) - counts, counts))
+    by_time = by_time[left <= s.max_actions_per_user]  # the most recent actions of each user
+    t = a_t[by_time]
+    now = int(ts.max()) if now is None else int(now)
+    w = a_b[by_time] * (np.exp2(-np.maximum(now - t, 0) / s.age_half_life_s) if s.age_half_life_s > 0 else 1.0)
+    keep = w > 1e-100  # far below any real weight; keeps products of two weights from underflowing to 0
+    return Actions(a_user[by_time][keep], a_pair[by_time][keep] % n_items, a_sess[by_time][keep], t[keep], w[keep],
+                   n_user_items, pop)
 
 
-def partner_ranges(acts: pl.DataFrame, settings: ItemCFSettings) -> tuple[np.ndarray, np.ndarray]:
-    """lo, hi (int64): the actions that may pair with action p are lo[p]:hi[p] (itself included)."""
-    user = acts["user"].to_numpy()
-    n = user.size
+def partner_ranges(acts: Actions, settings: ItemCFSettings) -> tuple[np.ndarray, np.ndarray]:
+    """lo, hi (int64): the actions that may pair with action p are lo[p]:hi[p] (itself included).
+
+    Sessions are taken to be time-contiguous within a user (as `add_sessions` makes them).
+    """
+    user, n = acts.user, acts.user.size
     if settings.window in ("user", "session"):
         change = user[1:] != user[:-1]
         if settings.window == "session":
-            sess = acts["sess"].to_numpy()
-            change |= sess[1:] != sess[:-1]
+            change |= acts.sess[1:] != acts.sess[:-1]
         starts = np.flatnonzero(np.r_[True, change])
         sizes = np.diff(np.r_[starts, n])
         return np.repeat(starts, sizes).astype(np.int64), np.repeat(starts + sizes, sizes).astype(np.int64)
-    t = acts["t"].to_numpy().astype(np.int64)
-    t = t - (t.min() if n else 0)
+    t = acts.t - (acts.t.min() if n else 0)
     span = int(t.max(initial=0)) + 2 * settings.max_gap_s + 1
     key = user * span + t + settings.max_gap_s  # ascending: sorted by (user, t)
     return (np.searchsorted(key, key - settings.max_gap_s, "left").astype(np.int64),
@@ -153,29 +202,24 @@ def itemcf_table(events: pl.DataFrame, n_items: int, *, settings: ItemCFSettings
     if use_cat and (categories is None or len(categories) < n_items):
         raise ValueError(f"same_category={s.same_category!r} needs categories: an item code -> category array "
                          f"of length n_items={n_items}")
-    acts = collapse_actions(events, s, now=now)
-    if acts.height == 0:
+    acts = collapse_actions(events, n_items, s, now=now)
+    if acts.user.size == 0:
         return I2ITable(np.zeros(n_items + 1, np.int64), np.zeros(0, np.int32), np.zeros(0, np.float32))
     lo, hi = partner_ranges(acts, s)
-    item, user = acts["item_id"].to_numpy().astype(np.int64), acts["user"].to_numpy()
-    by_item = np.lexsort((acts["t"].to_numpy(), user, item))
+    n_users = acts.n_user_items.size
+    by_item = np.argsort(acts.item * n_users + acts.user, kind="stable")  # by item, then user, then time
     item_ptr = np.zeros(n_items + 1, np.int64)
-    np.cumsum(np.bincount(item, minlength=n_items), out=item_ptr[1:])
-    n_user_items = acts.group_by("user").agg(pl.col("item_id").n_unique()).sort("user")["item_id"].to_numpy()
-    iuf = 1.0 / np.log1p(n_user_items) if s.iuf else np.ones(n_user_items.size)
-    strongest = acts.group_by("user", "item_id").agg(pl.col("b").max())
-    pop = np.zeros(n_items)
-    np.add.at(pop, strongest["item_id"].to_numpy(), strongest["b"].to_numpy() ** 2)
+    np.cumsum(np.bincount(acts.item, minlength=n_items), out=item_ptr[1:])
+    iuf = 1.0 / np.log1p(np.maximum(acts.n_user_items, 1)) if s.iuf else np.ones(n_users)
     rows = np.flatnonzero(np.diff(item_ptr))
-    cost = np.bincount(item, weights=(hi - lo).astype(np.float64), minlength=n_items)[rows]
+    cost = np.bincount(acts.item, weights=(hi - lo).astype(np.float64), minlength=n_items)[rows]
     cat = np.asarray(categories, np.int64)[:n_items] if use_cat else np.zeros(n_items, np.int64)
     gap_rate = np.log(2) / s.pair_half_life_s if s.pair_half_life_s > 0 else 0.0
-    r, j, v = kernels.run_rows(
-        kernels.itemcf_rows, rows, cost, s.top_n, item_ptr, by_item.astype(np.int64), user[by_item],
-        item.astype(np.int32), acts["w"].to_numpy(), acts["t"].to_numpy().astype(np.int64), lo, hi, iuf, pop,
-        cat, use_cat, gap_rate, NORM_MODES[s.normalize], s.popularity_exponent,
-        unique_pairs(s), n_items)
-    table = I2ITable.from_rows(r, j, v, n_items, top_n=s.top_n)
+    left, right = normalizers(acts.pop, s)
+    table = kernels.run_rows(
+        kernels.itemcf_rows, rows, cost, np.minimum(cost, n_items), s.top_n, n_items,
+        item_ptr, by_item, acts.user[by_item], acts.item.astype(np.int32), acts.w, acts.t, lo, hi, iuf, left, right,
+        cat, use_cat, gap_rate, unique_pairs(s), n_items)
     return table.discretize(s.levels) if s.levels else table
 
 

@@ -26,6 +26,7 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
+import numba
 import numpy as np
 import polars as pl
 from pydantic import Field
@@ -59,10 +60,8 @@ def bounded(weights: np.ndarray, lo: float, hi: float) -> np.ndarray:
         return w
     lo, hi = min(lo, 1.0 / n), max(hi, 1.0 / n)
     w = np.maximum(w / w.sum(), 1e-9) if w.sum() > 0 else np.full(n, 1.0 / n)
-    low, high = 0.0, 1.0
-    while np.clip(high * w, lo, hi).sum() < 1.0:
-        high *= 2.0
-    for _ in range(60):
+    low, high = 0.0, hi / w.min()  # at `high` every share sits at hi, and n * hi >= 1
+    for _ in range(100):
         mid = (low + high) / 2
         low, high = (mid, high) if np.clip(mid * w, lo, hi).sum() < 1.0 else (low, mid)
     x = np.clip(high * w, lo, hi)
@@ -127,6 +126,53 @@ class MergedCandidates:
         """(item_id, score, channel, trigger_item, n_sources) rows, for the ranker's candidate table."""
         return pl.DataFrame({"item_id": self.items, "score": self.scores, "channel": self.channel_names().astype(str),
                              "trigger_item": self.triggers, "n_sources": np.bitwise_count(self.sources).astype(np.int8)})
+
+
+@numba.njit(cache=True)
+def _merge_rows(items, channel, order, by_item, quota, k, fill):
+    """Rows kept by the merge, in key order, and each kept item's source bit mask.
+
+    items, channel: (n,) rows of all lists, concatenated in channel order, each list best first.
+    order: (n,) rows sorted by interleaving key; by_item: (n,) rows sorted by item; quota: (C,) slots per channel.
+    """
+    n = items.size
+    position = np.empty(n, np.int64)  # place of each row in key order
+    position[order] = np.arange(n)
+    owner = np.zeros(n, np.bool_)  # the row with the smallest key among rows of the same item
+    mask = np.zeros(n, np.uint32)  # sources, stored on the owner row
+    start = 0
+    while start < n:
+        stop, best, bits = start, by_item[start], np.uint32(0)
+        while stop < n and items[by_item[stop]] == items[by_item[start]]:
+            row = by_item[stop]
+            bits |= np.uint32(1) << np.uint32(channel[row])
+            if position[row] < position[best]:
+                best = row
+            stop += 1
+        owner[best], mask[best] = True, bits
+        start = stop
+    taken = np.zeros(quota.size, np.int64)
+    chosen = np.zeros(n, np.bool_)
+    n_chosen = 0
+    for row in order:  # each channel takes its owned rows up to its quota
+        if owner[row] and taken[channel[row]] < quota[channel[row]] and n_chosen < k:
+            chosen[row] = True
+            taken[channel[row]] += 1
+            n_chosen += 1
+    if fill:
+        for row in order:  # spare slots go to the remaining owned rows, in key order
+            if n_chosen >= k:
+                break
+            if owner[row] and not chosen[row]:
+                chosen[row] = True
+                n_chosen += 1
+    rows = np.empty(n_chosen, np.int64)
+    j = 0
+    for row in order:
+        if chosen[row]:
+            rows[j] = row
+            j += 1
+    return rows, mask[rows]
 
 
 class Merger:
@@ -202,28 +248,15 @@ class Merger:
             return MergedCandidates(z, np.zeros(0, np.float32), z, np.zeros(0, np.int8), np.zeros(0, np.uint32), names)
         quota = largest_remainder(self._weights(list(names)), k)
         items = np.concatenate([c.items for c in lists]).astype(np.int32)
-        channel = np.repeat(np.arange(len(lists), dtype=np.int8), sizes)
-        rank = np.concatenate([np.arange(n) for n in sizes])
+        channel = np.repeat(np.arange(len(lists), dtype=np.int64), sizes)
+        rank = np.arange(items.size) - np.repeat(np.cumsum(sizes) - sizes, sizes)
         with np.errstate(divide="ignore"):
             key = (rank + 1) / quota[channel].astype(np.float64)  # inf for a channel with no slots: fill only
-        order = np.lexsort((channel, rank, key))
-        uniq, inverse = np.unique(items, return_inverse=True)
-        sources = np.zeros(uniq.size, np.uint32)
-        np.bitwise_or.at(sources, inverse, (np.uint32(1) << channel.astype(np.uint32)))
-        _, first = np.unique(items[order], return_index=True)
-        kept = order[np.sort(first)]  # each item once, at its smallest key, in key order
-        taken = np.zeros(kept.size, np.int64)
-        for c in range(len(lists)):  # position of each kept row among its channel's kept rows
-            mine = channel[kept] == c
-            taken[mine] = np.arange(mine.sum())
-        in_quota = taken < quota[channel[kept]]
-        if self.settings.fill:
-            spare = k - int(in_quota.sum())
-            in_quota |= ~in_quota & (np.cumsum(~in_quota) <= spare)
-        rows = kept[in_quota][:k]
+        order = np.argsort(key, kind="stable")  # ties keep channel order
+        rows, sources = _merge_rows(items, channel, order, np.argsort(items), quota, k, self.settings.fill)
         return MergedCandidates(items[rows], np.concatenate([c.scores for c in lists]).astype(np.float32)[rows],
                                 np.concatenate([c.triggers for c in lists]).astype(np.int32)[rows],
-                                channel[rows], sources[inverse[rows]], names)
+                                channel[rows].astype(np.int8), sources, names)
 
     def save(self, path: Path) -> None:
         Path(path).write_text(json.dumps({"settings": self.settings.model_dump(), "shares": self.shares_, "ctr": self.ctr_}, indent=1))

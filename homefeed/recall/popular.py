@@ -57,6 +57,7 @@ class Popular(Recaller):
     """
 
     name = "popular"
+    Settings = PopularSettings
 
     def __init__(self, *, settings: PopularSettings | None = None):
         self.settings = settings or PopularSettings()

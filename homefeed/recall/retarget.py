@@ -39,6 +39,7 @@ class Retarget(Recaller):
     """
 
     name = "retarget"
+    Settings = RetargetSettings
 
     def __init__(self, *, settings: RetargetSettings | None = None):
         self.settings = settings or RetargetSettings()

@@ -122,7 +122,7 @@ def swing_table(events: pl.DataFrame, n_items: int, *, settings: SwingSettings |
     s = settings if settings is not None else SwingSettings()
     x = swing_inputs(events, n_items, s)
     n_users_of = np.diff(x["item_ptr"])
-    rows = np.flatnonzero(n_users_of >= 2) if rows is None else np.asarray(rows, np.int64)
+    rows = np.flatnonzero(n_users_of >= 2) if rows is None else np.unique(np.asarray(rows, np.int64))
     rows = rows[n_users_of[rows] >= 2]
     if rows.size == 0:
         return I2ITable(np.zeros(n_items + 1, np.int64), np.zeros(0, np.int32), np.zeros(0, np.float32))
@@ -132,10 +132,9 @@ def swing_table(events: pl.DataFrame, n_items: int, *, settings: SwingSettings |
     sum_lists[n_users_of > 0] = per_row
     cost = n_users_of[rows].astype(np.float64) ** 2 + sum_lists[rows]
     max_users = int(n_users_of[rows].max())
-    r, j, v = kernels.run_rows(
-        kernels.swing_rows, rows, cost, s.top_n, x["item_ptr"], x["item_users"], x["user_ptr"], x["user_items"],
+    return kernels.run_rows(
+        kernels.swing_rows, rows, cost, sum_lists[rows], s.top_n, n_items, x["item_ptr"], x["item_users"], x["user_ptr"], x["user_items"],
         x["user_w"], float(s.alpha2), max_users, int(sum_lists[rows].max()), n_items)
-    return I2ITable.from_rows(r, j, v, n_items, top_n=s.top_n)
 
 
 class Swing(I2IRecaller):

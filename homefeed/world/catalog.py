@@ -194,10 +194,12 @@ def _traders(n_traders: int, n_std: int, rng: np.random.Generator, *, extra: tup
 
 
 def _venues(spec: WorldSpec, item_std: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-    """1-based venue per item (0 = none). Each venue themes 2-4 standard categories."""
-    n_venues = max(2, int(round(len(item_std) * spec.venue_share / spec.venue_size)))
-    themes = _traders(n_venues, spec.n_standard, rng, extra=(2, 4))
-    venue = themes.choose(item_std, rng.random(len(item_std))) + 1
+    """1-based venue per item (0 = none): each standard category gets ~items / venue_size venues, ids shuffled."""
+    counts = np.bincount(item_std, minlength=spec.n_standard)
+    k = np.maximum(1, np.round(counts * spec.venue_share / spec.venue_size)).astype(np.int64)
+    first = np.concatenate([[0], np.cumsum(k)[:-1]])
+    venue = first[item_std] + (rng.random(len(item_std)) * k[item_std]).astype(np.int64)
+    venue = rng.permutation(k.sum())[venue] + 1
     return np.where(rng.random(len(item_std)) < spec.venue_share, venue, 0)
 
 

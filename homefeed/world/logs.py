@@ -24,7 +24,7 @@ from homefeed.world.sampling import Grouping
 from homefeed.world.spec import WorldSpec
 
 # relative activity per local hour 0..23: quiet nights, a lunch bump, the evening peak
-HOURLY = (1.2, 0.6, 0.3, 0.2, 0.2, 0.3, 0.6, 1.2, 2.0, 2.5, 2.8, 3.0, 3.5, 3.2, 2.8, 2.6, 2.6, 2.8, 3.2, 4.0,
+HOURLY = (0.9, 0.6, 0.3, 0.2, 0.2, 0.3, 0.6, 1.2, 2.0, 2.5, 2.8, 3.0, 3.5, 3.2, 2.8, 2.6, 2.6, 2.8, 3.2, 4.0,
           4.8, 5.2, 4.6, 2.8)
 
 Progress = Callable[[str, int, int], None]
@@ -40,12 +40,14 @@ class Logs:
 
     events: user, item (internal indices), behavior (codes of schema.BEHAVIORS), ts, scene (SCENES codes).
     exposures: user, item, ts, position, page, channel (CHANNELS code), trigger (0 = none), clicked,
-    request (per-user request counter). recent: float32 (n_users + 1, d), each user's final recent vector.
+    request (per-user request counter). recent: float32 (n_users + 1, d), each user's final recent vector;
+    recent_std: int64 (n_users + 1, 3), the last 3 standard categories each user saw (-1 = none).
     """
 
     events: dict[str, np.ndarray]
     exposures: dict[str, np.ndarray]
     recent: np.ndarray
+    recent_std: np.ndarray
 
 
 def item_tables(cat: Catalog) -> tl.ItemTables:
@@ -60,8 +62,8 @@ def item_tables(cat: Catalog) -> tl.ItemTables:
     popular = Grouping.build(np.zeros(rec.sum(), np.int64), pop[rec], n_groups=1, members=ids[rec])
     std_pop = np.exp(cat.std_logpop)
     return tl.ItemTables(
-        leaf=cat.item_leaf, std=cat.item_std, vec=cat.item_vec.astype(np.float64), quality=cat.item_quality.astype(np.float64),
-        tier=cat.item_tier, leaf_ptr=leaf.ptr, leaf_items=leaf.members, leaf_cum=leaf.cum,
+        leaf=cat.item_leaf, std=cat.item_std, vec=cat.item_vec.astype(np.float64),
+        quality=cat.item_quality.astype(np.float64), tier=cat.item_tier, leaf_ptr=leaf.ptr, leaf_items=leaf.members, leaf_cum=leaf.cum,
         std_leaf_ptr=std_leaf.ptr, std_leaves=std_leaf.members, std_leaf_cum=std_leaf.cum,
         std_ptr=std.ptr, std_items=std.members, std_cum=std.cum, pop_items=popular.members, pop_cum=popular.cum,
         std_pop_cum=np.cumsum(std_pop / std_pop.sum()), cycle_s=cat.cycle_days.astype(np.float64) * 86400.0,
@@ -89,18 +91,19 @@ def params(spec: WorldSpec) -> tl.Params:
                      chan_cum=spec.channel_cum(), knobs=knobs)
 
 
-def _buffers(n_events: int, n_exposures: int, recent: np.ndarray) -> tl.Outputs:
+def _buffers(n_events: int, n_exposures: int, recent: np.ndarray, recent_std: np.ndarray) -> tl.Outputs:
     ev = {k: np.empty(n_events, dt) for k, dt in EVENT_DTYPES.items()}
     ex = {k: np.empty(n_exposures, dt) for k, dt in EXPOSURE_DTYPES.items()}
     ex["clicked"] = np.empty(n_exposures, np.bool_)
     return tl.Outputs(ev["user"], ev["item"], ev["behavior"], ev["ts"], ev["scene"], ex["user"], ex["item"], ex["ts"],
-                      ex["position"], ex["page"], ex["channel"], ex["trigger"], ex["clicked"], ex["request"], recent)
+                      ex["position"], ex["page"], ex["channel"], ex["trigger"], ex["clicked"], ex["request"], recent,
+                      recent_std)
 
 
 def simulate_logs(spec: WorldSpec, cat: Catalog, pop: Population, progress: Progress | None = None) -> Logs:
     """Organic events and homepage exposures of every normal user (see `homefeed.world.timeline`)."""
     I, U, P = item_tables(cat), user_tables(pop), params(spec)
-    recent = np.zeros((pop.n_users + 1, spec.dim))
+    recent, recent_std = np.zeros((pop.n_users + 1, spec.dim)), -np.ones((pop.n_users + 1, 3), np.int64)
     n = pop.n_users
     views_per_user = spec.n_days * (spec.sessions_per_day * spec.session_length * 1.3
                                     + spec.homepage_per_day * spec.page_size * (1 + spec.next_page) * 0.3)
@@ -111,7 +114,7 @@ def simulate_logs(spec: WorldSpec, cat: Catalog, pop: Population, progress: Prog
         cap_ev = int(len(users) * views_per_user * 1.5) + 8192
         cap_ex = int(len(users) * shown_per_user * 1.5) + 8192
         while True:
-            out = _buffers(cap_ev, cap_ex, recent)
+            out = _buffers(cap_ev, cap_ex, recent, recent_std)
             ne, nx = tl.simulate_chunk(users, I, U, P, out)
             if ne >= 0:
                 break
@@ -122,4 +125,5 @@ def simulate_logs(spec: WorldSpec, cat: Catalog, pop: Population, progress: Prog
             progress("simulate users", int(users[-1]), n)
     cat_ = lambda parts, k: np.concatenate([p[k] for p in parts])  # noqa: E731
     return Logs(events={k: cat_(ev_parts, k) for k in EVENT_DTYPES},
-                exposures={k: cat_(ex_parts, k) for k in EXPOSURE_DTYPES}, recent=recent.astype(np.float32))
+                exposures={k: cat_(ex_parts, k) for k in EXPOSURE_DTYPES}, recent=recent.astype(np.float32),
+                recent_std=recent_std)

@@ -114,11 +114,11 @@ def build_population(spec: WorldSpec, cat: Catalog, rng: np.random.Generator) ->
 
 
 def interests_frame(pop: Population, raw_user: np.ndarray, std_raw: np.ndarray) -> pl.DataFrame:
-    """truth/user_interests: (user_id, standard_category, weight) for users 1..n, strongest first."""
+    """truth/user_interests: (user_id, standard_category, weight) for users 1..n; raw_user maps index -> id."""
     counts = np.diff(pop.int_ptr)[1:]
     start = pop.int_ptr[1]
     return pl.DataFrame({
-        "user_id": pl.Series(np.repeat(raw_user[1:], counts), dtype=pl.Int64),
+        "user_id": pl.Series(np.repeat(raw_user[1:len(counts) + 1], counts), dtype=pl.Int64),
         "standard_category": pl.Series(std_raw[pop.int_std[start:]], dtype=pl.Int64),
         "weight": pl.Series(pop.int_w[start:], dtype=pl.Float64),
     })

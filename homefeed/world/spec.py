@@ -35,7 +35,7 @@ POOLS: tuple[str, ...] = ("recommended", "flash_sale", "group_buy", "flash_disco
 class ClickTruth(Section):
     """Coefficients of the hidden click model (a logistic model; see `homefeed.world.clickmodel`)."""
 
-    bias: float = -3.9  # intercept; sets the overall CTR (~5% on the baseline policy)
+    bias: float = -5.0  # intercept; sets the overall CTR (~5% on the baseline policy)
     affinity: float = 3.0  # x user_vec . item_vec (static taste)
     quality: float = 0.6  # x item_quality (standard normal-ish)
     cross: float = 2.0  # x the user's latent interest weight in the item's standard category
@@ -50,11 +50,11 @@ class Funnel(Section):
     """After a view or click: fav and cart by affinity, buy mostly after a cart, blocked by repurchase cycles."""
 
     slope: float = 2.0  # x user_vec . item_vec in the fav and cart logits
-    fav_bias: float = -3.7
-    cart_bias: float = -3.2
+    fav_bias: float = -4.1
+    cart_bias: float = -3.8
     click_bonus: float = 0.7  # a homepage click is a stronger intent than a plain page view
-    buy_after_cart: float = 0.30
-    direct_buy: float = 0.006  # buy without a cart, per view
+    buy_after_cart: float = 0.35
+    direct_buy: float = 0.008  # buy without a cart, per view
     repurchase_block: float = 0.03  # buy probability multiplier inside a category's repurchase cycle
 
 
@@ -80,7 +80,7 @@ class Noise(Section):
     fake_dedicated_share: float = 0.5  # of fake buys made by dedicated brushing accounts
     brushed_shop_share: float = 0.02  # shops that buy fake orders
     spike_days: int = 1  # days with a midnight ordering spike
-    spike_user_share: float = 0.04  # of normal users that cart/buy in each spike window
+    spike_user_share: float = 0.08  # of normal users that cart/buy in each spike window
     spike_minutes: int = 10  # the window is local [00:00, 00:00 + spike_minutes)
 
 
@@ -108,7 +108,7 @@ class WorldSpec(Section):
     tz_offset_hours: float = 8.0
     sessions_per_day: float = 0.75  # mean organic (search/browse) sessions per user and day
     homepage_per_day: float = 0.33  # mean homepage visits per user and day
-    session_length: float = 6.0  # mean page views per organic session
+    session_length: float = Field(6.0, gt=1.0)  # mean page views per organic session (geometric)
     page_size: int = Field(12, ge=2, le=40)
     max_pages: int = Field(3, ge=1, le=10)
     next_page: float = 0.5  # probability of scrolling to the next page
@@ -143,7 +143,8 @@ class WorldSpec(Section):
     def channel_cum(self) -> np.ndarray:
         """Cumulative channel probabilities, float64 (len(CHANNELS),)."""
         if len(self.channel_mix) != len(CHANNELS) or min(self.channel_mix) < 0 or sum(self.channel_mix) <= 0:
-            raise ValueError(f"channel_mix needs {len(CHANNELS)} non-negative weights for {', '.join(CHANNELS)}; got {self.channel_mix}")
+            raise ValueError(f"channel_mix needs {len(CHANNELS)} non-negative weights for {', '.join(CHANNELS)}; "
+                             f"got {self.channel_mix}")
         w = np.asarray(self.channel_mix, dtype=np.float64)
         return np.cumsum(w / w.sum())
 
@@ -152,10 +153,10 @@ PRESETS: dict[str, dict] = {
     "tiny": dict(n_users=1500, n_items=1500, n_standard=12, leaves_min=3, leaves_max=6, n_brands=80,
                  n_shops=120, n_days=8),
     "small": dict(n_users=25_000, n_items=20_000, n_standard=40, leaves_min=3, leaves_max=8, n_brands=600,
-                  n_shops=1500, n_days=14, sessions_per_day=0.3, homepage_per_day=0.12,
+                  n_shops=1500, n_days=14, sessions_per_day=0.42, homepage_per_day=0.12,
                   noise=dict(spike_days=2)),
     "large": dict(n_users=200_000, n_items=200_000, n_standard=100, leaves_min=3, leaves_max=8, n_brands=4000,
-                  n_shops=12_000, n_days=14, sessions_per_day=0.9, homepage_per_day=0.2, venue_size=200,
+                  n_shops=12_000, n_days=14, sessions_per_day=1.05, homepage_per_day=0.2, venue_size=200,
                   noise=dict(spike_days=2)),
 }
 """Sizes per preset; tiny ~75k events (tests), small ~1M (demo), large >= 20M (benchmarks)."""

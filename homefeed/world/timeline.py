@@ -27,10 +27,11 @@ from numba import njit
 
 from homefeed.world.clickmodel import buy_prob, click_logit, fav_cart_probs, sigmoid
 
-# event behaviour codes (as homefeed.data.schema.BEHAVIORS) and scene codes
-PV, CLICK, FAV, CART, BUY = 0, 1, 2, 3, 4
+# event behaviour codes (as homefeed.data.schema.BEHAVIORS) and scene codes; numpy ints so that numba
+# compiles each function once (Python int constants would be typed as literals, one compile per value)
+PV, CLICK, FAV, CART, BUY = (np.int64(k) for k in range(5))
 SCENES: tuple[str, ...] = ("homepage", "search", "browse")
-HOMEPAGE, SEARCH, BROWSE = 0, 1, 2
+HOMEPAGE, SEARCH, BROWSE = (np.int64(k) for k in range(3))
 
 RING = 20  # recently seen items remembered per user
 MAX_SESSION = 60  # page views per organic session at most
@@ -42,7 +43,7 @@ ItemTables = namedtuple("ItemTables", "leaf std vec quality tier leaf_ptr leaf_i
 UserTables = namedtuple("UserTables", "vec pp group int_ptr int_std int_w rate_org rate_home group_std_cum")
 Params = namedtuple("Params", "theta phi hour_cum chan_cum knobs")
 Outputs = namedtuple("Outputs", "ev_user ev_item ev_beh ev_ts ev_scene ex_user ex_item ex_ts ex_pos ex_page "
-                     "ex_chan ex_trig ex_click ex_req recent")
+                     "ex_chan ex_trig ex_click ex_req recent recent_std")
 
 # indices into Params.knobs (float64)
 (K_START, K_DAYS, K_SESSION_LEN, K_PAGE_SIZE, K_MAX_PAGES, K_NEXT_PAGE, K_EXPLORE, K_SEARCH, K_STAY_SEARCH,
@@ -105,15 +106,18 @@ def _funnel(I, U, P, O, ne, u, item, t, is_click, last_buy, end):
 
 
 @njit(cache=True)
-def _choose_item(I, U, P, u, leaf, intent):
-    """Best of n_cand popularity draws from the leaf by intent affinity and price fit (Gumbel noise)."""
-    best, best_score = -1, -np.inf
+def _choose_item(I, U, P, u, leaf, intent, previous):
+    """Best of n_cand popularity draws from the leaf by intent affinity and price fit (Gumbel noise).
+
+    The previous item of the session only wins when every draw is that item.
+    """
+    best, best_score = previous, -np.inf
     for _ in range(int(P.knobs[K_N_CAND])):
         item = _pick(I.leaf_ptr, I.leaf_items, I.leaf_cum, leaf)
         gap = abs(I.tier[item] - U.pp[u]) / 4.0
         score = P.knobs[K_CHOICE_BETA] * _dot(intent, I.vec[item]) - P.knobs[K_PRICE_FIT] * gap
         score -= np.log(-np.log(np.random.random() + 1e-300) + 1e-300)
-        if score > best_score:
+        if score > best_score and item != previous:
             best, best_score = item, score
     return best
 
@@ -132,14 +136,15 @@ def _organic(I, U, P, O, ne, u, t, state, end):
     d = U.vec.shape[1]
     intent = U.vec[u] + k[K_INTENT_NOISE] / np.sqrt(d) * np.random.standard_normal(d)
     stay = k[K_STAY_SEARCH] if scene == SEARCH else k[K_STAY_BROWSE]
-    n_views = min(np.random.geometric(1.0 / k[K_SESSION_LEN]), MAX_SESSION)
+    n_views = min(1 + int(np.log(1.0 - np.random.random()) / np.log(1.0 - 1.0 / k[K_SESSION_LEN])), MAX_SESSION)
     leaf = _pick(I.std_leaf_ptr, I.std_leaves, I.std_leaf_cum, s)
+    item = np.int64(0)
     for step in range(n_views):
         if t >= end:
             break
         if step > 0 and np.random.random() > stay:
             leaf = _pick(I.std_leaf_ptr, I.std_leaves, I.std_leaf_cum, s)
-        item = _choose_item(I, U, P, u, leaf, intent)
+        item = _choose_item(I, U, P, u, leaf, intent, item)
         ne = _emit_event(O, ne, u, item, PV, t, scene)
         _remember(I, item, ring, st, recent, std_ring)
         ne = _funnel(I, U, P, O, ne, u, item, t, 0.0, last_buy, end)
@@ -161,22 +166,26 @@ def _interest(U, u):
 
 @njit(cache=True)
 def _recall(I, U, ch, u, ring, st):
-    """One candidate from channel ch (0 popular, 1 itemcf_like, 2 crowd, 3 retarget): (item, trigger)."""
+    """One candidate from channel ch (0 popular, 1 itemcf_like, 2 crowd, 3 retarget).
+
+    Returns (item, trigger item or 0, channel used): without history, retarget falls back to crowd
+    and itemcf_like to popular.
+    """
     if ch == 3 and st[1] > 0:  # retarget: an item seen recently
-        return ring[(st[0] - 1 - np.random.randint(st[1])) % RING], 0
+        return ring[(st[0] - 1 - np.random.randint(st[1])) % RING], 0, ch
     if ch == 1 and st[1] > 0:  # itemcf_like: same leaf (or standard category) as a recent item
         trigger = ring[(st[0] - 1 - np.random.randint(min(st[1], 5))) % RING]
         if np.random.random() < 0.7:
             item = _pick(I.leaf_ptr, I.leaf_items, I.leaf_cum, I.leaf[trigger])
         else:
             item = _pick(I.std_ptr, I.std_items, I.std_cum, I.std[trigger])
-        return item, trigger
-    if ch >= 2:  # crowd (or retarget without history): the group's favourite categories
+        return item, trigger, ch
+    if ch >= 2:  # crowd: the demographic group's favourite categories
         r = np.random.random()
         s = min(np.searchsorted(U.group_std_cum[U.group[u]], r, side="right"), I.std_ptr.shape[0] - 2)
-        return _pick(I.std_ptr, I.std_items, I.std_cum, s), 0
+        return _pick(I.std_ptr, I.std_items, I.std_cum, s), 0, 2
     j = min(np.searchsorted(I.pop_cum, np.random.random(), side="right"), I.pop_items.shape[0] - 1)
-    return I.pop_items[j], 0
+    return I.pop_items[j], 0, 0
 
 
 @njit(cache=True)
@@ -187,7 +196,7 @@ def _fill_page(I, U, P, u, ring, st, items, chans, trigs):
         for attempt in range(20):
             ch = np.searchsorted(P.chan_cum, np.random.random(), side="right")
             ch = min(ch, P.chan_cum.shape[0] - 1) if attempt < 5 else 0
-            item, trig = _recall(I, U, ch, u, ring, st)
+            item, trig, ch = _recall(I, U, ch, u, ring, st)
             dup = False
             for q in range(pos):
                 dup = dup or items[q] == item
@@ -221,7 +230,8 @@ def _homepage(I, U, P, O, ne, nx, u, t, state, seen, end):
             break
         _fill_page(I, U, P, u, ring, st, items, chans, trigs)
         for pos in range(size):  # click probabilities from the state at page load
-            clicked[pos] = np.random.random() < _click_prob(I, U, P, u, items[pos], pos, seen[items[pos]], recent, std_ring)
+            p = _click_prob(I, U, P, u, items[pos], pos, seen[items[pos]], recent, std_ring)
+            clicked[pos] = np.random.random() < p
         for pos in range(size):
             it = items[pos]
             O.ex_user[nx], O.ex_item[nx], O.ex_ts[nx], O.ex_pos[nx], O.ex_page[nx] = u, it, np.int64(t), pos, page
@@ -242,16 +252,29 @@ def _homepage(I, U, P, O, ne, nx, u, t, state, seen, end):
 
 @njit(cache=True)
 def _visits(U, P, u):
-    """Sorted start times and kinds (0 organic, 1 homepage) of user u's visits."""
+    """Start times (sorted) and kinds (0 organic, 1 homepage) of user u's visits.
+
+    A Poisson number of visits; sorted uniforms from normalised exponential spacings, mapped through
+    the inverse of the cumulative day x hour activity curve (monotone, so the times stay sorted).
+    """
     days = int(P.knobs[K_DAYS])
-    n_org = np.random.poisson(U.rate_org[u] * days)
-    n = min(n_org + np.random.poisson(U.rate_home[u] * days), MAX_VISITS)
-    ts = np.empty(n)
+    rate = U.rate_org[u] + U.rate_home[u]
+    n = min(np.random.poisson(rate * days), MAX_VISITS)
+    gaps = np.random.exponential(1.0, n + 1)
+    total = gaps.sum()
+    ts, kind = np.empty(n), np.empty(n, np.int64)
+    acc = 0.0
     for j in range(n):
-        hour = min(np.searchsorted(P.hour_cum, np.random.random(), side="right"), 23)
-        ts[j] = P.knobs[K_START] + np.random.randint(days) * 86400.0 + (hour + np.random.random()) * 3600.0
-    order = np.argsort(ts)
-    return ts[order], (order >= n_org).astype(np.int64)
+        acc += gaps[j]
+        v = acc / total * days  # sorted, uniform on [0, days)
+        day = min(int(v), days - 1)
+        w = v - day
+        h = min(np.searchsorted(P.hour_cum, w, side="right"), 23)
+        lo = P.hour_cum[h - 1] if h > 0 else 0.0
+        frac = min(max((w - lo) / (P.hour_cum[h] - lo), 0.0), 1.0)
+        ts[j] = P.knobs[K_START] + day * 86400.0 + (h + frac) * 3600.0
+        kind[j] = 1 if np.random.random() * rate < U.rate_home[u] else 0
+    return ts, kind
 
 
 @njit(cache=True)
@@ -261,7 +284,7 @@ def simulate_chunk(users, I, U, P, O):
     end = P.knobs[K_START] + P.knobs[K_DAYS] * 86400.0
     seen = np.zeros(I.leaf.shape[0], np.int32)
     per_visit = max(MAX_SESSION, int(P.knobs[K_MAX_PAGES] * P.knobs[K_PAGE_SIZE])) * 4
-    ne, nx = 0, 0
+    ne, nx = np.int64(0), np.int64(0)
     for u in users:
         np.random.seed((int(P.knobs[K_SEED]) * 1_000_003 + u * 7919 + 17) % 4294967296)
         state = (np.zeros(RING, np.int64), np.zeros(4, np.int64), np.zeros(d), -np.ones(3, np.int64),
@@ -281,7 +304,7 @@ def simulate_chunk(users, I, U, P, O):
             else:
                 ne, nx, t_free = _homepage(I, U, P, O, ne, nx, u, t, state, seen, end)
             t_last = t_free
-        O.recent[u] = state[2]
+        O.recent[u], O.recent_std[u] = state[2], state[3]
         for j in range(nx0, nx):
             seen[O.ex_item[j]] = 0
     return ne, nx

@@ -1,0 +1,76 @@
+"""Retargeting: recent click/fav/cart items not bought, weighted by recency, under a strict quota."""
+import numpy as np
+import pytest
+
+from homefeed.data.user_state import BEHAVIOR_CODE, UserState
+from homefeed.recall.retarget import Retarget, RetargetSettings
+from recall_contract import RecallerContract
+
+DAY = 86_400
+NOW = 1_700_000_000 + 10 * DAY
+
+
+def state(*events):
+    """events: (item, behaviour, days ago), given oldest first."""
+    items, behaviors, ago = zip(*events)
+    return UserState(user_id=1, now=NOW, items=np.array(items, np.int32),
+                     behaviors=np.array([BEHAVIOR_CODE[b] for b in behaviors], np.int8),
+                     ts=np.array([NOW - a * DAY for a in ago], np.int64))
+
+
+USER = state(
+    (9, "click", 5.0),   # outside the 3-day window
+    (7, "cart", 2.0),
+    (12, "cart", 1.0),   # bought afterwards: dropped
+    (5, "click", 1.0),
+    (12, "buy", 0.8),
+    (5, "fav", 0.5),
+    (11, "pv", 0.1),     # a page view does not qualify by default
+)
+
+
+def test_hand_computed_scores_and_triggers():
+    got = Retarget().fit(None).recall(USER, 50)  # fit learns nothing
+    # item 5: click 1 day ago (w 1) + fav half a day ago (w 2), half-life 1 day; item 7: cart 2 days ago (w 3)
+    np.testing.assert_array_equal(got.items, [5, 7])
+    np.testing.assert_allclose(got.scores, [1 * 0.5 ** 1 + 2 * 0.5 ** 0.5, 3 * 0.5 ** 2], rtol=1e-6)
+    np.testing.assert_array_equal(got.triggers, got.items)  # the reason is the item itself
+    assert got.channel == "retarget"
+
+
+def test_quota_is_strict_whatever_k():
+    rec = Retarget(settings=RetargetSettings(quota=1))
+    np.testing.assert_array_equal(rec.recall(USER, 50).items, [5])
+    assert len(Retarget().recall(USER, 1)) == 1
+
+
+def test_window_and_behaviours_are_configurable():
+    wide = Retarget(settings=RetargetSettings(window_days=6, weights={"click": 1.0, "pv": 0.5})).recall(USER, 50)
+    # item 5: its click 1 day ago -> 0.5 (a fav no longer counts); item 11: pv 0.1 day ago -> 0.5 * 0.5 ** 0.1; item 9: click 5 days ago -> 0.5 ** 5
+    np.testing.assert_array_equal(wide.items, [5, 11, 9])
+    np.testing.assert_allclose(wide.scores, [0.5, 0.5 * 0.5 ** 0.1, 0.5 ** 5], rtol=1e-6)
+
+
+def test_bought_items_kept_only_when_configured():
+    keep = Retarget(settings=RetargetSettings(exclude_bought=False)).recall(USER, 50)
+    assert 12 in keep.items
+
+
+def test_no_qualifying_history_gives_an_empty_list():
+    assert len(Retarget().recall(UserState(user_id=0, now=NOW), 10)) == 0
+    assert len(Retarget().recall(state((3, "pv", 0.1)), 10)) == 0
+
+
+def test_bad_settings_are_errors():
+    with pytest.raises(ValueError, match="valid behaviours"):
+        Retarget(settings=RetargetSettings(weights={"carted": 1.0}))
+    with pytest.raises(ValueError, match="quota"):
+        Retarget(settings=RetargetSettings(quota=-1))
+
+
+class TestRetargetContract(RecallerContract):
+    def make(self):
+        return Retarget()
+
+    def make_keeping_bought(self):
+        return Retarget(settings=RetargetSettings(exclude_bought=False, weights={"pv": 1.0, "click": 1.0, "fav": 1.0, "cart": 1.0}))
