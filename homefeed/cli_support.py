@@ -46,20 +46,27 @@ def steps(console: Console, title: str):
 
 
 def print_report(console: Console, report: dict) -> None:
-    """The ingest report: per table, where every input row went."""
+    """The ingest report: per table, where every input row went; then why rows were removed or quarantined."""
     out = Console(file=sys.stdout)
     table = Table(title=f"ingest {report['source']} ({report['format']}, policy {report['policy']})")
     for col in ("table", "input", "kept", "quarantined", "removed by cleaning"):
         table.add_column(col, justify="right" if col != "table" else "left")
     for name, t in report["tables"].items():
-        removed = ", ".join(f"{k}={v}" for k, v in t["removed_by_cleaning"].items()) or "0"
-        table.add_row(name, f"{t['input_rows']:,}", f"{t['kept_rows']:,}", f"{t['quarantined_rows']:,}", removed)
+        table.add_row(name, f"{t['input_rows']:,}", f"{t['kept_rows']:,}", f"{t['quarantined_rows']:,}",
+                      f"{sum(t['removed_by_cleaning'].values()):,}")
     table.add_row("total", f"{report['input_rows']:,}", f"{report['kept_rows']:,}", f"{report['quarantined_rows']:,}",
-                  ", ".join(f"{k}={v}" for k, v in report["removed_by_cleaning"].items()) or "0", style="bold")
+                  f"{sum(report['removed_by_cleaning'].values()):,}", style="bold")
     out.print(table)
-    reasons = {r: n for t in report["tables"].values() for r, n in t["quarantined_by_reason"].items()}
-    if reasons:
-        out.print("quarantined by reason: " + ", ".join(f"{r}={n}" for r, n in sorted(reasons.items())))
+    why = Table(title="why rows left")
+    for col in ("table", "step", "reason", "rows"):
+        why.add_column(col, justify="right" if col == "rows" else "left")
+    for name, t in report["tables"].items():
+        for reason, n in sorted(t["quarantined_by_reason"].items()):
+            why.add_row(name, "quarantine", reason, f"{n:,}")
+        for rule, n in t["removed_by_cleaning"].items():
+            why.add_row(name, "cleaning", rule, f"{n:,}")
+    if why.row_count:
+        out.print(why)
     s = report["split"]
     out.print(f"users {report['users']:,}  items {report['items']:,}  sessions {report['sessions']:,}  "
               f"events train/valid/test {s['train']:,}/{s['valid']:,}/{s['test']:,}  in {report['timings']['total_s']:.1f}s")

@@ -48,6 +48,7 @@ class FakeOrderRule(Section):
     enabled: bool = True
     require_view: bool = True  # a buy with no earlier pv/click/fav/cart of the same item is fake
     view_lookback_s: int = 7 * 86400  # how far back the view may be
+    min_history_s: int = 6 * 3600  # buys in the log's first hours are not judged: their views may predate the log
     burst_buys: int = 5  # this many buys ...
     burst_window_s: int = 300  # ... within this many seconds is a burst: all of them are fake
 
@@ -72,6 +73,7 @@ class Ingest(Section):
     session_gap_s: int = 30 * 60  # a gap longer than this starts a new session
     valid_days: int = 1  # the last `test_days` days are test, the `valid_days` before them valid
     test_days: int = 1
+    split_unit: Literal["day", "hour"] = "day"  # what valid_days/test_days count; "hour" for logs of a few hours
     ts_min: int = 946_684_800  # 2000-01-01; timestamps outside [ts_min, ts_max) are rejected
     ts_max: int = 4_102_444_800  # 2100-01-01
 

@@ -38,3 +38,24 @@ def redis_url(tmp_path_factory):
     yield f"redis://127.0.0.1:{port}/0"
     proc.terminate()
     proc.wait(10)
+
+
+@pytest.fixture(scope="session")
+def tiny_world(tmp_path_factory):
+    """The tiny synthetic shop, generated once per test session (seed 7)."""
+    from homefeed.world import WorldSpec, generate
+
+    out = tmp_path_factory.mktemp("tiny_world")
+    generate(WorldSpec.preset("tiny", seed=7), out)
+    return out
+
+
+@pytest.fixture(scope="session")
+def tiny_dataset_dir(tiny_world, tmp_path_factory):
+    """The tiny shop ingested with the default config; returns the dataset folder."""
+    from homefeed.config import Config
+    from homefeed.data.ingest import ingest
+
+    out = tmp_path_factory.mktemp("tiny_dataset")
+    ingest(tiny_world, out, Config())
+    return out

@@ -12,13 +12,7 @@ HUGE = 10**9
 DAY = 86_400
 
 
-class LiftWindow(TimeWindow):
-    """TimeWindow with the proposed `min_lift` knob (clean.py reads it when present)."""
-
-    min_lift: float = 0.0
-
-
-EVERY_NIGHT = Cleaning(abnormal_windows=[LiftWindow(name="midnight_spike", start="00:00", end="00:10",
+EVERY_NIGHT = Cleaning(abnormal_windows=[TimeWindow(name="midnight_spike", start="00:00", end="00:10",
                                                     behaviors=["buy", "cart"], min_lift=0.0)])
 
 
@@ -78,7 +72,7 @@ def test_crawler_rule_disabled_finds_nobody():
 # --- fake orders -----------------------------------------------------------------------------
 
 def fake_rows(events, **knobs) -> list[int]:
-    rule = FakeOrderRule(**{"burst_buys": HUGE, **knobs})
+    rule = FakeOrderRule(**{"burst_buys": HUGE, "min_history_s": 0, **knobs})
     return fake_orders(events, rule)["row"].to_list()
 
 
@@ -115,7 +109,7 @@ def test_fake_order_bursts_edges():
 
 def test_fake_order_reason_prefers_no_view():
     events = log([(1, 1, "pv", 0), (1, 1, "buy", 10), (1, 2, "buy", 20)])
-    out = fake_orders(events, FakeOrderRule(burst_buys=2, burst_window_s=60))
+    out = fake_orders(events, FakeOrderRule(burst_buys=2, burst_window_s=60, min_history_s=0))
     assert dict(out.select("row", "reason").iter_rows()) == {1: "burst", 2: "no_view"}
 
 
@@ -159,7 +153,7 @@ def test_window_days_flag_only_abnormally_full_days():
                                         fake_orders=FakeOrderRule(enabled=False)), tz_offset_hours=0)
     assert res.counts == {"abnormal_window:night": 10}                  # default min_lift 3: only day 2
     res = clean_events(events, Cleaning(crawler=CrawlerRule(enabled=False), fake_orders=FakeOrderRule(enabled=False),
-                                        abnormal_windows=[LiftWindow(**w.model_dump(), min_lift=0.0)]), tz_offset_hours=0)
+                                        abnormal_windows=[TimeWindow(**(w.model_dump() | {'min_lift': 0.0}))]), tz_offset_hours=0)
     assert res.counts == {"abnormal_window:night": 15}
 
 
@@ -264,3 +258,10 @@ def test_cleaning_finds_the_synthetic_worlds_noise(tmp_path):
     p, r = precision_recall(by_rule["abnormal_window:midnight_spike"], res.kept, truth.spike_events,
                             ["user_id", "item_id", "ts"])
     assert p >= 0.9 and r >= 0.9, f"midnight spike rows: precision {p:.3f}, recall {r:.3f}"
+
+
+def test_buys_in_the_logs_first_hours_are_not_judged_for_a_missing_view():
+    # a log that starts mid-funnel (e.g. a two-hour slice) cannot show the views behind its first buys
+    events = log([(1, 1, "pv", 0), (2, 5, "buy", 60), (3, 6, "buy", 7 * 3600)])
+    assert fake_rows(events, min_history_s=6 * 3600) == [2]
+    assert fake_rows(events, min_history_s=0) == [1, 2]

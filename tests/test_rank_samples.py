@@ -172,3 +172,14 @@ def test_unknown_part_and_behaviour_are_clear_errors():
         build_samples(toy_dataset(), part="tset")
     with pytest.raises(ValueError, match=r"unknown behaviour\(s\) \['clik'\]"):
         build_samples(toy_dataset(exposures=False), part="train", settings=SampleSettings(positive_behaviors=["clik"]))
+
+
+def test_train_window_keeps_the_last_days_but_the_full_history():
+    ds = toy_dataset()
+    full = build_samples(ds, part="train", settings=NO_FILTERS)
+    last = build_samples(ds, part="train", settings=NO_FILTERS.model_copy(update={"train_window_days": 1.0}),
+                         encoders=full.encoders)
+    assert last.ts.min() >= ds.split.train_end - DAY and len(last) == (full.ts >= ds.split.train_end - DAY).sum()
+    assert last.report["removed"]["before_train_window"] == len(full) - len(last)
+    same = torch.from_numpy(np.flatnonzero(full.ts >= ds.split.train_end - DAY))
+    assert torch.equal(full.take(same)["seq"], last.tensors["seq"])  # history from before the window is kept

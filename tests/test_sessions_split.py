@@ -77,6 +77,15 @@ def test_time_split_too_few_days_says_how_many():
         time_split(events, valid_days=-1, test_days=1, tz_offset_hours=8)
 
 
+def test_time_split_by_hour_for_short_logs():
+    events = pl.DataFrame({"ts": [1_000_000 + 600 * i for i in range(19)]})  # three hours of events
+    split = time_split(events, valid_days=1, test_days=1, tz_offset_hours=0, unit="hour")
+    assert split.valid_end % 3600 == 0 and split.valid_end - split.train_end == 3600
+    assert split.valid_end <= events["ts"].max() and split.train_end > events["ts"].min()
+    with pytest.raises(ValueError, match="valid units: day, hour"):
+        time_split(events, unit="week")
+
+
 # --- point-in-time history -------------------------------------------------------------------
 
 def events_frame(rows) -> pl.DataFrame:

@@ -194,9 +194,14 @@ def window_days(events: pl.DataFrame, window: TimeWindow, *, tz_offset_hours: fl
 
 # --- 3. fake orders --------------------------------------------------------------------------
 
-def _buys_without_view(ev: pl.DataFrame, lookback_s: int) -> pl.DataFrame:
-    """Buy rows (with `row`) that no same-user same-item view precedes within `lookback_s`."""
-    buys = ev.filter(pl.col("behavior") == "buy")
+def _buys_without_view(ev: pl.DataFrame, lookback_s: int, min_history_s: int = 0) -> pl.DataFrame:
+    """Buy rows (with `row`) that no same-user same-item view precedes within `lookback_s`.
+
+    Buys in the log's first `min_history_s` are not judged: a log that starts mid-funnel cannot
+    show the view that led to them (a two-hour slice would otherwise call nearly every buy fake).
+    """
+    start = ev["ts"].min()
+    buys = ev.filter((pl.col("behavior") == "buy") & (pl.col("ts") >= (start or 0) + min_history_s))
     views = (ev.filter(pl.col("behavior").is_in(VIEWS))
              .join(buys.select("user_id", "item_id").unique(), on=["user_id", "item_id"], how="semi")
              .select("user_id", "item_id", view_ts="ts").sort("view_ts"))
@@ -229,7 +234,7 @@ def fake_orders(events: pl.DataFrame, rule: FakeOrderRule = FakeOrderRule()) -> 
     ev = conform_events(events).select(*REQUIRED).with_row_index("row")
     parts = []
     if rule.enabled and rule.require_view:
-        parts.append(_buys_without_view(ev, rule.view_lookback_s).with_columns(reason=pl.lit("no_view")))
+        parts.append(_buys_without_view(ev, rule.view_lookback_s, rule.min_history_s).with_columns(reason=pl.lit("no_view")))
     if rule.enabled:
         parts.append(_buy_bursts(ev, rule.burst_buys, rule.burst_window_s).with_columns(reason=pl.lit("burst")))
     if not parts:
@@ -268,7 +273,7 @@ def clean_events(events: pl.DataFrame, cleaning: Cleaning = Cleaning(), *, tz_of
         crawlers = crawler_users(events, cleaning.crawler, tz_offset_hours=tz_offset_hours)
         flags.append(("crawler", pl.col("user_id").is_in(crawlers["user_id"].implode())))
     for w in cleaning.abnormal_windows:
-        lift = getattr(w, "min_lift", DEFAULT_MIN_LIFT)  # the knob TimeWindow may carry
+        lift = w.min_lift
         days = window_days(events, w, tz_offset_hours=tz_offset_hours, min_lift=lift)
         on_days = occurrence_day(w, tz_offset_hours=tz_offset_hours).is_in(days.filter("abnormal")["day"].implode())
         flags.append((f"abnormal_window:{w.name}", in_window(w, tz_offset_hours=tz_offset_hours) & on_days))

@@ -122,7 +122,7 @@ def ingest(src: str | Path, out: str | Path, config: Config | None = None, *, fm
     t = time.perf_counter()
     events = add_sessions(tables["events"], gap_s=config.ingest.session_gap_s)
     split = time_split(events, valid_days=config.ingest.valid_days, test_days=config.ingest.test_days,
-                       tz_offset_hours=config.ingest.tz_offset_hours)
+                       tz_offset_hours=config.ingest.tz_offset_hours, unit=config.ingest.split_unit)
     timings["sessions_split_s"] = time.perf_counter() - t
 
     say("write")

@@ -53,8 +53,11 @@ def day_number(text: str) -> int:
         raise ValueError(f"{text!r} is not a date; expected YYYY-MM-DD, e.g. 2017-11-11") from None
 
 
+UNITS = {"day": DAY_S, "hour": 3_600}
+
+
 def time_split(events: pl.DataFrame, *, valid_days: int = 1, test_days: int = 1,
-               tz_offset_hours: float = 8.0, ts: str = "ts") -> TimeSplit:
+               tz_offset_hours: float = 8.0, ts: str = "ts", unit: str = "day") -> TimeSplit:
     """Cut the event log into train / valid / test by local day.
 
     Parameters
@@ -63,6 +66,7 @@ def time_split(events: pl.DataFrame, *, valid_days: int = 1, test_days: int = 1,
     valid_days, test_days : how many local days (>= 0) go to validation and test; at least one
         earlier day must remain for training.
     tz_offset_hours : local time of the logs, hours east of UTC.
+    unit : "day" (default) or "hour": what valid_days and test_days count, for logs of a few hours.
 
     Returns
     -------
@@ -75,17 +79,23 @@ def time_split(events: pl.DataFrame, *, valid_days: int = 1, test_days: int = 1,
         raise ValueError(f"valid_days and test_days must be >= 0, got valid_days={valid_days}, test_days={test_days}")
     if ts not in events.columns:
         raise ValueError(f"events have no column {ts!r}; columns: {', '.join(events.columns)}")
-    days = events.select(first=local_day(ts, tz_offset_hours=tz_offset_hours).min(),
-                         last=local_day(ts, tz_offset_hours=tz_offset_hours).max()).row(0)
+    if unit not in UNITS:
+        raise ValueError(f"unknown split unit {unit!r}; valid units: {', '.join(UNITS)}")
+    unit_s = UNITS[unit]
+    local = (pl.col(ts) + tz_seconds(tz_offset_hours)) // unit_s
+    days = events.select(first=local.min(), last=local.max()).row(0)
     if days[0] is None:
         raise ValueError("cannot split an empty event log (0 rows with a timestamp)")
     first, last = days
     span, needed = last - first + 1, valid_days + test_days + 1
     if span < needed:
         raise ValueError(
-            f"events span {span} local day(s) ({day_name(first)} .. {day_name(last)}, UTC{tz_offset_hours:+g} h) "
+            f"events span {span} local {unit}(s) ("
+            + (f"{day_name(first)} .. {day_name(last)}, " if unit == "day" else "")
+            + f"UTC{tz_offset_hours:+g} h) "
             f"but the split needs at least {needed}: {test_days} test + {valid_days} valid + 1 train; "
-            f"lower ingest.valid_days / ingest.test_days or provide a longer log")
+            f"lower ingest.valid_days / ingest.test_days, split by hours (--set ingest.split_unit=hour) "
+            f"or provide a longer log")
     test_start_day = last - test_days + 1
-    valid_end = test_start_day * DAY_S - tz_seconds(tz_offset_hours)
-    return TimeSplit(train_end=valid_end - valid_days * DAY_S, valid_end=valid_end)
+    valid_end = test_start_day * unit_s - tz_seconds(tz_offset_hours)
+    return TimeSplit(train_end=valid_end - valid_days * unit_s, valid_end=valid_end)

@@ -211,11 +211,23 @@ def _batches(y: np.ndarray, size: int, g: torch.Generator, *, by_leaf: bool) -> 
     return list(perm.split(size))
 
 
+def shifted(x: torch.Tensor, dy: int, dx: int) -> torch.Tensor:
+    """Images (B, 3, H, W) moved dy, dx pixels (edges replicated)."""
+    h, w = x.shape[2:]
+    return F.pad(x, (1, 1, 1, 1), mode="replicate")[:, :, 1 + dy:1 + dy + h, 1 + dx:1 + dx + w]
+
+
 @torch.no_grad()
-def embed(model: ImageCNN, images: np.ndarray, *, batch: int = 2048) -> np.ndarray:
-    """float32 (n, hidden) image vectors."""
-    return np.concatenate([model.embed(_to_tensor(images[i:i + batch])).numpy() for i in range(0, len(images), batch)] or
-                          [np.zeros((0, model.hidden.out_features), np.float32)])
+def embed(model: ImageCNN, images: np.ndarray, *, batch: int = 1024, shift_average: bool = True) -> np.ndarray:
+    """float32 (n, hidden) image vectors; with `shift_average`, the mean over the 9 one-pixel shifts
+    (test-time augmentation: a re-listed copy moved by a pixel gets the same vector)."""
+    model.eval()
+    shifts = [(dy, dx) for dy in (-1, 0, 1) for dx in (-1, 0, 1)] if shift_average else [(0, 0)]
+    out = np.zeros((len(images), model.hidden.out_features), np.float32)
+    for i in range(0, len(images), batch):
+        x = _to_tensor(images[i:i + batch])
+        out[i:i + batch] = sum(model.embed(shifted(x, dy, dx)) for dy, dx in shifts).numpy() / len(shifts)
+    return out
 
 
 def leaf_accuracy(model: ImageCNN, images: np.ndarray, labels: np.ndarray) -> float:

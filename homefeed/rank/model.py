@@ -85,7 +85,8 @@ class RankModel(nn.Module):
         if c.sequence is not None and not spec.sequence:
             raise ValueError(f"sequence={c.sequence!r} needs sequence fields in the feature spec; it has none")
         self.n_dense = n_dense
-        self.embedding = FieldEmbedding(vocab, d, sparse=c.sparse_grad)
+        only_wide = not (c.fm or c.cross or c.deep)  # LR reads no field embeddings: no table, no lookup
+        self.embedding = FieldEmbedding(vocab, d, sparse=c.sparse_grad) if not only_wide else None
         self.wide = Wide(vocab, n_dense, sparse=c.sparse_grad) if c.linear else None
         self.fm = FM() if c.fm else None
         self.sequence = self._sequence_block(spec, c)
@@ -121,6 +122,8 @@ class RankModel(nn.Module):
         return None
 
     def forward(self, batch: dict[str, Tensor]) -> Tensor:
+        if self.embedding is None:  # LR
+            return self.bias + self.wide(batch["sparse"], *self._dense(batch))
         e = self.embedding(batch["sparse"])  # (B, F, D)
         x = torch.cat([e.flatten(1), *self._dense(batch), *self._pool_sequence(batch, e)], dim=1)  # (B, K)
         terms = self._shallow(batch, e) + self._over(x, e)  # [(B,), ...]
@@ -154,7 +157,9 @@ class RankModel(nn.Module):
 
     def sparse_parameters(self) -> list[nn.Parameter]:
         """The embedding tables (sparse gradients when config.sparse_grad); the rest is `dense_parameters`."""
-        return [self.embedding.table.weight] + ([self.wide.weights.table.weight] if self.wide is not None else [])
+        tables = [self.embedding] if self.embedding is not None else []
+        tables += [self.wide.weights] if self.wide is not None else []
+        return [t.table.weight for t in tables]
 
     def dense_parameters(self) -> list[nn.Parameter]:
         sparse = {id(p) for p in self.sparse_parameters()}

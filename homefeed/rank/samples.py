@@ -59,6 +59,7 @@ class SampleSettings(Section):
     active_scene: str | None = Field("homepage", description="scene whose activity counts; None = all events")
     active_window_days: float = Field(7.0, gt=0)
     active_min_actions: int = Field(1, ge=0, description="0 keeps every user")
+    train_window_days: float | None = Field(None, gt=0, description="train on the last N days only; None = all")
     neg_ratio: int = Field(1, ge=1, description="DIN protocol: negatives per positive")
     positive_behaviors: list[str] = Field(default_factory=lambda: ["click", "fav", "cart", "buy"])
     popularity_window_s: int = Field(86_400, gt=0, description="DIN protocol: 'same time' bucket of negatives")
@@ -152,6 +153,9 @@ def sample_rows(dataset: Dataset, part: str, settings: SampleSettings, protocol:
         rows, removed = _exposure_rows(dataset, part)
     else:
         rows, removed = _positive_rows(dataset, part, settings), {}
+    if part == "train" and settings.train_window_days is not None:  # features still see the whole history
+        kept = rows.filter(pl.col("ts") >= dataset.split.train_end - int(settings.train_window_days * 86_400))
+        removed["before_train_window"], rows = rows.height - kept.height, kept
     bots = pl.col("user_id").cast(pl.Int64).is_in(pl.Series(np.asarray(bad_users, np.int64)).implode())
     steps = [("blacklist", _blacklisted(dataset, settings)), ("bots", bots)]
     steps += [(f"abnormal_window:{w.name}", _in_window(w, settings)) for w in settings.abnormal_windows]

@@ -205,7 +205,7 @@ def itemcf_rows(rows, chunk_ptr, chunk_rows, item_ptr, item_pos, item_user,
     once, no pair decay) the max is a plain sum.
     """
     for c in prange(chunk_ptr.size - 1):
-        acc = np.zeros(n_items, np.float64)
+        acc = np.zeros(n_items, np.float32)
         best = np.zeros(n_items, np.float64)
         in_row = np.zeros(n_items, np.bool_)
         in_user = np.zeros(n_items, np.bool_)

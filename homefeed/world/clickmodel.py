@@ -22,7 +22,7 @@ The functions are numba-compiled and take scalars or numpy arrays alike.
 
     >>> theta = click_params(ClickTruth())
     >>> float(sigmoid(click_logit(theta, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0)))  # doctest: +ELLIPSIS
-    0.019...
+    0.0066...
 """
 from __future__ import annotations
 

@@ -1,8 +1,8 @@
 """The dirt cleaning must remove: crawlers, brushed (fake) orders and a midnight ordering spike.
 
 * Crawlers: bursty bots viewing 40-90 items a minute for 2-6 minutes (some add a cart or two,
-  so "nothing but pv" alone does not catch them), and slow bots viewing 5-12 items a minute in 2-3
-  runs of 25-60 minutes (250+ views) with nothing but page views. They walk a category's listing in
+  so "nothing but pv" alone does not catch them), and slow bots viewing 5-10 items a minute in 2-3
+  runs of 20-45 minutes (200+ views) with nothing but page views. They walk a category's listing in
   order or jump at random.
 * Fake orders: buys of items from a few "brushing" shops with no earlier view of the item, made in
   bursts (5-12 buys a few seconds apart) by dedicated accounts that otherwise only view a few random
@@ -55,8 +55,8 @@ def crawler_events(spec: WorldSpec, cat: Catalog, users: np.ndarray,
     n_runs = np.where(bursty, rng.integers(1, 4, len(users)), rng.integers(2, 4, len(users)))
     owner = np.repeat(np.arange(len(users)), n_runs)
     fast = bursty[owner]
-    rate = np.where(fast, rng.uniform(40, 90, len(owner)), rng.uniform(5, 12, len(owner)))
-    minutes = np.where(fast, rng.uniform(2, 6, len(owner)), rng.uniform(25, 60, len(owner)))
+    rate = np.where(fast, rng.uniform(40, 90, len(owner)), rng.uniform(5, 10, len(owner)))
+    minutes = np.where(fast, rng.uniform(2, 6, len(owner)), rng.uniform(20, 45, len(owner)))
     n_events = np.maximum(1, np.round(rate * minutes)).astype(np.int64)
     run, ts = _runs(rng, spec.start_ts, spec.n_days, n_events, rate)
     # listing walk: consecutive items of one category's list, from a random offset; or random items
