@@ -17,7 +17,7 @@ from typing import Annotated, Optional
 import typer
 from rich.console import Console
 
-from homefeed.cli_support import ConfigOpt, JsonOpt, SetOpt, fail, get_config, print_report, steps
+from homefeed.cli_support import ConfigOpt, JsonOpt, SetOpt, fail, get_config, print_report, stdout_console, steps
 from homefeed.config import ConfigError
 
 app = typer.Typer(help="homefeed: an end-to-end recommender for an e-commerce homepage feed.",
@@ -80,6 +80,46 @@ def ingest(
         print(json.dumps(report))
     else:
         print_report(console, report)
+
+
+DatasetArg = Annotated[Path, typer.Argument(help="A dataset folder written by `homefeed ingest`.")]
+
+
+@evaluate_app.command("recall")
+def evaluate_recall_cmd(
+    dataset: DatasetArg,
+    channels: Annotated[Optional[str], typer.Option(help="Comma-separated channels (default: recall.channels).")] = None,
+    part: Annotated[str, typer.Option(help="Split part to score: test or valid.")] = "test",
+    ks: Annotated[str, typer.Option(help="Cut-offs K for HitRate/Recall/NDCG@K, comma-separated.")] = "20,50,200",
+    max_users: Annotated[Optional[int], typer.Option(help="Score a seeded sample of this many users (default: all).")] = None,
+    json_: JsonOpt = False,
+    config: ConfigOpt = None,
+    set_: SetOpt = None,
+):
+    """Fit every recall channel on the training days and score each, and their merge, on the later days."""
+    from homefeed.data.dataset import Dataset
+    from homefeed.evaluate.report import print_json
+    from homefeed.recall import Merger, MergeSettings
+    from homefeed.recall.evaluate import evaluate_recall, fit_channels, format_recall_table
+
+    cfg = get_config(config, set_)
+    names = channels.split(",") if channels else cfg.recall.channels
+    cut_offs = tuple(int(k) for k in ks.split(","))
+    ds = Dataset.load(dataset)
+    try:
+        with steps(console, "recall") as progress:
+            progress("fitting " + ", ".join(names))
+            fitted = fit_channels(ds, names, cfg.recall.channel_settings)
+            merger = Merger(settings=MergeSettings(**cfg.recall.merge)).fit(ds)
+            progress("scoring")
+            result = evaluate_recall(ds, fitted, merger, ks=cut_offs, part=part, max_users=max_users,
+                                     behaviors=tuple(cfg.recall.relevant_behaviors))
+    except ValueError as e:
+        fail(str(e))
+    if json_:
+        print_json(result)
+    else:
+        stdout_console().print(format_recall_table(result))
 
 
 def main() -> None:

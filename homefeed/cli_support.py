@@ -18,6 +18,11 @@ SetOpt = Annotated[Optional[list[str]], typer.Option("--set", help="Override one
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print one JSON object instead of a table.")]
 
 
+def stdout_console() -> Console:
+    """Console for tables on stdout: terminal width on a terminal, wide enough for every column in a pipe or file."""
+    return Console(file=sys.stdout, width=None if sys.stdout.isatty() else 240)
+
+
 def fail(message: str, code: int = 2) -> None:
     Console(stderr=True).print(f"[red]error:[/] {message}")
     raise typer.Exit(code)
@@ -47,7 +52,7 @@ def steps(console: Console, title: str):
 
 def print_report(console: Console, report: dict) -> None:
     """The ingest report: per table, where every input row went; then why rows were removed or quarantined."""
-    out = Console(file=sys.stdout)
+    out = stdout_console()
     table = Table(title=f"ingest {report['source']} ({report['format']}, policy {report['policy']})")
     for col in ("table", "input", "kept", "quarantined", "removed by cleaning"):
         table.add_column(col, justify="right" if col != "table" else "left")

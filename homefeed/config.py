@@ -84,10 +84,22 @@ class World(Section):
     tz_offset_hours: float = 8.0
 
 
+class Recall(Section):
+    """Which channels run and their knobs. Per-channel and merge settings are checked by the channel's own
+    settings class when it is built (`homefeed.recall.make_channel`), so a typo there is an error too."""
+
+    channels: list[str] = ["itemcf", "swing", "ranki2i", "crowd", "retarget", "popular"]
+    k_per_channel: int = 200  # candidates each channel returns per request
+    channel_settings: dict[str, dict[str, Any]] = Field(default_factory=dict)  # e.g. {"itemcf": {"top_n": 100}}
+    merge: dict[str, Any] = Field(default_factory=dict)  # MergeSettings keys, e.g. {"k": 500, "min_share": 0.05}
+    relevant_behaviors: list[str] = ["pv", "click", "fav", "cart", "buy"]  # what makes an item relevant in evaluation
+
+
 class Config(Section):
     world: World = World()
     ingest: Ingest = Ingest()
     cleaning: Cleaning = Cleaning()
+    recall: Recall = Recall()
 
 
 class ConfigError(ValueError):

@@ -15,6 +15,9 @@ Two protocols, chosen automatically (`protocol="auto"`):
   positive are drawn by popularity at the same time (the item's events in the same
   `popularity_window_s` bucket) and take the positive's user and time. The same cleaning applies.
 
+`train_window_days` keeps only the last days of train samples (their features still see the
+whole history before them), a common way to train on recent behaviour at a fraction of the cost.
+
 Features come from `homefeed.rank.features.point_in_time` (nothing at or after the sample's ts)
 and are encoded by `homefeed.rank.encoders.Encoders` fitted on the train part only:
 
