@@ -42,7 +42,7 @@ def generate(
     cfg = get_config(config, set_)
     if size not in ("tiny", "small", "large"):
         fail(f"--size {size!r}: valid sizes are tiny, small, large")
-    spec = WorldSpec.preset(size, seed=cfg.world.seed if seed is None else seed)
+    spec = WorldSpec.preset(size, seed=cfg.world.seed if seed is None else seed, tz_offset_hours=cfg.world.tz_offset_hours)
     with steps(console, f"generating the {size} shop") as progress:
         generate_world(spec, out, progress=progress)
     if taobao_csv:

@@ -37,7 +37,7 @@ class FieldEmbedding(nn.Module):
     Attributes: weight (sum(vocab_sizes), D) float32; offsets (F,) int64 first row of each field.
     """
 
-    def __init__(self, vocab_sizes: list[int], dim: int, *, sparse: bool = False, std: float = float(__import__("os").environ.get("K1_STD", 0.05))):
+    def __init__(self, vocab_sizes: list[int], dim: int, *, sparse: bool = False, std: float = 0.05):
         super().__init__()
         if not vocab_sizes or min(vocab_sizes) < 1:
             raise ValueError(f"every field needs a vocabulary of at least 1 code; got sizes {vocab_sizes}")

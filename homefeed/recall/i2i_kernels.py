@@ -95,9 +95,9 @@ def _lowest_tied(hv, hj, n, vals, touched, m, scratch):
 
 
 @njit(cache=True)
-def _emit_top(start, limit, touched, m, acc, in_row, left, norm_right, hv, hj, vals, scratch, out_items, out_scores):
-    """Write the best `limit` of acc[j] / (left * norm_right[j]) over j in touched[:m] to out[start:],
-    score descending, ties by lower item code; clear acc and in_row for the next row; return the count.
+def _emit_top(start, limit, touched, m, acc, scale, in_row, clear_in_row, hv, hj, vals, scratch, out_items, out_scores):
+    """Write the best `limit` of scale * acc[j] over j in touched[:m] to out[start:], score descending,
+    ties by lower item code; clear acc (and in_row when asked) for the next row; return the count.
 
     One pass: a size-`limit` min-heap keeps the best so far, replaced only on a strictly better score
     (ties at the cut are settled afterwards by `_lowest_tied`), so most entries cost one comparison.
@@ -105,9 +105,10 @@ def _emit_top(start, limit, touched, m, acc, in_row, left, norm_right, hv, hj, v
     n = 0
     for q in range(m):
         j = touched[q]
-        v = acc[j] / (left * norm_right[j])
+        v = acc[j] * scale
         acc[j] = 0.0
-        in_row[j] = False
+        if clear_in_row:
+            in_row[j] = False
         vals[q] = v
         if v <= 0.0 or limit == 0:
             continue
@@ -131,8 +132,8 @@ def _emit_top(start, limit, touched, m, acc, in_row, left, norm_right, hv, hj, v
 
 
 @njit(cache=True)
-def _itemcf_row_once(i, item_ptr, item_pos, item_user, act_item, act_w, lo, hi, iuf, cat, use_cat,
-                     acc, in_row, touched):
+def _itemcf_row_once(i, item_ptr, item_pos, item_user, act_item, act_w, act_wn, lo, hi, iuf, cat, use_cat,
+                     acc, touched):
     """Accumulate row i when every user meets each item pair at most once: a plain weighted sum."""
     m = 0
     ci = cat[i]
@@ -146,12 +147,12 @@ def _itemcf_row_once(i, item_ptr, item_pos, item_user, act_item, act_w, lo, hi, 
             if acc[j] == 0.0:  # weights are > 1e-100, so every product is > 0: zero means untouched
                 touched[m] = j
                 m += 1
-            acc[j] += wa * act_w[q]
+            acc[j] += wa * act_wn[q]
     return m
 
 
 @njit(cache=True)
-def _itemcf_row_max(i, item_ptr, item_pos, item_user, act_item, act_w, act_t, lo, hi, iuf, cat, use_cat,
+def _itemcf_row_max(i, item_ptr, item_pos, item_user, act_item, act_w, act_wn, act_t, lo, hi, iuf, cat, use_cat,
                     gap_rate, acc, in_row, touched, best, in_user, ubuf):
     """Accumulate row i taking, per user, the best-weighted of their (i, j) pairs (with pair decay)."""
     m = 0
@@ -170,7 +171,7 @@ def _itemcf_row_max(i, item_ptr, item_pos, item_user, act_item, act_w, act_t, lo
                 j = act_item[q]
                 if use_cat and cat[j] != ci:
                     continue
-                v = wa * act_w[q]
+                v = wa * act_wn[q]
                 if gap_rate > 0.0:
                     v *= math.exp(-gap_rate * abs(ta - act_t[q]))
                 if not in_user[j]:
@@ -194,18 +195,19 @@ def _itemcf_row_max(i, item_ptr, item_pos, item_user, act_item, act_w, act_t, lo
 
 @njit(parallel=True, cache=True)
 def itemcf_rows(rows, chunk_ptr, chunk_rows, item_ptr, item_pos, item_user,
-                act_item, act_w, act_t, lo, hi, iuf, norm_left, norm_right, cat, use_cat,
+                act_item, act_w, act_wn, act_t, lo, hi, iuf, row_scale, cat, use_cat,
                 gap_rate, unique_pairs, n_items, top_n, out_ptr, out_items, out_scores, out_len):
     """Item-CF rows. Actions are (user, item, time, weight); `item_ptr`/`item_pos` list each item's
     actions (grouped by user) as positions into the user-ordered action arrays, and `lo[p]:hi[p]`
     are the partner actions of action p inside its time window.
 
-    c(i, j) = sum_u iuf[u] * max over (a on i, p on j) of act_w[a] * act_w[p] * exp(-gap_rate * |t_a - t_p|),
-    s(i, j) = c(i, j) / (norm_left[i] * norm_right[j]). With `unique_pairs` (each user acts on an item
+    s(i, j) = row_scale[i] * sum_u iuf[u] * max over (a on i, p on j) of act_w[a] * act_wn[p] * exp(-gap_rate * |t_a - t_p|)
+    where act_wn is act_w already divided by the partner item's normaliser (so no per-entry lookup is
+    needed, as in implicit's pre-normalised matrix). With `unique_pairs` (each user acts on an item
     once, no pair decay) the max is a plain sum.
     """
     for c in prange(chunk_ptr.size - 1):
-        acc = np.zeros(n_items, np.float32)
+        acc = np.zeros(n_items, np.float64)
         best = np.zeros(n_items, np.float64)
         in_row = np.zeros(n_items, np.bool_)
         in_user = np.zeros(n_items, np.bool_)
@@ -219,14 +221,14 @@ def itemcf_rows(rows, chunk_ptr, chunk_rows, item_ptr, item_pos, item_user,
             slot = chunk_rows[r]
             i = rows[slot]
             if unique_pairs:
-                m = _itemcf_row_once(i, item_ptr, item_pos, item_user, act_item, act_w, lo, hi, iuf, cat, use_cat,
-                                     acc, in_row, touched)
+                m = _itemcf_row_once(i, item_ptr, item_pos, item_user, act_item, act_w, act_wn, lo, hi, iuf, cat,
+                                     use_cat, acc, touched)
             else:
-                m = _itemcf_row_max(i, item_ptr, item_pos, item_user, act_item, act_w, act_t, lo, hi, iuf, cat,
+                m = _itemcf_row_max(i, item_ptr, item_pos, item_user, act_item, act_w, act_wn, act_t, lo, hi, iuf, cat,
                                     use_cat, gap_rate, acc, in_row, touched, best, in_user, ubuf)
             acc[i] = 0.0  # an item is not its own neighbour
-            out_len[slot] = _emit_top(out_ptr[slot], out_ptr[slot + 1] - out_ptr[slot], touched, m, acc, in_row,
-                                      norm_left[i], norm_right, hv, hj, vals, scratch, out_items, out_scores)
+            out_len[slot] = _emit_top(out_ptr[slot], out_ptr[slot + 1] - out_ptr[slot], touched, m, acc, row_scale[i],
+                                      in_row, not unique_pairs, hv, hj, vals, scratch, out_items, out_scores)
 
 
 @njit(parallel=True, cache=True)
@@ -253,8 +255,7 @@ def swing_rows(rows, chunk_ptr, chunk_rows, item_ptr, item_users, user_ptr, user
         hj = np.empty(top_n, np.int32)
         vals = np.empty(n_items, np.float64)
         scratch = np.empty(n_items, np.int32)
-        in_row = np.zeros(n_items, np.bool_)
-        ones = np.ones(n_items, np.float64)
+        in_row = np.zeros(1, np.bool_)
         for r in range(chunk_ptr[c], chunk_ptr[c + 1]):
             slot = chunk_rows[r]
             i = rows[slot]
@@ -307,8 +308,8 @@ def swing_rows(rows, chunk_ptr, chunk_rows, item_ptr, item_users, user_ptr, user
                     kept[mk] = j
                     mk += 1
                 cnt[j] = 0
-            out_len[slot] = _emit_top(out_ptr[slot], out_ptr[slot + 1] - out_ptr[slot], kept, mk, acc, in_row,
-                                      1.0, ones, hv, hj, vals, scratch, out_items, out_scores)
+            out_len[slot] = _emit_top(out_ptr[slot], out_ptr[slot + 1] - out_ptr[slot], kept, mk, acc, 1.0,
+                                      in_row, False, hv, hj, vals, scratch, out_items, out_scores)
 
 
 def run_rows(kernel, rows: np.ndarray, cost: np.ndarray, bound: np.ndarray, top_n: int, n_items: int, *args) -> I2ITable:

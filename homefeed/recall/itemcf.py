@@ -97,7 +97,7 @@ class Actions:
     """Collapsed actions in user order (by user, then time), at most `max_actions_per_user` per user.
 
     Attributes:
-        user: (n,) int64 dense user index 0..U-1.   item: (n,) int64 item code.
+        user: (n,) int64 user index 0..U-1 (the codes themselves when compact).   item: (n,) int64 item code.
         sess: (n,) int64 session id (0 when sessions do not matter).   t: (n,) int64 last event time.
         w: (n,) float64 weight: strongest behaviour weight times the age decay.
         n_user_items: (U,) distinct items per user (before the cap).   pop: (n_items,) sum over users of b_ui^2.
@@ -112,6 +112,14 @@ class Actions:
     pop: np.ndarray
 
 
+def dense_users(user_id: pl.Series) -> pl.Series:
+    """User codes as they are when already compact (0 <= code < 2 n + 1000), else ranked to 0..U-1 (Int64)."""
+    lo, hi = user_id.min(), user_id.max()
+    if lo is not None and lo >= 0 and hi < 2 * user_id.len() + 1000:
+        return user_id.cast(pl.Int64)
+    return user_id.rank("dense").cast(pl.Int64) - 1
+
+
 def collapse_actions(events: pl.DataFrame, n_items: int, settings: ItemCFSettings, *, now: int | None = None) -> Actions:
     """Events -> one action per (user, item[, session]) with the strongest behaviour and the last time.
 
@@ -122,7 +130,7 @@ def collapse_actions(events: pl.DataFrame, n_items: int, settings: ItemCFSetting
     per_session = not unique_pairs(s)
     if per_session and "session_id" not in events.columns:
         events = add_sessions(events, gap_s=s.session_gap_s)
-    ev = events.select(pl.col("user_id").rank("dense").cast(pl.Int64) - 1, pl.col("item_id").cast(pl.Int64), "ts",
+    ev = events.select(dense_users(events["user_id"]), pl.col("item_id").cast(pl.Int64), "ts",
                        sess=pl.col("session_id") if per_session else pl.lit(0, pl.Int64),
                        b=pl.lit(pl.Series(bw)).gather(pl.col("behavior").to_physical())).filter(pl.col("b") > 0)
     user, item, ts, sess, b = (ev[c].to_numpy() for c in ("user_id", "item_id", "ts", "sess", "b"))
@@ -142,10 +150,13 @@ def collapse_actions(events: pl.DataFrame, n_items: int, settings: ItemCFSetting
     pop = np.bincount(a_pair[first_of_pair] % n_items, weights=strongest ** 2, minlength=n_items)
     n_user_items = np.bincount(a_pair[first_of_pair] // n_items, minlength=n_users)
     a_user = a_pair // n_items
-    by_time = np.argsort((a_user << 32) | (a_t - a_t.min()), kind="stable")  # by user, then time
     counts = np.bincount(a_user, minlength=n_users)
-    left = np.repeat(counts, counts) - (np.arange(by_time.size) - np.repeat(np.cumsum(counts) - counts, counts))
-    by_time = by_time[left <= s.max_actions_per_user]  # the most recent actions of each user
+    if s.window == "user" and counts.max() <= s.max_actions_per_user:  # grouped by user is enough
+        by_time = np.arange(a_user.size)
+    else:
+        by_time = np.argsort((a_user << 32) | (a_t - a_t.min()), kind="stable")  # by user, then time
+        left = np.repeat(counts, counts) - (np.arange(by_time.size) - np.repeat(np.cumsum(counts) - counts, counts))
+        by_time = by_time[left <= s.max_actions_per_user]  # the most recent actions of each user
     t = a_t[by_time]
     now = int(ts.max()) if now is None else int(now)
     w = a_b[by_time] * (np.exp2(-np.maximum(now - t, 0) / s.age_half_life_s) if s.age_half_life_s > 0 else 1.0)
@@ -218,7 +229,8 @@ def itemcf_table(events: pl.DataFrame, n_items: int, *, settings: ItemCFSettings
     left, right = normalizers(acts.pop, s)
     table = kernels.run_rows(
         kernels.itemcf_rows, rows, cost, np.minimum(cost, n_items), s.top_n, n_items,
-        item_ptr, by_item, acts.user[by_item], acts.item.astype(np.int32), acts.w, acts.t, lo, hi, iuf, left, right,
+        item_ptr, by_item, acts.user[by_item], acts.item.astype(np.int32), acts.w, (acts.w / right[acts.item]).astype(np.float32), acts.t,
+        lo, hi, iuf, 1.0 / left,
         cat, use_cat, gap_rate, unique_pairs(s), n_items)
     return table.discretize(s.levels) if s.levels else table
 

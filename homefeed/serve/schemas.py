@@ -1,0 +1,82 @@
+"""Request and response bodies of the HTTP API (pydantic): the documented contract clients code against.
+
+Unknown fields are rejected so a misspelt field is a 422 naming it, not a silently ignored knob.
+"""
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from homefeed.data.schema import BEHAVIORS
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class HomepageRequest(Strict):
+    user_id: str = Field(min_length=1, max_length=128)
+    scene: Literal["homepage", "promotion"] = "homepage"
+    slots: dict[str, int] | None = Field(
+        default=None, description="items wanted per slot, e.g. {'recommended': 10, 'flash_sale': 4}; default from config")
+    template_index: int | None = Field(default=None, ge=0, description="index of the template the client showed last")
+    context: dict[str, str | int | float] = Field(default_factory=dict, description="page, hour, platform...")
+    now: int | None = Field(default=None, description="request time (unix s); default: the server's clock (for replays)")
+
+    @field_validator("slots")
+    @classmethod
+    def _sizes(cls, v):
+        if v is not None:
+            for name, n in v.items():
+                if not 0 < n <= 100:
+                    raise ValueError(f"slot {name!r} asks for {n} items; each slot takes 1..100")
+        return v
+
+
+class Item(Strict):
+    item_id: str
+    score: float
+    channel: str
+    trigger: str | None
+    reason: str
+
+
+class HomepageResponse(Strict):
+    request_id: str
+    user_id: str
+    scene: str
+    slots: dict[str, list[Item]]
+    template_index: int
+    degraded: list[str] = Field(description="channels or stages dropped from this page (error or over budget)")
+    timings_ms: dict[str, float]
+    bundle: str
+
+
+class EventIn(Strict):
+    event_id: str = Field(min_length=1, max_length=128)
+    user_id: str = Field(min_length=1, max_length=128)
+    item_id: str = Field(min_length=1, max_length=128)
+    behavior: str
+    ts: int = Field(gt=946_684_800, lt=4_102_444_800, description="unix seconds")
+
+    @field_validator("behavior")
+    @classmethod
+    def _known(cls, v):
+        if v not in BEHAVIORS:
+            raise ValueError(f"unknown behaviour {v!r}; valid: {', '.join(BEHAVIORS)}")
+        return v
+
+
+class EventsRequest(Strict):
+    events: list[EventIn] = Field(min_length=1, max_length=10_000)
+
+
+class EventsResponse(Strict):
+    received: int
+    stored: int = Field(description="new events; the rest were duplicates of earlier event ids")
+
+
+class SimilarResponse(Strict):
+    item_id: str
+    similar: list[Item]
