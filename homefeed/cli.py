@@ -122,6 +122,103 @@ def evaluate_recall_cmd(
         stdout_console().print(format_recall_table(result))
 
 
+BundleArg = Annotated[Path, typer.Argument(help="A bundle folder written by `homefeed build`.")]
+
+
+@app.command()
+def build(
+    dataset: DatasetArg,
+    out: Annotated[Path, typer.Option(help="Bundle folder to write (created; other parts kept when --parts is given).")],
+    parts: Annotated[str, typer.Option(help="Comma-separated parts to (re)build: mechanism, data, recall, rank.")] = "mechanism,data,recall,rank",
+    config: ConfigOpt = None,
+    set_: SetOpt = None,
+):
+    """Run every offline job into one bundle: mechanism tables, data, recall channels, the ranking model."""
+    from homefeed.serve.build import build_bundle
+
+    cfg = get_config(config, set_)
+    try:
+        with steps(console, "building") as progress:
+            manifest = build_bundle(dataset, out, cfg, parts=tuple(p.strip() for p in parts.split(",")),
+                                    progress=lambda s: progress(s))
+    except ValueError as e:
+        fail(str(e))
+    out_console = stdout_console()
+    for name, part in manifest["parts"].items():
+        size = sum(f["bytes"] for f in part["files"].values())
+        metrics = part["metrics"].get("merged", part["metrics"]) if name == "recall" else part["metrics"]
+        shown = {k: v for k, v in metrics.items() if not isinstance(v, dict)}
+        out_console.print(f"[bold]{name}[/] {len(part['files'])} files, {size / 1e6:.1f} MB  " +
+                          "  ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in list(shown.items())[:8]))
+    out_console.print(f"[green]bundle[/] {out}")
+
+
+@app.command()
+def serve(
+    bundle: BundleArg,
+    host: Annotated[str, typer.Option(help="Address to listen on.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="Port to listen on.")] = 8000,
+    state: Annotated[Optional[str], typer.Option(help="User-state store: sqlite:PATH or redis://HOST:PORT/DB (default: serve.state).")] = None,
+    workers: Annotated[int, typer.Option(help="uvicorn worker processes (use a redis:// state store for more than 1).")] = 1,
+    config: ConfigOpt = None,
+    set_: SetOpt = None,
+):
+    """Serve homepage requests over HTTP (FastAPI + uvicorn): /v1/homepage, /v1/events, /metrics, ..."""
+    import os
+
+    import uvicorn
+
+    get_config(config, set_)  # fail early on a bad config
+    os.environ["HOMEFEED_BUNDLE"] = str(bundle)
+    os.environ["HOMEFEED_CONFIG"] = str(config) if config else ""
+    os.environ["HOMEFEED_SET"] = ";".join(set_ or [])
+    if state:
+        os.environ["HOMEFEED_STATE"] = state
+    uvicorn.run("homefeed.serve.api:app_from_env", factory=True, host=host, port=port, workers=workers, log_level="warning")
+
+
+@app.command()
+def recommend(
+    bundle: BundleArg,
+    user: Annotated[str, typer.Option(help="The shop's user id (unknown users get crowd and popular items).")],
+    scene: Annotated[str, typer.Option(help="homepage | promotion")] = "homepage",
+    state: Annotated[Optional[str], typer.Option(help="User-state store (default: serve.state).")] = None,
+    now: Annotated[Optional[int], typer.Option(help="Request time, unix s (default: now).")] = None,
+    json_: JsonOpt = False,
+    config: ConfigOpt = None,
+    set_: SetOpt = None,
+):
+    """Answer one homepage request in the terminal, exactly as the server would."""
+    from rich.table import Table
+
+    from homefeed.serve.artefacts import ServingBundle
+    from homefeed.serve.bundle import BundleError
+    from homefeed.serve.pipeline import Pipeline
+    from homefeed.serve.schemas import HomepageRequest
+    from homefeed.serve.state import open_store
+
+    cfg = get_config(config, set_)
+    try:
+        pipeline = Pipeline(ServingBundle.load(bundle), open_store(state or cfg.serve.state), cfg)
+    except (BundleError, FileNotFoundError) as e:
+        fail(str(e))
+    page = pipeline.homepage(HomepageRequest(user_id=user, scene=scene, now=now))
+    pipeline.close()
+    if json_:
+        print(page.model_dump_json())
+        return
+    out = stdout_console()
+    for slot, items in page.slots.items():
+        t = Table(title=f"{slot} (user {user}, template {page.template_index})")
+        for col in ("#", "item", "score", "channel", "reason"):
+            t.add_column(col)
+        for i, it in enumerate(items):
+            t.add_row(str(i + 1), it.item_id, f"{it.score:.4f}", it.channel, it.reason)
+        out.print(t)
+    out.print("timings ms: " + ", ".join(f"{k} {v:.1f}" for k, v in page.timings_ms.items()) +
+              (f"   degraded: {', '.join(page.degraded)}" if page.degraded else ""))
+
+
 def main() -> None:
     try:
         app()

@@ -95,11 +95,49 @@ class Recall(Section):
     relevant_behaviors: list[str] = ["pv", "click", "fav", "cart", "buy"]  # what makes an item relevant in evaluation
 
 
+class Rank(Section):
+    """The ranking model served (and trained by `homefeed build`); knob dicts are checked by each stage's classes."""
+
+    preset: str = "din"  # lr, wdl, deepfm, pnn, nfm, dcn, dcnv2, deepresnet, din, bst
+    model: dict[str, Any] = Field(default_factory=dict)  # ModelConfig overrides, e.g. {"embed_dim": 16}
+    features: dict[str, Any] = Field(default_factory=dict)  # FeatureSettings keys
+    samples: dict[str, Any] = Field(default_factory=dict)  # SampleSettings keys
+    train: dict[str, Any] = Field(default_factory=dict)  # TrainSettings keys
+    quantize: bool = True  # serve the dynamic int8 model when its AUC loss is within max_quant_auc_loss
+    max_quant_auc_loss: float = 0.002
+
+
+class Mechanism(Section):
+    """Standard categories, image groups, purchase filter, scattering and exposure templates."""
+
+    categories: dict[str, Any] = Field(default_factory=dict)  # CategoryConfig keys
+    category_overrides: str | None = None  # CSV/Parquet leaf_category,standard that wins over the learned mapping
+    images: dict[str, Any] = Field(default_factory=dict)  # ImageConfig keys
+    purchase: dict[str, Any] = Field(default_factory=dict)  # PurchaseConfig keys
+    scatter: dict[str, Any] = Field(default_factory=dict)  # ScatterConfig keys
+    exposure: dict[str, Any] = Field(default_factory=dict)  # ExposureConfig keys
+
+
+class Serve(Section):
+    """The online service."""
+
+    slots: dict[str, int] = Field(default_factory=lambda: {"recommended": 12, "flash_sale": 4, "group_buy": 4,
+                                                           "flash_discount": 4})  # homepage slot -> items
+    promotion_slots: dict[str, int] = Field(default_factory=lambda: {"main_venue": 8, "industry_venue": 4})
+    recall_budget_ms: float = 80.0  # channels not done by then are dropped from the page (and counted)
+    history_len: int = 200  # recent events per user read from the state store
+    admin_token: str = ""  # required in X-Admin-Token for /admin/reload; empty = reload disabled
+    state: str = "sqlite:homefeed_state.db"  # sqlite:PATH or redis://HOST:PORT/DB
+
+
 class Config(Section):
     world: World = World()
     ingest: Ingest = Ingest()
     cleaning: Cleaning = Cleaning()
     recall: Recall = Recall()
+    rank: Rank = Rank()
+    mechanism: Mechanism = Mechanism()
+    serve: Serve = Serve()
 
 
 class ConfigError(ValueError):

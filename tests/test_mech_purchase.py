@@ -23,7 +23,7 @@ def test_buy_blocks_the_category_for_its_period_then_expires():
 
 
 def test_m_clicks_during_the_block_lift_it():
-    cfg = pf.PurchaseConfig(unblock_clicks=3)
+    cfg = pf.PurchaseConfig(unblock_clicks=3, click_behaviors=["click", "pv"])
     st = pf.on_event(pf.PurchaseState(), standard=3, behavior="buy", ts=0, periods=periods(), config=cfg)
     for k, ts in enumerate([100, 200]):
         st = pf.on_event(st, standard=3, behavior="click", ts=ts, periods=periods(), config=cfg)

@@ -2,7 +2,8 @@
 import numpy as np
 import pytest
 
-from homefeed.mechanism.simhash import SimHasher, band_layout, candidate_pairs, group_fingerprints, hamming, union_find
+from homefeed.mechanism.simhash import (SimHasher, band_layout, candidate_pairs, group_fingerprints, hamming, probe_masks,
+                                        union_find)
 
 
 def brute_pairs(fp, r):
@@ -48,7 +49,7 @@ def test_band_layout_covers_every_bit_once():
     assert covered == 2**64 - 1 and shifts.tolist() == [0, 13, 26, 39, 52]
 
 
-@pytest.mark.parametrize("r", [0, 1, 3, 6])
+@pytest.mark.parametrize("r", [0, 1, 3, 6, 11])
 def test_multi_index_pairs_equal_brute_force(r):
     rng = np.random.default_rng(r)
     fp = rng.integers(0, 2**63, 600, dtype=np.uint64)
@@ -60,13 +61,20 @@ def test_multi_index_pairs_equal_brute_force(r):
     assert np.array_equal(candidate_pairs(fp, max_distance=r), brute_pairs(fp, r))
 
 
-def test_fewer_bands_may_miss_pairs_but_finds_no_false_ones():
-    rng = np.random.default_rng(0)
-    fp = rng.integers(0, 2**63, 500, dtype=np.uint64)
-    fp = np.concatenate([fp, fp ^ (np.uint64(1) << np.uint64(5)) ^ (np.uint64(1) << np.uint64(40))])
-    approx = candidate_pairs(fp, max_distance=4, bands=2)
-    exact = brute_pairs(fp, 4)
-    assert set(map(tuple, approx)) <= set(map(tuple, exact))
+@pytest.mark.parametrize("bands", [3, 4, 5])
+def test_any_band_count_is_exact_with_probing(bands):
+    rng = np.random.default_rng(bands)
+    fp = rng.integers(0, 2**63, 400, dtype=np.uint64)
+    near = fp.copy()
+    for b in rng.integers(0, 64, (6, 400)):
+        near ^= np.uint64(1) << b.astype(np.uint64)
+    fp = np.concatenate([fp, near])
+    assert np.array_equal(candidate_pairs(fp, max_distance=7, bands=bands), brute_pairs(fp, 7))
+
+
+def test_probe_masks_by_hand():
+    assert sorted(probe_masks(3, 1).tolist()) == [0, 1, 2, 4]
+    assert len(probe_masks(16, 2)) == 1 + 16 + 120
 
 
 def test_union_find_is_transitive_by_hand():
@@ -79,3 +87,8 @@ def test_union_find_is_transitive_by_hand():
 def test_group_fingerprints_chains_near_duplicates():
     fp = np.array([0b0000, 0b0001, 0b0011, 0b1111_0000_0000], np.uint64)
     assert group_fingerprints(fp, max_distance=1).tolist() == [0, 0, 0, 1]
+
+
+def test_too_wide_bands_are_refused_with_the_fix():
+    with pytest.raises(ValueError, match="use at least 3 bands"):
+        candidate_pairs(np.zeros(3, np.uint64), max_distance=3, bands=2)

@@ -126,9 +126,9 @@ def test_inactive_users_are_dropped_point_in_time():
 
 def test_crawlers_and_cheaters_from_clean_are_dropped():
     ev = [(1, 1, "pv", T0 + i) for i in range(40)]                       # 40 pv in one minute: a crawler
-    ev += [(2, k, "buy", T0 + 1000 + k) for k in (1, 2, 3)]              # buys never viewed: fake orders
+    ev += [(2, k, "buy", T0 + DAY + 10 * k) for k in (1, 2, 3)]          # buys never viewed: fake orders
     ev += [(3, 1, "pv", T0 + 50), (3, 1, "buy", T0 + 60)]                # a normal buyer
-    ex = _exposures([(u, u, 2, T0 + DAY, 0, 0, "p", 0) for u in (1, 2, 3)])
+    ex = _exposures([(u, u, 2, T0 + 2 * DAY, 0, 0, "p", 0) for u in (1, 2, 3)])
     s = build_samples(_ds(ev, exposures=ex), part="train", settings=SampleSettings(active_min_actions=0))
     assert s.tensors["user"].tolist() == [3]
     assert s.report["removed"]["bots"] == 2
@@ -183,3 +183,17 @@ def test_train_window_keeps_the_last_days_but_the_full_history():
     assert last.report["removed"]["before_train_window"] == len(full) - len(last)
     same = torch.from_numpy(np.flatnonzero(full.ts >= ds.split.train_end - DAY))
     assert torch.equal(full.take(same)["seq"], last.tensors["seq"])  # history from before the window is kept
+
+
+def test_tiny_world_end_to_end(tiny_dataset_dir):
+    ds = Dataset.load(tiny_dataset_dir)
+    parts = build_all(ds, SampleSettings())
+    assert {p: s.protocol for p, s in parts.items()} == {"train": "exposures", "valid": "exposures", "test": "exposures"}
+    sizes = torch.tensor([f.vocab_size for f in parts["train"].spec.sparse])
+    for s in parts.values():
+        assert len(s) > 100 and 0.005 < s.report["ctr"] < 0.3
+        assert ((s.tensors["sparse"] >= 0) & (s.tensors["sparse"] < sizes)).all()
+        assert torch.isfinite(s.tensors["dense"]).all()
+        assert (s.tensors["seq"][..., 0] > 0).any(dim=1).float().mean() > 0.5   # most samples have a history
+    kept = sum(len(s) for s in parts.values()) + sum(sum(s.report["removed"].values()) for s in parts.values())
+    assert kept == ds.exposures.height                                          # every exposure accounted for

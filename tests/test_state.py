@@ -22,8 +22,8 @@ def ev(i, user="u1", item="i1", behavior="click", ts=100):
 
 
 def test_append_is_idempotent_on_event_id(store):
-    assert store.append_events([ev(1), ev(2, ts=101)]) == 2
-    assert store.append_events([ev(2, ts=101), ev(3, ts=102)]) == 1
+    assert [e.event_id for e in store.append_events([ev(1), ev(2, ts=101)])] == ["e1", "e2"]
+    assert [e.event_id for e in store.append_events([ev(2, ts=101), ev(3, ts=102), ev(3, ts=102)])] == ["e3"]
     assert [e.event_id for e in store.recent_events("u1")] == ["e1", "e2", "e3"]
     assert store.has_event("e3") and not store.has_event("e9")
     assert store.count_events() == 3

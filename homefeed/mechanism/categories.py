@@ -127,9 +127,10 @@ def behavior_similarity(m: sp.csr_matrix, *, dim: int = 32) -> tuple[np.ndarray,
     with np.errstate(divide="ignore", invalid="ignore"):
         pmi = np.log(off * total / np.outer(row, row))
     ppmi = np.where(np.isfinite(pmi) & (pmi > 0), pmi, 0.0)
-    k = max(1, min(dim, len(c) - 1))
-    u, s, _ = np.linalg.svd(ppmi, hermitian=True)
-    emb = u[:, :k] * np.sqrt(np.abs(s[:k]))
+    vals, vecs = np.linalg.eigh(ppmi)  # symmetric: keep the top positive eigen-directions
+    top = np.argsort(-vals)[:max(1, min(dim, len(c) - 1))]
+    top = top[vals[top] > 0]
+    emb = vecs[:, top] * np.sqrt(vals[top])
     emb /= np.maximum(np.linalg.norm(emb, axis=1, keepdims=True), 1e-12)
     sim = 0.5 * (cooc + np.clip(emb @ emb.T, 0.0, 1.0))
     return sim.astype(np.float32), support.astype(np.float32)
@@ -261,6 +262,8 @@ def similarity_matrix(items: pl.DataFrame, events: pl.DataFrame | None, *, confi
         raise ValueError(f"unknown signals {sorted(unknown)}; valid: name, path, behavior")
     leaves = leaf_names(items)
     parts: list[tuple[np.ndarray, float | np.ndarray]] = []
+    if "category_path" not in items.columns:
+        signals = tuple(s for s in signals if s not in ("name", "path"))
     if "name" in signals and cfg.name_weight > 0:
         parts.append((name_similarity(leaves["name"].to_list(), ngram_min=cfg.ngram_min, ngram_max=cfg.ngram_max), cfg.name_weight))
     if "path" in signals and cfg.path_weight > 0 and leaves["parents"].list.len().max():
@@ -271,7 +274,7 @@ def similarity_matrix(items: pl.DataFrame, events: pl.DataFrame | None, *, confi
         confidence = np.minimum(np.minimum.outer(support, support) / cfg.min_sessions, 1.0)
         parts.append((sim, cfg.behavior_weight * confidence))
     if not parts:
-        raise ValueError("no signal to group leaves by: give category_path names and/or events, with a weight > 0")
+        raise ValueError("no signal to group leaves by: give items a category_path and/or give events, with a weight > 0")
     return leaves, combine(parts)
 
 

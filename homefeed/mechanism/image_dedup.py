@@ -29,28 +29,29 @@ from torch import nn
 from torch.nn import functional as F
 
 from homefeed.config import Section
-from homefeed.mechanism.simhash import SimHasher, group_fingerprints, union_find
+from homefeed.mechanism.simhash import SimHasher, candidate_pairs, union_find
 
 SIZE = 32
 
 
 class ImageConfig(Section):
     bits: int = 64  # SimHash fingerprint length (<= 64)
-    max_distance: int = 3  # Hamming distance within which two images are near-duplicates
-    bands: int | None = None  # multi-index bands; None = max_distance + 1 (exact)
+    max_distance: int = 10  # Hamming distance within which two fingerprints are candidate near-duplicates
+    bands: int | None = None  # multi-index bands; None = 16-bit bands (4 for 64 bits)
+    min_cosine: float | None = 0.94  # candidates must also have vector cosine >= this; None = fingerprints only
     hidden: int = 64  # image vector size (last hidden layer)
     width: int = 16  # channels of the first conv block (then 2x)
-    blocks: int = 2  # conv blocks (conv 3x3, batch norm, ReLU, max pool 2)
+    blocks: int = 2  # conv blocks (conv 3x3, batch norm, ReLU, max pool 2 except the last)
     input_pool: int = 2  # average-pool the 32x32 input by this factor first (speed)
     colours: int = 32  # 1x1-conv colour detectors pooled over the image
-    grid: int = 0  # also max-pool the last conv map to grid x grid cells (position; 0 = fully shift-invariant)
+    grid: int = 4  # also max-pool the last conv map to grid x grid cells (where things are; 0 = none)
     leaf_batches: bool = True  # batches hold whole leaves, so instance negatives are look-alikes
     steps: int = 600  # optimisation steps (batches), however many passes over the images that is
-    batch_size: int = 256
-    lr: float = 3e-3
-    leaf_weight: float = 1.0  # weight of leaf classification
+    batch_size: int = 128
+    lr: float = 0.01  # peak of the one-cycle schedule
+    leaf_weight: float = 0.1  # weight of leaf classification
     instance_weight: float = 1.0  # weight of instance discrimination; 0 = leaf classification only
-    temperature: float = 0.1
+    temperature: float = 0.05
     seed: int = 0
     threads: int = 2  # torch CPU threads
 
@@ -310,6 +311,19 @@ def image_vectors(items: pl.DataFrame, *, root: str | Path | None = None,
     return embed(model, images), model
 
 
+def group_vectors(vectors: np.ndarray, fingerprints: np.ndarray, *, config: ImageConfig | None = None) -> np.ndarray:
+    """(n,) int64 group labels: fingerprint pairs within `max_distance` bits (multi-index hashing), kept
+    only if their centred vectors also reach `min_cosine` (a re-check of the few candidates), then union-find."""
+    cfg = config or ImageConfig()
+    pairs = candidate_pairs(fingerprints, max_distance=cfg.max_distance, bits=cfg.bits, bands=cfg.bands)
+    if cfg.min_cosine is not None and len(pairs):
+        v = np.asarray(vectors, np.float32)
+        v = v - v.mean(axis=0)
+        v /= np.maximum(np.linalg.norm(v, axis=1, keepdims=True), 1e-12)
+        pairs = pairs[np.einsum("ij,ij->i", v[pairs[:, 0]], v[pairs[:, 1]]) >= cfg.min_cosine]
+    return union_find(len(fingerprints), pairs)
+
+
 def fit_image_groups(items: pl.DataFrame, *, root: str | Path | None = None, config: ImageConfig | None = None,
                      vectors: np.ndarray | None = None) -> ImageGroups:
     """Group `items` by near-duplicate images (vectors given, from `image_vec`, or from the CNN on `image`)."""
@@ -319,6 +333,6 @@ def fit_image_groups(items: pl.DataFrame, *, root: str | Path | None = None, con
         vectors, model = image_vectors(items, root=root, config=cfg)
     hasher = SimHasher(bits=cfg.bits, seed=cfg.seed).fit(vectors)
     fp = hasher.transform(vectors)
-    labels = group_fingerprints(fp, max_distance=cfg.max_distance, bits=cfg.bits, bands=cfg.bands)
+    labels = group_vectors(vectors, fp, config=cfg)
     table = pl.DataFrame({"item_id": items["item_id"], "image_group": labels, "fingerprint": pl.Series(fp, dtype=pl.UInt64)})
     return ImageGroups(table, vectors=vectors, model=model, hasher=hasher)

@@ -32,8 +32,8 @@ DAY = 86_400
 
 
 class PurchaseConfig(Section):
-    unblock_clicks: int = 3  # clicks on a blocked category during its block that lift it
-    click_behaviors: list[str] = ["click", "pv"]  # behaviours that count as such clicks
+    unblock_clicks: int = 5  # clicks on a blocked category during its block that lift it
+    click_behaviors: list[str] = ["click"]  # behaviours that count as such clicks (add "pv" for any view)
     quantile: float = 0.2  # block = time by which this share of buyers rebought (Kaplan-Meier)
     min_buyers: int = 20  # fewer (user, category) buy histories -> default_days
     default_days: float = 30.0

@@ -7,10 +7,11 @@ estimates their angle, and near-identical images get fingerprints a few bits apa
 
 Finding every pair within Hamming distance r without comparing all n^2 pairs uses the pigeonhole
 principle (multi-index hashing; Manku, Jain & Das Sarma 2007, "Detecting near-duplicates for web
-crawling"; Norouzi et al. 2012): cut the fingerprint into r + 1 bands; two fingerprints that differ
-in at most r bits agree exactly on at least one band. So sort by each band, compare only within
-equal-band buckets, and keep the pairs whose full distance is <= r. Connected pairs are merged into
-groups with union-find (transitive: a ~ b and b ~ c put a, b, c in one group).
+crawling"; Norouzi, Punjani & Fleet 2012): cut the fingerprint into m bands; two fingerprints that
+differ in at most r bits differ in at most floor(r / m) bits in at least one band. So index each
+band's values and, for every item, look up the values within that small radius of its own (for
+r < m: the exact value only), keeping the pairs whose full distance is <= r. Connected pairs are
+merged into groups with union-find (transitive: a ~ b and b ~ c put a, b, c in one group).
 
     >>> hasher = SimHasher(bits=64, seed=0).fit(vectors)        # doctest: +SKIP
     >>> fp = hasher.transform(vectors)                          # (n,) uint64
@@ -18,6 +19,7 @@ groups with union-find (transitive: a ~ b and b ~ c put a, b, c in one group).
 """
 from __future__ import annotations
 
+from itertools import combinations
 from pathlib import Path
 
 import numba
@@ -99,62 +101,79 @@ def _popcount(x):
     return (x * _H01) >> np.uint64(56)
 
 
-@numba.njit(cache=True)
-def _scan_buckets(fp, keys, orders, max_distance, out):
-    """Pairs (i < j) within `max_distance` that share a band key, each reported once (in its first shared band).
+def probe_masks(width: int, radius: int) -> np.ndarray:
+    """Every XOR mask of at most `radius` set bits within `width` bits (uint64), the empty mask first."""
+    masks = [0]
+    for k in range(1, radius + 1):
+        masks += [sum(1 << b for b in bits) for bits in combinations(range(width), k)]
+    return np.array(masks, np.uint64)
 
-    keys: (B, n) uint64 band values; orders: (B, n) argsort of each band. Writes into `out` (cap, 2)
-    while there is room and returns the total count (the caller retries with more room if needed).
+
+@numba.njit(cache=True)
+def _probe_pairs(fp, keys, order, starts, masks, n_masks, band_radius, max_distance, out):
+    """Pairs (i < j) within `max_distance` whose keys in some band differ by <= band_radius bits.
+
+    keys (B, n): band values; order (B, n): items sorted by band value; starts (B, 2^w + 1): where
+    each band value's items begin in `order` (direct addressing); masks (B, M): probe XOR masks, the
+    first n_masks[b] of row b valid. Each pair is reported once, in the first band that finds it.
+    Writes while `out` has room; returns the total count (the caller retries with more room).
     """
     n_bands, n = keys.shape
     count = 0
     cap = out.shape[0]
     for b in range(n_bands):
-        order = orders[b]
-        start = 0
-        while start < n:
-            key = keys[b, order[start]]
-            stop = start + 1
-            while stop < n and keys[b, order[stop]] == key:
-                stop += 1
-            for x in range(start, stop):
-                i = order[x]
-                for y in range(x + 1, stop):
-                    j = order[y]
-                    if _popcount(fp[i] ^ fp[j]) > max_distance:
+        for i in range(n):
+            key = keys[b, i]
+            for m in range(n_masks[b]):
+                probe = key ^ masks[b, m]
+                for x in range(starts[b, probe], starts[b, probe + 1]):
+                    j = order[b, x]
+                    if j <= i or _popcount(fp[i] ^ fp[j]) > max_distance:
                         continue
-                    earlier = False  # already reported in an earlier band?
+                    earlier = False
                     for e in range(b):
-                        if keys[e, i] == keys[e, j]:
+                        if _popcount(keys[e, i] ^ keys[e, j]) <= band_radius:
                             earlier = True
                             break
                     if earlier:
                         continue
                     if count < cap:
-                        out[count, 0] = min(i, j)
-                        out[count, 1] = max(i, j)
+                        out[count, 0] = i
+                        out[count, 1] = j
                     count += 1
-            start = stop
     return count
 
 
 def candidate_pairs(fingerprints: np.ndarray, *, max_distance: int, bits: int = 64, bands: int | None = None) -> np.ndarray:
     """Every pair of fingerprints within Hamming distance `max_distance`, without an all-pairs scan.
 
-    With `bands` = max_distance + 1 (the default) no pair is missed (pigeonhole); fewer bands is
-    faster but approximate. Returns (p, 2) int64 index pairs, i < j, each once, sorted.
-    Cost: sum over buckets of size^2 per band, so it suits fingerprints that spread over the bands.
+    Multi-index hashing (Norouzi, Punjani & Fleet 2012): cut the bits into `bands` (default: 16-bit
+    bands, 4 for 64 bits); two fingerprints within r bits differ by at most floor(r / bands) bits in
+    some band (pigeonhole), so probing each item's band values within that radius finds every pair,
+    exactly. With r < bands the probe is the exact band value (Manku et al. 2007).
+    Returns (p, 2) int64 index pairs, i < j, each once, sorted. Cost ~ n * probes * bucket size.
     """
     fp = np.ascontiguousarray(fingerprints, dtype=np.uint64)
-    bands = max_distance + 1 if bands is None else bands
-    shifts, masks = band_layout(bits, bands)
-    keys = (fp[None, :] >> shifts[:, None]) & masks[:, None]  # (B, n)
-    orders = np.argsort(keys, axis=1, kind="stable").astype(np.int64)
+    bands = max(1, -(-bits // 16)) if bands is None else bands
+    shifts, band_masks = band_layout(bits, bands)
+    widths = np.array([int(m).bit_length() for m in band_masks])
+    if widths.max() > 22:
+        raise ValueError(f"{bands} bands of {bits} bits are {widths.max()} bits wide (direct-address tables of 2^width); "
+                         f"use at least {-(-bits // 22)} bands")
+    radius = max_distance // bands
+    keys = (fp[None, :] >> shifts[:, None]) & band_masks[:, None]  # (B, n)
+    order = np.argsort(keys, axis=1, kind="stable").astype(np.int64)
+    starts = np.stack([np.searchsorted(np.sort(k), np.arange(2 ** widths.max() + 1)) for k in keys]).astype(np.int64)
+    probes = [probe_masks(int(w), radius) for w in widths]
+    masks = np.zeros((bands, max(len(p) for p in probes)), np.uint64)
+    for b, p in enumerate(probes):
+        masks[b, :len(p)] = p
+    n_masks = np.array([len(p) for p in probes], np.int64)
     out = np.empty((max(4 * len(fp), 1024), 2), np.int64)
-    count = _scan_buckets(fp, keys, orders, max_distance, out)
+    count = _probe_pairs(fp, keys, order, starts, masks, n_masks, radius, max_distance, out)
     if count > len(out):
         out = np.empty((count, 2), np.int64)
-        _scan_buckets(fp, keys, orders, max_distance, out)
+        _probe_pairs(fp, keys, order, starts, masks, n_masks, radius, max_distance, out)
     pairs = out[:count]
     return pairs[np.lexsort((pairs[:, 1], pairs[:, 0]))]
 

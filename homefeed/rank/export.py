@@ -45,8 +45,8 @@ def random_batch(spec: FeatureSpec, n: int = 8, *, seed: int = 0) -> dict[str, T
     seq_vocab = vocab[spec.target_indices]  # (S,)
     length = torch.randint(0, spec.max_len + 1, (n, 1), generator=g)
     real = torch.arange(spec.max_len) < length  # (n, L)
-    seq = (1 + torch.rand(n, spec.max_len, len(seq_vocab), generator=g) * (seq_vocab - 1).clamp(min=1)).long()
-    seq = torch.minimum(seq, (seq_vocab - 1).clamp(min=1)) * real.unsqueeze(-1)  # (n, L, S), 0 = padding
+    seq = 1 + (torch.rand(n, spec.max_len, len(seq_vocab), generator=g) * (seq_vocab - 1)).long()  # in [1, vocab)
+    seq = seq * real.unsqueeze(-1)  # (n, L, S), 0 = padding
     gaps = torch.randint(1, max(spec.n_gap_buckets, 2), (n, spec.max_len), generator=g) * real  # (n, L)
     return {"sparse": sparse, "dense": torch.randn(n, len(spec.dense), generator=g), "seq": seq, "seq_gap": gaps,
             "label": torch.randint(0, 2, (n,), generator=g).float(), "user": torch.arange(n)}

@@ -239,12 +239,13 @@ def swing_rows(rows, chunk_ptr, chunk_rows, item_ptr, item_users, user_ptr, user
 
     `item_users[item_ptr[i]:item_ptr[i+1]]` are i's (already capped) users, `user_items` each user's
     full item list. Per row, two passes over the lists L_j (the users of U_i who have j):
-    pass 1 counts |I_u & I_v| for every user pair into a dense (n, n) matrix, pass 2 sums the pair
-    terms over the pairs in each L_j. Work is the number of (u, v, j) triples, twice.
+    pass 1 counts |I_u & I_v| for every user pair into a dense (n, n) matrix (row stride n, so a row
+    with few users stays in cache), pass 2 sums the pair terms (float32) over the pairs in each L_j.
+    Work is the number of (u, v, j) triples, twice.
     """
     for c in prange(chunk_ptr.size - 1):
-        common = np.zeros((max_users, max_users), np.int32)
-        term = np.zeros((max_users, max_users), np.float64)
+        common = np.ones(max_users * max_users, np.uint16)  # (n, n) upper triangle, stride n; starts at 1 for i
+        term = np.zeros(max_users * max_users, np.float32)
         cnt = np.zeros(n_items, np.int64)
         start = np.zeros(n_items, np.int64)
         acc = np.zeros(n_items, np.float64)
@@ -282,28 +283,30 @@ def swing_rows(rows, chunk_ptr, chunk_rows, item_ptr, item_users, user_ptr, user
                     j = user_items[x]
                     lists[start[j] + cnt[j]] = k
                     cnt[j] += 1
-            for q in range(m):  # pass 1: |I_u & I_v| for every pair
+            for q in range(m):  # pass 1: |I_u & I_v| for every pair (item i itself is the initial 1)
                 j = touched[q]
-                s, e = start[j], start[j] + cnt[j]
-                for x in range(s, e):
-                    row = common[lists[x]]
+                if j == i or cnt[j] < 2:
+                    continue
+                e = start[j] + cnt[j]
+                for x in range(start[j], e):
+                    base = lists[x] * n
                     for y in range(x + 1, e):
-                        row[lists[y]] += 1
-            for a in range(n):  # pair terms; every pair shares i, so common >= 1
+                        common[base + lists[y]] += 1
+            for a in range(n):  # pair terms, and common back to 1 for the next row
                 wa = user_w[users[a]]
                 for b in range(a + 1, n):
-                    term[a, b] = wa * user_w[users[b]] / (alpha2 + common[a, b])
-                    common[a, b] = 0
+                    term[a * n + b] = wa * user_w[users[b]] / (alpha2 + common[a * n + b])
+                    common[a * n + b] = 1
             mk = 0
             for q in range(m):  # pass 2: sum pair terms over each L_j
                 j = touched[q]
-                e = start[j] + cnt[j]
                 if j != i and cnt[j] > 1:
+                    e = start[j] + cnt[j]
                     total = 0.0
                     for x in range(start[j], e):
-                        row = term[lists[x]]
+                        base = lists[x] * n
                         for y in range(x + 1, e):
-                            total += row[lists[y]]
+                            total += term[base + lists[y]]
                     acc[j] = total
                     kept[mk] = j
                     mk += 1

@@ -229,7 +229,7 @@ def itemcf_table(events: pl.DataFrame, n_items: int, *, settings: ItemCFSettings
     left, right = normalizers(acts.pop, s)
     table = kernels.run_rows(
         kernels.itemcf_rows, rows, cost, np.minimum(cost, n_items), s.top_n, n_items,
-        item_ptr, by_item, acts.user[by_item], acts.item.astype(np.int32), acts.w, (acts.w / right[acts.item]).astype(np.float32), acts.t,
+        item_ptr, by_item, acts.user[by_item], acts.item.astype(np.int32), acts.w, acts.w / right[acts.item], acts.t,
         lo, hi, iuf, 1.0 / left,
         cat, use_cat, gap_rate, unique_pairs(s), n_items)
     return table.discretize(s.levels) if s.levels else table

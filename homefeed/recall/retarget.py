@@ -14,6 +14,8 @@ The trigger of each candidate is the item itself (the reason shown: "you carted 
 """
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 from pydantic import Field
 
@@ -55,6 +57,17 @@ class Retarget(Recaller):
     def fit(self, dataset: Dataset) -> "Retarget":
         self.fitted_ = True
         return self
+
+    def save(self, path: Path) -> None:
+        """Retargeting learns nothing offline: only its settings are saved."""
+        path = Path(path)
+        path.mkdir(parents=True, exist_ok=True)
+        (path / "settings.json").write_text(self.settings.model_dump_json(indent=1))
+
+    @classmethod
+    def load(cls, path: Path) -> "Retarget":
+        settings = RetargetSettings.model_validate_json((Path(path) / "settings.json").read_text())
+        return cls(settings=settings).fit(None)
 
     def recall(self, state: UserState, k: int) -> Candidates:
         s = self.settings

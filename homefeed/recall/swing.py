@@ -43,7 +43,7 @@ class SwingSettings(Section):
     beta: float = Field(0.3, ge=0)  # how strongly active users are down-weighted
     behaviors: list[str] = Field(default_factory=lambda: list(BEHAVIORS))  # events that count as acting on an item
     min_user_items: int = Field(10, ge=1)  # users with fewer distinct items are left out
-    max_user_items: int = Field(1_000, ge=1)  # ... and users with more (crawlers, resellers)
+    max_user_items: int = Field(1_000, ge=1, le=60_000)  # ... and users with more (crawlers, resellers)
     max_users_per_item: int = Field(1_000, ge=2, le=4_096)  # sample of an item's users (dense per-row matrix)
     top_n: int = Field(100, ge=1)  # neighbours kept per item
     seed: int = 0  # of the user sample per item
@@ -82,7 +82,7 @@ def swing_inputs(events: pl.DataFrame, n_items: int, settings: SwingSettings) ->
     """Distinct (user, item) pairs of the chosen behaviours, users filtered by activity, items' users sampled.
 
     Returns user_ptr/user_items (each kept user's full item list, sorted), user_w (n_users,) float64,
-    item_ptr/item_users (each item's sampled users, sorted by dense user index).
+    item_ptr/item_users (each item's sampled users, the most active first).
     """
     s = settings
     codes = [BEHAVIOR_CODE[b] for b in s.behaviors]
@@ -104,7 +104,7 @@ def swing_inputs(events: pl.DataFrame, n_items: int, settings: SwingSettings) ->
     item_counts = np.bincount(item, minlength=n_items)
     rank = np.arange(order.size) - np.repeat(np.cumsum(item_counts) - item_counts, item_counts)
     kept = order[rank < s.max_users_per_item]
-    kept = kept[np.lexsort((user[kept], item[kept]))]
+    kept = kept[np.lexsort((user[kept], -counts[user[kept]], item[kept]))]  # most active users first (cache locality)
     item_ptr = np.zeros(n_items + 1, np.int64)
     np.cumsum(np.bincount(item[kept], minlength=n_items), out=item_ptr[1:])
     return {"user_ptr": user_ptr, "user_items": item.astype(np.int32), "user_w": (counts + s.alpha1) ** -s.beta,

@@ -11,7 +11,7 @@ are the shop's raw ids as strings, so a newer bundle with new vocabularies reads
 
     >>> store = open_store("sqlite:/tmp/state.db")          # doctest: +SKIP
     >>> store.append_events([Event("e1", "u1", "i9", "click", 1700000000)])   # doctest: +SKIP
-    1
+    [Event(event_id='e1', ...)]
 """
 from __future__ import annotations
 
@@ -38,8 +38,8 @@ class StateStore(ABC):
     """What the online pipeline needs to know and remember about users."""
 
     @abstractmethod
-    def append_events(self, events: list[Event]) -> int:
-        """Store events not seen before (by event_id); return how many were new. Durable on return."""
+    def append_events(self, events: list[Event]) -> list[Event]:
+        """Store events not seen before (by event_id); return those new ones. Durable on return."""
 
     @abstractmethod
     def recent_events(self, user_id: str, n: int = 200) -> list[Event]:
@@ -97,19 +97,21 @@ class SQLiteStore(StateStore):
             self._local.conn = conn
         return conn
 
-    def append_events(self, events: list[Event]) -> int:
+    def append_events(self, events: list[Event]) -> list[Event]:
         conn = self._conn()
-        rows = [(e.event_id, e.user_id, e.item_id, e.behavior, int(e.ts)) for e in events]
         conn.execute("BEGIN IMMEDIATE")
         try:
-            before = conn.total_changes
-            conn.executemany("INSERT OR IGNORE INTO events VALUES (?, ?, ?, ?, ?)", rows)
-            added = conn.total_changes - before
+            new = []
+            for e in events:  # one prepared statement per event, inside one transaction
+                cur = conn.execute("INSERT OR IGNORE INTO events VALUES (?, ?, ?, ?, ?)",
+                                   (e.event_id, e.user_id, e.item_id, e.behavior, int(e.ts)))
+                if cur.rowcount == 1:
+                    new.append(e)
             conn.execute("COMMIT")
         except BaseException:
             conn.execute("ROLLBACK")
             raise
-        return added
+        return new
 
     def recent_events(self, user_id: str, n: int = 200) -> list[Event]:
         rows = self._conn().execute(
@@ -148,14 +150,14 @@ class SQLiteStore(StateStore):
 
 
 _APPEND_LUA = """
-local added = 0
+local added = {}
 for i = 1, #ARGV, 2 do
   local id, payload = ARGV[i], ARGV[i + 1]
   if redis.call('SET', KEYS[1] .. id, '1', 'NX') then
     local ev = cjson.decode(payload)
     local key = KEYS[2] .. ev[2]
     redis.call('ZADD', key, ev[5] * 1000000 + redis.call('INCR', KEYS[3]) % 1000000, payload)
-    added = added + 1
+    table.insert(added, id)
   end
 end
 return added
@@ -173,14 +175,21 @@ class RedisStore(StateStore):
         self.max_events = max_events
         self._append = self.r.register_script(_APPEND_LUA)
 
-    def append_events(self, events: list[Event]) -> int:
+    def append_events(self, events: list[Event]) -> list[Event]:
         if not events:
-            return 0
+            return []
         argv: list[str] = []
         for e in events:
             argv += [e.event_id, json.dumps([e.event_id, e.user_id, e.item_id, e.behavior, int(e.ts)])]
         p = self.prefix
-        return int(self._append(keys=[f"{p}eid:", f"{p}ev:", f"{p}seq"], args=argv))
+        new_ids = set(self._append(keys=[f"{p}eid:", f"{p}ev:", f"{p}seq"], args=argv))
+        seen: set[str] = set()
+        out = []
+        for e in events:
+            if e.event_id in new_ids and e.event_id not in seen:
+                seen.add(e.event_id)
+                out.append(e)
+        return out
 
     def recent_events(self, user_id: str, n: int = 200) -> list[Event]:
         rows = self.r.zrange(f"{self.prefix}ev:{user_id}", -n, -1)

@@ -1,0 +1,190 @@
+"""EGES: item vectors from the item's id *and* its side information, mixed by learned per-item weights.
+
+Wang et al., "Billion-scale Commodity Embedding for E-commerce Recommendation in Alibaba" (KDD 2018).
+An item v has an id and m side-information values (leaf category, standard category, brand, shop,
+price band, any extra attribute). Each field j has one table W^j shared by all items, and every item
+has m + 1 attention logits a_v. The item's vector is the softmax-weighted mix
+
+    H_v = sum_{j=0..m} exp(a_v^j) W^j[s_j(v)] / sum_j exp(a_v^j)        (j = 0 is the id itself)
+
+and H_v is the centre vector of skip-gram over the walks (`skipgram.py`). Three modes, as in the
+paper's comparison:
+
+    "deepwalk"  H_v = W^0[v]                  (BGE: no side information)
+    "ges"       H_v = mean_j W^j[s_j(v)]      (equal weights)
+    "eges"      the softmax mix above         (weights learned per item)
+
+A cold-start item (never in a walk) has no trained id vector, so its vector comes from side
+information alone: sum_{j>=1} beta_j W^j[s_j(v)], with beta the softmax of the warm items' mean side
+logits (equal weights for GES). Items sharing a brand, shop and category then land together.
+
+    >>> side = side_information(items, n_items)                   # doctest: +SKIP
+    >>> model = EGESModel(n_items, side, dim=64, mode="eges")     # doctest: +SKIP
+    >>> train_skipgram(model, corpus); vectors = model.item_vectors(warm)   # doctest: +SKIP
+
+Notation: N items (codes 0..N-1), m side fields, D dimensions, B a batch of items.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+import numpy as np
+import polars as pl
+import torch
+
+Mode = Literal["deepwalk", "ges", "eges"]
+MODES: tuple[str, ...] = ("deepwalk", "ges", "eges")
+AUTO_FIELDS = ("leaf_category", "standard_category", "brand", "shop", "price_band")
+
+
+@dataclass
+class SideInfo:
+    """Side-information codes of every item.
+
+    Attributes:
+        codes: (N, m) int64; codes[v, j] is item v's value of field j, 0 = unknown.
+        sizes: (m,) rows of each field's table (max code + 1).
+        names: the m field names.
+    """
+
+    codes: np.ndarray
+    sizes: list[int]
+    names: list[str]
+
+    @property
+    def n_fields(self) -> int:
+        return len(self.names)
+
+
+def price_bands(items: pl.DataFrame, n_bands: int) -> pl.Series:
+    """Int64 price band 1..(leaves * n_bands) per item: equal-frequency bands of price within its leaf category
+    (a cheap phone and a cheap sofa share a band only through their leaf), 0 where price is unknown."""
+    leaf = pl.col("leaf_category") if "leaf_category" in items.columns else pl.lit(0)
+    rank = (pl.col("price").rank("ordinal").over(leaf) - 1) * n_bands // pl.len().over(leaf)
+    band = (leaf.cast(pl.Int64) * n_bands + rank.cast(pl.Int64) + 1)
+    return items.select(pl.when(pl.col("price").is_not_null()).then(band).otherwise(0).alias("price_band"))["price_band"]
+
+
+def side_information(items: pl.DataFrame, n_items: int, *, fields: list[str] | None = None,
+                     n_price_bands: int = 5) -> SideInfo:
+    """Side-information codes of the items table, one field per name in `fields`.
+
+    Default fields: leaf_category, standard_category (when the items table has it), brand, shop, price_band.
+    Any other integer column of `items` (e.g. venue) may be named. Item codes missing from `items` get 0s.
+    """
+    explicit = fields is not None
+    fields = list(fields) if explicit else [f for f in AUTO_FIELDS if f == "price_band" or f in items.columns]
+    if "price_band" in fields and "price" in items.columns:
+        items = items.with_columns(price_bands(items, n_price_bands))
+    codes = np.zeros((n_items, len(fields)), np.int64)
+    ids = items["item_id"].to_numpy().astype(np.int64)
+    inside = (ids >= 0) & (ids < n_items)
+    for j, name in enumerate(fields):
+        if name not in items.columns:
+            raise ValueError(f"side-information field {name!r} is not an items column; columns: {', '.join(items.columns)}")
+        col = items[name]
+        if not col.dtype.is_integer():
+            raise ValueError(f"side-information field {name!r} must hold integer codes, got {col.dtype}")
+        values = col.fill_null(0).to_numpy().astype(np.int64)
+        if values.size and values.min() < 0:
+            raise ValueError(f"side-information field {name!r} has negative code {values.min()}")
+        codes[ids[inside], j] = values[inside]
+    return SideInfo(codes, [int(codes[:, j].max(initial=0)) + 1 for j in range(len(fields))], fields)
+
+
+def _uniform(rows: int, dim: int, gen: torch.Generator) -> torch.Tensor:
+    return (torch.rand(rows, dim, generator=gen) - 0.5) / dim  # word2vec's initialisation
+
+
+class EGESModel:
+    """The tables of (E)GES / DeepWalk and its skip-gram encoder (see `skipgram.Encoder`).
+
+    Attributes:
+        ids: (N, D) float32 id vectors W^0.
+        sides: m tables (V_j, D) float32, shared by all items.
+        attention: (N, 1 + m) float32 logits a_v (used in "eges" mode).
+        context: (N, D) float32 skip-gram context vectors z.
+        codes: (N, m) int64 side-information codes (a torch copy of `SideInfo.codes`).
+    """
+
+    def __init__(self, n_items: int, side: SideInfo | None, *, dim: int = 64, mode: Mode = "eges",
+                 attention_lr: float = 1.0, seed: int = 0):
+        if mode not in MODES:
+            raise ValueError(f"unknown mode {mode!r}; valid modes: {', '.join(MODES)}")
+        if mode != "deepwalk" and (side is None or side.n_fields == 0):
+            raise ValueError(f"mode {mode!r} needs side information (at least one field)")
+        side = side if mode != "deepwalk" else SideInfo(np.zeros((n_items, 0), np.int64), [], [])
+        if side.codes.shape[0] != n_items:
+            raise ValueError(f"side information covers {side.codes.shape[0]} items, expected {n_items}")
+        gen = torch.Generator().manual_seed(seed)
+        self.mode, self.dim, self.attention_lr, self.side = mode, dim, attention_lr, side
+        self.ids = _uniform(n_items, dim, gen)
+        self.sides = [_uniform(size, dim, gen) for size in side.sizes]
+        self.attention = torch.zeros(n_items, 1 + side.n_fields)
+        self.context = torch.zeros(n_items, dim)
+        self.codes = torch.from_numpy(np.ascontiguousarray(side.codes, np.int64))
+
+    def tables(self) -> list[torch.Tensor]:
+        """Every trainable table (for sharing between processes)."""
+        return [self.ids, *self.sides, self.attention, self.context]
+
+    def share_memory(self) -> "EGESModel":
+        for t in self.tables():
+            t.share_memory_()
+        self.codes.share_memory_()
+        return self
+
+    def encode(self, items: torch.Tensor):
+        """(h (B, D), leaves): the centre vectors of `items` (B,) and the gathered rows they came from."""
+        rows = self.ids[items].requires_grad_()  # (B, D)
+        leaves = [(self.ids, items, rows, 1.0)]
+        if self.mode == "deepwalk":
+            return rows, leaves
+        parts = [rows]
+        for j, table in enumerate(self.sides):
+            idx = self.codes[items, j]
+            part = table[idx].requires_grad_()  # (B, D)
+            leaves.append((table, idx, part, 1.0))
+            parts.append(part)
+        stacked = torch.stack(parts, 1)  # (B, 1 + m, D)
+        if self.mode == "ges":
+            return stacked.mean(1), leaves
+        logits = self.attention[items].requires_grad_()  # (B, 1 + m)
+        leaves.append((self.attention, items, logits, self.attention_lr))
+        return (torch.softmax(logits, 1).unsqueeze(2) * stacked).sum(1), leaves
+
+    def field_weights(self, items: np.ndarray | None = None) -> np.ndarray:
+        """(len(items), 1 + m) float32 mixing weights per item (id first); all items by default."""
+        idx = torch.arange(self.ids.shape[0]) if items is None else torch.as_tensor(items, dtype=torch.int64)
+        m1 = 1 + self.side.n_fields
+        if self.mode == "eges":
+            return torch.softmax(self.attention[idx], 1).numpy()
+        return np.full((idx.numel(), m1), 1.0 / m1, np.float32)
+
+    def side_only(self, items: np.ndarray, warm: np.ndarray | None = None) -> np.ndarray:
+        """(len(items), D) float32 cold-start vectors from side information alone (zeros in deepwalk mode).
+
+        Field weights: softmax of the mean side logits over `warm` items (bool (N,)) in eges mode, equal otherwise.
+        """
+        idx = torch.as_tensor(np.asarray(items), dtype=torch.int64)
+        if self.mode == "deepwalk" or not self.sides:
+            return np.zeros((idx.numel(), self.dim), np.float32)
+        if self.mode == "eges" and warm is not None and warm.any():
+            beta = torch.softmax(self.attention[torch.from_numpy(np.flatnonzero(warm)), 1:].mean(0), 0)
+        else:
+            beta = torch.full((len(self.sides),), 1.0 / len(self.sides))
+        parts = torch.stack([t[self.codes[idx, j]] for j, t in enumerate(self.sides)], 1)  # (B, m, D)
+        return (beta[None, :, None] * parts).sum(1).numpy()
+
+    @torch.no_grad()
+    def item_vectors(self, warm: np.ndarray | None = None) -> np.ndarray:
+        """(N, D) float32: H_v for every item; with `warm` (bool (N,)), items not warm get `side_only` vectors."""
+        out = np.empty((self.ids.shape[0], self.dim), np.float32)
+        for lo in range(0, out.shape[0], 65_536):
+            idx = torch.arange(lo, min(lo + 65_536, out.shape[0]))
+            out[idx.numpy()] = self.encode(idx)[0].detach().numpy()
+        if warm is not None and (~warm).any():
+            cold = np.flatnonzero(~warm)
+            out[cold] = self.side_only(cold, warm)
+        return out

@@ -1,0 +1,246 @@
+"""Skip-gram with negative sampling (SGNS) over walks, in PyTorch with a hand-written sparse SGD.
+
+word2vec (Mikolov et al., NIPS 2013) learns a vector h(c) per centre node and z(x) per context node
+so that nodes that walk together score high: for a centre c, a context x within `window` steps of
+it in a walk, and K negatives n_k drawn from the unigram distribution raised to 0.75,
+
+    loss(c, x) = -log sigmoid(h(c) . z(x)) - sum_k log sigmoid(-h(c) . z(n_k))
+
+The encoder h is pluggable (`encode(items) -> (h, leaves)`): a plain id table for DeepWalk, the
+attention-weighted sum of id and side-information vectors for EGES (`eges.py`).
+
+Like gensim: the window is shrunk at random per centre (nearer contexts count more), frequent nodes
+are down-sampled (keep probability (sqrt(f / (s T)) + 1) s T / f for frequency f of T tokens), and
+the learning rate falls linearly from `lr` to `lr * 1e-4` over training.
+
+Training is a sparse SGD written by hand: each batch gathers only the rows it uses as leaf tensors,
+autograd gives their gradients, and `index_add_` writes `-lr * grad` back into the tables (rows used
+twice in a batch get both updates). No dense gradient of a whole table ever exists, and nothing needs
+a sparse-tensor coalesce. The dot products can run under bf16 autocast (`bf16=True`).
+
+Negatives: "dynamic" (the default) draws new negatives every epoch; "static" replays the same pairs
+and negatives each epoch. `hard_negatives > 0` swaps that share of negatives for near neighbours of
+the centre under the current model, mined again before every epoch after the first.
+"""
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from typing import Literal, Protocol
+
+import numpy as np
+import torch
+from numba import njit, prange
+from pydantic import Field
+
+from homefeed.config import Section
+from homefeed.recall.graph.walks import PAD, WalkCorpus, splitmix, uniform
+
+
+class TrainSettings(Section):
+    """Skip-gram training knobs (gensim's names where they exist)."""
+
+    dim: int = Field(64, ge=2)  # vector size D
+    window: int = Field(5, ge=1)  # largest distance between centre and context
+    negatives: int = Field(5, ge=1)  # K negatives per pair
+    epochs: int = Field(3, ge=1)
+    batch_size: int = Field(4096, ge=1)  # pairs per SGD step
+    lr: float = Field(0.025, gt=0)  # start rate; falls linearly to lr * 1e-4
+    attention_lr: float = Field(1.0, gt=0)  # multiplier of lr for the EGES attention logits
+    subsample: float = Field(1e-3, ge=0)  # frequent-node down-sampling threshold s; 0 = off
+    negative_power: float = Field(0.75, gt=0)  # negatives ~ count ** power
+    negatives_mode: Literal["dynamic", "static"] = "dynamic"  # re-draw negatives each epoch, or replay them
+    hard_negatives: float = Field(0.0, ge=0, le=1)  # share of negatives mined from the centre's near neighbours
+    hard_pool: int = Field(20, ge=1)  # near neighbours kept per node for hard negatives
+    bf16: bool = False  # run the dot products under bf16 autocast (AMX on recent Xeons)
+    chunk_walks: int = Field(8192, ge=1)  # walks read from the corpus at a time
+    threads: int = Field(0, ge=0)  # torch intra-op threads; 0 = leave torch's setting
+    seed: int = 0
+
+
+class Encoder(Protocol):
+    """What the trainer needs of a model: centre vectors with their leaf rows, and the context table."""
+
+    context: torch.Tensor  # (N, D) float32
+
+    def encode(self, items: torch.Tensor) -> tuple[torch.Tensor, list[tuple[torch.Tensor, torch.Tensor, torch.Tensor, float]]]:
+        """(h (B, D), [(table, row index (B,), leaf rows (B, ...), lr multiplier), ...])."""
+
+    def item_vectors(self) -> np.ndarray:
+        """(N, D) float32 current centre vectors of every node."""
+
+
+@njit(cache=True, inline="always")
+def _walk_state(seed, w):
+    st, _ = splitmix(np.uint64(seed) * np.uint64(0x9E3779B97F4A7C15) + np.uint64(w))
+    return st
+
+
+@njit(cache=True, parallel=True)
+def _count_pairs(walks, keep, window, seed, counts):
+    for w in prange(walks.shape[0]):
+        state = _walk_state(seed, w)
+        kept = np.empty(walks.shape[1], np.int32)
+        n = 0
+        for t in range(walks.shape[1]):
+            x = walks[w, t]
+            if x == PAD:
+                break
+            state, u = uniform(state)
+            if u < keep[x]:
+                kept[n] = x
+                n += 1
+        total = 0
+        for t in range(n):
+            state, u = uniform(state)
+            b = 1 + min(int(u * window), window - 1)
+            total += min(t + b, n - 1) - max(t - b, 0)
+        counts[w] = total
+
+
+@njit(cache=True, parallel=True)
+def _fill_pairs(walks, keep, window, seed, offsets, centers, contexts):
+    for w in prange(walks.shape[0]):
+        state = _walk_state(seed, w)  # the same draws as _count_pairs
+        kept = np.empty(walks.shape[1], np.int32)
+        n = 0
+        for t in range(walks.shape[1]):
+            x = walks[w, t]
+            if x == PAD:
+                break
+            state, u = uniform(state)
+            if u < keep[x]:
+                kept[n] = x
+                n += 1
+        pos = offsets[w]
+        for t in range(n):
+            state, u = uniform(state)
+            b = 1 + min(int(u * window), window - 1)
+            for s in range(max(t - b, 0), min(t + b, n - 1) + 1):
+                if s != t:
+                    centers[pos] = kept[t]
+                    contexts[pos] = kept[s]
+                    pos += 1
+
+
+def window_pairs(walks: np.ndarray, *, window: int, keep: np.ndarray, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """(centers, contexts) int64 pairs of a (n, L) walk block: frequent nodes dropped with prob 1 - keep[node],
+    then every context within a random window b ~ U{1..window} of each centre. Seeded per walk."""
+    walks = np.ascontiguousarray(walks, np.int32)
+    counts = np.zeros(walks.shape[0], np.int64)
+    _count_pairs(walks, keep, window, seed, counts)
+    offsets = np.zeros(walks.shape[0] + 1, np.int64)
+    np.cumsum(counts, out=offsets[1:])
+    centers, contexts = np.empty(offsets[-1], np.int64), np.empty(offsets[-1], np.int64)
+    _fill_pairs(walks, keep, window, seed, offsets, centers, contexts)
+    return centers, contexts
+
+
+def keep_probability(counts: np.ndarray, subsample: float) -> np.ndarray:
+    """(N,) float64 word2vec down-sampling keep probability per node (1 where subsample is 0)."""
+    if subsample <= 0:
+        return np.ones(counts.size)
+    threshold = subsample * max(counts.sum(), 1)
+    f = np.maximum(counts, 1).astype(np.float64)
+    return np.minimum((np.sqrt(f / threshold) + 1.0) * threshold / f, 1.0)
+
+
+def unigram_table(counts: np.ndarray, *, power: float = 0.75, size: int = 1 << 22) -> torch.Tensor:
+    """(size,) int64 node codes in proportion to counts ** power: a uniform index into it is a negative."""
+    p = np.asarray(counts, np.float64) ** power
+    if p.sum() <= 0:
+        raise ValueError("no node occurs in the walks: cannot draw negatives")
+    cum = np.cumsum(p / p.sum())
+    return torch.from_numpy(np.searchsorted(cum, (np.arange(size) + 0.5) / size).clip(0, counts.size - 1))
+
+
+def sgd_step(model: Encoder, centers: torch.Tensor, contexts: torch.Tensor, negatives: torch.Tensor, lr: float,
+             *, bf16: bool = False) -> float:
+    """One sparse SGD step on a batch of B pairs with K negatives each; returns the summed loss."""
+    h, leaves = model.encode(centers)  # (B, D)
+    targets = torch.cat([contexts[:, None], negatives], 1)  # (B, 1 + K)
+    z = model.context[targets].requires_grad_()  # (B, 1 + K, D)
+    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+        logits = torch.bmm(z, h.unsqueeze(2)).squeeze(2).float()  # (B, 1 + K)
+    sign = torch.ones_like(logits)
+    sign[:, 1:] = -1.0
+    loss = torch.nn.functional.softplus(-sign * logits).sum()
+    loss.backward()
+    with torch.no_grad():
+        model.context.index_add_(0, targets.reshape(-1), z.grad.reshape(-1, z.shape[-1]), alpha=-lr)
+        for table, rows, leaf, scale in leaves:
+            table.index_add_(0, rows, leaf.grad.to(table.dtype), alpha=-lr * scale)
+    return float(loss)
+
+
+def draw_negatives(table: torch.Tensor, centers: torch.Tensor, k: int, gen: torch.Generator, *,
+                   hard: torch.Tensor | None = None, hard_share: float = 0.0) -> torch.Tensor:
+    """(B, k) int64 negatives from the unigram table; with `hard` ((N, P) near neighbours, -1 = none) a
+    `hard_share` of the columns come from the centre's own neighbour list."""
+    neg = table[torch.randint(0, table.numel(), (centers.numel(), k), generator=gen)]
+    n_hard = int(round(hard_share * k))
+    if hard is not None and n_hard:
+        pick = hard[centers[:, None], torch.randint(0, hard.shape[1], (centers.numel(), n_hard), generator=gen)]
+        neg[:, :n_hard] = torch.where(pick >= 0, pick, neg[:, :n_hard])
+    return neg
+
+
+class TrainLog:
+    """Counters of one training run: pairs, tokens, seconds, and the mean loss per epoch."""
+
+    def __init__(self):
+        self.pairs = self.tokens = 0
+        self.seconds = 0.0
+        self.epoch_loss: list[float] = []
+
+    def as_dict(self) -> dict:
+        s = max(self.seconds, 1e-9)
+        return {"pairs": self.pairs, "tokens": self.tokens, "seconds": self.seconds,
+                "pairs_per_s": self.pairs / s, "words_per_s": self.tokens / s, "epoch_loss": self.epoch_loss}
+
+
+def train_skipgram(model: Encoder, corpus: WalkCorpus, *, settings: TrainSettings | None = None,
+                   counts: np.ndarray | None = None,
+                   hard_miner: Callable[[np.ndarray, int], np.ndarray] | None = None) -> TrainLog:
+    """Train `model` in place on the walks of `corpus`; returns a TrainLog.
+
+    Parameters:
+        counts: (N,) node counts in the corpus (default: counted here); they set negatives and down-sampling.
+        hard_miner: (vectors (N, D), pool) -> (N, pool) int64 near neighbours (-1 = none); needed when
+            `hard_negatives > 0`.
+    """
+    s = settings if settings is not None else TrainSettings()
+    n_nodes = model.context.shape[0]
+    counts = corpus.counts(n_nodes) if counts is None else counts
+    table = unigram_table(counts, power=s.negative_power)
+    keep = keep_probability(counts, s.subsample)
+    if s.threads:
+        torch.set_num_threads(s.threads)
+    if s.hard_negatives > 0 and hard_miner is None:
+        raise ValueError("hard_negatives > 0 needs a hard_miner (near neighbours of every node)")
+    log, total = TrainLog(), s.epochs * max(len(corpus), 1)
+    start = time.perf_counter()
+    hard = None
+    for epoch in range(s.epochs):
+        if s.hard_negatives > 0 and epoch > 0:
+            hard = torch.from_numpy(np.asarray(hard_miner(model.item_vectors(), s.hard_pool), np.int64))
+        replay = 0 if s.negatives_mode == "static" else epoch
+        gen = torch.Generator().manual_seed(s.seed * 1_000_003 + replay)
+        loss_sum, pairs_epoch, done = 0.0, 0, 0
+        for c, walks in enumerate(corpus.chunks(s.chunk_walks)):
+            centers, contexts = window_pairs(walks, window=s.window, keep=keep, seed=(s.seed + 7919 * replay) * 100_003 + c)
+            order = torch.randperm(centers.size, generator=gen)
+            centers, contexts = torch.from_numpy(centers)[order], torch.from_numpy(contexts)[order]
+            for lo in range(0, centers.numel(), s.batch_size):
+                progress = (epoch * len(corpus) + done + walks.shape[0] * lo / max(centers.numel(), 1)) / total
+                lr = s.lr * max(1.0 - progress, 1e-4)
+                cb, xb = centers[lo:lo + s.batch_size], contexts[lo:lo + s.batch_size]
+                neg = draw_negatives(table, cb, s.negatives, gen, hard=hard, hard_share=s.hard_negatives)
+                loss_sum += sgd_step(model, cb, xb, neg, lr, bf16=s.bf16)
+            done += walks.shape[0]
+            pairs_epoch += centers.numel()
+            log.tokens += int(np.count_nonzero(walks != PAD))
+        log.pairs += pairs_epoch
+        log.epoch_loss.append(loss_sum / max(pairs_epoch, 1))
+    log.seconds = time.perf_counter() - start
+    return log

@@ -1,0 +1,25 @@
+"""Prometheus metrics of one server: requests, per-stage latency histograms, channel errors, events.
+
+Each `ServeMetrics` has its own registry, so several apps in one process (tests) do not collide.
+"""
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+
+BUCKETS = (0.001, 0.002, 0.005, 0.01, 0.015, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
+
+
+class ServeMetrics:
+    def __init__(self):
+        self.registry = CollectorRegistry()
+        self.requests = Counter("homefeed_requests", "Homepage requests served", ["scene"], registry=self.registry)
+        self.http = Counter("homefeed_http_responses", "HTTP responses", ["path", "status"], registry=self.registry)
+        self.stage_latency = Histogram("homefeed_stage_seconds", "Latency per pipeline stage", ["stage"],
+                                       buckets=BUCKETS, registry=self.registry)
+        self.channel_errors = Counter("homefeed_channel_errors", "Recall channels or stages dropped from a page",
+                                      ["channel", "kind"], registry=self.registry)
+        self.events = Counter("homefeed_events_stored", "New behaviour events stored", registry=self.registry)
+        self.reloads = Counter("homefeed_reloads", "Bundle reloads", ["outcome"], registry=self.registry)
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)

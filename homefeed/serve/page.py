@@ -1,0 +1,97 @@
+"""Turning scattered candidates into what the client shows: slots of items, each with a reason.
+
+A built page is kept as plain rows `[item_code, slot_index, score, channel, trigger_code]` so the
+exposure templates can be stored as JSON in the user-state store and answered later without
+running recall or rank again.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from homefeed.mechanism.purchase_filter import PurchaseState, allowed
+from homefeed.recall.merge import MergedCandidates
+from homefeed.serve.artefacts import ServingBundle
+from homefeed.serve.schemas import Item
+
+REASONS = {
+    "itemcf": "people who viewed {t} also viewed this",
+    "swing": "often bought together with {t}",
+    "ranki2i": "popular with people who clicked {t}",
+    "crowd": "popular with shoppers like you",
+    "retarget": "you looked at this recently",
+    "popular": "trending now",
+}
+
+
+def reason_for(channel: str, trigger: str | None) -> str:
+    """A short human-readable reason for a recommendation, from its channel and trigger item."""
+    text = REASONS.get(channel, f"recommended by {channel}")
+    return text.format(t=trigger or "an item you viewed") if "{t}" in text else text
+
+
+@dataclass
+class PageRows:
+    """One template: JSON-able rows in page order, and its item codes (for exposure bookkeeping)."""
+
+    rows: list[list]
+    items: np.ndarray
+
+    @classmethod
+    def from_page(cls, page, cand_idx: np.ndarray, cands: MergedCandidates, slot_names: list[str]) -> "PageRows":
+        filled = page.rows >= 0
+        idx = cand_idx[page.rows[filled]]  # positions in the merged candidate list
+        names = cands.channel_names()
+        rows = [[int(cands.items[i]), int(s), float(sc), str(names[i]), int(cands.triggers[i])]
+                for i, s, sc in zip(idx, page.slots[filled], page.scores[filled])]
+        return cls(rows, page.items.copy())
+
+
+def rows_to_slots(bundle: ServingBundle, rows: list[list], slot_names: list[str]) -> dict[str, list[Item]]:
+    """Response items per slot, ids decoded back to the shop's raw ids."""
+    out: dict[str, list[Item]] = {name: [] for name in slot_names}
+    for item, slot, score, channel, trigger, *extra in rows:
+        trig = str(bundle.raw_item[trigger]) if trigger > 0 else None
+        reason = extra[0] if extra else reason_for(channel, trig)
+        out[slot_names[slot]].append(Item(item_id=str(bundle.raw_item[item]), score=round(score, 6), channel=channel,
+                                          trigger=trig, reason=reason))
+    return out
+
+
+def promotion_page(bundle: ServingBundle, cands: MergedCandidates, scores: np.ndarray, slots: dict[str, int],
+                   purchase: PurchaseState, now: int) -> list[list[list]]:
+    """The promotion entrance: a main-venue slot of items, and venue slots chosen by the user's interest.
+
+    Each venue's appeal is the sum of the user's top-3 predicted scores among its candidate items
+    (interest aggregated over the venue, so one lucky item does not pick a venue); a venue is shown
+    by its best item. Scores are shifted to be positive first, so sums compare fairly.
+    """
+    names = list(slots)
+    keep = allowed(purchase, bundle.standard_of[cands.items], now)
+    venue = bundle.venue_of[cands.items]
+    s = scores - scores.min() + 1e-6 if len(scores) else scores
+    channel = cands.channel_names()
+    rows: list[list] = []
+    main_n = slots.get(names[0], 0)
+    order = np.argsort(-s, kind="stable")
+    used: set[int] = set()
+    for i in order:  # main venue slot: the best items that are in some venue
+        if len(rows) >= main_n:
+            break
+        if keep[i] and venue[i] >= 0:
+            rows.append([int(cands.items[i]), 0, float(scores[i]), str(channel[i]), int(cands.triggers[i])])
+            used.add(int(cands.items[i]))
+    if len(names) > 1:
+        ok = keep & (venue >= 0) & ~np.isin(cands.items, list(used))
+        venues = np.unique(venue[ok])
+        appeal = []
+        for v in venues:  # few dozen venues at most among ~500 candidates
+            member = np.flatnonzero(ok & (venue == v))
+            best = member[np.argsort(-s[member], kind="stable")]
+            appeal.append((float(s[best[:3]].sum()), int(v), int(best[0]), len(member)))
+        appeal.sort(key=lambda a: (-a[0], a[1]))
+        for total, v, i, n in appeal[: slots[names[1]]]:
+            rows.append([int(cands.items[i]), 1, float(total), str(channel[i]), int(cands.triggers[i]),
+                         f"venue {v}: matches your interest in {n} of its items"])
+    return [rows]

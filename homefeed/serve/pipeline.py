@@ -1,0 +1,208 @@
+"""One homepage request through every stage, with no HTTP: user state -> recall -> merge -> rank -> mechanism.
+
+    pipeline = Pipeline(ServingBundle.load("bundle"), open_store("sqlite:state.db"), Config())
+    page = pipeline.homepage(HomepageRequest(user_id="42"))
+
+The page is always returned. Recall channels run concurrently under `serve.recall_budget_ms`; a
+channel that raises or is late is left out of this page and counted. If the ranker fails, the
+candidates keep their recall order. Pages are built several at a time as exposure templates
+(`mechanism.exposure`): the next request shows the next template, and new behaviour rebuilds them.
+"""
+from __future__ import annotations
+
+import time
+import uuid
+from concurrent.futures import ThreadPoolExecutor, wait
+
+import numpy as np
+
+from homefeed.config import Config
+from homefeed.data.user_state import BEHAVIOR_CODE, UserState
+from homefeed.mechanism import exposure
+from homefeed.mechanism.exposure import ExposureConfig, ExposureState
+from homefeed.mechanism.purchase_filter import PurchaseConfig, PurchaseState, allowed, on_event
+from homefeed.mechanism.scatter import ScatterConfig
+from homefeed.recall.merge import MergedCandidates, MergeSettings
+from homefeed.serve.artefacts import ServingBundle
+from homefeed.serve.metrics import ServeMetrics
+from homefeed.serve.page import PageRows, promotion_page, reason_for, rows_to_slots
+from homefeed.serve.schemas import EventIn, HomepageRequest, HomepageResponse, Item
+from homefeed.serve.state import Event, StateStore
+
+TEMPLATES = "templates"
+PURCHASE = "purchase_filter"
+
+
+class Pipeline:
+    """Serves homepage requests and ingests events against one loaded bundle and one state store."""
+
+    def __init__(self, bundle: ServingBundle, store: StateStore, config: Config | None = None, *,
+                 metrics: ServeMetrics | None = None):
+        self.bundle, self.store, self.cfg = bundle, store, config or Config()
+        m = self.cfg.mechanism
+        self.exposure_cfg = ExposureConfig(**m.exposure)
+        self.scatter_cfg = ScatterConfig(**m.scatter)
+        self.purchase_cfg = PurchaseConfig(**m.purchase)
+        self.k_merge = MergeSettings(**self.cfg.recall.merge).k
+        self.metrics = metrics or ServeMetrics()
+        self.pool = ThreadPoolExecutor(max_workers=max(len(bundle.channels), 1), thread_name_prefix="recall")
+
+    # --- state ------------------------------------------------------------------------------
+    def user_state(self, user_id: str, now: int) -> UserState:
+        """Profile and behaviour before `now`: the history in the bundle, then the events stored since."""
+        b = self.bundle
+        code = b.user_code(user_id)
+        events = [e for e in self.store.recent_events(user_id, self.cfg.serve.history_len) if e.ts < now]
+        new_items = np.array([b.item_code(e.item_id) for e in events], np.int32)
+        known = new_items > 0
+        past_items, past_behaviors, past_ts = b.past(code)
+        before = past_ts < now
+        n = self.cfg.serve.history_len
+        items = np.concatenate([past_items[before], new_items[known]])[-n:]
+        behaviors = np.concatenate([past_behaviors[before],
+                                    np.array([BEHAVIOR_CODE[e.behavior] for e in events], np.int8)[known]])[-n:]
+        ts = np.concatenate([past_ts[before], np.array([e.ts for e in events], np.int64)[known]])[-n:]
+        profile = self.store.get_profile(user_id) or b.profiles.get(code, {})
+        return UserState(user_id=code, now=now, items=items, behaviors=behaviors, ts=ts, profile=profile)
+
+    # --- stages -----------------------------------------------------------------------------
+    def recall(self, state: UserState, degraded: list[str]) -> MergedCandidates:
+        """Every channel concurrently under the time budget; late or failing channels are dropped and counted."""
+        k = self.cfg.recall.k_per_channel
+        futures = {name: self.pool.submit(ch.recall, state, k) for name, ch in self.bundle.channels.items()}
+        done, _ = wait(futures.values(), timeout=self.cfg.serve.recall_budget_ms / 1000)
+        results = {}
+        for name, fut in futures.items():
+            if fut not in done:
+                fut.cancel()
+                degraded.append(f"recall:{name}:timeout")
+                self.metrics.channel_errors.labels(name, "timeout").inc()
+            elif fut.exception() is not None:
+                degraded.append(f"recall:{name}:error")
+                self.metrics.channel_errors.labels(name, "error").inc()
+            else:
+                results[name] = fut.result()
+        return self.bundle.merger.merge(results, k=self.k_merge)
+
+    def rank(self, state: UserState, cands: MergedCandidates, context: dict, degraded: list[str]) -> np.ndarray:
+        """Model scores for the candidates, or their recall order when there is no model or it fails."""
+        recall_order = -np.arange(len(cands), dtype=np.float64)
+        if self.bundle.ranker is None or len(cands) == 0:
+            return recall_order
+        try:
+            return np.asarray(self.bundle.ranker.score(state, cands, context), np.float64)
+        except Exception:  # a broken model must not break the page
+            degraded.append("rank:error")
+            self.metrics.channel_errors.labels("rank", "error").inc()
+            return recall_order
+
+    def build_pages(self, state: UserState, cands: MergedCandidates, scores: np.ndarray, slots: dict[str, int],
+                    exp: ExposureState, purchase: PurchaseState) -> list[PageRows]:
+        """Filter (purchase-blocked categories, shown templates) and scatter into templates across all slots."""
+        b = self.bundle
+        keep = allowed(purchase, b.standard_of[cands.items], state.now)
+        if exp.shown:
+            keep &= ~np.isin(cands.items, np.asarray(exp.shown))
+        names = list(slots)
+        eligible = np.stack([b.pool_mask[s][cands.items] if s in b.pool_mask else np.ones(len(cands), bool) for s in names])
+        slot_idx, cand_idx = np.nonzero(eligible & keep[None, :])
+        layout = np.concatenate([np.full(n, i, np.int64) for i, n in enumerate(slots.values())])
+        pages = exposure.build_templates(cands.items[cand_idx], scores[cand_idx], slot_idx, attributes=b.attributes,
+                                         layout=layout, rules=self.scatter_cfg.rules, max_loss=self.scatter_cfg.max_loss,
+                                         n_templates=self.exposure_cfg.n_templates)
+        return [PageRows.from_page(p, cand_idx, cands, names) for p in pages]
+
+    # --- requests ---------------------------------------------------------------------------
+    def homepage(self, req: HomepageRequest) -> HomepageResponse:
+        t0 = time.perf_counter()
+        now = int(req.now if req.now is not None else time.time())
+        timings: dict[str, float] = {}
+        degraded: list[str] = []
+        state = self.user_state(req.user_id, now)
+        timings["state"] = _ms(t0)
+        slots = req.slots or (self.cfg.serve.slots if req.scene == "homepage" else self.cfg.serve.promotion_slots)
+        blob = self.store.get_blob(req.user_id, TEMPLATES)
+        exp, rows = self._templates(blob, req.scene, slots)
+        if req.template_index is not None and req.template_index < len(exp.templates):
+            exp = exposure.on_shown(exp, req.template_index, config=self.exposure_cfg)
+        current = exposure.current(exp, now, config=self.exposure_cfg)
+        if current is None:  # rebuild: the full pipeline
+            t = time.perf_counter()
+            cands = self.recall(state, degraded)
+            timings["recall"] = _ms(t)
+            t = time.perf_counter()
+            scores = self.rank(state, cands, req.context, degraded)
+            timings["rank"] = _ms(t)
+            t = time.perf_counter()
+            purchase = PurchaseState.from_dict(self.store.get_blob(req.user_id, PURCHASE) or {})
+            if req.scene == "promotion":
+                rows = promotion_page(self.bundle, cands, scores, slots, purchase, now)
+                exp = exposure.rebuilt(exp, [np.array([r[0] for r in rows[0]])], now)
+            else:
+                pages = self.build_pages(state, cands, scores, slots, exp, purchase)
+                rows = [p.rows for p in pages]
+                exp = exposure.rebuilt(exp, [p.items for p in pages], now)
+            timings["mechanism"] = _ms(t)
+            current = (0, exp.templates[0])
+        index = current[0]
+        self.store.put_blob(req.user_id, TEMPLATES, {"bundle": self.bundle.version, "scene": req.scene, "slots": slots,
+                                                     "state": exp.to_dict(), "rows": rows})
+        page = rows_to_slots(self.bundle, rows[index], list(slots))
+        timings["total"] = _ms(t0)
+        for stage, ms in timings.items():
+            self.metrics.stage_latency.labels(stage).observe(ms / 1000)
+        self.metrics.requests.labels(req.scene).inc()
+        return HomepageResponse(request_id=uuid.uuid4().hex, user_id=req.user_id, scene=req.scene, slots=page,
+                                template_index=index, degraded=degraded, timings_ms=timings, bundle=self.bundle.version)
+
+    def _templates(self, blob: dict | None, scene: str, slots: dict) -> tuple[ExposureState, list]:
+        """The stored rotation, unless it was built by another bundle, for another scene or other slots."""
+        if not blob or blob.get("bundle") != self.bundle.version or blob.get("scene") != scene or blob.get("slots") != slots:
+            last = ExposureState.from_dict(blob["state"]).last_behavior_ts if blob else 0
+            return ExposureState(last_behavior_ts=last), []
+        return ExposureState.from_dict(blob["state"]), blob["rows"]
+
+    def ingest(self, events: list[EventIn]) -> tuple[int, int]:
+        """Store events durably (idempotent on event_id), then fold the new ones into each user's mechanism state."""
+        new = self.store.append_events([Event(e.event_id, e.user_id, e.item_id, e.behavior, e.ts) for e in events])
+        by_user: dict[str, list[Event]] = {}
+        for e in new:
+            by_user.setdefault(e.user_id, []).append(e)
+        for user, evs in by_user.items():
+            self._apply(user, sorted(evs, key=lambda e: e.ts))
+        self.metrics.events.inc(len(new))
+        return len(events), len(new)
+
+    def _apply(self, user: str, events: list[Event]) -> None:
+        purchase = PurchaseState.from_dict(self.store.get_blob(user, PURCHASE) or {})
+        for e in events:
+            code = self.bundle.item_code(e.item_id)
+            standard = int(self.bundle.standard_of[code]) if code > 0 else -1
+            purchase = on_event(purchase, standard=standard, behavior=e.behavior, ts=e.ts, periods=self.bundle.periods,
+                                config=self.purchase_cfg)
+        self.store.put_blob(user, PURCHASE, purchase.to_dict())
+        acted = [e.ts for e in events if e.behavior != "pv"]
+        blob = self.store.get_blob(user, TEMPLATES)
+        if acted and blob:
+            blob["state"] = exposure.on_behavior(ExposureState.from_dict(blob["state"]), max(acted)).to_dict()
+            self.store.put_blob(user, TEMPLATES, blob)
+
+    def similar(self, item_id: str, k: int = 20) -> list[Item]:
+        """Neighbours of an item from the first i2i channel that knows it."""
+        code = self.bundle.item_code(item_id)
+        for name, ch in self.bundle.channels.items():
+            table = getattr(ch, "table_", None)
+            if table is None or code <= 0 or code >= table.n_items:
+                continue
+            items, scores = table.neighbors_of(code)
+            if len(items):
+                return [Item(item_id=str(self.bundle.raw_item[i]), score=float(s), channel=name, trigger=item_id,
+                             reason=reason_for(name, item_id)) for i, s in zip(items[:k], scores[:k])]
+        return []
+
+    def close(self) -> None:
+        self.pool.shutdown(wait=False, cancel_futures=True)
+
+
+def _ms(t0: float) -> float:
+    return round((time.perf_counter() - t0) * 1000, 3)
