@@ -8,12 +8,22 @@ Five parts, each usable alone (numpy/polars in and out, plain-data state):
 - `exposure`: several pages per refresh, rotated by the index the client reports, rebuilt on new behaviour;
 - `purchase_filter`: per-category blocking after a purchase, lifted by repeated clicks.
 
-`MechanismConfig` gathers their settings (one `Section` each).
+`MechanismTables` fits and saves the offline artefacts (the bundle's `mechanism/` folder):
+
+    >>> tables = MechanismTables.fit(items, events, root="out/small")   # doctest: +SKIP
+    >>> tables.save("bundle/mechanism"); attrs = tables.attributes(items)  # doctest: +SKIP
 """
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import polars as pl
+
 from homefeed.config import Section
 from homefeed.mechanism.categories import CategoryConfig, StandardCategories, fit_standard_categories
-from homefeed.mechanism.image_dedup import ImageConfig, ImageGroups, fit_image_groups
 from homefeed.mechanism.exposure import ExposureConfig, ExposureState, build_templates
+from homefeed.mechanism.image_dedup import ImageConfig, ImageGroups, fit_image_groups
 from homefeed.mechanism.purchase_filter import BlockingPeriods, PurchaseConfig, PurchaseState, estimate_blocking_periods
 from homefeed.mechanism.scatter import ItemAttributes, Page, Rule, ScatterConfig, scatter
 
@@ -26,8 +36,56 @@ class MechanismConfig(Section):
     purchase: PurchaseConfig = PurchaseConfig()
 
 
+@dataclass
+class MechanismTables:
+    """The offline artefacts the online stage reads: standard categories, image groups, blocking periods."""
+
+    categories: StandardCategories
+    images: ImageGroups | None
+    periods: BlockingPeriods
+
+    @classmethod
+    def fit(cls, items: pl.DataFrame, events: pl.DataFrame, *, root: str | Path | None = None,
+            config: MechanismConfig | None = None, images: bool = True) -> "MechanismTables":
+        """Learn all three from the catalogue (`root` holds images.npy / image files) and past events."""
+        cfg = config or MechanismConfig()
+        cats = fit_standard_categories(items, events, config=cfg.categories)
+        groups = fit_image_groups(items, root=root, config=cfg.images) if images else None
+        buys = events.filter(pl.col("behavior").cast(pl.String) == "buy").join(
+            cats.add_column(items.select("item_id", "leaf_category")), on="item_id").drop_nulls("standard_category")
+        return cls(cats, groups, estimate_blocking_periods(buys, end_ts=int(events["ts"].max()), config=cfg.purchase))
+
+    def attributes(self, items: pl.DataFrame) -> ItemAttributes:
+        """Scatter attributes of `items` with their standard category and image group joined on."""
+        frame = self.categories.add_column(items)
+        if self.images is not None:
+            frame = frame.join(self.images.table.select("item_id", "image_group"), on="item_id", how="left")
+        else:
+            frame = frame.with_columns(pl.lit(None, pl.Int64).alias("image_group"))
+        if "venue" not in frame.columns:
+            frame = frame.with_columns(pl.lit(None, pl.Int64).alias("venue"))
+        return ItemAttributes.from_items(frame)
+
+    def save(self, folder: str | Path) -> Path:
+        folder = Path(folder)
+        folder.mkdir(parents=True, exist_ok=True)
+        self.categories.save(folder / "standard_categories.parquet")
+        self.periods.save(folder / "blocking_periods.parquet")
+        if self.images is not None:
+            self.images.save(folder / "images")
+        return folder
+
+    @classmethod
+    def load(cls, folder: str | Path) -> "MechanismTables":
+        folder = Path(folder)
+        images = ImageGroups.load(folder / "images") if (folder / "images").exists() else None
+        return cls(StandardCategories.load(folder / "standard_categories.parquet"), images,
+                   BlockingPeriods.load(folder / "blocking_periods.parquet"))
+
+
 __all__ = [
-    "MechanismConfig", "ImageConfig", "ImageGroups", "fit_image_groups", "CategoryConfig", "StandardCategories", "fit_standard_categories", "ExposureConfig",
-    "ExposureState", "build_templates", "BlockingPeriods", "PurchaseConfig", "PurchaseState",
-    "estimate_blocking_periods", "ItemAttributes", "Page", "Rule", "ScatterConfig", "scatter",
+    "MechanismConfig", "MechanismTables", "ImageConfig", "ImageGroups", "fit_image_groups", "CategoryConfig",
+    "StandardCategories", "fit_standard_categories", "ExposureConfig", "ExposureState", "build_templates",
+    "BlockingPeriods", "PurchaseConfig", "PurchaseState", "estimate_blocking_periods", "ItemAttributes", "Page", "Rule",
+    "ScatterConfig", "scatter",
 ]

@@ -28,11 +28,13 @@ import polars as pl
 from scipy.stats import spearmanr
 
 from homefeed.data.split import time_split
+from homefeed.mechanism import MechanismConfig, MechanismTables
 from homefeed.mechanism import purchase_filter as pf
 from homefeed.mechanism.categories import StandardCategories, fit_standard_categories
-from homefeed.mechanism.image_dedup import ImageConfig, ImageGroups, cosine_groups, fit_image_groups, hamming_to_cosine
-from homefeed.mechanism.scatter import ItemAttributes, scatter
-from homefeed.mechanism.simhash import group_fingerprints
+from homefeed.mechanism.image_dedup import (ImageConfig, ImageGroups, cosine_groups, fit_image_groups, group_vectors,
+                                            hamming_to_cosine)
+from homefeed.mechanism.scatter import scatter
+from homefeed.mechanism.simhash import candidate_pairs, union_find
 
 CHANNELS = ("recommended", "flash_sale", "group_buy", "flash_discount")
 
@@ -113,24 +115,31 @@ def score_categories(shop: Shop, *, config=None) -> tuple[StandardCategories, di
     return cats, out
 
 
-def score_images(shop: Shop, *, config=None) -> tuple[ImageGroups, dict]:
-    """Image groups from the CNN + SimHash, scored by pairs; exact cosine on the same vectors for reference."""
-    t0 = time.perf_counter()
-    groups = fit_image_groups(shop.items, root=shop.root, config=config)
-    t_fit = time.perf_counter() - t0
-    truth = shop.items.select("item_id").join(shop.truth_table("image_groups"), on="item_id", how="left")["image_group"].to_numpy()
+def score_images(shop: Shop, *, config: ImageConfig | None = None) -> tuple[ImageGroups, dict]:
+    """Image groups from the CNN + SimHash, scored by pairs; exact cosine on the same vectors for reference.
+
+    `image_pair_*`: the configured path (multi-index candidates within max_distance bits, re-checked by
+    cosine); `image_simhash_only_*`: fingerprints alone; `image_exact_cosine_*`: all pairs with cosine
+    >= min_cosine (O(n^2)); `image_speedup_vs_exact`: its time over the configured path's.
+    """
     cfg = config or ImageConfig()
     t0 = time.perf_counter()
-    labels = group_fingerprints(groups.table["fingerprint"].to_numpy(), max_distance=cfg.max_distance, bits=cfg.bits, bands=cfg.bands)
+    groups = fit_image_groups(shop.items, root=shop.root, config=cfg)
+    t_fit = time.perf_counter() - t0
+    truth = shop.items.select("item_id").join(shop.truth_table("image_groups"), on="item_id", how="left")["image_group"].to_numpy()
+    fp, vec = groups.table["fingerprint"].to_numpy(), groups.vectors
+    t0 = time.perf_counter()
+    labels = group_vectors(vec, fp, config=cfg)
     t_hash = time.perf_counter() - t0
     t0 = time.perf_counter()
-    exact = cosine_groups(groups.vectors, threshold=hamming_to_cosine(cfg.max_distance, cfg.bits))
+    exact = cosine_groups(vec, threshold=cfg.min_cosine if cfg.min_cosine is not None else hamming_to_cosine(cfg.max_distance, cfg.bits))
     t_exact = time.perf_counter() - t0
-    p, r = pair_precision_recall(labels, truth)
-    pe, re_ = pair_precision_recall(exact, truth)
-    return groups, {"image_pair_precision": p, "image_pair_recall": r, "image_exact_cosine_precision": pe,
-                    "image_exact_cosine_recall": re_, "image_grouping_s": t_hash, "image_exact_cosine_s": t_exact,
-                    "image_speedup_vs_exact": t_exact / max(t_hash, 1e-9), "image_fit_s": t_fit}
+    only = union_find(len(fp), candidate_pairs(fp, max_distance=cfg.max_distance, bits=cfg.bits, bands=cfg.bands))
+    out = {"image_fit_s": t_fit, "image_grouping_s": t_hash, "image_exact_cosine_s": t_exact,
+           "image_speedup_vs_exact": t_exact / max(t_hash, 1e-9)}
+    for name, lab in (("image_pair", labels), ("image_simhash_only", only), ("image_exact_cosine", exact)):
+        out[f"{name}_precision"], out[f"{name}_recall"] = pair_precision_recall(lab, truth)
+    return groups, out
 
 
 def score_periods(shop: Shop, cats: StandardCategories, *, config: pf.PurchaseConfig | None = None) -> tuple[pf.BlockingPeriods, dict]:
@@ -172,7 +181,7 @@ class _Replay:
     ev_ts: np.ndarray
 
 
-def _replay_setup(shop: Shop, cats: StandardCategories, groups: ImageGroups | None) -> _Replay:
+def _replay_setup(shop: Shop, cats: StandardCategories) -> _Replay:
     items = cats.add_column(shop.items)
     n = int(items["item_id"].max()) + 1
     counts = shop.past().group_by("item_id").agg(pl.len().alias("c")).with_columns(pl.col("c").log1p())
@@ -228,19 +237,13 @@ def _page_figures(items: np.ndarray, scores: np.ndarray, r: _Replay, just_bought
     }
 
 
-def replay(shop: Shop, cats: StandardCategories, groups: ImageGroups | None, periods: pf.BlockingPeriods, *,
-           config=None, n_requests: int = 1000, candidates: int = 500, per_channel: int = 8, recent: int = 30,
-           seed: int = 0) -> dict:
+def replay(shop: Shop, tables: MechanismTables, *, config: MechanismConfig | None = None, n_requests: int = 1000,
+           candidates: int = 500, per_channel: int = 8, recent: int = 30, seed: int = 0) -> dict:
     """Replay test-day homepage requests with the mechanism off and on; figures per page against the truth."""
-    from homefeed.mechanism import MechanismConfig
     cfg = config or MechanismConfig()
-    r = _replay_setup(shop, cats, groups)
-    items_frame = cats.add_column(shop.items)
-    if groups is not None:
-        items_frame = items_frame.join(groups.table.select("item_id", "image_group"), on="item_id", how="left")
-    else:
-        items_frame = items_frame.with_columns(pl.lit(None, pl.Int64).alias("image_group"))
-    attrs = ItemAttributes.from_items(items_frame)
+    cats, periods = tables.categories, tables.periods
+    r = _replay_setup(shop, cats)
+    attrs = tables.attributes(shop.items)
     reqs = (shop.exposures.filter((pl.col("ts") >= shop.test_start) & (pl.col("page") == 0))
             .group_by("request_id").agg(pl.col("user_id").first(), pl.col("ts").first()).sort("request_id"))
     rng = np.random.default_rng(seed)
@@ -304,14 +307,13 @@ def _purchase_state(items, behaviors, ts, standard, periods, config) -> pf.Purch
     return state
 
 
-def evaluate_mechanism(source: str | Path, *, config=None, truth_dir: str | Path | None = None, n_requests: int = 1000,
-                       seed: int = 0) -> dict:
+def evaluate_mechanism(source: str | Path, *, config: MechanismConfig | None = None, truth_dir: str | Path | None = None,
+                       n_requests: int = 1000, seed: int = 0) -> dict:
     """Every part scored against the truth of the shop in `source`, plus the on/off replay, as one dict.
 
     Keys: standard_category_ari (+ _f1, _names, _behavior variants), image_pair_precision, image_pair_recall
     (+ exact cosine reference and timings), block_days_spearman, and `on` / `off` page figures.
     """
-    from homefeed.mechanism import MechanismConfig
     cfg = config or MechanismConfig()
     shop = Shop.load(source, truth_dir=truth_dir)
     t0 = time.perf_counter()
@@ -319,7 +321,7 @@ def evaluate_mechanism(source: str | Path, *, config=None, truth_dir: str | Path
     groups, img = score_images(shop, config=cfg.images)
     periods, per = score_periods(shop, cats, config=cfg.purchase)
     out |= img | per
-    out |= replay(shop, cats, groups, periods, config=cfg, n_requests=n_requests, seed=seed)
+    out |= replay(shop, MechanismTables(cats, groups, periods), config=cfg, n_requests=n_requests, seed=seed)
     out["total_s"] = time.perf_counter() - t0
     return out
 
@@ -339,3 +341,18 @@ def print_report(result: dict, *, as_json: bool = False) -> None:
     parts, pages = report_rows(result)
     print_table(metrics_table({k: {"value": v} for k, v in parts["truth"].items()}, title="mechanism vs truth", name_header="metric"))
     print_table(metrics_table(pages, title=f"replay of {result['requests']} test-day homepage requests", name_header="mechanism"))
+
+
+def main(argv: list[str] | None = None) -> None:
+    """`python -m homefeed.mechanism.evaluate SHOP_DIR [--json] [--requests N]` (the CLI's `evaluate mechanism`)."""
+    import argparse
+    ap = argparse.ArgumentParser(description="Score the mechanism against a generated shop's truth.")
+    ap.add_argument("shop", help="folder written by `homefeed generate`")
+    ap.add_argument("--json", action="store_true", help="print one JSON object")
+    ap.add_argument("--requests", type=int, default=1000, help="test-day homepage requests to replay")
+    args = ap.parse_args(argv)
+    print_report(evaluate_mechanism(args.shop, n_requests=args.requests), as_json=args.json)
+
+
+if __name__ == "__main__":
+    main()

@@ -19,6 +19,7 @@ module finds such groups:
 """
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
 from pathlib import Path
 
@@ -111,6 +112,8 @@ class ImageCNN(nn.Module):
         super().__init__()
         if n_classes < 2:
             raise ValueError(f"need at least 2 leaf categories to classify, got {n_classes}")
+        self.arch = dict(n_classes=n_classes, hidden=hidden, width=width, blocks=blocks, input_pool=input_pool,
+                         colours=colours, grid=grid)  # saved with the weights
 
         def block(cin, cout, pool):
             return nn.Sequential(nn.Conv2d(cin, cout, 3, padding=1, bias=False), nn.BatchNorm2d(cout), nn.ReLU(),
@@ -240,19 +243,15 @@ def leaf_accuracy(model: ImageCNN, images: np.ndarray, labels: np.ndarray) -> fl
 
 
 def save_cnn(model: ImageCNN, path: str | Path) -> None:
-    """Weights as .npz (no pickle)."""
-    np.savez(path, **{k: v.numpy() for k, v in model.state_dict().items()})
+    """Weights and architecture as one .npz (no pickle)."""
+    np.savez(path, arch=np.array(json.dumps(model.arch)), **{k: v.numpy() for k, v in model.state_dict().items()})
 
 
 def load_cnn(path: str | Path) -> ImageCNN:
     with np.load(path, allow_pickle=False) as z:
-        state = {k: torch.from_numpy(z[k]) for k in z.files}
-    shape = {k: tuple(v.shape) for k, v in state.items()}
-    blocks = sum(1 for k in state if k.startswith("spatial.") and k.endswith(".0.weight"))
-    width = shape["spatial.1.0.weight"][0]
-    side = int(round(((shape["hidden.weight"][1] - shape["colour.0.weight"][0]) / shape[f"spatial.{blocks}.0.weight"][0]) ** 0.5))
-    model = ImageCNN(shape["head.weight"][0], hidden=shape["hidden.weight"][0], width=width, blocks=blocks,
-                     input_pool=SIZE // 2 ** blocks // side, colours=shape["colour.0.weight"][0])
+        arch = json.loads(str(z["arch"]))
+        state = {k: torch.from_numpy(z[k]) for k in z.files if k != "arch"}
+    model = ImageCNN(arch.pop("n_classes"), **arch)
     model.load_state_dict(state)
     return model.eval()
 

@@ -1,0 +1,105 @@
+"""Graph -> walks -> skip-gram -> item vectors: the one pipeline behind the DeepWalk and EGES channels.
+
+    >>> result = embed_graph(graph, side, mode="eges")                  # doctest: +SKIP
+    >>> result.vectors.shape, result.warm.sum()                          # doctest: +SKIP
+    ((20001, 64), 15873)
+
+Items that appear in the walks are *warm* and get their trained vector H_v; every other item is
+*cold* and gets the side-information vector (EGES, GES) or none at all (DeepWalk: a zero row, never
+indexed). With `partitions > 1` the graph is cut into parts trained apart (`parallel.py`).
+"""
+from __future__ import annotations
+
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+from pydantic import Field
+
+from homefeed.config import Section
+from homefeed.recall.ann import AnnIndex, normalize
+from homefeed.recall.graph.eges import EGESModel, Mode, SideInfo
+from homefeed.recall.graph.graph import ItemGraph
+from homefeed.recall.graph.skipgram import TrainSettings, train_skipgram
+from homefeed.recall.graph.walks import WalkCorpus, WalkSettings, random_walks
+
+
+class PartitionSettings(Section):
+    """Sub-graph parallel training (see `parallel.py`)."""
+
+    parts: int = Field(1, ge=1)  # P parts; 1 = train on the whole graph
+    method: str = "auto"  # "metis" (pymetis), "label_propagation", or "auto" (metis where installed)
+    workers: int = Field(1, ge=1)  # processes training parts at once; 1 = one part after another
+
+
+@dataclass
+class Embedding:
+    """Trained item vectors.
+
+    Attributes:
+        vectors: (N, D) float32 unit-length vectors (zero rows: no vector).
+        warm: (N,) bool items that were in the walks.
+        model: the trained EGESModel (tables, attention).
+        log: training counters (pairs, words/s, loss per epoch, walk seconds).
+    """
+
+    vectors: np.ndarray
+    warm: np.ndarray
+    model: EGESModel
+    log: dict = field(default_factory=dict)
+
+    def has_vector(self) -> np.ndarray:
+        return np.any(self.vectors != 0, axis=1)
+
+
+def hard_miner(vectors: np.ndarray, pool: int) -> np.ndarray:
+    """(N, pool) int64 nearest neighbours of each row by cosine (itself excluded, -1 where none)."""
+    x = normalize(vectors)
+    index = AnnIndex.build(x, spec="auto")
+    _, nbrs = index.search(x, pool + 1)
+    own = np.arange(x.shape[0])[:, None]
+    out = np.where(nbrs == own, -1, nbrs)
+    return np.sort(out, axis=1)[:, ::-1][:, :pool].copy()  # -1s last
+
+
+def train_on_graph(model: EGESModel, graph: ItemGraph, *, walks: WalkSettings, train: TrainSettings,
+                   workdir: Path) -> tuple[dict, np.ndarray]:
+    """Walk `graph`, write the corpus to `workdir/walks.npy`, train `model` in place.
+
+    Returns (log, counts): training counters and (N,) int64 occurrences of each node in the walks.
+    """
+    import time
+
+    t0 = time.perf_counter()
+    corpus = WalkCorpus.write(workdir / "walks.npy", random_walks(graph, settings=walks))
+    walk_s = time.perf_counter() - t0
+    counts = corpus.counts(graph.n_nodes)
+    if len(corpus) == 0:
+        return {"walk_seconds": walk_s, "walk_steps": 0}, counts
+    log = train_skipgram(model, corpus, settings=train, counts=counts,
+                         hard_miner=hard_miner if train.hard_negatives > 0 else None)
+    return {"walk_seconds": walk_s, "walk_steps": int(counts.sum()), **log.as_dict()}, counts
+
+
+def embed_graph(graph: ItemGraph, side: SideInfo | None, *, mode: Mode = "eges", walks: WalkSettings | None = None,
+                train: TrainSettings | None = None, partition: PartitionSettings | None = None,
+                workdir: str | Path | None = None) -> Embedding:
+    """Item vectors for every node of `graph` (warm) and, with side information, for every other item (cold)."""
+    walks = walks or WalkSettings()
+    train = train or TrainSettings()
+    partition = partition or PartitionSettings()
+    model = EGESModel(graph.n_nodes, side, dim=train.dim, mode=mode, attention_lr=train.attention_lr, seed=train.seed)
+    with tempfile.TemporaryDirectory(dir=workdir) as tmp:
+        if partition.parts > 1:
+            from homefeed.recall.graph.parallel import train_partitioned
+
+            log, counts = train_partitioned(model, graph, walks=walks, train=train, partition=partition, workdir=Path(tmp))
+        else:
+            log, counts = train_on_graph(model, graph, walks=walks, train=train, workdir=Path(tmp))
+    warm = counts > 0
+    vectors = model.item_vectors(warm)
+    if mode == "deepwalk":
+        vectors[~warm] = 0.0
+    vectors[0] = 0.0  # code 0 is the unknown item
+    return Embedding(normalize(vectors), warm, model, log)
