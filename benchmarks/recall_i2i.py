@@ -8,7 +8,8 @@ References, run in the same invocation on the same events:
 - a plain-Python Swing (dicts of sets, as tutorials and Flink ML write it) with the *same* caps and
   the same per-item user sample. It is run on a systematic sample of rows (every k-th item by its
   number of user pairs) and extrapolated: prep time + row time * (all user pairs / sampled pairs).
-  The sampled rows are checked against ours.
+  The sampled rows are checked against ours. Both wall and CPU seconds are reported: on a shared
+  machine the CPU-time ratio is the steadier one.
 
 Each measurement runs in its own subprocess; peak memory is that process's ru_maxrss (which counts
 numpy and numba memory, unlike tracemalloc), reported with the RSS before the fit began.
@@ -26,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import subprocess
 import sys
 import tempfile
@@ -72,7 +74,7 @@ def generate(n_events: int, path: Path, seed: int = 0) -> Path:
 
 # --- what each subprocess runs ------------------------------------------------------------------
 
-def child(method: str, data: Path, top_n: int, out: Path, ref_fraction: float) -> dict:
+def child(method: str, data: Path, top_n: int, out: Path, ref_pairs: float) -> dict:
     import resource
     import time
 
@@ -103,31 +105,40 @@ def child(method: str, data: Path, top_n: int, out: Path, ref_fraction: float) -
         import scipy.sparse as sp
         from implicit.nearest_neighbours import CosineRecommender
 
-        pairs = events.select("user_id", "item_id").unique()
-        m = sp.csr_matrix((np.ones(pairs.height, np.float32), (pairs["user_id"].to_numpy(), pairs["item_id"].to_numpy())),
-                          shape=(int(events["user_id"].max()) + 1, n_items))
-        CosineRecommender(K=top_n + 1).fit(m[:50], show_progress=False)
+        from homefeed.recall.i2i import I2ITable
 
-        def run():
-            model = CosineRecommender(K=top_n + 1)
-            model.fit(m, show_progress=False)
-            from homefeed.recall.i2i import I2ITable
-            return I2ITable.from_sparse(model.similarity, top_n)
+        def matrix(ev):
+            pairs = ev.select("user_id", "item_id").unique()
+            return sp.csr_matrix((np.ones(pairs.height, np.float32), (pairs["user_id"].to_numpy(),
+                                  pairs["item_id"].to_numpy())), shape=(int(ev["user_id"].max()) + 1, n_items))
+
+        CosineRecommender(K=top_n + 1).fit(matrix(tiny), show_progress=False)
+
+        class Timed:  # build the user-item matrix and fit: the same input-to-similarities span as ours
+            def __init__(self):
+                self.model = CosineRecommender(K=top_n + 1)
+                self.model.fit(matrix(events), show_progress=False)
+                self.nnz = self.model.similarity.nnz
+
+            def save(self, path):  # outside the timing: to our format, for the agreement check
+                I2ITable.from_sparse(self.model.similarity, top_n).save(path)
+
+        run = Timed
     elif method == "swing_python":
-        return swing_python_child(events, n_items, top_n, out, ref_fraction)
+        return swing_python_child(events, n_items, top_n, out, ref_pairs)
     else:
         raise SystemExit(f"unknown method {method!r}; valid: {', '.join(METHODS)}")
     base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    t = time.perf_counter()
+    t, cpu = time.perf_counter(), time.process_time()
     table = run()
-    seconds = time.perf_counter() - t
+    seconds, cpu = time.perf_counter() - t, time.process_time() - cpu
     table.save(out)
-    return {"seconds": seconds, "peak_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+    return {"seconds": seconds, "cpu_s": cpu, "peak_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
             "base_mb": base, "nnz": table.nnz, **info}
 
 
-def swing_python_child(events, n_items: int, top_n: int, out: Path, fraction: float) -> dict:
-    """Plain-Python Swing on a systematic sample of rows, extrapolated by user pairs."""
+def swing_python_child(events, n_items: int, top_n: int, out: Path, ref_pairs: float) -> dict:
+    """Plain-Python Swing on a systematic sample of rows (about `ref_pairs` user pairs), extrapolated by user pairs."""
     import heapq
     import resource
     import time
@@ -143,7 +154,7 @@ def swing_python_child(events, n_items: int, top_n: int, out: Path, fraction: fl
     codes = {BEHAVIOR_CODE[b] for b in s.behaviors}
     behaviors = events["behavior"].to_physical().to_list()
     base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    t0 = time.perf_counter()
+    t0, cpu0 = time.perf_counter(), time.process_time()
     items_of: dict[int, set] = defaultdict(set)
     for u, i, b in zip(users, items, behaviors):
         if i > 0 and b in codes:
@@ -163,12 +174,12 @@ def swing_python_child(events, n_items: int, top_n: int, out: Path, fraction: fl
 
     for i in users_of:
         users_of[i] = sorted(sorted(users_of[i], key=lambda u: key(u, i))[:s.max_users_per_item])
-    prep = time.perf_counter() - t0
+    prep, prep_cpu = time.perf_counter() - t0, time.process_time() - cpu0
     pairs = {i: len(us) * (len(us) - 1) // 2 for i, us in users_of.items() if len(us) >= 2}
     by_cost = sorted(pairs, key=lambda i: (-pairs[i], i))
-    step = max(1, round(1 / fraction))
+    step = max(1, round(sum(pairs.values()) / ref_pairs))
     sample = by_cost[step // 2::step]
-    t1 = time.perf_counter()
+    t1, cpu1 = time.perf_counter(), time.process_time()
     rows, nbrs, scores = [], [], []
     for i in sample:
         us = users_of[i]
@@ -184,19 +195,21 @@ def swing_python_child(events, n_items: int, top_n: int, out: Path, fraction: fl
                         sim[j] += c
         for j, v in heapq.nlargest(top_n, sim.items(), key=lambda kv: (kv[1], -kv[0])):
             rows.append(i), nbrs.append(j), scores.append(v)
-    rows_time = time.perf_counter() - t1
+    rows_time, rows_cpu = time.perf_counter() - t1, time.process_time() - cpu1
     sampled, total = sum(pairs[i] for i in sample), sum(pairs.values())
+    scale = total / max(sampled, 1)
     np.savez(out, rows=np.array(rows, np.int64), neighbors=np.array(nbrs, np.int32), scores=np.array(scores),
              sample=np.array(sample, np.int64))
-    return {"seconds": prep + rows_time * total / max(sampled, 1), "measured_s": prep + rows_time, "prep_s": prep,
+    return {"seconds": prep + rows_time * scale, "cpu_s": prep_cpu + rows_cpu * scale,
+            "measured_s": prep + rows_time, "prep_s": prep,
             "rows_sampled": len(sample), "rows_total": len(pairs), "pairs_sampled": sampled, "pairs_total": total,
             "peak_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, "base_mb": base,
             "extrapolated": True}
 
 
-def measure(method: str, data: Path, top_n: int, out: Path, ref_fraction: float) -> dict:
+def measure(method: str, data: Path, top_n: int, out: Path, ref_pairs: float) -> dict:
     cmd = [sys.executable, __file__, "--child", method, "--data", str(data), "--top-n", str(top_n),
-           "--out", str(out), "--ref-fraction", str(ref_fraction)]
+           "--out", str(out), "--ref-pairs", str(ref_pairs)]
     done = subprocess.run(cmd, capture_output=True, text=True)
     if done.returncode != 0:
         raise RuntimeError(f"{method} on {data} failed:\n{done.stderr[-3000:]}")
@@ -234,19 +247,21 @@ def swing_check(ours: Path, ref: Path) -> dict:
     return {"rows_equal": worst < 1e-4, "max_rel_score_gap": worst}
 
 
-def run_size(label: str, data: Path, methods: list[str], top_n: int, work: Path, ref_fraction: float) -> dict:
+def run_size(label: str, data: Path, methods: list[str], top_n: int, work: Path, ref_pairs: float) -> dict:
     import polars as pl
 
     res: dict = {"events": pl.scan_parquet(data).select(pl.len()).collect().item(), "methods": {}}
     for m in methods:
-        res["methods"][m] = measure(m, data, top_n, work / f"{label}_{m}.npz", ref_fraction)
+        res["methods"][m] = measure(m, data, top_n, work / f"{label}_{m}.npz", ref_pairs)
         print(f"  {label} {m}: {res['methods'][m]['seconds']:.2f} s", file=sys.stderr)
     got = res["methods"]
     if "itemcf_cosine" in got and "implicit_cosine" in got:
         res["itemcf_vs_implicit"] = {"time_ratio": got["itemcf_cosine"]["seconds"] / got["implicit_cosine"]["seconds"],
+                                     "cpu_ratio": got["itemcf_cosine"]["cpu_s"] / got["implicit_cosine"]["cpu_s"],
                                      **agreement(work / f"{label}_itemcf_cosine.npz", work / f"{label}_implicit_cosine.npz")}
     if "swing" in got and "swing_python" in got:
         res["swing_vs_python"] = {"speedup": got["swing_python"]["seconds"] / got["swing"]["seconds"],
+                                  "cpu_speedup": got["swing_python"]["cpu_s"] / got["swing"]["cpu_s"],
                                   **swing_check(work / f"{label}_swing.npz", work / f"{label}_swing_python.npz")}
     return res
 
@@ -261,17 +276,24 @@ def print_table(out: dict) -> None:
     from rich.console import Console
     from rich.table import Table
 
-    t = Table(title=f"i2i tables: seconds / peak MB (top_n = {out['top_n']})")
-    for col in ("data", "events", *out["methods"], "itemcf/implicit", "swing speedup"):
+    t = Table(title=f"i2i tables (top_n = {out['top_n']}): wall s (CPU s) / peak MB; "
+                    f"{out['cpus']} CPUs, load average {out['load_avg_start'][0]:.1f} at start")
+    for col in ("data", "events", *out["methods"], "itemcf / implicit", "swing speedup"):
         t.add_column(col, justify="left" if col == "data" else "right")
     for label, r in out["sizes"].items():
-        cells = [f"{r['methods'][m]['seconds']:.2f} s / {r['methods'][m]['peak_mb']:.0f}" +
-                 ("*" if r["methods"][m].get("extrapolated") else "") if m in r["methods"] else "-" for m in out["methods"]]
+        cells = []
+        for m in out["methods"]:
+            x = r["methods"].get(m)
+            cells.append("-" if x is None else f"{x['seconds']:.1f} ({x['cpu_s']:.1f}) / {x['peak_mb']:.0f}"
+                         + ("*" if x.get("extrapolated") else ""))
         iv, sv = r.get("itemcf_vs_implicit"), r.get("swing_vs_python")
-        t.add_row(label, f"{r['events']:,}", *cells, f"{iv['time_ratio']:.2f}x" if iv else "-",
-                  f"{sv['speedup']:.0f}x{'' if sv['rows_equal'] else ' (rows differ!)'}" if sv else "-")
+        t.add_row(label, f"{r['events']:,}", *cells,
+                  f"{iv['time_ratio']:.2f}x wall, {iv['cpu_ratio']:.2f}x CPU" if iv else "-",
+                  (f"{sv['speedup']:.0f}x wall, {sv['cpu_speedup']:.0f}x CPU" + ("" if sv["rows_equal"] else " (rows differ!)"))
+                  if sv else "-")
     Console().print(t)
-    print("* plain-Python Swing: measured on a systematic sample of rows and extrapolated by user pairs")
+    print("* plain-Python Swing: measured on a systematic sample of rows and extrapolated by user pairs; "
+          "its peak MB is that of the sampled run")
 
 
 def main() -> None:
@@ -280,7 +302,7 @@ def main() -> None:
     p.add_argument("--dataset", action="append", default=[], help="an ingested dataset folder (its train events)")
     p.add_argument("--only", default=",".join(METHODS), help=f"methods, comma-separated: {', '.join(METHODS)}")
     p.add_argument("--top-n", type=int, default=50)
-    p.add_argument("--ref-fraction", type=float, default=0.02, help="share of rows the plain-Python Swing computes")
+    p.add_argument("--ref-pairs", type=float, default=3e6, help="user pairs the plain-Python Swing computes (sampled rows)")
     p.add_argument("--work", type=Path, default=Path(tempfile.gettempdir()) / "hf_bench_i2i")
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.add_argument("--child", help=argparse.SUPPRESS)
@@ -288,7 +310,7 @@ def main() -> None:
     p.add_argument("--out", type=Path, help=argparse.SUPPRESS)
     a = p.parse_args()
     if a.child:
-        print(json.dumps(child(a.child, a.data, a.top_n, a.out, a.ref_fraction)))
+        print(json.dumps(child(a.child, a.data, a.top_n, a.out, a.ref_pairs)))
         return
     methods = [m for m in a.only.split(",") if m]
     bad = [m for m in methods if m not in METHODS]
@@ -306,8 +328,9 @@ def main() -> None:
         path = a.work / f"{Path(d).name}_train.parquet"
         Dataset.load(d).events_in("train").write_parquet(path)
         inputs[Path(d).name] = path
-    out = {"top_n": a.top_n, "methods": methods, "ref_fraction": a.ref_fraction,
-           "sizes": {label: run_size(label.replace(" ", "_"), path, methods, a.top_n, a.work, a.ref_fraction)
+    out = {"top_n": a.top_n, "methods": methods, "ref_pairs": a.ref_pairs, "cpus": os.cpu_count(),
+           "load_avg_start": os.getloadavg(),
+           "sizes": {label: run_size(label.replace(" ", "_"), path, methods, a.top_n, a.work, a.ref_pairs)
                      for label, path in inputs.items()}}
     print(json.dumps(out)) if a.json else print_table(out)
 

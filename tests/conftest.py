@@ -59,3 +59,17 @@ def tiny_dataset_dir(tiny_world, tmp_path_factory):
     out = tmp_path_factory.mktemp("tiny_dataset")
     ingest(tiny_world, out, Config())
     return out
+
+
+FAST_BUILD = ['mechanism.images={"steps": 30}', 'rank.preset="din"', 'rank.train={"epochs": 2}']
+
+
+@pytest.fixture(scope="session")
+def tiny_bundle(tiny_dataset_dir, tmp_path_factory):
+    """A bundle of every part built from the tiny shop with quick settings (fewer CNN steps and epochs)."""
+    from homefeed.config import load_config
+    from homefeed.serve.build import build_bundle
+
+    out = tmp_path_factory.mktemp("tiny_bundle")
+    build_bundle(tiny_dataset_dir, out, load_config(overrides=FAST_BUILD))
+    return out

@@ -13,6 +13,7 @@ from homefeed.data.schema import BEHAVIOR
 from homefeed.data.user_state import BEHAVIOR_CODE, UserState
 from homefeed.recall.i2i import I2ITable
 from homefeed.recall.itemcf import ItemCF, ItemCFSettings, itemcf_table
+from recall_contract import RecallerContract
 
 # A: 1 @0, 2 @100, 3 @5000 (a new session);  B: 1 @0, 2 @50;  C: 2 @0, 3 @10.  Sessions cut at 1800 s.
 LOG = [("A", 1, 0), ("A", 2, 100), ("A", 3, 5000), ("B", 1, 0), ("B", 2, 50), ("C", 2, 0), ("C", 3, 10)]
@@ -188,3 +189,15 @@ def test_errors_name_the_problem():
         ItemCFSettings(window="week")
     with pytest.raises(TypeError, match="takes ItemCFSettings"):
         ItemCF(settings=ItemCFSettings().triggers)
+
+
+class TestItemCFSessionContract(RecallerContract):
+    """A non-default set-up: session window, pair and age decay, same leaf, asymmetric, levels."""
+
+    def make(self):
+        return ItemCF(settings=ItemCFSettings(window="session", pair_half_life_s=600.0, age_half_life_s=86_400.0,
+                                              same_category="leaf", normalize="asymmetric", popularity_exponent=0.7,
+                                              levels=20, top_n=30))
+
+    def make_keeping_bought(self):
+        return ItemCF(settings=ItemCFSettings(triggers={"keep_bought": True}))

@@ -11,6 +11,7 @@ from homefeed.data.user_state import BEHAVIOR_CODE, UserState
 from homefeed.recall.i2i import I2ITable
 from homefeed.recall.itemcf import ItemCF
 from homefeed.recall.ranki2i import RankI2I, RankI2ISettings, rank_table, smoothed_ctr
+from recall_contract import RecallerContract
 
 N_ITEMS = 10
 PRIORS = RankI2ISettings(item_prior=4.0, pair_prior=2.0)
@@ -91,3 +92,11 @@ def test_channel_fits_its_own_base_and_copes_without_exposures():
     assert swing.table_.nnz == 0  # no user reaches Swing's 10 distinct items
     with pytest.raises(ValueError, match="base_table has 3 rows"):
         RankI2I(base_table=I2ITable.from_rows([], [], [], 3)).fit(dataset())
+
+
+class TestRankI2IOnSwingContract(RecallerContract):
+    def make(self):
+        return RankI2I(settings=RankI2ISettings(base="swing", item_prior=10.0, pair_prior=5.0, top_n=40))
+
+    def make_keeping_bought(self):
+        return RankI2I(settings=RankI2ISettings(triggers={"keep_bought": True}))

@@ -12,6 +12,7 @@ from homefeed.data.dataset import Dataset, TimeSplit
 from homefeed.data.schema import BEHAVIOR
 from homefeed.data.user_state import BEHAVIOR_CODE, UserState
 from homefeed.recall.swing import Swing, SwingSettings, sample_key, swing_table
+from recall_contract import RecallerContract
 
 # A: {1, 2, 3}   B: {1, 2}   C: {1, 2, 3}   D: {1, 3}
 BASKETS = {1: [1, 2, 3], 2: [1, 2], 3: [1, 2, 3], 4: [1, 3]}
@@ -144,3 +145,13 @@ def test_invalid_settings_are_rejected():
         SwingSettings(behaviors=["like"])
     with pytest.raises(ValidationError):
         SwingSettings(max_users_per_item=100_000)
+
+
+class TestSwingContract(RecallerContract):
+    """Swing with small caps, so that the per-item user sample and the activity filter are exercised."""
+
+    def make(self):
+        return Swing(settings=SwingSettings(min_user_items=3, max_user_items=60, max_users_per_item=20, top_n=40))
+
+    def make_keeping_bought(self):
+        return Swing(settings=SwingSettings(min_user_items=3, triggers={"keep_bought": True}))

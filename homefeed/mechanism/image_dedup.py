@@ -6,13 +6,16 @@ module finds such groups:
 
 1. images come from the catalogue's `image` column: "npy:ROW" rows of an `images.npy` array, image
    files read with Pillow (resized to 32x32), or vectors given in an `image_vec` list column;
-2. a small CNN (3 conv blocks, B x 3 x 32 x 32 -> B x `hidden`) is trained to classify an item's
-   image into its leaf category; its last hidden layer is the image vector. Classification alone
-   makes all items of a leaf look alike, so by default the same layer is also trained to tell
-   images apart from each other but not from lightly perturbed copies of themselves (instance
-   discrimination, SimCLR: Chen et al. 2020) -- the perturbations being the ones re-listing causes;
+2. a small CNN (B x 3 x 32 x 32 -> B x `hidden`: conv blocks for where things are, pooled 1x1 convs
+   for which colours) is trained to classify an item's image into its leaf category; its last hidden
+   layer is the image vector. Classification alone makes all items of a leaf look alike, so the same
+   layer is also trained to tell images apart from each other but not from perturbed copies of
+   themselves (instance discrimination, SimCLR: Chen et al. 2020), the perturbations being what
+   re-listing does (a pixel of shift, colour jitter, noise), with batches of whole leaves so that the
+   negatives are look-alikes. At inference the vector is averaged over the 9 one-pixel shifts;
 3. SimHash (see `simhash.py`) maps vectors to 64-bit fingerprints; multi-index hashing finds all
-   pairs within `max_distance` bits; union-find merges them into groups.
+   pairs within `max_distance` bits; each such candidate is re-checked by the cosine of its two
+   vectors (a handful of dot products, not n^2), and union-find merges the survivors into groups.
 
     >>> groups = fit_image_groups(items, root="out/tiny")     # doctest: +SKIP
     >>> groups.table.head(2)                                  # item_id, image_group, fingerprint

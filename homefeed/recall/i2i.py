@@ -174,14 +174,17 @@ class I2ITable:
 def trigger_weights(state: UserState, settings: TriggerSettings) -> tuple[np.ndarray, np.ndarray]:
     """Distinct trigger items of a user and their weights, from the last `n_triggers` behaviours.
 
-    weight(t) = sum over the user's recent events e on t of behavior_weight(e) * 2^(-(now - ts_e) / half_life).
-    Returns (items (m,) int32 ascending, weights (m,) float64 > 0).
+    weight(t) = sum over the user's recent events e on t of behavior_weight(e) * 2^(-(latest - ts_e) / half_life),
+    where `latest` is the user's most recent trigger time: recency ranks triggers against each other, so a
+    user back after months still gets recommendations from what they did last (an absolute age would decay
+    every weight to zero). Returns (items (m,) int32 ascending, weights (m,) float64 > 0).
     """
     n = settings.n_triggers
     items, beh, ts = state.items[-n:], state.behaviors[-n:], state.ts[-n:]
     w = behavior_weight_array(settings.behavior_weights)[np.asarray(beh, np.int64)]
-    if settings.half_life_s > 0:
-        w = w * np.exp2(-np.maximum(state.now - ts, 0) / settings.half_life_s)
+    if settings.half_life_s > 0 and len(ts):
+        latest = min(int(ts.max()), int(state.now))
+        w = w * np.exp2(-np.maximum(latest - ts, 0) / settings.half_life_s)
     uniq, inv = np.unique(np.asarray(items, np.int32), return_inverse=True)
     total = np.bincount(inv, weights=w, minlength=uniq.size)
     keep = total > 0

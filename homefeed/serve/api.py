@@ -43,6 +43,7 @@ class Service:
         self.bundle_path = Path(bundle_path)
         bundle = ServingBundle.load(self.bundle_path)
         self.pipeline = Pipeline(bundle, self.store, config, metrics=self.metrics)
+        self.pipeline.warm_up()
         self._reload_lock = threading.Lock()
         self.started = time.time()
 
@@ -50,7 +51,9 @@ class Service:
         with self._reload_lock:
             new_path = Path(path) if path else self.bundle_path
             bundle = ServingBundle.load(new_path)  # verifies checksums; the old pipeline serves meanwhile
-            old, self.pipeline = self.pipeline, Pipeline(bundle, self.store, self.config, metrics=self.metrics)
+            fresh = Pipeline(bundle, self.store, self.config, metrics=self.metrics)
+            fresh.warm_up()
+            old, self.pipeline = self.pipeline, fresh
             self.bundle_path = new_path
             old.pool.shutdown(wait=True)  # requests already in the old pipeline finish their recall
             return bundle.version

@@ -114,6 +114,12 @@ class ServingBundle:
         lo, hi = indptr[user_code], indptr[user_code + 1]
         return items[lo:hi], behaviors[lo:hi], ts[lo:hi]
 
+    def raw_venue(self, code: int) -> str:
+        vocab = self.vocabs.get("venue")
+        if vocab is None or code <= 0:
+            return str(code)
+        return str(vocab.decode(pl.Series([code], dtype=pl.Int32))[0])
+
     def item_code(self, raw: str) -> int:
         return self.vocabs["item"].code_of(raw)
 

@@ -8,8 +8,9 @@ Parts, in the order they are built (a later part reads what an earlier one wrote
     recall     every configured channel fitted, the merger with CTR-adapted shares
     rank       the CTR model trained, exported to TorchScript (and int8), its feature encoders
 
-What is served is exactly what was evaluated: channels and model are fitted on everything before
-the test days and scored on the test days, and those metrics go into the manifest.
+What is served is exactly what was evaluated: recall channels are fitted on everything before the
+test days, the model on the training days (with early stopping on the validation days), both are
+scored on the test days, and those metrics go into the manifest.
 `--parts recall` rebuilds one part and keeps the others.
 """
 from __future__ import annotations
@@ -119,7 +120,8 @@ def build_recall(ds: Dataset, out: Path, cfg: Config) -> dict:
 def build_rank(ds: Dataset, out: Path, cfg: Config) -> dict:
     from homefeed.serve.rank_part import build_rank_part
 
-    return build_rank_part(serving_dataset(ds), out / "rank", cfg, items=pl.read_parquet(out / "data" / "items.parquet"))
+    # the model trains on the training days and stops early on the validation days: those stay out of its training
+    return build_rank_part(ds, out / "rank", cfg, items=pl.read_parquet(out / "data" / "items.parquet"))
 
 
 BUILDERS: dict[str, Callable[[Dataset, Path, Config], dict]] = {

@@ -93,5 +93,5 @@ def promotion_page(bundle: ServingBundle, cands: MergedCandidates, scores: np.nd
         appeal.sort(key=lambda a: (-a[0], a[1]))
         for total, v, i, n in appeal[: slots[names[1]]]:
             rows.append([int(cands.items[i]), 1, float(total), str(channel[i]), int(cands.triggers[i]),
-                         f"venue {v}: matches your interest in {n} of its items"])
+                         f"venue {bundle.raw_venue(v)}: matches your interest in {n} of its items"])
     return [rows]

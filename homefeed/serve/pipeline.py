@@ -187,6 +187,15 @@ class Pipeline:
             blob["state"] = exposure.on_behavior(ExposureState.from_dict(blob["state"]), max(acted)).to_dict()
             self.store.put_blob(user, TEMPLATES, blob)
 
+    def warm_up(self) -> None:
+        """Run recall and rank once on a made-up user so the first real request pays no compile or load cost."""
+        item = 1  # any known item code: the point is to run every code path once
+        state = UserState(user_id=0, now=int(time.time()), items=np.array([item], np.int32),
+                          behaviors=np.array([BEHAVIOR_CODE["click"]], np.int8), ts=np.array([int(time.time()) - 60]))
+        degraded: list[str] = []
+        cands = self.recall(state, degraded)
+        self.rank(state, cands, {}, degraded)
+
     def similar(self, item_id: str, k: int = 20) -> list[Item]:
         """Neighbours of an item from the first i2i channel that knows it."""
         code = self.bundle.item_code(item_id)

@@ -12,6 +12,7 @@ serving cannot drift apart, then scores them in one batch.
 from __future__ import annotations
 
 import json
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -107,6 +108,7 @@ class ServedRanker:
                      vocabs=self.vocabs, exposures=self._empty_exposures)
         raw = point_in_time(ds, rows, self.encoders.settings)
         batch = self.encoders.transform(raw)
-        with torch.inference_mode():
+        with torch.inference_mode(), warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # int8 kernels warn that torch.ao quantization is deprecated
             logits = self.model({k: batch[k] for k in self.inputs})
         return torch.sigmoid(logits).numpy()

@@ -44,7 +44,7 @@ class TrainSettings(Section):
     window: int = Field(5, ge=1)  # largest distance between centre and context
     negatives: int = Field(5, ge=1)  # K negatives per pair
     epochs: int = Field(3, ge=1)
-    batch_size: int = Field(4096, ge=1)  # pairs per SGD step
+    batch_size: int = Field(1024, ge=1)  # centres per SGD step (each with up to 2 window contexts)
     lr: float = Field(0.025, gt=0)  # start rate; falls linearly to lr * 1e-4
     attention_lr: float = Field(1.0, gt=0)  # multiplier of lr for the EGES attention logits
     subsample: float = Field(1e-3, ge=0)  # frequent-node down-sampling threshold s; 0 = off
@@ -54,7 +54,7 @@ class TrainSettings(Section):
     hard_pool: int = Field(20, ge=1)  # near neighbours kept per node for hard negatives
     bf16: bool = False  # run the dot products under bf16 autocast (AMX on recent Xeons)
     chunk_walks: int = Field(8192, ge=1)  # walks read from the corpus at a time
-    threads: int = Field(0, ge=0)  # torch intra-op threads; 0 = leave torch's setting
+    threads: int = Field(1, ge=0)  # torch intra-op threads (1: parallelism comes from workers); 0 = leave as is
     seed: int = 0
 
 
@@ -77,7 +77,9 @@ def _walk_state(seed, w):
 
 
 @njit(cache=True, parallel=True)
-def _count_pairs(walks, keep, window, seed, counts):
+def _window_kernel(walks, keep, window, seed, offsets, centers, contexts):
+    """Pass 1 (centers is None-sized, offsets[w + 1] = kept tokens of walk w) or pass 2 (fill rows)."""
+    fill = centers.size > 0
     for w in prange(walks.shape[0]):
         state = _walk_state(seed, w)
         kept = np.empty(walks.shape[1], np.int32)
@@ -90,49 +92,32 @@ def _count_pairs(walks, keep, window, seed, counts):
             if u < keep[x]:
                 kept[n] = x
                 n += 1
-        total = 0
+        if not fill:
+            offsets[w + 1] = n
+            continue
         for t in range(n):
+            row = offsets[w] + t
+            centers[row] = kept[t]
             state, u = uniform(state)
             b = 1 + min(int(u * window), window - 1)
-            total += min(t + b, n - 1) - max(t - b, 0)
-        counts[w] = total
-
-
-@njit(cache=True, parallel=True)
-def _fill_pairs(walks, keep, window, seed, offsets, centers, contexts):
-    for w in prange(walks.shape[0]):
-        state = _walk_state(seed, w)  # the same draws as _count_pairs
-        kept = np.empty(walks.shape[1], np.int32)
-        n = 0
-        for t in range(walks.shape[1]):
-            x = walks[w, t]
-            if x == PAD:
-                break
-            state, u = uniform(state)
-            if u < keep[x]:
-                kept[n] = x
-                n += 1
-        pos = offsets[w]
-        for t in range(n):
-            state, u = uniform(state)
-            b = 1 + min(int(u * window), window - 1)
+            col = 0
             for s in range(max(t - b, 0), min(t + b, n - 1) + 1):
                 if s != t:
-                    centers[pos] = kept[t]
-                    contexts[pos] = kept[s]
-                    pos += 1
+                    contexts[row, col] = kept[s]
+                    col += 1
 
 
-def window_pairs(walks: np.ndarray, *, window: int, keep: np.ndarray, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    """(centers, contexts) int64 pairs of a (n, L) walk block: frequent nodes dropped with prob 1 - keep[node],
-    then every context within a random window b ~ U{1..window} of each centre. Seeded per walk."""
+def window_contexts(walks: np.ndarray, *, window: int, keep: np.ndarray, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """(centers (n,) int64, contexts (n, 2 window) int64, -1 padded) of a (W, L) walk block: each node is
+    dropped with prob 1 - keep[node], then every kept token is a centre and its contexts are the kept
+    tokens within a random window b ~ U{1..window} of it. Seeded per walk (same seed, same output)."""
     walks = np.ascontiguousarray(walks, np.int32)
-    counts = np.zeros(walks.shape[0], np.int64)
-    _count_pairs(walks, keep, window, seed, counts)
     offsets = np.zeros(walks.shape[0] + 1, np.int64)
-    np.cumsum(counts, out=offsets[1:])
-    centers, contexts = np.empty(offsets[-1], np.int64), np.empty(offsets[-1], np.int64)
-    _fill_pairs(walks, keep, window, seed, offsets, centers, contexts)
+    empty = np.zeros(0, np.int64)
+    _window_kernel(walks, keep, window, seed, offsets, empty, np.zeros((0, 2 * window), np.int64))
+    np.cumsum(offsets, out=offsets)
+    centers, contexts = np.empty(offsets[-1], np.int64), np.full((offsets[-1], 2 * window), -1, np.int64)
+    _window_kernel(walks, keep, window, seed, offsets, centers, contexts)
     return centers, contexts
 
 
@@ -156,20 +141,37 @@ def unigram_table(counts: np.ndarray, *, power: float = 0.75, size: int = 1 << 2
 
 def sgd_step(model: Encoder, centers: torch.Tensor, contexts: torch.Tensor, negatives: torch.Tensor, lr: float,
              *, bf16: bool = False) -> float:
-    """One sparse SGD step on a batch of B pairs with K negatives each; returns the summed loss."""
+    """One sparse SGD step on B centres, each with up to C contexts ((B, C), -1 = none) and K negatives ((B, K))
+    shared by its contexts; returns the summed loss.
+
+    A centre with n contexts weighs its negatives by n, so every positive pair still meets K negatives
+    (word2vec's balance) while the centre gathers C + K context rows instead of n (1 + K).
+    """
     h, leaves = model.encode(centers)  # (B, D)
-    targets = torch.cat([contexts[:, None], negatives], 1)  # (B, 1 + K)
-    z = model.context[targets].requires_grad_()  # (B, 1 + K, D)
+    positive = contexts >= 0  # (B, C)
+    targets = torch.cat([contexts.clamp(min=0), negatives], 1)  # (B, C + K)
+    z = model.context[targets]  # (B, C + K, D)
     with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
-        logits = torch.bmm(z, h.unsqueeze(2)).squeeze(2).float()  # (B, 1 + K)
-    sign = torch.ones_like(logits)
-    sign[:, 1:] = -1.0
-    loss = torch.nn.functional.softplus(-sign * logits).sum()
-    loss.backward()
+        logits = torch.bmm(z, h.detach().unsqueeze(2)).squeeze(2).float()  # (B, C + K)
+    n_pos = positive.sum(1, keepdim=True).float()  # (B, 1)
+    c = contexts.shape[1]
+    label = torch.zeros_like(logits)
+    label[:, :c] = 1.0
+    weight = torch.cat([positive.float(), n_pos.expand(-1, negatives.shape[1])], 1)  # (B, C + K)
+    g = (torch.sigmoid(logits) - label) * weight  # d loss / d logit
+    loss = (torch.nn.functional.softplus(torch.where(label > 0, -logits, logits)) * weight).sum()
+    grad_h = torch.bmm(g.unsqueeze(1), z).squeeze(1)  # (B, D)
+    grad_z = g.unsqueeze(2) * h.detach().unsqueeze(1)  # (B, C + K, D)
     with torch.no_grad():
-        model.context.index_add_(0, targets.reshape(-1), z.grad.reshape(-1, z.shape[-1]), alpha=-lr)
-        for table, rows, leaf, scale in leaves:
-            table.index_add_(0, rows, leaf.grad.to(table.dtype), alpha=-lr * scale)
+        model.context.index_add_(0, targets.reshape(-1), grad_z.reshape(-1, z.shape[-1]), alpha=-lr)
+    if len(leaves) == 1 and leaves[0][2] is h:  # plain id table: h is the leaf itself
+        grads = [grad_h]
+    else:
+        h.backward(grad_h)
+        grads = [leaf.grad for _, _, leaf, _ in leaves]
+    with torch.no_grad():
+        for (table, rows, _, scale), grad in zip(leaves, grads):
+            table.index_add_(0, rows, grad.to(table.dtype), alpha=-lr * scale)
     return float(loss)
 
 
@@ -228,7 +230,7 @@ def train_skipgram(model: Encoder, corpus: WalkCorpus, *, settings: TrainSetting
         gen = torch.Generator().manual_seed(s.seed * 1_000_003 + replay)
         loss_sum, pairs_epoch, done = 0.0, 0, 0
         for c, walks in enumerate(corpus.chunks(s.chunk_walks)):
-            centers, contexts = window_pairs(walks, window=s.window, keep=keep, seed=(s.seed + 7919 * replay) * 100_003 + c)
+            centers, contexts = window_contexts(walks, window=s.window, keep=keep, seed=(s.seed + 7919 * replay) * 100_003 + c)
             order = torch.randperm(centers.size, generator=gen)
             centers, contexts = torch.from_numpy(centers)[order], torch.from_numpy(contexts)[order]
             for lo in range(0, centers.numel(), s.batch_size):
@@ -238,7 +240,7 @@ def train_skipgram(model: Encoder, corpus: WalkCorpus, *, settings: TrainSetting
                 neg = draw_negatives(table, cb, s.negatives, gen, hard=hard, hard_share=s.hard_negatives)
                 loss_sum += sgd_step(model, cb, xb, neg, lr, bf16=s.bf16)
             done += walks.shape[0]
-            pairs_epoch += centers.numel()
+            pairs_epoch += int((contexts >= 0).sum())
             log.tokens += int(np.count_nonzero(walks != PAD))
         log.pairs += pairs_epoch
         log.epoch_loss.append(loss_sum / max(pairs_epoch, 1))
