@@ -2,8 +2,8 @@
 
 Both kernels follow the layout of a sparse "row times matrix" product (the one `implicit` uses for
 its item-item models): for item i they walk i's users, then those users' other items j, and sum
-contributions into a dense accumulator `acc[j]`, remembering which j were touched so that resetting
-costs only what was used. The top-N of the touched j are written out, and the next row starts.
+contributions into an accumulator, remembering which j were touched so that resetting costs only
+what was used (`pos[j]` is j's slot in a compact array of sums kept in discovery order). The top-N of the touched j are written out, and the next row starts.
 
 Rows are spread over threads in chunks. A row's cost grows with the square of its users, so the
 caller sorts rows by estimated cost and deals them round-robin into chunks (`balanced_chunks`),
@@ -36,6 +36,21 @@ def balanced_chunks(rows: np.ndarray, cost: np.ndarray, n_chunks: int) -> tuple[
     chunk_ptr = np.zeros(n_chunks + 1, np.int64)
     np.cumsum(np.bincount(slot, minlength=n_chunks), out=chunk_ptr[1:])
     return chunk_ptr, order[by_chunk].astype(np.int64)
+
+
+@njit(cache=True)
+def stable_order_by(keys, n_keys, order):
+    """`order` re-sorted stably by keys[order] (ints in 0..n_keys-1): a counting sort, O(n + n_keys)."""
+    counts = np.zeros(n_keys + 1, np.int64)
+    for x in order:
+        counts[keys[x] + 1] += 1
+    for k in range(n_keys):
+        counts[k + 1] += counts[k]
+    out = np.empty_like(order)
+    for x in order:
+        out[counts[keys[x]]] = x
+        counts[keys[x]] += 1
+    return out
 
 
 def default_chunks() -> int:
@@ -71,7 +86,7 @@ def _heapify(hv, hj, n):
 
 
 @njit(cache=True)
-def _lowest_tied(hv, hj, n, vals, touched, m, scratch):
+def _lowest_tied(hv, hj, n, sums, touched, m, scratch):
     """After a strict-improvement scan, entries tied with the heap's worst score may not be the
     lowest-coded ones; swap in the lowest codes so ties always resolve the same way."""
     worst = hv[0]
@@ -80,7 +95,7 @@ def _lowest_tied(hv, hj, n, vals, touched, m, scratch):
         kept += hv[k] == worst
     tied = 0
     for q in range(m):
-        if vals[q] == worst:
+        if sums[q] == worst:
             scratch[tied] = touched[q]
             tied += 1
     if tied == kept:
@@ -95,21 +110,45 @@ def _lowest_tied(hv, hj, n, vals, touched, m, scratch):
 
 
 @njit(cache=True)
-def _emit_top(start, limit, touched, m, acc, scale, in_row, clear_in_row, hv, hj, vals, scratch, out_items, out_scores):
-    """Write the best `limit` of scale * acc[j] over j in touched[:m] to out[start:], score descending,
-    ties by lower item code; clear acc (and in_row when asked) for the next row; return the count.
+def _itemcf_row_once(i, item_ptr, item_pos, item_user, act_item, act_w, act_wn, lo, hi, iuf, cat, use_cat,
+                     pos, sums, touched):
+    """Accumulate row i when every user meets each item pair at most once: a plain weighted sum.
+    Sums go to sums[pos[j]], a compact array in discovery order (pos[j] = -1 when untouched)."""
+    m = 0
+    ci = cat[i]
+    for b in range(item_ptr[i], item_ptr[i + 1]):
+        p = item_pos[b]
+        wa = act_w[p] * iuf[item_user[b]]
+        for q in range(lo[p], hi[p]):
+            j = act_item[q]
+            if use_cat and cat[j] != ci:
+                continue
+            s = pos[j]
+            if s < 0:
+                s = m
+                pos[j] = m
+                touched[m] = j
+                sums[m] = 0.0
+                m += 1
+            sums[s] += wa * act_wn[q]
+    return m
 
-    One pass: a size-`limit` min-heap keeps the best so far, replaced only on a strictly better score
-    (ties at the cut are settled afterwards by `_lowest_tied`), so most entries cost one comparison.
+
+@njit(cache=True)
+def _emit_top(start, limit, touched, m, sums, scale, pos, hv, hj, scratch, out_items, out_scores):
+    """Write the best `limit` of scale * sums[q] (the score of item touched[q]) to out[start:], score
+    descending, ties by lower item code; reset pos[touched] to -1 for the next row; return the count.
+
+    One sequential pass: a size-`limit` min-heap keeps the best so far and is replaced only on a
+    strictly better score, so most entries cost one comparison; ties at the cut are settled
+    afterwards by `_lowest_tied`.
     """
     n = 0
     for q in range(m):
         j = touched[q]
-        v = acc[j] * scale
-        acc[j] = 0.0
-        if clear_in_row:
-            in_row[j] = False
-        vals[q] = v
+        pos[j] = -1
+        v = sums[q] * scale
+        sums[q] = v
         if v <= 0.0 or limit == 0:
             continue
         if n < limit:
@@ -123,7 +162,7 @@ def _emit_top(start, limit, touched, m, acc, scale, in_row, clear_in_row, hv, hj
     if n < limit:
         _heapify(hv, hj, n)
     elif m > n:
-        _lowest_tied(hv, hj, n, vals, touched, m, scratch)
+        _lowest_tied(hv, hj, n, sums, touched, m, scratch)
     for k in range(n - 1, -1, -1):  # pop the worst to the back: descending order
         out_items[start + k], out_scores[start + k] = hj[0], hv[0]
         hv[0], hj[0] = hv[k], hj[k]
@@ -132,28 +171,8 @@ def _emit_top(start, limit, touched, m, acc, scale, in_row, clear_in_row, hv, hj
 
 
 @njit(cache=True)
-def _itemcf_row_once(i, item_ptr, item_pos, item_user, act_item, act_w, act_wn, lo, hi, iuf, cat, use_cat,
-                     acc, touched):
-    """Accumulate row i when every user meets each item pair at most once: a plain weighted sum."""
-    m = 0
-    ci = cat[i]
-    for b in range(item_ptr[i], item_ptr[i + 1]):
-        p = item_pos[b]
-        wa = act_w[p] * iuf[item_user[b]]
-        for q in range(lo[p], hi[p]):
-            j = act_item[q]
-            if use_cat and cat[j] != ci:
-                continue
-            if acc[j] == 0.0:  # weights are > 1e-100, so every product is > 0: zero means untouched
-                touched[m] = j
-                m += 1
-            acc[j] += wa * act_wn[q]
-    return m
-
-
-@njit(cache=True)
 def _itemcf_row_max(i, item_ptr, item_pos, item_user, act_item, act_w, act_wn, act_t, lo, hi, iuf, cat, use_cat,
-                    gap_rate, acc, in_row, touched, best, in_user, ubuf):
+                    gap_rate, pos, sums, touched, best, in_user, ubuf):
     """Accumulate row i taking, per user, the best-weighted of their (i, j) pairs (with pair decay)."""
     m = 0
     ci = cat[i]
@@ -184,11 +203,14 @@ def _itemcf_row_max(i, item_ptr, item_pos, item_user, act_item, act_w, act_wn, a
         for q in range(mu):
             j = ubuf[q]
             in_user[j] = False
-            if not in_row[j]:
-                in_row[j] = True
+            s = pos[j]
+            if s < 0:
+                s = m
+                pos[j] = m
                 touched[m] = j
+                sums[m] = 0.0
                 m += 1
-            acc[j] += iuf[u] * best[j]
+            sums[s] += iuf[u] * best[j]
         a = g
     return m
 
@@ -207,28 +229,27 @@ def itemcf_rows(rows, chunk_ptr, chunk_rows, item_ptr, item_pos, item_user,
     once, no pair decay) the max is a plain sum.
     """
     for c in prange(chunk_ptr.size - 1):
-        acc = np.zeros(n_items, np.float64)
-        best = np.zeros(n_items, np.float64)
-        in_row = np.zeros(n_items, np.bool_)
-        in_user = np.zeros(n_items, np.bool_)
+        pos = np.full(n_items, -1, np.int32)
+        sums = np.empty(n_items, np.float64)
         touched = np.empty(n_items, np.int32)
-        ubuf = np.empty(n_items, np.int32)
+        scratch = np.empty(n_items, np.int32)
         hv = np.empty(top_n, np.float64)
         hj = np.empty(top_n, np.int32)
-        vals = np.empty(n_items, np.float64)
-        scratch = np.empty(n_items, np.int32)
+        size = 1 if unique_pairs else n_items  # per-user scratch of the max path
+        best, in_user, ubuf = np.zeros(size, np.float64), np.zeros(size, np.bool_), np.empty(size, np.int32)
         for r in range(chunk_ptr[c], chunk_ptr[c + 1]):
-            slot = chunk_rows[r]
-            i = rows[slot]
+            out_row = chunk_rows[r]
+            i = rows[out_row]
             if unique_pairs:
                 m = _itemcf_row_once(i, item_ptr, item_pos, item_user, act_item, act_w, act_wn, lo, hi, iuf, cat,
-                                     use_cat, acc, touched)
+                                     use_cat, pos, sums, touched)
             else:
-                m = _itemcf_row_max(i, item_ptr, item_pos, item_user, act_item, act_w, act_wn, act_t, lo, hi, iuf, cat,
-                                    use_cat, gap_rate, acc, in_row, touched, best, in_user, ubuf)
-            acc[i] = 0.0  # an item is not its own neighbour
-            out_len[slot] = _emit_top(out_ptr[slot], out_ptr[slot + 1] - out_ptr[slot], touched, m, acc, row_scale[i],
-                                      in_row, not unique_pairs, hv, hj, vals, scratch, out_items, out_scores)
+                m = _itemcf_row_max(i, item_ptr, item_pos, item_user, act_item, act_w, act_wn, act_t, lo, hi, iuf,
+                                    cat, use_cat, gap_rate, pos, sums, touched, best, in_user, ubuf)
+            if pos[i] >= 0:
+                sums[pos[i]] = 0.0  # an item is not its own neighbour
+            out_len[out_row] = _emit_top(out_ptr[out_row], out_ptr[out_row + 1] - out_ptr[out_row], touched, m,
+                                         sums, row_scale[i], pos, hv, hj, scratch, out_items, out_scores)
 
 
 @njit(parallel=True, cache=True)
@@ -248,18 +269,17 @@ def swing_rows(rows, chunk_ptr, chunk_rows, item_ptr, item_users, user_ptr, user
         term = np.zeros(max_users * max_users, np.float32)
         cnt = np.zeros(n_items, np.int64)
         start = np.zeros(n_items, np.int64)
-        acc = np.zeros(n_items, np.float64)
+        sums = np.empty(n_items, np.float64)
         touched = np.empty(n_items, np.int32)
         kept = np.empty(n_items, np.int32)
         lists = np.empty(max_list, np.int32)
         hv = np.empty(top_n, np.float64)
         hj = np.empty(top_n, np.int32)
-        vals = np.empty(n_items, np.float64)
         scratch = np.empty(n_items, np.int32)
-        in_row = np.zeros(1, np.bool_)
+        pos = np.full(n_items, -1, np.int32)  # untouched by Swing; _emit_top resets it to -1 anyway
         for r in range(chunk_ptr[c], chunk_ptr[c + 1]):
-            slot = chunk_rows[r]
-            i = rows[slot]
+            out_row = chunk_rows[r]
+            i = rows[out_row]
             users = item_users[item_ptr[i]:item_ptr[i + 1]]
             n = users.size
             m = 0
@@ -307,12 +327,12 @@ def swing_rows(rows, chunk_ptr, chunk_rows, item_ptr, item_users, user_ptr, user
                         base = lists[x] * n
                         for y in range(x + 1, e):
                             total += term[base + lists[y]]
-                    acc[j] = total
+                    sums[mk] = total
                     kept[mk] = j
                     mk += 1
                 cnt[j] = 0
-            out_len[slot] = _emit_top(out_ptr[slot], out_ptr[slot + 1] - out_ptr[slot], kept, mk, acc, 1.0,
-                                      in_row, False, hv, hj, vals, scratch, out_items, out_scores)
+            out_len[out_row] = _emit_top(out_ptr[out_row], out_ptr[out_row + 1] - out_ptr[out_row], kept, mk, sums,
+                                         1.0, pos, hv, hj, scratch, out_items, out_scores)
 
 
 def run_rows(kernel, rows: np.ndarray, cost: np.ndarray, bound: np.ndarray, top_n: int, n_items: int, *args) -> I2ITable:

@@ -123,7 +123,8 @@ def dense_users(user_id: pl.Series) -> pl.Series:
 def collapse_actions(events: pl.DataFrame, n_items: int, settings: ItemCFSettings, *, now: int | None = None) -> Actions:
     """Events -> one action per (user, item[, session]) with the strongest behaviour and the last time.
 
-    Sorting is done on packed int64 keys with numpy (one sort to group, one to order by user and time).
+    Grouping sorts by (user, item, session) with counting sorts; ordering by time within user packs
+    (user, time) into one int64 key.
     """
     s = settings
     bw = behavior_weight_array(s.behavior_weights)
@@ -139,7 +140,8 @@ def collapse_actions(events: pl.DataFrame, n_items: int, settings: ItemCFSetting
         return Actions(empty, empty, empty, empty, np.zeros(0), empty, np.zeros(n_items))
     n_users = int(user.max()) + 1
     pair = user * n_items + item  # (user, item) packed
-    order = np.lexsort((sess, pair)) if per_session else np.argsort(pair, kind="stable")
+    order = np.argsort(sess, kind="stable") if per_session else np.arange(user.size)
+    order = kernels.stable_order_by(user, n_users, kernels.stable_order_by(item, n_items, order))  # radix sort
     pair, sess = pair[order], sess[order]
     new_pair = np.r_[True, pair[1:] != pair[:-1]]
     starts = np.flatnonzero(new_pair | np.r_[True, sess[1:] != sess[:-1]])
@@ -160,7 +162,7 @@ def collapse_actions(events: pl.DataFrame, n_items: int, settings: ItemCFSetting
     t = a_t[by_time]
     now = int(ts.max()) if now is None else int(now)
     w = a_b[by_time] * (np.exp2(-np.maximum(now - t, 0) / s.age_half_life_s) if s.age_half_life_s > 0 else 1.0)
-    keep = w > 1e-100  # far below any real weight; keeps products of two weights from underflowing to 0
+    keep = w > 1e-100  # actions decayed to nothing pair with nothing
     return Actions(a_user[by_time][keep], a_pair[by_time][keep] % n_items, a_sess[by_time][keep], t[keep], w[keep],
                    n_user_items, pop)
 
@@ -218,7 +220,7 @@ def itemcf_table(events: pl.DataFrame, n_items: int, *, settings: ItemCFSettings
         return I2ITable(np.zeros(n_items + 1, np.int64), np.zeros(0, np.int32), np.zeros(0, np.float32))
     lo, hi = partner_ranges(acts, s)
     n_users = acts.n_user_items.size
-    by_item = np.argsort(acts.item * n_users + acts.user, kind="stable")  # by item, then user, then time
+    by_item = kernels.stable_order_by(acts.item, n_items, np.arange(acts.item.size))  # by item, then user, then time
     item_ptr = np.zeros(n_items + 1, np.int64)
     np.cumsum(np.bincount(acts.item, minlength=n_items), out=item_ptr[1:])
     iuf = 1.0 / np.log1p(np.maximum(acts.n_user_items, 1)) if s.iuf else np.ones(n_users)

@@ -1,0 +1,144 @@
+"""The real app on 127.0.0.1: uvicorn in a subprocess, real HTTP, real SQLite and Redis state."""
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+
+import httpx
+import polars as pl
+import pytest
+
+from conftest import free_port
+
+TOKEN = "test-token"
+
+
+def start_server(bundle, state, extra_set=()):
+    port = free_port()
+    env = dict(os.environ, HOMEFEED_BUNDLE=str(bundle), HOMEFEED_STATE=state,
+               HOMEFEED_SET=";".join([f'serve.admin_token="{TOKEN}"', *extra_set]))
+    proc = subprocess.Popen([sys.executable, "-m", "uvicorn", "--factory", "homefeed.serve.api:app_from_env",
+                             "--host", "127.0.0.1", "--port", str(port), "--log-level", "warning"], env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.time() + 180
+    while time.time() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(proc.stderr.read().decode()[-3000:])
+        try:
+            if httpx.get(url + "/readyz", timeout=1).status_code == 200:
+                return proc, url
+        except httpx.TransportError:
+            time.sleep(0.3)
+    proc.kill()
+    raise RuntimeError("server did not become ready")
+
+
+@pytest.fixture(scope="module")
+def server(tiny_bundle, tmp_path_factory):
+    proc, url = start_server(tiny_bundle, f"sqlite:{tmp_path_factory.mktemp('http') / 'state.db'}")
+    yield url
+    proc.terminate()
+    proc.wait(10)
+
+
+def known_user(bundle_dir):
+    return str(pl.read_parquet(bundle_dir / "data" / "recent_events.parquet")["user_raw"][0])
+
+
+def test_homepage_events_similar_health_metrics(server, tiny_bundle):
+    user = known_user(tiny_bundle)
+    r = httpx.post(server + "/v1/homepage", json={"user_id": user, "now": 1512230000}, timeout=30)
+    assert r.status_code == 200, r.text
+    body = r.json()
+    assert set(body["slots"]) == {"recommended", "flash_sale", "group_buy", "flash_discount"}
+    item = body["slots"]["recommended"][0]["item_id"]
+    assert {"item_id", "score", "channel", "trigger", "reason"} <= set(body["slots"]["recommended"][0])
+    r = httpx.post(server + "/v1/events", json={"events": [
+        {"event_id": "h1", "user_id": user, "item_id": item, "behavior": "click", "ts": 1512230001},
+        {"event_id": "h1", "user_id": user, "item_id": item, "behavior": "click", "ts": 1512230001}]})
+    assert r.json() == {"received": 2, "stored": 1}
+    sim = httpx.get(server + f"/v1/items/{item}/similar?k=5").json()
+    assert sim["item_id"] == item and len(sim["similar"]) <= 5
+    assert httpx.get(server + "/v1/items/no-such-item/similar").status_code == 404
+    assert httpx.get(server + "/healthz").json()["status"] == "ok"
+    metrics = httpx.get(server + "/metrics").text
+    assert "homefeed_requests_total" in metrics and "homefeed_stage_seconds_bucket" in metrics
+
+
+@pytest.mark.parametrize("payload, field", [
+    ({"scene": "homepage"}, "user_id"),
+    ({"user_id": "u", "scene": "checkout"}, "scene"),
+    ({"user_id": "u", "slots": {"recommended": 1000}}, "slots"),
+    ({"user_id": "u", "colour": "red"}, "colour"),
+])
+def test_bad_homepage_requests_name_the_field(server, payload, field):
+    r = httpx.post(server + "/v1/homepage", json=payload)
+    assert r.status_code == 422
+    assert any(field in d["field"] for d in r.json()["detail"]), r.json()
+
+
+def test_bad_events_name_the_field(server):
+    r = httpx.post(server + "/v1/events", json={"events": [{"event_id": "x", "user_id": "u", "item_id": "i",
+                                                            "behavior": "teleport", "ts": 1512230000}]})
+    assert r.status_code == 422 and "events.0.behavior" in r.json()["detail"][0]["field"]
+    assert "teleport" in r.json()["detail"][0]["problem"]
+
+
+def test_reload_under_traffic_drops_nothing(server, tiny_bundle):
+    user = known_user(tiny_bundle)
+    codes, stop = [], threading.Event()
+
+    def traffic():
+        with httpx.Client(timeout=60) as c:
+            while not stop.is_set():
+                codes.append(c.post(server + "/v1/homepage", json={"user_id": user}).status_code)
+
+    t = threading.Thread(target=traffic)
+    t.start()
+    time.sleep(1)
+    assert httpx.post(server + "/admin/reload", json={}, headers={"X-Admin-Token": "wrong"}).status_code == 401
+    r = httpx.post(server + "/admin/reload", json={"bundle": str(tiny_bundle)}, headers={"X-Admin-Token": TOKEN}, timeout=120)
+    time.sleep(1)
+    stop.set()
+    t.join()
+    assert r.status_code == 200 and r.json()["reloaded"]
+    assert codes and set(codes) == {200}
+    bad = httpx.post(server + "/admin/reload", json={"bundle": "/no/such/bundle"}, headers={"X-Admin-Token": TOKEN})
+    assert bad.status_code == 409 and "old bundle" in bad.json()["detail"]
+
+
+@pytest.mark.parametrize("backend", ["sqlite", "redis"])
+def test_kill_9_during_ingestion_loses_no_acked_event(tiny_bundle, tmp_path, request, backend):
+    state = f"sqlite:{tmp_path / 'kill.db'}" if backend == "sqlite" else request.getfixturevalue("redis_url")
+    proc, url = start_server(tiny_bundle, state)
+    acked, stop = [], threading.Event()
+
+    def writer(w):
+        with httpx.Client(timeout=10) as c:
+            for i in range(100000):
+                if stop.is_set():
+                    return
+                batch = [{"event_id": f"{backend}-{w}-{i}-{j}", "user_id": f"k{w}", "item_id": "1", "behavior": "pv",
+                          "ts": 1512230000 + i} for j in range(5)]
+                try:
+                    if c.post(url + "/v1/events", json={"events": batch}).status_code == 200:
+                        acked.extend(e["event_id"] for e in batch)
+                except httpx.TransportError:
+                    return
+
+    threads = [threading.Thread(target=writer, args=(w,)) for w in range(3)]
+    [t.start() for t in threads]
+    time.sleep(2)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(10)
+    stop.set()
+    [t.join() for t in threads]
+    assert len(acked) > 0
+    from homefeed.serve.state import open_store
+
+    store = open_store(state)
+    missing = [e for e in acked if not store.has_event(e)]
+    assert not missing, f"{len(missing)} acknowledged events lost, e.g. {missing[:3]}"
