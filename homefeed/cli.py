@@ -122,6 +122,65 @@ def evaluate_recall_cmd(
         stdout_console().print(format_recall_table(result))
 
 
+@evaluate_app.command("rank")
+def evaluate_rank_cmd(
+    dataset: DatasetArg,
+    models: Annotated[str, typer.Option(help="Comma-separated presets: lr, wdl, deepfm, pnn, nfm, dcn, dcnv2, deepresnet, din, bst.")] = "lr,wdl,deepfm,dcn,din,bst",
+    json_: JsonOpt = False,
+    config: ConfigOpt = None,
+    set_: SetOpt = None,
+):
+    """Train each ranking preset on the same samples (train days), early-stop on valid, and score on test."""
+    from homefeed.data.dataset import Dataset
+    from homefeed.evaluate.report import print_json
+    from homefeed.rank.evaluate import evaluate_rank, rank_table
+    from homefeed.serve.rank_part import rank_settings
+
+    cfg = get_config(config, set_)
+    presets = [m.strip() for m in models.split(",") if m.strip()]
+    try:
+        with steps(console, "rank") as progress:
+            progress("samples + " + ", ".join(presets))
+            results = evaluate_rank(Dataset.load(dataset), presets, rank_settings(cfg))
+    except (ValueError, KeyError) as e:
+        fail(str(e))
+    if json_:
+        print_json({name: dict(row) for name, row in results.items()})
+    else:
+        stdout_console().print(rank_table(results))
+        stdout_console().print(f"protocol: {results.meta['protocol']}  {results.meta.get('why') or ''}")
+
+
+@app.command()
+def train(
+    dataset: DatasetArg,
+    out: Annotated[Path, typer.Option(help="Folder for the trained model, its encoders and TorchScript export.")],
+    model: Annotated[Optional[str], typer.Option(help="Preset to train (default: rank.preset).")] = None,
+    config: ConfigOpt = None,
+    set_: SetOpt = None,
+):
+    """Train one ranking preset, report test metrics, export TorchScript (+ int8): the bundle's rank part alone."""
+    import polars as pl
+
+    from homefeed.data.dataset import Dataset
+    from homefeed.serve.rank_part import build_rank_part
+
+    overrides = list(set_ or []) + ([f'rank.preset="{model}"'] if model else [])
+    cfg = get_config(config, overrides)
+    ds = Dataset.load(dataset)
+    try:
+        with steps(console, f"training {cfg.rank.preset}") as progress:
+            progress("samples, training, export")
+            metrics = build_rank_part(ds, out, cfg, items=ds.items)
+    except (ValueError, KeyError) as e:
+        fail(str(e))
+    from homefeed.evaluate.report import metrics_table
+
+    stdout_console().print(metrics_table({cfg.rank.preset: {k: v for k, v in metrics.items() if not isinstance(v, str)}},
+                                         title=f"test metrics ({metrics['protocol']} protocol), served {metrics['served']}",
+                                         name_header="model"))
+
+
 BundleArg = Annotated[Path, typer.Argument(help="A bundle folder written by `homefeed build`.")]
 
 

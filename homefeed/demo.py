@@ -25,24 +25,66 @@ def run(args: list[str]) -> None:
     print(f"  ({time.perf_counter() - t:.1f}s)", flush=True)
 
 
+def pick_user(bundle: Path) -> tuple[str, int]:
+    """A user with history in the bundle, and a request time just after the bundle's data."""
+    import polars as pl
+
+    recent = pl.read_parquet(bundle / "data" / "recent_events.parquet")
+    busiest = recent.group_by("user_raw").len().sort("len", "user_raw", descending=[True, False])["user_raw"][0]
+    return str(busiest), int(recent["ts"].max()) + 60
+
+
+def serve_and_ask(bundle: Path, user: str, now: int, state: Path) -> None:
+    """Start `homefeed serve`, ask for a homepage, send a purchase, ask again, stop the server."""
+    import httpx
+
+    port = 8765
+    print(f"\n$ homefeed serve {bundle} --port {port} --state sqlite:{state}   (in the background)", flush=True)
+    proc = subprocess.Popen([sys.executable, "-m", "homefeed.cli", "serve", str(bundle), "--port", str(port),
+                             "--state", f"sqlite:{state}"])
+    url = f"http://127.0.0.1:{port}"
+    try:
+        for _ in range(600):
+            try:
+                if httpx.get(url + "/readyz", timeout=1).status_code == 200:
+                    break
+            except httpx.TransportError:
+                time.sleep(0.5)
+        page = httpx.post(url + "/v1/homepage", json={"user_id": user, "now": now}, timeout=30).json()
+        first = page["slots"]["recommended"][0]
+        print(f"POST /v1/homepage user {user}: " + ", ".join(f"{s}={len(v)}" for s, v in page["slots"].items()) +
+              f"  in {page['timings_ms']['total']:.1f} ms")
+        print(f"  top item {first['item_id']} via {first['channel']}: {first['reason']}")
+        event = {"event_id": "demo-buy-1", "user_id": user, "item_id": first["item_id"], "behavior": "buy", "ts": now + 1}
+        print("POST /v1/events", httpx.post(url + "/v1/events", json={"events": [event]}).json())
+        again = httpx.post(url + "/v1/homepage", json={"user_id": user, "now": now + 2}, timeout=30).json()
+        shown = [it["item_id"] for v in again["slots"].values() for it in v]
+        print(f"POST /v1/homepage again: template {again['template_index']}, bought item shown again: {first['item_id'] in shown}")
+    finally:
+        proc.terminate()
+        proc.wait(10)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", type=Path, default=Path("demo_out"), help="working folder (default demo_out)")
     parser.add_argument("--size", default="small", choices=["tiny", "small", "large"], help="synthetic shop size")
     a = parser.parse_args()
-    world, dataset = a.out / "world", a.out / "dataset"
-    if (world / "world.json").exists() and (world / "world.json").read_text().find(f'"size": "{a.size}"') >= 0:
+    world, dataset, bundle = a.out / "world", a.out / "dataset", a.out / "bundle"
+    if (world / "world.json").exists() and f'"size": "{a.size}"' in (world / "world.json").read_text():
         print(f"reusing the {a.size} shop in {world} (delete it to regenerate)")
     else:
         run(["generate", "--size", a.size, "--out", str(world)])
     run(["ingest", str(world), "--out", str(dataset)])
-    for step in STAGES:
-        step(a.out, dataset)
+    run(["evaluate", "recall", str(dataset), "--max-users", "3000"])
+    run(["evaluate", "rank", str(dataset), "--models", "lr,deepfm,din,bst"])
+    run(["build", str(dataset), "--out", str(bundle)])
+    user, now = pick_user(bundle)
+    state = a.out / "state.db"
+    state.unlink(missing_ok=True)
+    run(["recommend", str(bundle), "--user", user, "--now", str(now), "--state", f"sqlite:{state}"])
+    serve_and_ask(bundle, user, now + 3600, a.out / "serve_state.db")
     print("\ndemo finished.")
-
-
-STAGES: list = []
-"""Later stages (recall, rank, mechanism, bundle, serve) append a step here as they land."""
 
 
 if __name__ == "__main__":

@@ -75,8 +75,12 @@ class AnnIndex:
         except RuntimeError as e:
             raise ValueError(f"faiss cannot build index {spec!r}: {str(e).splitlines()[-1]}") from None
         if not index.is_trained:
-            if hasattr(faiss, "ClusteringParameters"):
-                faiss.extract_index_ivf(index).cp.seed = seed
+            try:
+                faiss.extract_index_ivf(index).cp.seed = seed  # k-means of IVF cells, seeded
+            except RuntimeError:
+                pass  # not an IVF index
+            if x.shape[0] == 0:
+                raise ValueError(f"index {spec!r} needs training vectors, got none")
             index.train(x)
         index.add(x)
         return cls(index, ids, spec, params)

@@ -121,12 +121,14 @@ def graph_channels(settings: EGESSettings | None = None, methods: tuple[str, ...
 
 
 def evaluate_graph(dataset: Dataset, *, settings: EGESSettings | None = None, methods: tuple[str, ...] = METHODS,
-                   baselines: dict[str, Recaller] | None = None, k: int = 50, part: str = "test",
-                   max_users: int | None = None, seed: int = 0, partitions: int = 1) -> dict:
+                   baselines: dict[str, Recaller] | None = None, fitted: dict[str, Recaller] | None = None,
+                   k: int = 50, part: str = "test", max_users: int | None = None, seed: int = 0,
+                   partitions: int = 1) -> dict:
     """`{"auc": {method: AUC}, "cold_start_hitrate@k": {channel: HR}, "cold_start": {channel: {...}}, "setup": {...}}`.
 
     Parameters:
         baselines: fitted channels scored on cold-start too (e.g. fitted Item-CF and Swing).
+        fitted: graph channels already fitted on `dataset`, by method name (the others are fitted here).
         partitions: > 1 adds "<method>_p<P>" link-prediction AUCs with sub-graph training.
     """
     s = settings or EGESSettings()
@@ -134,7 +136,9 @@ def evaluate_graph(dataset: Dataset, *, settings: EGESSettings | None = None, me
     side = EGES(settings=s)._side(dataset)
     part_settings = s.partition.model_copy(update={"parts": partitions}) if partitions > 1 else None
     aucs = link_prediction(graph, side, settings=s, methods=methods, seed=seed, partition=part_settings)
-    channels = {name: ch.fit(dataset) for name, ch in graph_channels(s, methods).items()}
+    fitted = fitted or {}
+    channels = {name: fitted[name] if name in fitted else ch.fit(dataset)
+                for name, ch in graph_channels(s, methods).items()}
     channels.update(baselines or {})
     cold = cold_start_hitrate(dataset, channels, k=k, part=part, max_users=max_users, seed=seed)
     return {"auc": aucs, f"cold_start_hitrate@{k}": {n: v[f"hitrate@{k}"] for n, v in cold.items()},

@@ -2,8 +2,9 @@
 
 Both kernels follow the layout of a sparse "row times matrix" product (the one `implicit` uses for
 its item-item models): for item i they walk i's users, then those users' other items j, and sum
-contributions into an accumulator, remembering which j were touched so that resetting costs only
-what was used (`pos[j]` is j's slot in a compact array of sums kept in discovery order). The top-N of the touched j are written out, and the next row starts.
+contributions into an accumulator. `pos[j]` is j's slot in a compact array of sums kept in
+discovery order (-1 when untouched), so the random accesses hit a small index and resetting costs
+only what was used. The top-N of the touched j are written out, and the next row starts.
 
 Rows are spread over threads in chunks. A row's cost grows with the square of its users, so the
 caller sorts rows by estimated cost and deals them round-robin into chunks (`balanced_chunks`),
@@ -113,7 +114,7 @@ def _lowest_tied(hv, hj, n, sums, touched, m, scratch):
 def _itemcf_row_once(i, item_ptr, item_pos, item_user, act_item, act_w, act_wn, lo, hi, iuf, cat, use_cat,
                      pos, sums, touched):
     """Accumulate row i when every user meets each item pair at most once: a plain weighted sum.
-    Sums go to sums[pos[j]], a compact array in discovery order (pos[j] = -1 when untouched)."""
+    Sums go to sums[pos[j]] (see the module docstring)."""
     m = 0
     ci = cat[i]
     for b in range(item_ptr[i], item_ptr[i + 1]):

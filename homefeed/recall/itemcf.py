@@ -229,11 +229,11 @@ def itemcf_table(events: pl.DataFrame, n_items: int, *, settings: ItemCFSettings
     cat = np.asarray(categories, np.int64)[:n_items] if use_cat else np.zeros(n_items, np.int64)
     gap_rate = np.log(2) / s.pair_half_life_s if s.pair_half_life_s > 0 else 0.0
     left, right = normalizers(acts.pop, s)
+    partner_w = acts.w / right[acts.item]  # pre-normalised, as implicit normalises its matrix
     table = kernels.run_rows(
-        kernels.itemcf_rows, rows, cost, np.minimum(cost, n_items), s.top_n, n_items,
-        item_ptr, by_item, acts.user[by_item], acts.item.astype(np.int32), acts.w, acts.w / right[acts.item], acts.t,
-        lo, hi, iuf, 1.0 / left,
-        cat, use_cat, gap_rate, unique_pairs(s), n_items)
+        kernels.itemcf_rows, rows, cost, np.minimum(cost, n_items), s.top_n, n_items,  # how to run
+        item_ptr, by_item, acts.user[by_item], acts.item.astype(np.int32), acts.w, partner_w, acts.t, lo, hi,
+        iuf, 1.0 / left, cat, use_cat, gap_rate, unique_pairs(s), n_items)  # the kernel's inputs
     return table.discretize(s.levels) if s.levels else table
 
 

@@ -35,13 +35,20 @@ from homefeed.rank.train import TrainSettings, predict
 PROFILE = ("gender", "age", "city", "purchase_power")
 
 
+def rank_settings(cfg: Config) -> RankSettings:
+    """The `[rank]` section's knob tables as the rank stage's settings (unknown keys are errors there)."""
+    r = cfg.rank
+    samples = SampleSettings(**r.samples)
+    if r.features:
+        samples = samples.model_copy(update={"features": type(samples.features)(**(samples.features.model_dump() | r.features))})
+    return RankSettings(samples=samples, train=TrainSettings(**r.train), model=dict(r.model))
+
+
 def build_rank_part(ds: Dataset, folder: Path, cfg: Config, *, items: pl.DataFrame) -> dict:
     """Train, evaluate and export the configured preset into `folder`; return its metrics."""
     r = cfg.rank
     ds = Dataset(events=ds.events, items=items, users=ds.users, exposures=ds.exposures, split=ds.split, vocabs=ds.vocabs)
-    settings = RankSettings(samples=SampleSettings(**r.samples), train=TrainSettings(**r.train), model=dict(r.model))
-    if r.features:
-        settings.samples.features = settings.samples.features.model_copy(update=r.features)
+    settings = rank_settings(cfg)
     parts = build_all(ds, settings.samples)
     folder.mkdir(parents=True, exist_ok=True)
     model, fit = fit_preset(r.preset, parts, settings, out=folder)

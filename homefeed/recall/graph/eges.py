@@ -145,7 +145,7 @@ class EGESModel:
         for j, table in enumerate(self.sides):
             idx = self.codes[items, j]
             part = table[idx].requires_grad_()  # (B, D)
-            leaves.append((table, idx, part, 1.0))
+            leaves.append((table, idx, part, -1.0))  # shared: mean update (see skipgram.Encoder)
             parts.append(part)
         stacked = torch.stack(parts, 1)  # (B, 1 + m, D)
         if self.mode == "ges":

@@ -13,6 +13,7 @@ from __future__ import annotations
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 from pydantic import Field
@@ -31,6 +32,7 @@ class PartitionSettings(Section):
     parts: int = Field(1, ge=1)  # P parts; 1 = train on the whole graph
     method: str = "auto"  # "metis" (pymetis), "label_propagation", or "auto" (metis where installed)
     workers: int = Field(1, ge=1)  # processes training parts at once; 1 = one part after another
+    start_method: Literal["spawn", "forkserver"] = "spawn"  # how workers start (not fork: numba's OpenMP forbids it)
 
 
 @dataclass

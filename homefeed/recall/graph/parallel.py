@@ -8,7 +8,7 @@ exactly what EGES shares across items. That is the "merge": there is nothing to 
 the parts never collide except in the shared side space (updated Hogwild-style, Recht et al. 2011).
 
 - `workers > 1`: the model's tables go to shared memory and `workers` processes (torch
-  multiprocessing, spawn) train parts p = w, w + workers, ... at the same time, one torch thread each.
+  multiprocessing; spawn by default, which costs a few seconds of imports per worker) train parts p = w, w + workers, ... at the same time, one torch thread each.
 - `workers == 1`: the parts train one after another on the same tables (sequential with merge).
   On a 2-core machine that is most of what there is to have; the parallel path earns its keep on
   more cores (and mirrors what a parameter server does across machines).
@@ -81,7 +81,8 @@ def train_partitioned(model: EGESModel, graph: ItemGraph, *, walks: WalkSettings
     else:
         model.share_memory()
         torch.multiprocessing.start_processes(_worker, args=(model, str_paths, counts, train.model_dump_json(), workers),
-                                              nprocs=workers, join=True, start_method="spawn")
+                                              nprocs=workers, join=True,
+                                              start_method=partition.start_method)
     total = np.sum(counts, axis=0)
     sizes = np.bincount(parts[graph.active()], minlength=partition.parts)
     log = {"parts": partition.parts, "workers": workers, "cut_share": cut_share(graph, parts),

@@ -102,7 +102,7 @@ def metis_parts(graph: ItemGraph, n_parts: int, *, seed: int = 0) -> np.ndarray:
     g = symmetric(graph)
     w = np.maximum(np.rint(g.weights), 1).astype(np.int64)
     options = pymetis.Options(seed=seed)
-    _, parts = pymetis.part_graph(n_parts, xadj=g.indptr, adjncy=g.indices, eweights=w, options=options)
+    _, parts = pymetis.part_graph(n_parts, adjacency=pymetis.CSRAdjacency(g.indptr, g.indices), eweights=w, options=options)
     return np.asarray(parts, np.int32)
 
 

@@ -14,8 +14,9 @@ are down-sampled (keep probability (sqrt(f / (s T)) + 1) s T / f for frequency f
 the learning rate falls linearly from `lr` to `lr * 1e-4` over training.
 
 Training is a sparse SGD written by hand: each batch gathers only the rows it uses as leaf tensors,
-autograd gives their gradients, and `index_add_` writes `-lr * grad` back into the tables (rows used
-twice in a batch get both updates). No dense gradient of a whole table ever exists, and nothing needs
+the SGNS gradients are written out by hand (autograd only runs through the encoder), and `index_add_`
+writes `-lr * grad` back into the tables (id and context rows used twice in a batch get both updates,
+as in Hogwild word2vec; rows of shared side tables get the mean). No dense gradient of a whole table ever exists, and nothing needs
 a sparse-tensor coalesce. The dot products can run under bf16 autocast (`bf16=True`).
 
 Negatives: "dynamic" (the default) draws new negatives every epoch; "static" replays the same pairs
@@ -64,7 +65,12 @@ class Encoder(Protocol):
     context: torch.Tensor  # (N, D) float32
 
     def encode(self, items: torch.Tensor) -> tuple[torch.Tensor, list[tuple[torch.Tensor, torch.Tensor, torch.Tensor, float]]]:
-        """(h (B, D), [(table, row index (B,), leaf rows (B, ...), lr multiplier), ...])."""
+        """(h (B, D), [(table, row index (B,), leaf rows (B, ...), lr multiplier), ...]).
+
+        A negative multiplier marks a table shared by many items (side information): its rows are
+        moved by the *mean* of their gradients in a batch, not the sum, which would overshoot when a
+        brand's row is used by hundreds of centres at once.
+        """
 
     def item_vectors(self) -> np.ndarray:
         """(N, D) float32 current centre vectors of every node."""
@@ -171,7 +177,9 @@ def sgd_step(model: Encoder, centers: torch.Tensor, contexts: torch.Tensor, nega
         grads = [leaf.grad for _, _, leaf, _ in leaves]
     with torch.no_grad():
         for (table, rows, _, scale), grad in zip(leaves, grads):
-            table.index_add_(0, rows, grad.to(table.dtype), alpha=-lr * scale)
+            if scale < 0:  # a shared table: each row moves by the mean of its gradients in the batch
+                grad = grad / torch.bincount(rows, minlength=table.shape[0])[rows].unsqueeze(1)
+            table.index_add_(0, rows, grad.to(table.dtype), alpha=-lr * abs(scale))
     return float(loss)
 
 

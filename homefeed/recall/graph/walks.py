@@ -207,7 +207,8 @@ class WalkCorpus:
 
     def __init__(self, source: str | Path | np.ndarray):
         if isinstance(source, np.ndarray):
-            self.path, self.walks = None, np.asarray(source, np.int32)
+            ints = source.dtype.kind in "iu"
+            self.path, self.walks = None, source.astype(np.int32, copy=False) if ints else source
         else:
             self.path = Path(source)
             self.walks = np.load(self.path, mmap_mode="r", allow_pickle=False)

@@ -1,0 +1,108 @@
+"""Skip-gram / (E)GES embeddings on a planted-community graph: communities, cold start, attention, training modes."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from graph_fixtures import nearest_same_share, planted
+from homefeed.recall.graph.eges import EGESModel, SideInfo
+from homefeed.recall.graph.embed import embed_graph
+from homefeed.recall.graph.skipgram import TrainSettings, keep_probability, unigram_table, window_contexts
+from homefeed.recall.graph.walks import WalkSettings
+
+WALKS = WalkSettings(walks_per_node=10, length=20, seed=0)
+TRAIN = TrainSettings(dim=16, epochs=2, batch_size=256, lr=0.05, subsample=0.0, seed=0)
+
+
+@pytest.fixture(scope="module")
+def world():
+    return planted(n_comm=4, size=20, n_cold=3, seed=0)
+
+
+def test_window_contexts_by_hand():
+    walks = np.array([[1, 2, 3, -1], [4, 5, -1, -1]], np.int32)
+    centers, contexts = window_contexts(walks, window=1, keep=np.ones(6), seed=0)
+    assert centers.tolist() == [1, 2, 3, 4, 5]
+    assert contexts.tolist() == [[2, -1], [1, 3], [2, -1], [5, -1], [4, -1]]
+    keep = np.ones(6)
+    keep[2] = 0.0  # node 2 is always dropped: 1 and 3 become neighbours
+    centers, contexts = window_contexts(walks[:1], window=1, keep=keep, seed=0)
+    assert centers.tolist() == [1, 3] and contexts.tolist() == [[3, -1], [1, -1]]
+
+
+def test_negative_table_and_subsampling_follow_their_formulas():
+    table = unigram_table(np.array([0, 1, 16]), power=0.75, size=9000)
+    share = np.bincount(table.numpy(), minlength=3) / 9000
+    np.testing.assert_allclose(share, [0, 1 / 9, 8 / 9], atol=1e-3)  # 16 ** 0.75 = 8
+    keep = keep_probability(np.array([1, 1000]), 1e-3)  # threshold s T = 1.001
+    assert keep[0] == 1.0 and keep[1] == pytest.approx((np.sqrt(1000 / 1.001) + 1) * 1.001 / 1000)
+
+
+@pytest.mark.parametrize("mode", ["deepwalk", "eges"])
+def test_planted_communities_are_closer_inside(world, mode):
+    graph, comm, side = world
+    emb = embed_graph(graph, side, mode=mode, walks=WALKS, train=TRAIN)
+    warm = np.flatnonzero(emb.warm)
+    assert warm.size == 80
+    v = emb.vectors
+    same = comm[warm][:, None] == comm[warm][None, :]
+    sims = v[warm] @ v[warm].T
+    inside, across = sims[same & ~np.eye(warm.size, dtype=bool)].mean(), sims[~same].mean()
+    assert inside > across + 0.3, (inside, across)
+    assert nearest_same_share(v, comm, warm, warm) >= 0.95
+    assert emb.log["epoch_loss"][1] < emb.log["epoch_loss"][0]
+
+
+def test_cold_start_vectors_come_from_side_information(world):
+    graph, comm, side = world
+    emb = embed_graph(graph, side, mode="eges", walks=WALKS, train=TRAIN)
+    cold = np.flatnonzero(~emb.warm)[1:]  # item 0 is the unknown item
+    assert cold.size == 12
+    expected = emb.model.side_only(cold, emb.warm)
+    expected /= np.linalg.norm(expected, axis=1, keepdims=True)
+    np.testing.assert_allclose(emb.vectors[cold], expected, atol=1e-5)
+    assert nearest_same_share(emb.vectors, comm, cold, np.flatnonzero(emb.warm)) >= 0.9
+    # DeepWalk has nothing to go on for them
+    dw = embed_graph(graph, side, mode="deepwalk", walks=WALKS, train=TRAIN)
+    assert not np.any(dw.vectors[cold]) and not np.any(dw.vectors[0])
+
+
+def test_eges_attention_is_a_softmax_and_learns_the_informative_field(world):
+    graph, comm, side = world
+    emb = embed_graph(graph, side, mode="eges", walks=WALKS, train=TRAIN.model_copy(update={"attention_lr": 20.0}))
+    w = emb.model.field_weights(np.flatnonzero(emb.warm))
+    np.testing.assert_allclose(w.sum(1), 1.0, rtol=1e-5)
+    brand, noise = w[:, 1].mean(), w[:, 2].mean()
+    assert brand > noise, (brand, noise)
+    ges = EGESModel(graph.n_nodes, side, dim=4, mode="ges")
+    np.testing.assert_allclose(ges.field_weights(np.array([1, 2])), 1 / 3)
+
+
+def test_ges_vector_is_the_mean_of_its_parts():
+    side = SideInfo(np.array([[0, 0], [1, 2]]), [2, 3], ["a", "b"])
+    m = EGESModel(2, side, dim=3, mode="ges", seed=1)
+    h, leaves = m.encode(torch.tensor([1]))
+    expected = (m.ids[1] + m.sides[0][1] + m.sides[1][2]) / 3
+    torch.testing.assert_close(h[0], expected)
+    assert len(leaves) == 3
+    with pytest.raises(ValueError, match="valid modes"):
+        EGESModel(2, side, mode="bge")
+    with pytest.raises(ValueError, match="side information"):
+        EGESModel(2, None, mode="eges")
+
+
+@pytest.mark.parametrize("change", [{"negatives_mode": "static"}, {"hard_negatives": 0.4, "hard_pool": 5},
+                                    {"bf16": True}])
+def test_training_variants_still_separate_communities(world, change):
+    graph, comm, side = world
+    emb = embed_graph(graph, side, mode="deepwalk", walks=WALKS, train=TRAIN.model_copy(update=change))
+    warm = np.flatnonzero(emb.warm)
+    assert nearest_same_share(emb.vectors, comm, warm, warm) >= 0.9
+
+
+def test_training_is_deterministic(world):
+    graph, _, side = world
+    a = embed_graph(graph, side, mode="eges", walks=WALKS, train=TRAIN)
+    b = embed_graph(graph, side, mode="eges", walks=WALKS, train=TRAIN)
+    np.testing.assert_array_equal(a.vectors, b.vectors)
