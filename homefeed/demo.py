@@ -77,8 +77,9 @@ def main() -> None:
         run(["generate", "--size", a.size, "--out", str(world)])
     run(["ingest", str(world), "--out", str(dataset)])
     run(["evaluate", "recall", str(dataset), "--max-users", "3000"])
-    run(["evaluate", "rank", str(dataset), "--models", "lr,deepfm,din,bst"])
-    run(["build", str(dataset), "--out", str(bundle)])
+    quick = ["--set", 'rank.train={"epochs": 3}']  # the demo trains briefly; drop this for real runs
+    run(["evaluate", "rank", str(dataset), "--models", "lr,deepfm,din,bst", *quick])
+    run(["build", str(dataset), "--out", str(bundle), *quick])
     user, now = pick_user(bundle)
     state = a.out / "state.db"
     state.unlink(missing_ok=True)

@@ -29,7 +29,8 @@ FLAT = TriggerSettings(half_life_s=0, behavior_weights={"pv": 1.0, "cart": 3.0, 
 # --- the table ---------------------------------------------------------------------------------
 
 def test_from_rows_sorts_rows_breaks_ties_by_code_truncates_and_drops_non_positive():
-    t = I2ITable.from_rows([2, 0, 2, 2, 2, 0], [5, 1, 3, 4, 1, 2], [0.5, 1.0, 0.9, 0.5, 0.0, np.nan], n_items=3, top_n=2)
+    t = I2ITable.from_rows([2, 0, 2, 2, 2, 0], [5, 1, 3, 4, 1, 2], [0.5, 1.0, 0.9, 0.5, 0.0, np.nan],
+                           n_items=3, top_n=2)
     assert t.indptr.tolist() == [0, 1, 1, 3]
     assert t.neighbors_of(0)[0].tolist() == [1]
     items, scores = t.neighbors_of(2)
@@ -55,7 +56,8 @@ def test_save_load_round_trip(tmp_path):
     back = I2ITable.load(path)
     assert path.name == "t.i2i"
     for name in ("indptr", "neighbors", "scores"):
-        assert np.array_equal(getattr(back, name), getattr(t, name)) and getattr(back, name).dtype == getattr(t, name).dtype
+        a, b = getattr(back, name), getattr(t, name)
+        assert np.array_equal(a, b) and a.dtype == b.dtype
     np.savez(tmp_path / "other.npz", x=np.zeros(2))
     with pytest.raises(ValueError, match="not an i2i table"):
         I2ITable.load(tmp_path / "other.npz")

@@ -31,7 +31,8 @@ PLAIN = ItemCFSettings(window="user", iuf=False, normalize="none", behavior_weig
 
 
 def rows(table: I2ITable) -> dict[int, dict[int, float]]:
-    return {i: dict(zip(*(a.tolist() for a in table.neighbors_of(i)))) for i in range(table.n_items) if table.neighbors_of(i)[0].size}
+    return {i: dict(zip(*(a.tolist() for a in table.neighbors_of(i))))
+            for i in range(table.n_items) if table.neighbors_of(i)[0].size}
 
 
 def fit(log=LOG, behaviors=None, **changes) -> dict[int, dict[int, float]]:
@@ -74,7 +75,8 @@ def test_age_decay_weights_each_action_by_its_age():
 
 def test_iuf_down_weights_active_users():
     a, bc = 1 / math.log(4), 1 / math.log(3)  # A has 3 items, B and C have 2
-    assert fit(iuf=True) == {1: approx({2: a + bc, 3: a}), 2: approx({1: a + bc, 3: a + bc}), 3: approx({2: a + bc, 1: a})}
+    assert fit(iuf=True) == {1: approx({2: a + bc, 3: a}), 2: approx({1: a + bc, 3: a + bc}),
+                             3: approx({2: a + bc, 1: a})}
 
 
 def test_cosine_and_asymmetric_normalisation():
@@ -125,7 +127,8 @@ def test_matches_a_brute_force_reference_on_a_random_log():
     n = 400
     ev = pl.DataFrame({"user_id": rng.integers(1, 30, n), "item_id": rng.integers(1, 25, n),
                        "ts": rng.integers(0, 20_000, n), "behavior": rng.choice(["pv", "fav", "buy"], n)},
-                      schema_overrides={"behavior": BEHAVIOR}).unique(["user_id", "item_id"], keep="first", maintain_order=True)
+                      schema_overrides={"behavior": BEHAVIOR})
+    ev = ev.unique(["user_id", "item_id"], keep="first", maintain_order=True)
     s = ItemCFSettings(window="gap", max_gap_s=3000, pair_half_life_s=1000.0, age_half_life_s=5000.0,
                        normalize="cosine", top_n=1000, behavior_weights={"pv": 1.0, "fav": 2.0, "buy": 4.0})
     got = itemcf_table(ev, 25, settings=s, now=20_000).to_sparse().toarray()

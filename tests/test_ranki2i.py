@@ -20,7 +20,8 @@ PRIORS = RankI2ISettings(item_prior=4.0, pair_prior=2.0)
 def exposures(ts: int = 0) -> pl.DataFrame:
     # (trigger, item, clicked, channel): trigger 3 -> 5 clicked twice; 4 -> 5 twice, no click; 6 shown 6 times,
     # 4 of them with trigger 3, never clicked.  10 exposures, 2 clicks.
-    rows = [(3, 5, 1, "itemcf")] * 2 + [(4, 5, 0, "swing")] * 2 + [(3, 6, 0, "itemcf")] * 4 + [(None, 6, 0, "popular")] * 2
+    rows = ([(3, 5, 1, "itemcf")] * 2 + [(4, 5, 0, "swing")] * 2 + [(3, 6, 0, "itemcf")] * 4
+            + [(None, 6, 0, "popular")] * 2)
     return EXPOSURES.conform(pl.DataFrame({
         "request_id": list(range(len(rows))), "user_id": [1] * len(rows), "item_id": [r[1] for r in rows],
         "ts": [ts] * len(rows), "position": [0] * len(rows), "page": [0] * len(rows), "channel": [r[3] for r in rows],
@@ -37,7 +38,8 @@ def test_smoothing_backs_off_from_pair_to_item_to_global():
 
 def test_channel_filter_limits_the_pairs_learnt():
     ctr = smoothed_ctr(exposures(), N_ITEMS, settings=PRIORS.model_copy(update={"channels": ["swing"]}))
-    assert ctr.lookup(np.array([3, 4]), np.array([5, 5])) == pytest.approx([0.375, 0.1875])  # (3, 5) falls back to item 5
+    # (3, 5) was only shown by itemcf: it falls back to item 5's CTR
+    assert ctr.lookup(np.array([3, 4]), np.array([5, 5])) == pytest.approx([0.375, 0.1875])
 
 
 def test_no_exposures_leaves_the_order_alone():
@@ -75,8 +77,8 @@ def test_channel_rescores_a_given_base_table_from_train_exposures(tmp_path):
     rec = RankI2I(settings=PRIORS, base_table=base()).fit(dataset())
     assert rec.name == "ranki2i" and rec.ctr_.global_ctr == pytest.approx(0.25)
     assert rec.table_.neighbors_of(3)[0].tolist() == [5, 7, 6]
-    state = UserState(user_id=1, now=100, items=np.array([3], np.int32), behaviors=np.array([BEHAVIOR_CODE["pv"]], np.int8),
-                      ts=np.array([100]))
+    state = UserState(user_id=1, now=100, items=np.array([3], np.int32),
+                      behaviors=np.array([BEHAVIOR_CODE["pv"]], np.int8), ts=np.array([100]))
     out = rec.recall(state, 2)
     assert out.items.tolist() == [5, 7] and out.triggers.tolist() == [3, 3] and out.channel == "ranki2i"
     rec.save(tmp_path / "r")

@@ -25,7 +25,8 @@ def events(baskets=BASKETS, behavior="pv") -> pl.DataFrame:
 
 
 def rows(table) -> dict[int, dict[int, float]]:
-    return {i: dict(zip(*(a.tolist() for a in table.neighbors_of(i)))) for i in range(table.n_items) if table.neighbors_of(i)[0].size}
+    return {i: dict(zip(*(a.tolist() for a in table.neighbors_of(i))))
+            for i in range(table.n_items) if table.neighbors_of(i)[0].size}
 
 
 SMALL = SwingSettings(alpha1=1.0, alpha2=1.0, beta=0.5, min_user_items=1)
@@ -111,8 +112,8 @@ def dense(got: dict[int, dict[int, float]], n: int) -> np.ndarray:
 
 def test_matches_brute_force_on_a_random_log_with_caps():
     rng = np.random.default_rng(5)
-    baskets = {u: sorted(set((1 + rng.choice(40, size=rng.integers(1, 25), p=np.r_[np.full(10, 0.06), np.full(30, 0.4 / 30)])).tolist()))
-               for u in range(1, 80)}
+    p = np.r_[np.full(10, 0.06), np.full(30, 0.4 / 30)]  # ten popular items, thirty rare ones
+    baskets = {u: sorted(set((1 + rng.choice(40, size=rng.integers(1, 25), p=p)).tolist())) for u in range(1, 80)}
     s = SwingSettings(min_user_items=3, max_user_items=20, max_users_per_item=15, top_n=1000, seed=11)
     got = swing_table(events(baskets), 41, settings=s).to_sparse().toarray()
     want = brute_force(baskets, s, 41)
@@ -130,8 +131,8 @@ def test_channel_fits_recalls_and_round_trips(tmp_path):
                           "price": [1.0] * 3}, schema_overrides={"item_id": pl.Int32})
     ds = Dataset(events=events(), items=items, users=pl.DataFrame({"user_id": [1, 2, 3, 4]}), split=TimeSplit(10, 20))
     rec = Swing(settings=SMALL).fit(ds)
-    state = UserState(user_id=2, now=10, items=np.array([2], np.int32), behaviors=np.array([BEHAVIOR_CODE["pv"]], np.int8),
-                      ts=np.array([10]))
+    state = UserState(user_id=2, now=10, items=np.array([2], np.int32),
+                      behaviors=np.array([BEHAVIOR_CODE["pv"]], np.int8), ts=np.array([10]))
     out = rec.recall(state, 10)
     assert rec.name == "swing" and out.items.tolist() == [1, 3] and out.triggers.tolist() == [2, 2]
     rec.save(tmp_path / "swing")

@@ -13,11 +13,15 @@ Like gensim: the window is shrunk at random per centre (nearer contexts count mo
 are down-sampled (keep probability (sqrt(f / (s T)) + 1) s T / f for frequency f of T tokens), and
 the learning rate falls linearly from `lr` to `lr * 1e-4` over training.
 
-Training is a sparse SGD written by hand: each batch gathers only the rows it uses as leaf tensors,
-the SGNS gradients are written out by hand (autograd only runs through the encoder), and `index_add_`
-writes `-lr * grad` back into the tables (id and context rows used twice in a batch get both updates,
-as in Hogwild word2vec; rows of shared side tables get the mean). No dense gradient of a whole table ever exists, and nothing needs
-a sparse-tensor coalesce. The dot products can run under bf16 autocast (`bf16=True`).
+Batches are centre-major: B centres, each with its (up to 2 window) contexts and K negatives shared
+by those contexts, weighted so that every positive pair still meets K negatives. A centre then reads
+2 window + K context rows instead of n (1 + K), which is most of the speed.
+
+Training is a sparse SGD written by hand: each batch gathers only the rows it uses, the SGNS
+gradients are written out by hand (autograd only runs through the encoder), and `index_add_` writes
+`-lr * grad` back into the tables (id and context rows used twice in a batch get both updates, as in
+Hogwild word2vec; rows of shared side tables get the mean). No dense gradient of a whole table ever
+exists and nothing needs a sparse-tensor coalesce. The dot products can run under bf16 autocast.
 
 Negatives: "dynamic" (the default) draws new negatives every epoch; "static" replays the same pairs
 and negatives each epoch. `hard_negatives > 0` swaps that share of negatives for near neighbours of

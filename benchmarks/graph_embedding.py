@@ -1,0 +1,223 @@
+"""Benchmark of Recall II: walks, skip-gram training (ours vs gensim), link-prediction AUC, partitions, faiss.
+
+    .venv/bin/python benchmarks/graph_embedding.py --dataset /tmp/hf_small_ds --json out.json
+    .venv/bin/python benchmarks/graph_embedding.py --synthetic 200000 --epochs 1     # scale: a random 200k-node graph
+
+What it measures, all in one run on the same walks (so speeds are comparable even on a busy machine):
+- graph build seconds; walk steps/s of the numba walker and of a vectorised numpy walker (reference);
+- training pairs/s and words/s (corpus tokens per second) of DeepWalk, GES, EGES (fp32 and bf16 autocast),
+  and of gensim Word2Vec (skip-gram, same dim / window / negatives / epochs) with 1 and 2 workers;
+- link-prediction AUC (a third of the edges held out, as in the EGES paper) for each, and for EGES
+  trained on P parts (cut share, AUC lost);
+- faiss: QPS and recall@50 of HNSW and IVF against exact search over the item vectors;
+- peak memory (max RSS) and the time of a full EGES channel build (graph -> i2i table).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import time
+from pathlib import Path
+
+import numpy as np
+
+from homefeed.recall.ann import AnnIndex, i2i_table, normalize
+from homefeed.recall.graph.eges import SideInfo, side_information
+from homefeed.recall.graph.embed import PartitionSettings, embed_graph
+from homefeed.recall.graph.graph import GraphSettings, ItemGraph, build_graph
+from homefeed.recall.graph.partition import has_metis
+from homefeed.recall.graph.skipgram import TrainSettings
+from homefeed.recall.graph.walks import WalkSettings, alias_tables, random_walks
+from homefeed.recall.graph_evaluate import holdout_edges, pair_auc
+
+
+def peak_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def synthetic_graph(n: int, *, degree: int = 10, seed: int = 0) -> tuple[ItemGraph, SideInfo]:
+    """A random graph of n nodes in n / 50 communities (most edges inside), Zipf-popular targets, and side
+    information that is the community (leaf), a brand and a shop per community block."""
+    rng = np.random.default_rng(seed)
+    comm = rng.integers(0, max(n // 50, 1), n)
+    order = np.argsort(comm, kind="stable")
+    start = np.searchsorted(comm[order], np.arange(comm.max() + 1))
+    size = np.bincount(comm, minlength=comm.max() + 1)
+    src = rng.integers(1, n, n * degree)
+    inside = rng.random(src.size) < 0.9
+    offset = (rng.zipf(1.3, src.size) - 1) % np.maximum(size[comm[src]], 1)
+    dst = np.where(inside, order[start[comm[src]] + offset], rng.integers(1, n, src.size))
+    keep = dst > 0
+    graph = ItemGraph.from_edges(src[keep], dst[keep], rng.integers(1, 4, keep.sum()).astype(float), n)
+    codes = np.stack([comm + 1, comm // 3 + 1, comm // 7 + 1, rng.integers(1, 6, n)], 1)
+    codes[0] = 0
+    return graph, SideInfo(codes, [int(c.max()) + 1 for c in codes.T], ["leaf_category", "brand", "shop", "price_band"])
+
+
+def numpy_walks(graph: ItemGraph, tables, starts: np.ndarray, length: int, seed: int = 0) -> np.ndarray:
+    """The vectorised numpy reference walker: every walk advances one step per loop iteration."""
+    rng = np.random.default_rng(seed)
+    prob, alias = tables
+    deg = graph.out_degree()
+    cur, out = starts.copy(), [starts]
+    for _ in range(1, length):
+        lo, d = graph.indptr[cur], deg[cur]
+        alive = d > 0
+        e = lo + (rng.random(cur.size) * np.maximum(d, 1)).astype(np.int64)
+        e = np.where(rng.random(cur.size) < prob[np.minimum(e, graph.nnz - 1)], e, lo + alias[np.minimum(e, graph.nnz - 1)])
+        cur = np.where(alive, graph.indices[np.minimum(e, graph.nnz - 1)], -1)
+        out.append(cur)
+        cur = np.maximum(cur, 0)
+    return np.stack(out, 1)
+
+
+def bench_walks(graph: ItemGraph, walks: WalkSettings) -> dict:
+    t0 = time.perf_counter()
+    tables = alias_tables(graph)
+    t_alias = time.perf_counter() - t0
+    random_walks(ItemGraph.from_edges([1], [2], [1.0], 3), settings=walks)  # compile outside the clock
+    t0 = time.perf_counter()
+    w = random_walks(graph, settings=walks, tables=tables)
+    t_numba = time.perf_counter() - t0
+    steps = int((w[:, 1:] >= 0).sum())
+    starts = w[:, 0].astype(np.int64)
+    t0 = time.perf_counter()
+    numpy_walks(graph, tables, starts, walks.length)
+    t_numpy = time.perf_counter() - t0
+    return {"alias_seconds": t_alias, "walks": int(w.shape[0]), "steps": steps, "numba_steps_per_s": steps / t_numba,
+            "numpy_steps_per_s": w.shape[0] * (walks.length - 1) / t_numpy}
+
+
+def gensim_reference(graph: ItemGraph, walks: WalkSettings, train: TrainSettings, pairs, labels, workers: int) -> dict:
+    """gensim Word2Vec on the same walks (same seed), same dim / window / negatives / epochs / sample."""
+    try:
+        from gensim.models import Word2Vec
+    except ImportError:
+        return {"error": "gensim is not installed"}
+    w = random_walks(graph, settings=walks)
+    sentences = [[str(x) for x in row[row >= 0]] for row in w]
+    tokens = sum(len(s) for s in sentences)
+    model = Word2Vec(vector_size=train.dim, window=train.window, negative=train.negatives, sg=1, min_count=1,
+                     sample=train.subsample, workers=workers, seed=train.seed, alpha=train.lr)
+    model.build_vocab(sentences)
+    t0 = time.perf_counter()
+    model.train(sentences, total_examples=len(sentences), epochs=train.epochs)
+    seconds = time.perf_counter() - t0
+    vectors = np.zeros((graph.n_nodes, train.dim), np.float32)
+    keys = np.array([int(k) for k in model.wv.index_to_key])
+    vectors[keys] = model.wv.vectors
+    return {"words_per_s": tokens * train.epochs / seconds, "seconds": seconds,
+            "auc": pair_auc(normalize(vectors), pairs, labels)}
+
+
+def bench_training(graph: ItemGraph, side: SideInfo, walks: WalkSettings, train: TrainSettings, parts: list[int],
+                   gensim_workers: list[int]) -> dict:
+    train_graph, pairs, labels = holdout_edges(graph, share=1 / 3, seed=0)
+    out = {}
+    runs = [("deepwalk", "deepwalk", train), ("ges", "ges", train), ("eges", "eges", train),
+            ("eges_bf16", "eges", train.model_copy(update={"bf16": True})),
+            ("deepwalk_bf16", "deepwalk", train.model_copy(update={"bf16": True}))]
+    for name, mode, settings in runs:
+        t0 = time.perf_counter()
+        emb = embed_graph(train_graph, side, mode=mode, walks=walks, train=settings)
+        out[name] = {"auc": pair_auc(emb.vectors, pairs, labels), "pairs_per_s": emb.log.get("pairs_per_s"),
+                     "words_per_s": emb.log.get("words_per_s"), "seconds": time.perf_counter() - t0}
+        print(name, out[name], flush=True)
+    for p in parts:
+        for workers in sorted({1, min(p, 2)}):
+            emb = embed_graph(train_graph, side, mode="eges", walks=walks, train=train,
+                              partition=PartitionSettings(parts=p, workers=workers))
+            name = f"eges_p{p}_w{workers}"
+            out[name] = {"auc": pair_auc(emb.vectors, pairs, labels), "cut_share": emb.log["cut_share"],
+                         "words_per_s": emb.log["words_per_s"], "seconds": emb.log["seconds"],
+                         "auc_lost": out["eges"]["auc"] - pair_auc(emb.vectors, pairs, labels),
+                         "method": "metis" if has_metis() else "label_propagation"}
+            print(name, out[name], flush=True)
+    for workers in gensim_workers:
+        out[f"gensim_w{workers}"] = gensim_reference(train_graph, walks, train, pairs, labels, workers)
+        print(f"gensim_w{workers}", out[f"gensim_w{workers}"], flush=True)
+    return out
+
+
+def bench_faiss(vectors: np.ndarray, *, k: int = 50, n_queries: int = 2000, seed: int = 0) -> dict:
+    ids = np.flatnonzero(np.any(vectors != 0, axis=1))
+    x = vectors[ids]
+    queries = x[np.random.default_rng(seed).choice(x.shape[0], min(n_queries, x.shape[0]), replace=False)]
+    out, exact = {}, None
+    for spec, params in [("Flat", ""), ("HNSW32", "efSearch=128"), (f"IVF{max(int(np.sqrt(x.shape[0])), 4)},Flat", "nprobe=16")]:
+        t0 = time.perf_counter()
+        index = AnnIndex.build(x, ids=ids, spec=spec, params=params)
+        build = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        _, found = index.search(queries, k)
+        qps = queries.shape[0] / (time.perf_counter() - t0)
+        exact = found if exact is None else exact
+        recall = float(np.mean([np.intersect1d(a, b).size / k for a, b in zip(exact, found)]))
+        out[spec] = {"build_seconds": build, "qps": qps, f"recall@{k}": recall}
+        print(spec, out[spec], flush=True)
+    return out
+
+
+def bench_channel(graph: ItemGraph, side: SideInfo, walks: WalkSettings, train: TrainSettings, top_n: int) -> dict:
+    t0 = time.perf_counter()
+    emb = embed_graph(graph, side, mode="eges", walks=walks, train=train)
+    t_embed = time.perf_counter() - t0
+    ids = np.flatnonzero(emb.has_vector())
+    index = AnnIndex.build(emb.vectors[ids], ids=ids, spec="auto")
+    table = i2i_table(index, emb.vectors[ids], ids, graph.n_nodes, top_n=top_n)
+    return {"embed_seconds": t_embed, "total_seconds": time.perf_counter() - t0, "table_nnz": table.nnz,
+            "walk_seconds": emb.log.get("walk_seconds"), "vectors": emb.vectors}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    src = ap.add_mutually_exclusive_group(required=True)
+    src.add_argument("--dataset", type=Path, help="an ingested dataset folder (training part is used)")
+    src.add_argument("--synthetic", type=int, help="nodes of a random community graph instead")
+    ap.add_argument("--walks-per-node", type=int, default=5)
+    ap.add_argument("--length", type=int, default=20)
+    ap.add_argument("--epochs", type=int, default=2)
+    ap.add_argument("--dim", type=int, default=64)
+    ap.add_argument("--batch", type=int, default=1024)
+    ap.add_argument("--parts", default="2,4", help="comma-separated partition counts ('' = none)")
+    ap.add_argument("--gensim-workers", default="1,2")
+    ap.add_argument("--skip", default="", help="comma-separated sections to skip: walks,training,faiss,channel")
+    ap.add_argument("--json", type=Path, help="write the results here")
+    args = ap.parse_args()
+    skip = set(filter(None, args.skip.split(",")))
+    t0 = time.perf_counter()
+    if args.dataset:
+        from homefeed.data.dataset import Dataset
+
+        ds = Dataset.load(args.dataset)
+        graph = build_graph(ds.events_in("train"), ds.n_items, settings=GraphSettings())
+        side = side_information(ds.items, ds.n_items)
+    else:
+        graph, side = synthetic_graph(args.synthetic)
+    result: dict = {"graph": {"nodes": int(graph.active().sum()), "edges": graph.nnz, "seconds": time.perf_counter() - t0}}
+    print(result, flush=True)
+    walks = WalkSettings(walks_per_node=args.walks_per_node, length=args.length)
+    train = TrainSettings(dim=args.dim, epochs=args.epochs, batch_size=args.batch)
+    if "walks" not in skip:
+        result["walks"] = bench_walks(graph, WalkSettings(walks_per_node=10, length=40))
+        print(result["walks"], flush=True)
+    if "training" not in skip:
+        parts = [int(p) for p in args.parts.split(",") if p]
+        result["training"] = bench_training(graph, side, walks, train, parts,
+                                            [int(w) for w in args.gensim_workers.split(",") if w])
+    if "channel" not in skip:
+        channel = bench_channel(graph, side, walks, train, top_n=100)
+        vectors = channel.pop("vectors")
+        result["channel"] = channel
+        print(channel, flush=True)
+        if "faiss" not in skip:
+            result["faiss"] = bench_faiss(vectors)
+    result["peak_mb"] = peak_mb()
+    print(json.dumps(result, indent=1))
+    if args.json:
+        args.json.write_text(json.dumps(result, indent=1))
+
+
+if __name__ == "__main__":
+    main()
