@@ -124,15 +124,16 @@ class ImageCNN(nn.Module):
 
         chans = [3, width] + [2 * width] * (blocks - 1)
         self.spatial = nn.Sequential(nn.AvgPool2d(input_pool), *(block(a, b, i < blocks - 1) for i, (a, b) in enumerate(zip(chans, chans[1:]))))
-        self.colour = nn.Sequential(nn.Conv2d(3, colours, 1, bias=False), nn.BatchNorm2d(colours), nn.ReLU(), nn.AdaptiveAvgPool2d(1))
+        self.colour = nn.Sequential(nn.Conv2d(3, colours, 1, bias=False), nn.BatchNorm2d(colours), nn.ReLU())  # (B, K, H, W)
         self.grid = grid
         n_spatial = chans[-1] * (2 + grid * grid)
-        self.hidden = nn.Linear(n_spatial + colours, hidden)  # the image vector
+        self.hidden = nn.Linear(n_spatial + 2 * colours, hidden)  # the image vector
         self.head = nn.Linear(hidden, n_classes)
 
     def embed(self, x: torch.Tensor) -> torch.Tensor:
         f = self.spatial(x)  # (B, C, h, w)
-        parts = [f.mean((2, 3)), f.amax((2, 3)), self.colour(x).flatten(1)]
+        k = self.colour(x)  # how much of each colour (mean) and whether it occurs at all, e.g. a small mark (max)
+        parts = [f.mean((2, 3)), f.amax((2, 3)), k.mean((2, 3)), k.amax((2, 3))]
         if self.grid:
             parts.append(F.adaptive_max_pool2d(f, self.grid).flatten(1))
         return self.hidden(torch.cat(parts, 1))  # (B, hidden)
