@@ -77,6 +77,14 @@ def test_time_split_too_few_days_says_how_many():
         time_split(events, valid_days=-1, test_days=1, tz_offset_hours=8)
 
 
+def test_a_straggler_after_midnight_does_not_become_the_test_day():
+    day = 86_400
+    events = pl.DataFrame({"ts": [d * day + 3600 * h for d in range(10, 14) for h in range(20)] + [14 * day + 60]})
+    split = time_split(events, valid_days=1, test_days=1, tz_offset_hours=0)
+    assert split.valid_end == 13 * day and split.train_end == 12 * day  # day 13 is test; the straggler joins it
+    assert split.filter(events, "test").height == 21
+
+
 def test_time_split_by_hour_for_short_logs():
     events = pl.DataFrame({"ts": [1_000_000 + 600 * i for i in range(19)]})  # three hours of events
     split = time_split(events, valid_days=1, test_days=1, tz_offset_hours=0, unit="hour")

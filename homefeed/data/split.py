@@ -54,6 +54,18 @@ def day_number(text: str) -> int:
 
 
 UNITS = {"day": DAY_S, "hour": 3_600}
+STRAGGLER_SHARE = 0.1  # a trailing day holding less than this share of the median day is a straggler
+
+
+def last_full_day(per_day: pl.DataFrame) -> int:
+    """The last day (or hour) of the log, skipping trailing stragglers: a log cut a few minutes past
+    midnight must not make those few minutes the whole test day. Straggler rows stay in the test part."""
+    median = float(per_day["len"].median())
+    days, counts = per_day["day"].to_list(), per_day["len"].to_list()
+    i = len(days) - 1
+    while i > 0 and counts[i] < STRAGGLER_SHARE * median:
+        i -= 1
+    return int(days[i])
 
 
 def time_split(events: pl.DataFrame, *, valid_days: int = 1, test_days: int = 1,
@@ -83,10 +95,10 @@ def time_split(events: pl.DataFrame, *, valid_days: int = 1, test_days: int = 1,
         raise ValueError(f"unknown split unit {unit!r}; valid units: {', '.join(UNITS)}")
     unit_s = UNITS[unit]
     local = (pl.col(ts) + tz_seconds(tz_offset_hours)) // unit_s
-    days = events.select(first=local.min(), last=local.max()).row(0)
-    if days[0] is None:
+    per_day = events.group_by(local.alias("day")).len().sort("day")
+    if per_day.height == 0:
         raise ValueError("cannot split an empty event log (0 rows with a timestamp)")
-    first, last = days
+    first, last = int(per_day["day"][0]), last_full_day(per_day)
     span, needed = last - first + 1, valid_days + test_days + 1
     if span < needed:
         raise ValueError(

@@ -27,7 +27,7 @@ Notation: N items (codes 0..N-1), m side fields, D dimensions, B a batch of item
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal
+from typing import Literal, NamedTuple
 
 import numpy as np
 import polars as pl
@@ -36,6 +36,16 @@ import torch
 Mode = Literal["deepwalk", "ges", "eges"]
 MODES: tuple[str, ...] = ("deepwalk", "ges", "eges")
 AUTO_FIELDS = ("leaf_category", "standard_category", "brand", "shop", "price_band")
+
+
+class RowGrad(NamedTuple):
+    """A gradient for some rows of one table: table[rows] -= lr * lr_scale * grad (mean over repeats if shared)."""
+
+    table: torch.Tensor
+    rows: torch.Tensor  # (B,) int64
+    grad: torch.Tensor  # (B, ...) float32
+    lr_scale: float
+    shared: bool  # a table many items use (side information): a row moves by its mean gradient in the batch
 
 
 @dataclass
@@ -135,24 +145,36 @@ class EGESModel:
         self.codes.share_memory_()
         return self
 
-    def encode(self, items: torch.Tensor):
-        """(h (B, D), leaves): the centre vectors of `items` (B,) and the gathered rows they came from."""
-        rows = self.ids[items].requires_grad_()  # (B, D)
-        leaves = [(self.ids, items, rows, 1.0)]
+    def encode(self, items: torch.Tensor) -> tuple[torch.Tensor, tuple]:
+        """(h (B, D), saved): the centre vectors of `items` (B,) and what `backward` needs."""
         if self.mode == "deepwalk":
-            return rows, leaves
-        parts = [rows]
-        for j, table in enumerate(self.sides):
-            idx = self.codes[items, j]
-            part = table[idx].requires_grad_()  # (B, D)
-            leaves.append((table, idx, part, -1.0))  # shared: mean update (see skipgram.Encoder)
-            parts.append(part)
-        stacked = torch.stack(parts, 1)  # (B, 1 + m, D)
+            return self.ids[items], (items,)
+        rows = [self.codes[items, j] for j in range(len(self.sides))]
+        parts = torch.stack([self.ids[items], *(t[r] for t, r in zip(self.sides, rows))], 1)  # (B, 1 + m, D)
         if self.mode == "ges":
-            return stacked.mean(1), leaves
-        logits = self.attention[items].requires_grad_()  # (B, 1 + m)
-        leaves.append((self.attention, items, logits, self.attention_lr))
-        return (torch.softmax(logits, 1).unsqueeze(2) * stacked).sum(1), leaves
+            return parts.mean(1), (items, rows, parts, None)
+        alpha = torch.softmax(self.attention[items], 1)  # (B, 1 + m)
+        return torch.bmm(alpha.unsqueeze(1), parts).squeeze(1), (items, rows, parts, alpha)
+
+    def backward(self, saved: tuple, grad_h: torch.Tensor) -> list[RowGrad]:
+        """Gradients of the gathered rows from d loss / d h (B, D), written out by hand:
+
+            d h / d W^j[s_j]  = alpha_j                 -> grad_j = alpha_j * grad_h
+            d loss / d alpha_j = W^j[s_j] . grad_h      -> grad_a = alpha * (g_alpha - sum_j alpha_j g_alpha_j)
+        """
+        items = saved[0]
+        if self.mode == "deepwalk":
+            return [RowGrad(self.ids, items, grad_h, 1.0, False)]
+        _, rows, parts, alpha = saved
+        weights = alpha if alpha is not None else torch.full(parts.shape[:2], 1.0 / parts.shape[1])
+        grad_parts = weights.unsqueeze(2) * grad_h.unsqueeze(1)  # (B, 1 + m, D)
+        out = [RowGrad(self.ids, items, grad_parts[:, 0], 1.0, False)]
+        out += [RowGrad(t, r, grad_parts[:, j + 1], 1.0, True) for j, (t, r) in enumerate(zip(self.sides, rows))]
+        if alpha is not None:
+            g_alpha = torch.bmm(parts, grad_h.unsqueeze(2)).squeeze(2)  # (B, 1 + m)
+            g_logits = alpha * (g_alpha - (alpha * g_alpha).sum(1, keepdim=True))
+            out.append(RowGrad(self.attention, items, g_logits, self.attention_lr, False))
+        return out
 
     def field_weights(self, items: np.ndarray | None = None) -> np.ndarray:
         """(len(items), 1 + m) float32 mixing weights per item (id first); all items by default."""

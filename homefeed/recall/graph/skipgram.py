@@ -17,8 +17,8 @@ Batches are centre-major: B centres, each with its (up to 2 window) contexts and
 by those contexts, weighted so that every positive pair still meets K negatives. A centre then reads
 2 window + K context rows instead of n (1 + K), which is most of the speed.
 
-Training is a sparse SGD written by hand: each batch gathers only the rows it uses, the SGNS
-gradients are written out by hand (autograd only runs through the encoder), and `index_add_` writes
+Training is a sparse SGD written by hand: each batch gathers only the rows it uses, the gradients
+are written out by hand (SGNS here, the encoder's in its `backward`), and `index_add_` writes
 `-lr * grad` back into the tables (id and context rows used twice in a batch get both updates, as in
 Hogwild word2vec; rows of shared side tables get the mean). No dense gradient of a whole table ever
 exists and nothing needs a sparse-tensor coalesce. The dot products can run under bf16 autocast.
@@ -64,16 +64,18 @@ class TrainSettings(Section):
 
 
 class Encoder(Protocol):
-    """What the trainer needs of a model: centre vectors with their leaf rows, and the context table."""
+    """What the trainer needs of a model: centre vectors, their gradients by row, and the context table."""
 
     context: torch.Tensor  # (N, D) float32
 
-    def encode(self, items: torch.Tensor) -> tuple[torch.Tensor, list[tuple[torch.Tensor, torch.Tensor, torch.Tensor, float]]]:
-        """(h (B, D), [(table, row index (B,), leaf rows (B, ...), lr multiplier), ...]).
+    def encode(self, items: torch.Tensor) -> tuple[torch.Tensor, tuple]:
+        """(h (B, D) centre vectors of items (B,), saved state for `backward`)."""
 
-        A negative multiplier marks a table shared by many items (side information): its rows are
-        moved by the *mean* of their gradients in a batch, not the sum, which would overshoot when a
-        brand's row is used by hundreds of centres at once.
+    def backward(self, saved: tuple, grad_h: torch.Tensor) -> list:
+        """[RowGrad(table, rows, grad, lr_scale, shared), ...] from d loss / d h (B, D).
+
+        `shared` marks a table many items use (side information): its rows move by the *mean* of their
+        gradients in a batch, not the sum, which would overshoot when hundreds of centres share a brand.
         """
 
     def item_vectors(self) -> np.ndarray:
@@ -157,33 +159,25 @@ def sgd_step(model: Encoder, centers: torch.Tensor, contexts: torch.Tensor, nega
     A centre with n contexts weighs its negatives by n, so every positive pair still meets K negatives
     (word2vec's balance) while the centre gathers C + K context rows instead of n (1 + K).
     """
-    h, leaves = model.encode(centers)  # (B, D)
+    h, saved = model.encode(centers)  # (B, D)
     positive = contexts >= 0  # (B, C)
     targets = torch.cat([contexts.clamp(min=0), negatives], 1)  # (B, C + K)
     z = model.context[targets]  # (B, C + K, D)
-    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
-        logits = torch.bmm(z, h.detach().unsqueeze(2)).squeeze(2).float()  # (B, C + K)
     n_pos = positive.sum(1, keepdim=True).float()  # (B, 1)
-    c = contexts.shape[1]
-    label = torch.zeros_like(logits)
-    label[:, :c] = 1.0
     weight = torch.cat([positive.float(), n_pos.expand(-1, negatives.shape[1])], 1)  # (B, C + K)
-    g = (torch.sigmoid(logits) - label) * weight  # d loss / d logit
+    label = torch.zeros_like(weight)
+    label[:, :contexts.shape[1]] = 1.0
+    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+        logits = torch.bmm(z, h.unsqueeze(2)).squeeze(2).float()  # (B, C + K)
+        g = (torch.sigmoid(logits) - label) * weight  # d loss / d logit
+        grad_h = torch.bmm(g.unsqueeze(1), z).squeeze(1).float()  # (B, D)
+    grad_z = g.unsqueeze(2) * h.unsqueeze(1)  # (B, C + K, D)
     loss = (torch.nn.functional.softplus(torch.where(label > 0, -logits, logits)) * weight).sum()
-    grad_h = torch.bmm(g.unsqueeze(1), z).squeeze(1)  # (B, D)
-    grad_z = g.unsqueeze(2) * h.detach().unsqueeze(1)  # (B, C + K, D)
-    with torch.no_grad():
-        model.context.index_add_(0, targets.reshape(-1), grad_z.reshape(-1, z.shape[-1]), alpha=-lr)
-    if len(leaves) == 1 and leaves[0][2] is h:  # plain id table: h is the leaf itself
-        grads = [grad_h]
-    else:
-        h.backward(grad_h)
-        grads = [leaf.grad for _, _, leaf, _ in leaves]
-    with torch.no_grad():
-        for (table, rows, _, scale), grad in zip(leaves, grads):
-            if scale < 0:  # a shared table: each row moves by the mean of its gradients in the batch
-                grad = grad / torch.bincount(rows, minlength=table.shape[0])[rows].unsqueeze(1)
-            table.index_add_(0, rows, grad.to(table.dtype), alpha=-lr * abs(scale))
+    model.context.index_add_(0, targets.reshape(-1), grad_z.reshape(-1, z.shape[-1]), alpha=-lr)
+    for table, rows, grad, scale, shared in model.backward(saved, grad_h):
+        if shared:
+            grad = grad / torch.bincount(rows, minlength=table.shape[0])[rows].unsqueeze(1)
+        table.index_add_(0, rows, grad, alpha=-lr * scale)
     return float(loss)
 
 
