@@ -77,9 +77,10 @@ def main() -> None:
         run(["generate", "--size", a.size, "--out", str(world)])
     run(["ingest", str(world), "--out", str(dataset)])
     run(["evaluate", "recall", str(dataset), "--max-users", "3000"])
-    quick = ["--set", 'rank.train={"epochs": 3}']  # the demo trains briefly; drop this for real runs
+    quick = ["--set", 'rank.train={"epochs": 3}']  # the demo trains briefly; drop these for real runs
+    quick_build = [*quick, "--set", 'mechanism.images={"steps": 150}']
     run(["evaluate", "rank", str(dataset), "--models", "lr,deepfm,din,bst", *quick])
-    run(["build", str(dataset), "--out", str(bundle), *quick])
+    run(["build", str(dataset), "--out", str(bundle), *quick_build])
     user, now = pick_user(bundle)
     state = a.out / "state.db"
     state.unlink(missing_ok=True)
