@@ -261,6 +261,7 @@ def recommend(
         pipeline = Pipeline(ServingBundle.load(bundle), open_store(state or cfg.serve.state), cfg)
     except (BundleError, FileNotFoundError) as e:
         fail(str(e))
+    pipeline.warm_up()  # compile and load once, so the timings are those of a running server
     page = pipeline.homepage(HomepageRequest(user_id=user, scene=scene, now=now))
     pipeline.close()
     if json_:

@@ -87,3 +87,23 @@ def test_exact_cosine_reference_by_hand():
     # centred on the mean: items 0 and 1 stay close, the others apart
     assert im.cosine_groups(vec, threshold=0.99).tolist() == [0, 0, 1, 2]
     assert im.hamming_to_cosine(0, 64) == pytest.approx(np.cos(np.pi * 0.5 / 64))
+
+
+def test_local_scale_by_hand():
+    pairs = np.array([[0, 1], [0, 2], [1, 2], [2, 3]])
+    sigma = im.local_scale(pairs, np.array([0.1, 0.3, 0.2, 0.5]), 5, k=2, default=9.0)
+    assert sigma.tolist() == [0.3, 0.2, 0.3, 9.0, 9.0]
+
+
+def test_local_scaling_keeps_a_copy_in_a_crowd_and_drops_a_lookalike():
+    # a crowd of 8 look-alikes (cosine ~0.97 to each other) holds one re-listed copy pair (cosine 0.999)
+    rng = np.random.default_rng(0)
+    centre = rng.standard_normal(32)
+    crowd = centre + 0.17 * rng.standard_normal((8, 32))
+    far = rng.standard_normal((40, 32)) * 3
+    vec = np.vstack([crowd, crowd[:1] + 0.01 * rng.standard_normal((1, 32)), far]).astype(np.float32)
+    fp = np.zeros(len(vec), np.uint64)  # every pair is a candidate
+    cfg = im.ImageConfig(max_distance=0, min_cosine=0.9, neighbours=4, max_scaled_distance=0.2)
+    labels = im.group_vectors(vec, fp, config=cfg)
+    assert labels[0] == labels[8] and len(np.unique(labels[:8])) == 8
+    assert len(np.unique(im.group_vectors(vec, fp, config=cfg.model_copy(update={"neighbours": 0}))[:9])) < 8

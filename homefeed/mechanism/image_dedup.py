@@ -40,9 +40,11 @@ SIZE = 32
 
 class ImageConfig(Section):
     bits: int = 64  # SimHash fingerprint length (<= 64)
-    max_distance: int = 10  # Hamming distance within which two fingerprints are candidate near-duplicates
+    max_distance: int = 11  # Hamming distance within which two fingerprints are candidate near-duplicates
     bands: int | None = None  # multi-index bands; None = 16-bit bands (4 for 64 bits)
-    min_cosine: float | None = 0.94  # candidates must also have vector cosine >= this; None = fingerprints only
+    min_cosine: float | None = 0.95  # candidates must also have vector cosine >= this; None = fingerprints only
+    neighbours: int = 6  # local scaling: compare with each item's k-th nearest candidate; 0 = off
+    max_scaled_distance: float = 0.2  # kept if cosine distance <= this x the two items' local scale
     hidden: int = 64  # image vector size (last hidden layer)
     width: int = 16  # channels of the first conv block (then 2x)
     blocks: int = 2  # conv blocks (conv 3x3, batch norm, ReLU, max pool 2 except the last)
@@ -50,7 +52,8 @@ class ImageConfig(Section):
     colours: int = 32  # 1x1-conv colour detectors pooled over the image
     grid: int = 4  # also max-pool the last conv map to grid x grid cells (where things are; 0 = none)
     leaf_batches: bool = True  # batches hold whole leaves, so instance negatives are look-alikes
-    steps: int = 600  # optimisation steps (batches), however many passes over the images that is
+    steps: int = 400  # optimisation steps (batches), however many passes over the images that is
+    max_train_images: int = 5000  # train on a seeded sample this large (the features carry over to the rest)
     batch_size: int = 128
     lr: float = 0.01  # peak of the one-cycle schedule
     leaf_weight: float = 0.1  # weight of leaf classification
@@ -183,6 +186,9 @@ def train_cnn(images: np.ndarray, labels: np.ndarray, *, config: ImageConfig | N
     torch.set_num_threads(cfg.threads)
     torch.manual_seed(cfg.seed)
     g = torch.Generator().manual_seed(cfg.seed)
+    if len(images) > cfg.max_train_images:
+        pick = np.sort(np.random.default_rng(cfg.seed).choice(len(images), cfg.max_train_images, replace=False))
+        images, labels = images[pick], np.asarray(labels)[pick]
     _, y = np.unique(labels, return_inverse=True)
     model = ImageCNN(int(y.max()) + 1, hidden=cfg.hidden, width=cfg.width, blocks=cfg.blocks, input_pool=cfg.input_pool,
                      colours=cfg.colours, grid=cfg.grid)
@@ -314,16 +320,42 @@ def image_vectors(items: pl.DataFrame, *, root: str | Path | None = None,
     return embed(model, images), model
 
 
+def local_scale(pairs: np.ndarray, dist: np.ndarray, n: int, *, k: int, default: float) -> np.ndarray:
+    """(n,) each item's distance to its k-th nearest candidate (`default` when it has fewer than k)."""
+    who = np.concatenate([pairs[:, 0], pairs[:, 1]])
+    d = np.concatenate([dist, dist])
+    order = np.lexsort((d, who))
+    who, d = who[order], d[order]
+    start = np.searchsorted(who, np.arange(n))
+    count = np.bincount(who, minlength=n)
+    sigma = np.full(n, default)
+    has = count >= k
+    sigma[has] = d[start[has] + k - 1]
+    return sigma
+
+
 def group_vectors(vectors: np.ndarray, fingerprints: np.ndarray, *, config: ImageConfig | None = None) -> np.ndarray:
-    """(n,) int64 group labels: fingerprint pairs within `max_distance` bits (multi-index hashing), kept
-    only if their centred vectors also reach `min_cosine` (a re-check of the few candidates), then union-find."""
+    """(n,) int64 group labels from fingerprints, re-checked with the vectors, merged by union-find.
+
+    Candidates: fingerprint pairs within `max_distance` bits (multi-index hashing). A candidate is kept
+    when its centred vectors reach `min_cosine` and, with `neighbours` = k > 0, when its cosine distance
+    is small *relative to the two items' local density*: d_ij / sqrt(s_i s_j) <= `max_scaled_distance`,
+    s_i being i's distance to its k-th nearest candidate (local scaling: Zelnik-Manor & Perona 2004).
+    In a crowded leaf many different products look alike; a re-listed copy is close even there.
+    """
     cfg = config or ImageConfig()
     pairs = candidate_pairs(fingerprints, max_distance=cfg.max_distance, bits=cfg.bits, bands=cfg.bands)
     if cfg.min_cosine is not None and len(pairs):
         v = np.asarray(vectors, np.float32)
         v = v - v.mean(axis=0)
         v /= np.maximum(np.linalg.norm(v, axis=1, keepdims=True), 1e-12)
-        pairs = pairs[np.einsum("ij,ij->i", v[pairs[:, 0]], v[pairs[:, 1]]) >= cfg.min_cosine]
+        cos = np.einsum("ij,ij->i", v[pairs[:, 0]], v[pairs[:, 1]])
+        keep = cos >= cfg.min_cosine
+        if cfg.neighbours > 0:
+            dist = 1.0 - cos
+            sigma = local_scale(pairs, dist, len(v), k=cfg.neighbours, default=1.0 - hamming_to_cosine(cfg.max_distance, cfg.bits))
+            keep &= dist <= cfg.max_scaled_distance * np.sqrt(sigma[pairs[:, 0]] * sigma[pairs[:, 1]])
+        pairs = pairs[keep]
     return union_find(len(fingerprints), pairs)
 
 
