@@ -236,7 +236,8 @@ def agreement(a: Path, b: Path) -> dict:
         (na, sa), (nb, sb) = ta.neighbors_of(i), tb.neighbors_of(i)
         same_scores += sa.size == sb.size and np.allclose(sa, sb, rtol=1e-5, atol=0)
         same_sets += set(na.tolist()) == set(nb.tolist())
-    return {"rows": int(rows.size), "same_scores": same_scores / max(rows.size, 1), "same_neighbour_sets": same_sets / max(rows.size, 1)}
+    n = max(rows.size, 1)
+    return {"rows": int(rows.size), "same_scores": same_scores / n, "same_neighbour_sets": same_sets / n}
 
 
 def swing_check(ours: Path, ref: Path) -> dict:
@@ -266,7 +267,8 @@ def run_size(label: str, data: Path, methods: list[str], top_n: int, work: Path,
     if "itemcf_cosine" in got and "implicit_cosine" in got:
         res["itemcf_vs_implicit"] = {"time_ratio": got["itemcf_cosine"]["seconds"] / got["implicit_cosine"]["seconds"],
                                      "cpu_ratio": got["itemcf_cosine"]["cpu_s"] / got["implicit_cosine"]["cpu_s"],
-                                     **agreement(work / f"{label}_itemcf_cosine.npz", work / f"{label}_implicit_cosine.npz")}
+                                     **agreement(work / f"{label}_itemcf_cosine.npz",
+                                                 work / f"{label}_implicit_cosine.npz")}
     if "swing" in got and "swing_python" in got:
         res["swing_vs_python"] = {"speedup": got["swing_python"]["seconds"] / got["swing"]["seconds"],
                                   "cpu_speedup": got["swing_python"]["cpu_s"] / got["swing"]["cpu_s"],
@@ -297,7 +299,7 @@ def print_table(out: dict) -> None:
         iv, sv = r.get("itemcf_vs_implicit"), r.get("swing_vs_python")
         t.add_row(label, f"{r['events']:,}", *cells,
                   f"{iv['time_ratio']:.2f}x wall, {iv['cpu_ratio']:.2f}x CPU" if iv else "-",
-                  (f"{sv['speedup']:.0f}x wall, {sv['cpu_speedup']:.0f}x CPU" + ("" if sv["rows_equal"] else " (rows differ!)"))
+                  f"{sv['speedup']:.0f}x wall, {sv['cpu_speedup']:.0f}x CPU{'' if sv['rows_equal'] else ' (rows differ!)'}"
                   if sv else "-")
     Console().print(t)
     print("* plain-Python Swing: measured on a systematic sample of rows and extrapolated by user pairs; "
@@ -311,7 +313,8 @@ def main() -> None:
     p.add_argument("--only", default=",".join(METHODS), help=f"methods, comma-separated: {', '.join(METHODS)}")
     p.add_argument("--top-n", type=int, default=50)
     p.add_argument("--repeat", type=int, default=1, help="runs per method (median by wall time reported)")
-    p.add_argument("--ref-pairs", type=float, default=3e6, help="user pairs the plain-Python Swing computes (sampled rows)")
+    p.add_argument("--ref-pairs", type=float, default=3e6,
+                   help="user pairs the plain-Python Swing computes (on a sample of rows)")
     p.add_argument("--work", type=Path, default=Path(tempfile.gettempdir()) / "hf_bench_i2i")
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.add_argument("--child", help=argparse.SUPPRESS)

@@ -147,6 +147,18 @@ def evaluate_graph(dataset: Dataset, *, settings: EGESSettings | None = None, me
                       "cold_items": int(cold_items(dataset)[1:].sum()), "side_fields": side.names}}
 
 
+def evaluate_graph_dataset(dataset: Dataset, channel_settings: dict[str, dict] | None = None, *,
+                           baselines: tuple[str, ...] = ("itemcf", "swing"), **options) -> dict:
+    """`evaluate_graph` with settings as config holds them (`recall.channel_settings`, keyed by channel name):
+    the "eges" entry sets the graph methods, and the named baselines are fitted by `fit_channels`."""
+    from homefeed.recall.evaluate import fit_channels
+
+    channel_settings = channel_settings or {}
+    settings = EGESSettings(**channel_settings.get("eges", {}))
+    fitted = fit_channels(dataset, list(baselines), channel_settings) if baselines else {}
+    return evaluate_graph(dataset, settings=settings, baselines=fitted, **options)
+
+
 def format_graph_table(result: dict) -> Table:
     """One row per method/channel: link-prediction AUC and cold-start HitRate/Recall."""
     rows: dict[str, dict] = {}
@@ -165,5 +177,5 @@ def cold_share(dataset: Dataset, part: str = "test") -> float:
     return float(cold[items].mean()) if items.size else 0.0
 
 
-__all__ = ["cold_items", "cold_share", "cold_start_hitrate", "evaluate_graph", "format_graph_table", "graph_channels",
-           "holdout_edges", "link_prediction", "pair_auc"]
+__all__ = ["cold_items", "cold_share", "cold_start_hitrate", "evaluate_graph", "evaluate_graph_dataset", "format_graph_table",
+           "graph_channels", "holdout_edges", "link_prediction", "pair_auc"]

@@ -55,7 +55,7 @@ def stable_order_by(keys, n_keys, order):
 
 
 def default_chunks() -> int:
-    return 16 * numba.get_num_threads()
+    return 8 * numba.get_num_threads()
 
 
 @njit(cache=True, inline="always")
@@ -224,7 +224,8 @@ def itemcf_rows(rows, chunk_ptr, chunk_rows, item_ptr, item_pos, item_user,
     actions (grouped by user) as positions into the user-ordered action arrays, and `lo[p]:hi[p]`
     are the partner actions of action p inside its time window.
 
-    s(i, j) = row_scale[i] * sum_u iuf[u] * max over (a on i, p on j) of act_w[a] * act_wn[p] * exp(-gap_rate * |t_a - t_p|)
+    s(i, j) = row_scale[i] * sum_u iuf[u] * max over (a on i, p on j) of
+              act_w[a] * act_wn[p] * exp(-gap_rate * |t_a - t_p|)
     where act_wn is act_w already divided by the partner item's normaliser (so no per-entry lookup is
     needed, as in implicit's pre-normalised matrix). With `unique_pairs` (each user acts on an item
     once, no pair decay) the max is a plain sum.
@@ -336,7 +337,8 @@ def swing_rows(rows, chunk_ptr, chunk_rows, item_ptr, item_users, user_ptr, user
                                          1.0, pos, hv, hj, scratch, out_items, out_scores)
 
 
-def run_rows(kernel, rows: np.ndarray, cost: np.ndarray, bound: np.ndarray, top_n: int, n_items: int, *args) -> I2ITable:
+def run_rows(kernel, rows: np.ndarray, cost: np.ndarray, bound: np.ndarray, top_n: int, n_items: int,
+             *args) -> I2ITable:
     """Run a row kernel over `rows` (ascending item codes) and gather its output into an I2ITable.
 
     `cost` estimates each row's work (for balancing threads); `bound` caps each row's number of

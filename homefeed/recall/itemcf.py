@@ -120,7 +120,8 @@ def dense_users(user_id: pl.Series) -> pl.Series:
     return user_id.rank("dense").cast(pl.Int64) - 1
 
 
-def collapse_actions(events: pl.DataFrame, n_items: int, settings: ItemCFSettings, *, now: int | None = None) -> Actions:
+def collapse_actions(events: pl.DataFrame, n_items: int, settings: ItemCFSettings, *,
+                     now: int | None = None) -> Actions:
     """Events -> one action per (user, item[, session]) with the strongest behaviour and the last time.
 
     Grouping sorts by (user, item, session) with counting sorts; ordering by time within user packs

@@ -70,7 +70,7 @@ class PairCTR:
 
 
 def smoothed_ctr(exposures: pl.DataFrame | None, n_items: int, *, settings: RankI2ISettings | None = None) -> PairCTR:
-    """Global, item and (trigger, item) CTRs from an encoded exposures frame (item_id, clicked[, trigger_item, channel])."""
+    """Global, item and (trigger, item) CTRs from encoded exposures (item_id, clicked[, trigger_item, channel])."""
     s = settings if settings is not None else RankI2ISettings()
     if exposures is None or exposures.height == 0:
         return PairCTR(0.5, np.full(n_items, 0.5), np.zeros(0, np.int64), np.zeros(0))

@@ -133,8 +133,9 @@ def swing_table(events: pl.DataFrame, n_items: int, *, settings: SwingSettings |
     cost = n_users_of[rows].astype(np.float64) ** 2 + sum_lists[rows]
     max_users = int(n_users_of[rows].max())
     return kernels.run_rows(
-        kernels.swing_rows, rows, cost, sum_lists[rows], s.top_n, n_items, x["item_ptr"], x["item_users"], x["user_ptr"], x["user_items"],
-        x["user_w"], float(s.alpha2), max_users, int(sum_lists[rows].max()), n_items)
+        kernels.swing_rows, rows, cost, sum_lists[rows], s.top_n, n_items,  # how to run
+        x["item_ptr"], x["item_users"], x["user_ptr"], x["user_items"], x["user_w"], float(s.alpha2),
+        max_users, int(sum_lists[rows].max()), n_items)  # the kernel's inputs
 
 
 class Swing(I2IRecaller):
