@@ -84,19 +84,10 @@ def in_process(bundle: Path, n: int) -> dict:
 
 
 def over_http(bundle: Path, users: list[str], n: int, state: Path) -> dict:
-    import httpx
+    from homefeed.serve.process import start_server
 
-    port = 8799
-    server = subprocess.Popen([sys.executable, "-m", "homefeed.cli", "serve", str(bundle), "--port", str(port),
-                               "--state", f"sqlite:{state}"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    url = f"http://127.0.0.1:{port}"
+    server, url = start_server(bundle, port=8799, state=f"sqlite:{state}", quiet=True)
     try:
-        for _ in range(600):
-            try:
-                if httpx.get(url + "/readyz", timeout=1).status_code == 200:
-                    break
-            except httpx.TransportError:
-                time.sleep(0.5)
         out = {}
         for conc in (1, 8, 32):
             done = subprocess.run([sys.executable, "-c", LOADGEN, url, "homepage", str(conc), str(n), json.dumps(users)],

@@ -160,8 +160,6 @@ def train(
     set_: SetOpt = None,
 ):
     """Train one ranking preset, report test metrics, export TorchScript (+ int8): the bundle's rank part alone."""
-    import polars as pl
-
     from homefeed.data.dataset import Dataset
     from homefeed.serve.rank_part import build_rank_part
 

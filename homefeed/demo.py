@@ -38,18 +38,12 @@ def serve_and_ask(bundle: Path, user: str, now: int, state: Path) -> None:
     """Start `homefeed serve`, ask for a homepage, send a purchase, ask again, stop the server."""
     import httpx
 
+    from homefeed.serve.process import start_server
+
     port = 8765
     print(f"\n$ homefeed serve {bundle} --port {port} --state sqlite:{state}   (in the background)", flush=True)
-    proc = subprocess.Popen([sys.executable, "-m", "homefeed.cli", "serve", str(bundle), "--port", str(port),
-                             "--state", f"sqlite:{state}"])
-    url = f"http://127.0.0.1:{port}"
+    proc, url = start_server(bundle, port=port, state=f"sqlite:{state}")
     try:
-        for _ in range(600):
-            try:
-                if httpx.get(url + "/readyz", timeout=1).status_code == 200:
-                    break
-            except httpx.TransportError:
-                time.sleep(0.5)
         page = httpx.post(url + "/v1/homepage", json={"user_id": user, "now": now}, timeout=30).json()
         first = page["slots"]["recommended"][0]
         print(f"POST /v1/homepage user {user}: " + ", ".join(f"{s}={len(v)}" for s, v in page["slots"].items()) +
