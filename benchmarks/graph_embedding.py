@@ -5,9 +5,10 @@
 
 What it measures, all in one run on the same walks (so speeds are comparable even on a busy machine):
 - graph build seconds; walk steps/s of the numba walker and of a vectorised numpy walker (reference);
-- training pairs/s and words/s (corpus tokens per second) of DeepWalk, GES, EGES (fp32 and bf16 autocast),
-  and of gensim Word2Vec (skip-gram, same dim / window / negatives / epochs) with 1 and 2 workers;
-- link-prediction AUC (a third of the edges held out, as in the EGES paper) for each, and for EGES
+- training words/s (corpus tokens per second) of DeepWalk and EGES (fp32 and bf16 autocast) against gensim
+  Word2Vec (skip-gram, same dim / window / negatives / sample) with 1 and 2 workers, interleaved on one corpus;
+- link-prediction AUC (a third of the edges held out, as in the EGES paper) for DeepWalk, GES, EGES and
+  gensim on the same walks, and for EGES
   trained on P parts (cut share, AUC lost);
 - faiss: QPS and recall@50 of HNSW and IVF against exact search over the item vectors;
 - peak memory (max RSS) and the time of a full EGES channel build (graph -> i2i table).
@@ -111,6 +112,45 @@ def gensim_reference(graph: ItemGraph, walks: WalkSettings, train: TrainSettings
             "auc": pair_auc(normalize(vectors), pairs, labels)}
 
 
+def bench_speed(graph: ItemGraph, side: SideInfo, walks: WalkSettings, train: TrainSettings, *, repeats: int = 2) -> dict:
+    """Training words/s on one corpus, methods interleaved (ours and gensim one after another, `repeats` rounds,
+    one epoch each, best round kept), so a busy machine slows them all alike."""
+    from homefeed.recall.graph.eges import EGESModel
+    from homefeed.recall.graph.skipgram import train_skipgram
+    from homefeed.recall.graph.walks import WalkCorpus
+
+    corpus = WalkCorpus(random_walks(graph, settings=walks))
+    tokens = int((np.asarray(corpus.walks) >= 0).sum())
+    one = train.model_copy(update={"epochs": 1})
+    runs = {"deepwalk": ("deepwalk", one), "eges": ("eges", one), "eges_bf16": ("eges", one.model_copy(update={"bf16": True})),
+            "deepwalk_bf16": ("deepwalk", one.model_copy(update={"bf16": True}))}
+    try:
+        from gensim.models import Word2Vec
+        sentences = [[str(x) for x in row[row >= 0]] for row in np.asarray(corpus.walks)]
+    except ImportError:
+        Word2Vec = None
+    best: dict[str, dict] = {}
+    for _ in range(repeats):
+        for name, (mode, settings) in runs.items():
+            log = train_skipgram(EGESModel(graph.n_nodes, side, dim=train.dim, mode=mode), corpus, settings=settings)
+            if log.tokens / log.seconds > best.get(name, {}).get("words_per_s", 0):
+                best[name] = {"words_per_s": log.tokens / log.seconds, "pairs_per_s": log.pairs / log.seconds}
+        for workers in ((1, 2) if Word2Vec is not None else ()):
+            model = Word2Vec(vector_size=train.dim, window=train.window, negative=train.negatives, sg=1, min_count=1,
+                             sample=train.subsample, workers=workers, seed=train.seed, alpha=train.lr)
+            model.build_vocab(sentences)
+            t0 = time.perf_counter()
+            model.train(sentences, total_examples=len(sentences), epochs=1)
+            name = f"gensim_w{workers}"
+            rate = tokens / (time.perf_counter() - t0)
+            if rate > best.get(name, {}).get("words_per_s", 0):
+                best[name] = {"words_per_s": rate}
+    if "gensim_w2" in best:
+        for name in runs:
+            best[name]["vs_gensim_w2"] = best[name]["words_per_s"] / best["gensim_w2"]["words_per_s"]
+    return {"tokens": tokens, **best}
+
+
 def bench_training(graph: ItemGraph, side: SideInfo, walks: WalkSettings, train: TrainSettings, parts: list[int],
                    gensim_workers: list[int]) -> dict:
     train_graph, pairs, labels = holdout_edges(graph, share=1 / 3, seed=0)
@@ -182,7 +222,7 @@ def main() -> None:
     ap.add_argument("--batch", type=int, default=1024)
     ap.add_argument("--parts", default="2,4", help="comma-separated partition counts ('' = none)")
     ap.add_argument("--gensim-workers", default="1,2")
-    ap.add_argument("--skip", default="", help="comma-separated sections to skip: walks,training,faiss,channel")
+    ap.add_argument("--skip", default="", help="comma-separated sections to skip: walks,speed,training,faiss,channel")
     ap.add_argument("--json", type=Path, help="write the results here")
     args = ap.parse_args()
     skip = set(filter(None, args.skip.split(",")))
@@ -202,6 +242,9 @@ def main() -> None:
     if "walks" not in skip:
         result["walks"] = bench_walks(graph, WalkSettings(walks_per_node=10, length=40))
         print(result["walks"], flush=True)
+    if "speed" not in skip:
+        result["speed"] = bench_speed(graph, side, walks, train)
+        print(result["speed"], flush=True)
     if "training" not in skip:
         parts = [int(p) for p in args.parts.split(",") if p]
         result["training"] = bench_training(graph, side, walks, train, parts,

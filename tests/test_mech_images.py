@@ -67,7 +67,7 @@ def test_groups_from_given_vectors_with_cosine_recheck():
     base = rng.standard_normal((200, 16)).astype(np.float32)
     vec = np.concatenate([base, base[:50] + 0.01 * rng.standard_normal((50, 16)).astype(np.float32)])
     items = pl.DataFrame({"item_id": np.arange(1, 251), "image_vec": vec.tolist()})
-    groups = im.fit_image_groups(items, config=im.ImageConfig(max_distance=6, min_cosine=0.95))
+    groups = im.fit_image_groups(items, config=im.ImageConfig(max_distance=6, min_cosine=0.95, neighbours=0))
     labels = groups.table["image_group"].to_numpy()
     assert (labels[:50] == labels[200:]).all()
     assert len(np.unique(labels)) == 200
@@ -77,7 +77,7 @@ def test_groups_from_given_vectors_with_cosine_recheck():
 def test_cosine_recheck_removes_fingerprint_collisions():
     vec = np.array([[1.0, 0.0], [0.9, 0.1], [-1.0, 0.0], [0.0, 1.0]], np.float32)
     fp = np.array([0, 1, 3, 0], np.uint64)  # item 3's fingerprint collides with item 0's
-    cfg = im.ImageConfig(max_distance=1, min_cosine=0.9)
+    cfg = im.ImageConfig(max_distance=1, min_cosine=0.9, neighbours=0)
     assert im.group_vectors(vec, fp, config=cfg).tolist() == [0, 0, 1, 2]
     assert im.group_vectors(vec, fp, config=cfg.model_copy(update={"min_cosine": None})).tolist() == [0, 0, 0, 0]  # 1~2 too
 

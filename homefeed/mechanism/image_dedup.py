@@ -43,8 +43,8 @@ class ImageConfig(Section):
     max_distance: int = 11  # Hamming distance within which two fingerprints are candidate near-duplicates
     bands: int | None = None  # multi-index bands; None = 16-bit bands (4 for 64 bits)
     min_cosine: float | None = 0.95  # candidates must also have vector cosine >= this; None = fingerprints only
-    neighbours: int = 6  # local scaling: compare with each item's k-th nearest candidate; 0 = off
-    max_scaled_distance: float = 0.2  # kept if cosine distance <= this x the two items' local scale
+    neighbours: int = 5  # local scaling: compare with each item's k-th nearest candidate; 0 = off
+    max_scaled_distance: float = 0.25  # kept if cosine distance <= this x the two items' local scale
     hidden: int = 64  # image vector size (last hidden layer)
     width: int = 16  # channels of the first conv block (then 2x)
     blocks: int = 2  # conv blocks (conv 3x3, batch norm, ReLU, max pool 2 except the last)
