@@ -1,8 +1,5 @@
 """The real app on 127.0.0.1: uvicorn in a subprocess, real HTTP, real SQLite and Redis state."""
-import os
 import signal
-import subprocess
-import sys
 import threading
 import time
 
@@ -12,28 +9,14 @@ import pytest
 
 from conftest import free_port
 
+from homefeed.serve.process import start_server as serve_process
+
 TOKEN = "test-token"
 
 
-def start_server(bundle, state, extra_set=()):
-    port = free_port()
-    env = dict(os.environ, HOMEFEED_BUNDLE=str(bundle), HOMEFEED_STATE=state,
-               HOMEFEED_SET=";".join([f'serve.admin_token="{TOKEN}"', *extra_set]))
-    proc = subprocess.Popen([sys.executable, "-m", "uvicorn", "--factory", "homefeed.serve.api:app_from_env",
-                             "--host", "127.0.0.1", "--port", str(port), "--log-level", "warning"], env=env,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.time() + 180
-    while time.time() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(proc.stderr.read().decode()[-3000:])
-        try:
-            if httpx.get(url + "/readyz", timeout=1).status_code == 200:
-                return proc, url
-        except httpx.TransportError:
-            time.sleep(0.3)
-    proc.kill()
-    raise RuntimeError("server did not become ready")
+def start_server(bundle, state):
+    """The real `homefeed serve` in a subprocess, on a free port, with an admin token."""
+    return serve_process(bundle, port=free_port(), state=state, settings=(f'serve.admin_token="{TOKEN}"',), quiet=True)
 
 
 @pytest.fixture(scope="module")

@@ -7,13 +7,15 @@ import time
 from pathlib import Path
 
 
-def start_server(bundle: str | Path, *, port: int, state: str, timeout_s: float = 300, quiet: bool = False) -> tuple[subprocess.Popen, str]:
-    """`homefeed serve BUNDLE` on 127.0.0.1:port; returns (process, base url) once /readyz answers 200."""
+def start_server(bundle: str | Path, *, port: int, state: str, settings: tuple[str, ...] = (), timeout_s: float = 300,
+                 quiet: bool = False) -> tuple[subprocess.Popen, str]:
+    """`homefeed serve BUNDLE` on 127.0.0.1:port (with `--set` settings); returns (process, base url) once /readyz answers."""
     import httpx
 
     out = subprocess.DEVNULL if quiet else None
-    proc = subprocess.Popen([sys.executable, "-m", "homefeed.cli", "serve", str(bundle), "--port", str(port), "--state", state],
-                            stdout=out, stderr=out)
+    sets = [arg for s in settings for arg in ("--set", s)]
+    proc = subprocess.Popen([sys.executable, "-m", "homefeed.cli", "serve", str(bundle), "--port", str(port), "--state", state,
+                             *sets], stdout=out, stderr=out)
     url = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
