@@ -151,6 +151,30 @@ def evaluate_rank_cmd(
         stdout_console().print(f"protocol: {results.meta['protocol']}  {results.meta.get('why') or ''}")
 
 
+@evaluate_app.command("mechanism")
+def evaluate_mechanism_cmd(
+    world: Annotated[Path, typer.Argument(help="A folder written by `homefeed generate` (its truth/ scores each part).")],
+    requests: Annotated[int, typer.Option(help="Homepage requests replayed for the on/off page figures.")] = 1000,
+    json_: JsonOpt = False,
+):
+    """Score standard categories, image groups and blocking periods against the shop's truth; replay pages on and off."""
+    from homefeed.evaluate.report import metrics_table, print_json
+    from homefeed.mechanism.evaluate import evaluate_mechanism
+
+    with steps(console, "mechanism") as progress:
+        progress("categories, images, periods, replay")
+        result = evaluate_mechanism(world, n_requests=requests)
+    if json_:
+        print_json(result)
+        return
+    flat = {k: v for k, v in result.items() if not isinstance(v, dict)}
+    out = stdout_console()
+    out.print(metrics_table({"truth scores": flat}, title="mechanism against the truth", name_header=""))
+    pages = {k: v for k, v in result.items() if isinstance(v, dict) and k in ("on", "off")}
+    if pages:
+        out.print(metrics_table(pages, title="replayed pages, mechanism on / off", name_header="mechanism"))
+
+
 @app.command()
 def train(
     dataset: DatasetArg,
