@@ -107,3 +107,13 @@ def test_local_scaling_keeps_a_copy_in_a_crowd_and_drops_a_lookalike():
     labels = im.group_vectors(vec, fp, config=cfg)
     assert labels[0] == labels[8] and len(np.unique(labels[:8])) == 8
     assert len(np.unique(im.group_vectors(vec, fp, config=cfg.model_copy(update={"neighbours": 0}))[:9])) < 8
+
+
+def test_exact_reference_equals_the_hashed_path_when_every_pair_is_a_candidate():
+    rng = np.random.default_rng(3)
+    base = rng.standard_normal((60, 12)).astype(np.float32)
+    vec = np.vstack([base, base[:20] + 0.05 * rng.standard_normal((20, 12)).astype(np.float32)])
+    cfg = im.ImageConfig(max_distance=0, min_cosine=0.5, neighbours=3, max_scaled_distance=0.5)
+    hashed = im.group_vectors(vec, np.zeros(len(vec), np.uint64), config=cfg)
+    exact = im.cosine_groups(vec, threshold=0.5, neighbours=3, max_scaled_distance=0.5)
+    assert np.array_equal(hashed, exact) and (hashed[:20] == hashed[60:]).all()

@@ -3,7 +3,6 @@ import json
 
 import numpy as np
 import polars as pl
-import pytest
 
 from homefeed.mechanism import purchase_filter as pf
 

@@ -7,8 +7,8 @@ from homefeed.mechanism import MechanismConfig, MechanismTables, evaluate as ev
 from homefeed.mechanism.image_dedup import ImageConfig
 from homefeed.world import WorldSpec, generate
 
-# a short training run keeps the file fast; the `small` shop's figures (default config) are in the report
-FAST = MechanismConfig(images=ImageConfig(steps=150, threads=2))
+# a short run of a narrower CNN keeps the file fast; the `small` shop's figures (default config) are in the report
+FAST = MechanismConfig(images=ImageConfig(steps=80, batch_size=64, width=8, colours=16, hidden=32, threads=2))
 
 
 @pytest.fixture(scope="module")
@@ -44,7 +44,7 @@ def test_image_groups_find_near_duplicates(shop, tables):
     assert groups.height == shop.items.height
     p, r = ev.pair_precision_recall(groups["image_group"].to_numpy(), groups["image_group_true"].to_numpy())
     # even a short training run groups far better than chance (a random pairing has precision ~ 1 / n_items)
-    assert p >= 0.6 and r >= 0.3, (p, r)
+    assert p >= 0.5 and r >= 0.7, (p, r)
 
 
 def test_tables_save_and_load(tmp_path, shop, tables):

@@ -119,8 +119,9 @@ def score_images(shop: Shop, *, config: ImageConfig | None = None) -> tuple[Imag
     """Image groups from the CNN + SimHash, scored by pairs; exact cosine on the same vectors for reference.
 
     `image_pair_*`: the configured path (multi-index candidates within max_distance bits, re-checked by
-    cosine); `image_simhash_only_*`: fingerprints alone; `image_exact_cosine_*`: all pairs with cosine
-    >= min_cosine (O(n^2)); `image_speedup_vs_exact`: its time over the configured path's.
+    cosine and local scaling); `image_simhash_only_*`: fingerprints alone; `image_exact_cosine_*`: the
+    same re-check rule over all n^2 pairs with exact neighbours; `image_speedup_vs_exact`: its time over
+    the configured path's.
     """
     cfg = config or ImageConfig()
     t0 = time.perf_counter()
@@ -132,7 +133,10 @@ def score_images(shop: Shop, *, config: ImageConfig | None = None) -> tuple[Imag
     labels = group_vectors(vec, fp, config=cfg)
     t_hash = time.perf_counter() - t0
     t0 = time.perf_counter()
-    exact = cosine_groups(vec, threshold=cfg.min_cosine if cfg.min_cosine is not None else hamming_to_cosine(cfg.max_distance, cfg.bits))
+    if cfg.min_cosine is None:
+        exact = cosine_groups(vec, threshold=hamming_to_cosine(cfg.max_distance, cfg.bits))
+    else:
+        exact = cosine_groups(vec, threshold=cfg.min_cosine, neighbours=cfg.neighbours, max_scaled_distance=cfg.max_scaled_distance)
     t_exact = time.perf_counter() - t0
     only = union_find(len(fp), candidate_pairs(fp, max_distance=cfg.max_distance, bits=cfg.bits, bands=cfg.bands))
     out = {"image_fit_s": t_fit, "image_grouping_s": t_hash, "image_exact_cosine_s": t_exact,
@@ -155,7 +159,7 @@ def score_periods(shop: Shop, cats: StandardCategories, *, config: pf.PurchaseCo
     return periods, {"block_days_spearman": rho, "block_estimated_share": float((periods.table["source"] == "estimated").mean())}
 
 
-def _per_item(shop: Shop, values: pl.DataFrame, column: str, n: int, fill=-1) -> np.ndarray:
+def _per_item(values: pl.DataFrame, column: str, n: int, fill=-1) -> np.ndarray:
     """A dense (n,) array indexed by raw item id from a frame (item_id, column)."""
     out = np.full(n, fill, dtype=np.float64 if values.schema[column].is_float() else np.int64)
     ids = values["item_id"].to_numpy()
@@ -185,7 +189,7 @@ def _replay_setup(shop: Shop, cats: StandardCategories) -> _Replay:
     items = cats.add_column(shop.items)
     n = int(items["item_id"].max()) + 1
     counts = shop.past().group_by("item_id").agg(pl.len().alias("c")).with_columns(pl.col("c").log1p())
-    pop = _per_item(shop, counts, "c", n, fill=0)
+    pop = _per_item(counts, "c", n, fill=0)
     pools = np.zeros((n, len(CHANNELS)), bool)
     for c, name in enumerate(CHANNELS):
         pools[items["item_id"].to_numpy(), c] = items["pools"].list.contains(name).to_numpy()
@@ -200,10 +204,10 @@ def _replay_setup(shop: Shop, cats: StandardCategories) -> _Replay:
     vec /= np.maximum(np.linalg.norm(vec, axis=1, keepdims=True), 1e-12)
     ev = shop.events.sort("user_id", "ts")
     return _Replay(
-        pop=pop / max(pop.max(), 1e-12), pools=pools, leaf=_per_item(shop, items, "leaf_category", n),
-        standard=_per_item(shop, items, "standard_category", n),
-        true_standard=_per_item(shop, items.select("item_id", "leaf_category").join(true_std, on="leaf_category"), "standard_category", n),
-        true_group=_per_item(shop, truth_groups, "image_group", n), true_vec=vec, cycle_days=cycle,
+        pop=pop / max(pop.max(), 1e-12), pools=pools, leaf=_per_item(items, "leaf_category", n),
+        standard=_per_item(items, "standard_category", n),
+        true_standard=_per_item(items.select("item_id", "leaf_category").join(true_std, on="leaf_category"), "standard_category", n),
+        true_group=_per_item(truth_groups, "image_group", n), true_vec=vec, cycle_days=cycle,
         ev_user=ev["user_id"].to_numpy(), ev_item=ev["item_id"].to_numpy(), ev_behavior=ev["behavior"].cast(pl.String).to_numpy(),
         ev_ts=ev["ts"].to_numpy(),
     )
@@ -212,7 +216,8 @@ def _replay_setup(shop: Shop, cats: StandardCategories) -> _Replay:
 def _page_figures(items: np.ndarray, scores: np.ndarray, r: _Replay, just_bought: list[set]) -> dict:
     """Per-page figures averaged over pages; items (R, P) raw ids (-1 empty), scores (R, P)."""
     filled = items >= 0
-    n = filled.sum(1).clip(1)
+    f = filled.sum(1)  # filled positions per page
+    n = f.clip(1)
 
     def distinct(values):  # distinct filled values per row
         v = np.where(filled, values, np.iinfo(np.int64).max)
@@ -224,11 +229,11 @@ def _page_figures(items: np.ndarray, scores: np.ndarray, r: _Replay, just_bought
     n_items, n_groups = distinct(items), distinct(r.true_group[safe])
     vec = np.where(filled[..., None], r.true_vec[safe], 0.0)  # (R, P, d)
     total = vec.sum(1)
-    ils = ((total * total).sum(1) - filled.sum(1)) / np.maximum(n * (n - 1), 1)
+    ils = ((total * total).sum(1) - f) / np.maximum(f * (f - 1), 1)
     hit = [bool(set(r.true_standard[row[row >= 0]].tolist()) & jb) for row, jb in zip(items, just_bought)]
     return {
         "just_purchased_share": float(np.mean(hit)),
-        "duplicate_rate": float(((n - n_items) / n).mean()),
+        "duplicate_rate": float(((f - n_items) / n).mean()),
         "near_duplicate_rate": float(((n_items - n_groups) / n).mean()),
         "distinct_standard_per_page": float(distinct(r.true_standard[safe]).mean()),
         "intra_list_similarity": float(ils.mean()),
@@ -251,28 +256,18 @@ def replay(shop: Shop, tables: MechanismTables, *, config: MechanismConfig | Non
     layout = np.tile(np.arange(len(CHANNELS)), per_channel)
     user_start = np.searchsorted(r.ev_user, reqs["user_id"].to_numpy())
     user_end = np.searchsorted(r.ev_user, reqs["user_id"].to_numpy(), side="right")
-    n = len(r.pop)
     off, on, off_s, on_s, bought, ms = [], [], [], [], [], []
-    for (uid, ts), lo, hi in zip(reqs.select("user_id", "ts").iter_rows(), user_start, user_end):
+    for ts, lo, hi in zip(reqs["ts"].to_list(), user_start, user_end):
         k = lo + int(np.searchsorted(r.ev_ts[lo:hi], ts))  # the user's events before the request: [lo, k)
         past_items, past_beh, past_ts = r.ev_item[lo:k], r.ev_behavior[lo:k], r.ev_ts[lo:k]
-        wanted = cats.expand(r.leaf[past_items[-recent:]])
-        score = r.pop + np.isin(r.standard, wanted)
-        top = np.argpartition(-score, min(candidates, n - 1))[:candidates]
-        top = top[r.pools[top].any(1)]
-        slot_item = [(top[r.pools[top, c]], c) for c in range(len(CHANNELS))]
-        cand = np.concatenate([t for t, _ in slot_item])
-        slots = np.concatenate([np.full(len(t), c) for t, c in slot_item])
-        cs = score[cand]
-        off_page = np.full(len(layout), -1)
-        for c in range(len(CHANNELS)):  # off: every channel shows its own top items, blind to the others
-            own = cand[slots == c][np.argsort(-cs[slots == c], kind="stable")][:per_channel]
-            off_page[np.flatnonzero(layout == c)[:len(own)]] = own
+        score = r.pop + np.isin(r.standard, cats.expand(r.leaf[past_items[-recent:]]))
+        cand, slots = _ranked_candidates(score, r, candidates)
+        off_page = _off_page(cand, slots, score[cand], layout)
         bought.append(_just_bought(past_items, past_beh, past_ts, ts, r))
+        state = _purchase_state(past_items, past_beh, past_ts, r.standard, periods, cfg.purchase)  # online: stored
         t0 = time.perf_counter()
-        state = _purchase_state(past_items, past_beh, past_ts, r.standard, periods, cfg.purchase)
         keep = pf.allowed(state, r.standard[cand], ts)
-        page = scatter(cand, cs, slots, attributes=attrs, layout=layout, rules=cfg.scatter.rules,
+        page = scatter(cand, score[cand], slots, attributes=attrs, layout=layout, rules=cfg.scatter.rules,
                        max_loss=cfg.scatter.max_loss, exclude=~keep)
         ms.append(1000 * (time.perf_counter() - t0))
         off.append(off_page)
@@ -284,6 +279,27 @@ def replay(shop: Shop, tables: MechanismTables, *, config: MechanismConfig | Non
     on_f["score_kept"] = on_f["mean_score"] * on_f["filled_share"] / (off_f["mean_score"] * off_f["filled_share"])
     on_f["mechanism_ms_median"] = float(np.median(ms))
     return {"requests": len(off), "off": off_f, "on": on_f}
+
+
+def _ranked_candidates(score: np.ndarray, r: _Replay, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """A stand-in ranker's k candidates (half by the personal score, the rest by popularity) as rows
+    (item, channel): one row per channel pool the item is in."""
+    n = len(score)
+    personal = np.argpartition(-score, min(k, n - 1))[:k // 2]
+    popular = np.argpartition(-r.pop, min(k, n - 1))[:k]
+    top = np.concatenate([personal, popular[~np.isin(popular, personal)]])[:k]
+    rows, slots = np.nonzero(r.pools[top])
+    return top[rows], slots
+
+
+def _off_page(cand: np.ndarray, slots: np.ndarray, scores: np.ndarray, layout: np.ndarray) -> np.ndarray:
+    """Mechanism off: every channel shows its own best items, blind to the other channels."""
+    page = np.full(len(layout), -1)
+    for c in np.unique(layout):
+        own = cand[slots == c][np.argsort(-scores[slots == c], kind="stable")]
+        pos = np.flatnonzero(layout == c)
+        page[pos[:len(own)]] = own[:len(pos)]
+    return page
 
 
 def _just_bought(items: np.ndarray, behaviors: np.ndarray, ts: np.ndarray, now: int, r: _Replay) -> set:
@@ -327,20 +343,21 @@ def evaluate_mechanism(source: str | Path, *, config: MechanismConfig | None = N
 
 
 def report_rows(result: dict) -> tuple[dict, dict]:
-    """(part scores as one row, page figures as rows 'off' and 'on') for `homefeed.evaluate.report.metrics_table`."""
-    parts = {k: v for k, v in result.items() if not isinstance(v, dict)}
-    return {"truth": parts}, {"off": result["off"], "on": result["on"]}
+    """(part scores: {metric: {"value": v}}, page figures: {metric: {"off": v, "on": v}}) for `metrics_table`."""
+    parts = {k: {"value": v} for k, v in result.items() if not isinstance(v, dict)}
+    pages = {m: {"off": result["off"].get(m), "on": result["on"].get(m)} for m in result["on"] | result["off"]}
+    return parts, pages
 
 
 def print_report(result: dict, *, as_json: bool = False) -> None:
-    """The result as two tables (parts vs truth; pages off/on), or as JSON."""
+    """The result as two tables (parts vs truth; pages with the mechanism off and on), or as JSON."""
     from homefeed.evaluate.report import metrics_table, print_json, print_table
     if as_json:
         print_json(result)
         return
     parts, pages = report_rows(result)
-    print_table(metrics_table({k: {"value": v} for k, v in parts["truth"].items()}, title="mechanism vs truth", name_header="metric"))
-    print_table(metrics_table(pages, title=f"replay of {result['requests']} test-day homepage requests", name_header="mechanism"))
+    print_table(metrics_table(parts, title="mechanism vs truth", name_header="metric"))
+    print_table(metrics_table(pages, title=f"replay of {result['requests']} test-day homepage requests", name_header="per page"))
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -266,18 +266,28 @@ def load_cnn(path: str | Path) -> ImageCNN:
     return model.eval()
 
 
-def cosine_groups(vectors: np.ndarray, *, threshold: float, batch: int = 2048) -> np.ndarray:
-    """Exact reference: union-find over every pair with cosine >= threshold ((n,) int64 labels); O(n^2)."""
+def cosine_groups(vectors: np.ndarray, *, threshold: float, neighbours: int = 0, max_scaled_distance: float = 1.0,
+                  batch: int = 2048) -> np.ndarray:
+    """Exact reference, O(n^2): every pair with cosine >= threshold (and, with neighbours = k > 0, the
+    same local-scaling rule as `group_vectors`, scales from exact k-th neighbours), then union-find."""
     v = np.asarray(vectors, np.float32)
     v = v - v.mean(axis=0)  # the same centring SimHash uses
     v /= np.maximum(np.linalg.norm(v, axis=1, keepdims=True), 1e-12)
-    pairs = []
+    pairs, cos, sigma = [], [], np.ones(len(v), np.float32)
     for lo in range(0, len(v), batch):
         s = v[lo:lo + batch] @ v.T  # (b, n)
+        s[np.arange(len(s)), lo + np.arange(len(s))] = -np.inf  # not one's own neighbour
+        if neighbours > 0:
+            sigma[lo:lo + batch] = 1.0 - np.partition(s, -neighbours, axis=1)[:, -neighbours]
         i, j = np.nonzero(s >= threshold)
         keep = lo + i < j
         pairs.append(np.stack([lo + i[keep], j[keep]], axis=1))
-    return union_find(len(v), np.concatenate(pairs) if pairs else np.zeros((0, 2), np.int64))
+        cos.append(s[i[keep], j[keep]])
+    pairs = np.concatenate(pairs) if pairs else np.zeros((0, 2), np.int64)
+    if neighbours > 0 and len(pairs):
+        dist = 1.0 - np.concatenate(cos)
+        pairs = pairs[dist <= max_scaled_distance * np.sqrt(sigma[pairs[:, 0]] * sigma[pairs[:, 1]])]
+    return union_find(len(v), pairs)
 
 
 def hamming_to_cosine(max_distance: int, bits: int = 64) -> float:
