@@ -72,6 +72,10 @@ def test_i2i_table_from_vectors_by_hand():
     items, scores = table.neighbors_of(3)
     assert items.tolist() == [2] and scores[0] == pytest.approx(0.2 / np.sqrt(1.04), rel=1e-5)
     assert table.neighbors_of(0)[0].size == 0
+    probs = i2i_table(AnnIndex.build(v, ids=ids, spec="Flat"), v, ids, 5, top_n=3, sigmoid=True)
+    items, scores = probs.neighbors_of(1)  # every neighbour kept, scored 1 / (1 + exp(-s))
+    assert items.tolist() == [2, 3, 4]
+    np.testing.assert_allclose(scores, 1 / (1 + np.exp(-np.array([1 / np.sqrt(1.04), 0.0, -1.0]))), rtol=1e-6)
 
 
 def test_search_candidates_best_query_wins_and_excludes():

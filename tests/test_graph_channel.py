@@ -59,24 +59,45 @@ def test_eges_gives_cold_items_vectors_and_neighbours_deepwalk_cannot(tiny, fitt
     assert cold.any(), "the tiny shop should have items without training events"
     eges, dw = fitted["eges"], fitted["deepwalk"]
     assert np.all(np.linalg.norm(eges.vectors_[cold], axis=1) > 0.99)
-    assert not np.any(dw.vectors_[cold])
+    assert not np.any(dw.vectors_[cold]) and not np.any(eges.context_[cold])
     listed = lambda table: np.isin(table.neighbors, np.flatnonzero(cold)).sum()  # noqa: E731
-    assert listed(eges.table_) > 0 and listed(dw.table_) == 0
-    assert np.all(np.diff(eges.table_.indptr)[np.flatnonzero(cold)] > 0)  # cold items have rows of their own
+    rows = lambda table: np.diff(table.indptr)[np.flatnonzero(cold)]  # noqa: E731
+    # context similarity: cold items are triggers (rows of their own) but never candidates (no z)
+    assert np.all(rows(eges.table_) > 0) and listed(eges.table_) == 0
+    # cosine similarity: they are candidates too, through their side-information vectors
+    assert listed(eges.with_similarity("cosine").table_) > 0 and np.all(rows(eges.with_similarity("cosine").table_) > 0)
+    assert listed(dw.with_similarity("cosine").table_) == 0 and np.all(rows(dw.table_) == 0)
+
+
+def test_context_similarity_ranks_by_h_dot_z(fitted):
+    rec = fitted["eges"]
+    item = int(np.flatnonzero(rec.warm_ & (rec.norms_ > 0))[5])
+    scores = (rec.vectors_[item] * rec.norms_[item]) @ rec.context_.T
+    scores[[0, item]] = -np.inf
+    scores[~rec.warm_] = -np.inf
+    expected = np.argsort(-scores, kind="stable")[:10]
+    got, got_scores = rec.table_.neighbors_of(item)
+    np.testing.assert_array_equal(got[:10], expected)
+    np.testing.assert_allclose(got_scores[:10], 1 / (1 + np.exp(-scores[expected])), rtol=1e-4)
+    twin = rec.with_similarity("cosine")
+    assert twin.settings.similarity == "cosine" and rec.settings.similarity == "context"
+    cos = rec.vectors_ @ rec.vectors_[item]
+    cos[[0, item]] = -np.inf
+    assert twin.table_.neighbors_of(item)[0][0] == int(np.argmax(cos))
 
 
 def test_save_load_round_trip(tmp_path, tiny, fitted):
     rec = fitted["eges"]
     rec.save(tmp_path / "eges")
     back = EGES.load(tmp_path / "eges")
-    np.testing.assert_array_equal(back.vectors_, rec.vectors_)
-    np.testing.assert_array_equal(back.warm_, rec.warm_)
+    for name in ("vectors_", "norms_", "context_", "warm_"):
+        np.testing.assert_array_equal(getattr(back, name), getattr(rec, name))
     np.testing.assert_array_equal(back.table_.neighbors, rec.table_.neighbors)
     assert back.settings == rec.settings
     for s in states_at(tiny.events, tiny.users, tiny.split.valid_end)[:20]:
         np.testing.assert_array_equal(back.recall(s, 20).items, rec.recall(s, 20).items)
     index = back.index()  # the ANN index rebuilds from the saved vectors
-    assert len(index) == int(np.any(back.vectors_ != 0, axis=1).sum())
+    assert len(index) == int((back.norms_ > 0).sum()) and len(back.context_index()) == int(back.warm_[1:].sum())
     with pytest.raises(FileNotFoundError, match="vectors.npz"):
         (tmp_path / "eges" / "vectors.npz").unlink()
         EGES.load(tmp_path / "eges")
@@ -89,6 +110,6 @@ def test_evaluate_graph_on_the_tiny_shop(tiny, fitted):
     assert set(result["auc"]) == {"deepwalk", "eges"}
     assert all(0.5 < v <= 1.0 for v in result["auc"].values()), result["auc"]
     hr = result["cold_start_hitrate@50"]
-    assert set(hr) == {"deepwalk", "eges", "itemcf_like"}
-    assert hr["deepwalk"] == 0.0 and hr["itemcf_like"] == 0.0  # no vector, no recall of cold items
+    assert set(hr) == {"deepwalk", "eges", "eges_cosine", "itemcf_like"}
+    assert hr["deepwalk"] == hr["eges"] == hr["itemcf_like"] == 0.0  # no context vector, no recall of cold items
     assert result["setup"]["cold_items"] > 0

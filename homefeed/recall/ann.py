@@ -133,11 +133,12 @@ def normalize(vectors: np.ndarray) -> np.ndarray:
 
 
 def i2i_table(index: AnnIndex, vectors: np.ndarray, ids: np.ndarray, n_items: int, *, top_n: int = 100,
-              batch: int = 8192) -> I2ITable:
+              batch: int = 8192, sigmoid: bool = False) -> I2ITable:
     """Top-`top_n` neighbours of each item in `ids` (rows of `vectors`) as an I2ITable over codes 0..n_items-1.
 
     The item itself is dropped, and so are neighbours with a non-positive score (the table keeps
-    similarities only), so a row may hold fewer than top_n.
+    similarities only), so a row may hold fewer than top_n. With `sigmoid`, scores go through the
+    logistic function first (skip-gram's probability that j occurs near i): all positive, order kept.
     """
     ids = np.asarray(ids, np.int64)
     rows, nbrs, scores = [], [], []
@@ -145,7 +146,8 @@ def i2i_table(index: AnnIndex, vectors: np.ndarray, ids: np.ndarray, n_items: in
         d, i = index.search(vectors[lo:lo + batch], top_n + 1)
         own = np.repeat(ids[lo:lo + batch], i.shape[1]).reshape(i.shape)
         keep = (i >= 0) & (i != own)
-        rows.append(own[keep]), nbrs.append(i[keep]), scores.append(d[keep])
+        rows.append(own[keep]), nbrs.append(i[keep])
+        scores.append(1.0 / (1.0 + np.exp(-d[keep].astype(np.float64))) if sigmoid else d[keep])
     cat = (lambda a, t: np.concatenate(a) if a else np.zeros(0, t))
     return I2ITable.from_rows(cat(rows, np.int64), cat(nbrs, np.int64), cat(scores, np.float32), n_items, top_n=top_n)
 

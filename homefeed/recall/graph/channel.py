@@ -1,11 +1,19 @@
 """The graph-embedding recall channels: `deepwalk` (ids only) and `eges` (ids + side information).
 
 fit: training events -> item graph -> walks -> skip-gram item vectors -> ANN index -> for every item
-its `top_n` nearest items by cosine, as an `I2ITable`. recall: the same trigger expansion as Item-CF
-and Swing (`I2IRecaller`), so the merge, evaluation and server treat it like any i2i channel.
+its `top_n` best items, as an `I2ITable`. recall: the same trigger expansion as Item-CF and Swing
+(`I2IRecaller`), so the merge, evaluation and server treat it like any i2i channel.
 
-The EGES channel also fills rows for items nobody has clicked yet: their vectors come from side
-information alone (`eges.py`), so a new item of a known brand and category is recalled from day one.
+Which items are "best" for item i (`similarity`):
+- "context": the largest h_i . z_j, skip-gram's own score for "j turns up near i" (z the context
+  vectors; their length carries j's popularity), stored as sigmoid(h_i . z_j). On the small synthetic shop this doubles HitRate@50
+  over cosine (0.43 vs 0.21), so it is the default. Only items seen in walks have a z, so only they
+  are candidates; every item with a vector (cold ones too) gets a row as a trigger.
+- "cosine": the largest cos(H_i, H_j), the paper's item similarity: symmetric, popularity-blind,
+  long-tail heavy, and able to list cold items (side-information vectors) as candidates.
+
+The EGES channel also has vectors for items nobody has clicked yet, from side information alone
+(`eges.py`): a new item of a known brand and category gets neighbours from day one.
 
     >>> rec = EGES(settings=EGESSettings(walks={"walks_per_node": 5})).fit(ds)   # doctest: +SKIP
     >>> rec.recall(state, 50).items[:5]                                          # doctest: +SKIP
@@ -13,6 +21,7 @@ information alone (`eges.py`), so a new item of a known brand and category is re
 """
 from __future__ import annotations
 
+import copy
 from pathlib import Path
 from typing import Literal
 
@@ -41,6 +50,7 @@ class DeepWalkSettings(Section):
     ann_spec: str = "auto"  # faiss factory string ("Flat", "HNSW32", "IVF1024,Flat") or "auto"
     ann_params: str = ""  # faiss search parameters, e.g. "efSearch=128"
     top_n: int = Field(100, ge=1)  # neighbours kept per item in the i2i table
+    similarity: Literal["context", "cosine"] = "context"  # h_i . z_j (skip-gram's own score) or cos(H_i, H_j)
     triggers: TriggerSettings = TriggerSettings()
 
 
@@ -56,8 +66,10 @@ class DeepWalk(I2IRecaller):
     """Item vectors from walks on the session graph (ids only), recalled through their i2i table.
 
     Attributes (after fit or load):
-        table_: I2ITable of each item's nearest items by cosine.
-        vectors_: (n_items, D) float32 unit vectors; zero rows have none.
+        table_: I2ITable of each item's best items (see `similarity`).
+        vectors_: (n_items, D) float32 unit centre vectors H / |H|; zero rows have none.
+        norms_: (n_items,) float32 |H| (0 = no vector).
+        context_: (n_items, D) float32 context vectors z (zero rows: never in a walk).
         warm_: (n_items,) bool items that were in the training walks.
         log_: training counters (walk steps, pairs, words/s, loss per epoch).
     """
@@ -65,11 +77,11 @@ class DeepWalk(I2IRecaller):
     name = "deepwalk"
     Settings = DeepWalkSettings
     mode: Mode = "deepwalk"
+    ARRAYS = ("vectors_", "norms_", "context_", "warm_")
 
     def __init__(self, *, settings: Section | None = None):
         super().__init__(settings=settings)
-        self.vectors_: np.ndarray | None = None
-        self.warm_: np.ndarray | None = None
+        self.vectors_ = self.norms_ = self.context_ = self.warm_ = None
         self.log_: dict = {}
 
     def _side(self, dataset: Dataset):
@@ -83,26 +95,51 @@ class DeepWalk(I2IRecaller):
 
     def fit(self, dataset: Dataset) -> "DeepWalk":
         emb = self.embed(dataset)
-        self.vectors_, self.warm_, self.log_ = emb.vectors, emb.warm, emb.log
+        self.vectors_, self.norms_, self.warm_, self.log_ = emb.vectors, emb.norms, emb.warm, emb.log
+        self.context_ = emb.context().copy()
+        self.context_[~emb.warm] = 0.0
         self.table_ = self.build_table()
         return self
 
-    def index(self) -> AnnIndex:
-        """The ANN index over every item that has a vector (ids = item codes)."""
+    def _fitted(self) -> None:
         if self.vectors_ is None:
             raise RuntimeError(f"{type(self).__name__} is not fitted; call fit(dataset) or load(path) first")
-        ids = np.flatnonzero(np.any(self.vectors_ != 0, axis=1))
+
+    def index(self) -> AnnIndex:
+        """The ANN index over every item's unit vector (ids = item codes): cosine search, for request-time queries."""
+        self._fitted()
+        ids = np.flatnonzero(self.norms_ > 0)
         return AnnIndex.build(self.vectors_[ids], ids=ids, spec=self.settings.ann_spec, params=self.settings.ann_params)
 
+    def context_index(self) -> AnnIndex:
+        """The ANN index over the context vectors z of warm items: query with raw H for skip-gram scores h . z."""
+        self._fitted()
+        ids = np.flatnonzero(self.warm_ & (self.norms_ > 0))
+        ids = ids[ids > 0]
+        return AnnIndex.build(self.context_[ids], ids=ids, spec=self.settings.ann_spec, params=self.settings.ann_params)
+
     def build_table(self):
-        index = self.index()
-        return i2i_table(index, self.vectors_[index.ids], index.ids, self.vectors_.shape[0], top_n=self.settings.top_n)
+        """The i2i table: a row for every item with a vector, neighbours by `settings.similarity`."""
+        queries = np.flatnonzero(self.norms_ > 0)
+        if self.settings.similarity == "cosine":
+            index, x = self.index(), self.vectors_[queries]
+        else:
+            index, x = self.context_index(), self.vectors_[queries] * self.norms_[queries, None]
+        return i2i_table(index, x, queries, self.vectors_.shape[0], top_n=self.settings.top_n,
+                         sigmoid=self.settings.similarity == "context")
+
+    def with_similarity(self, similarity: Literal["context", "cosine"]) -> "DeepWalk":
+        """A copy of this fitted channel whose table is rebuilt with `similarity` (no retraining)."""
+        twin = copy.copy(self)
+        twin.settings = self.settings.model_copy(update={"similarity": similarity})
+        twin.table_ = twin.build_table()
+        return twin
 
     def save(self, path: str | Path) -> None:
-        """Write table.npz and settings.json (as every i2i channel) plus vectors.npz (vectors, warm)."""
+        """Write table.npz and settings.json (as every i2i channel) plus vectors.npz (the fitted arrays)."""
         super().save(path)
         with open(Path(path) / "vectors.npz", "wb") as f:
-            np.savez(f, vectors=self.vectors_, warm=self.warm_)
+            np.savez(f, **{a.rstrip("_"): getattr(self, a) for a in self.ARRAYS})
 
     @classmethod
     def load(cls, path: str | Path) -> "DeepWalk":
@@ -110,7 +147,8 @@ class DeepWalk(I2IRecaller):
         if not (Path(path) / "vectors.npz").exists():
             raise FileNotFoundError(f"{path} holds no item vectors (vectors.npz); save a fitted {cls.__name__} there")
         with np.load(Path(path) / "vectors.npz", allow_pickle=False) as z:
-            rec.vectors_, rec.warm_ = z["vectors"], z["warm"]
+            for a in cls.ARRAYS:
+                setattr(rec, a, z[a.rstrip("_")])
         return rec
 
 

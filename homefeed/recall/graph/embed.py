@@ -40,19 +40,25 @@ class Embedding:
     """Trained item vectors.
 
     Attributes:
-        vectors: (N, D) float32 unit-length vectors (zero rows: no vector).
+        vectors: (N, D) float32 unit-length centre vectors H_v / |H_v| (zero rows: no vector).
+        norms: (N,) float32 |H_v| (the raw vector is vectors * norms).
         warm: (N,) bool items that were in the walks.
-        model: the trained EGESModel (tables, attention).
+        model: the trained EGESModel (tables, attention; `model.context` holds the context vectors z).
         log: training counters (pairs, words/s, loss per epoch, walk seconds).
     """
 
     vectors: np.ndarray
+    norms: np.ndarray
     warm: np.ndarray
     model: EGESModel
     log: dict = field(default_factory=dict)
 
     def has_vector(self) -> np.ndarray:
-        return np.any(self.vectors != 0, axis=1)
+        return self.norms > 0
+
+    def context(self) -> np.ndarray:
+        """(N, D) float32 skip-gram context vectors z (zero for items never seen as a context)."""
+        return self.model.context.numpy()
 
 
 def hard_miner(vectors: np.ndarray, pool: int) -> np.ndarray:
@@ -104,4 +110,4 @@ def embed_graph(graph: ItemGraph, side: SideInfo | None, *, mode: Mode = "eges",
     if mode == "deepwalk":
         vectors[~warm] = 0.0
     vectors[0] = 0.0  # code 0 is the unknown item
-    return Embedding(normalize(vectors), warm, model, log)
+    return Embedding(normalize(vectors), np.linalg.norm(vectors, axis=1).astype(np.float32), warm, model, log)
