@@ -5,6 +5,7 @@
 """
 from homefeed.recall.base import Candidates, Recaller
 from homefeed.recall.crowd import Crowd
+from homefeed.recall.graph.channel import EGES, DeepWalk
 from homefeed.recall.itemcf import ItemCF
 from homefeed.recall.merge import MergedCandidates, Merger, MergeSettings
 from homefeed.recall.popular import Popular
@@ -19,6 +20,8 @@ CHANNELS: dict[str, type[Recaller]] = {
     "crowd": Crowd,
     "retarget": Retarget,
     "popular": Popular,
+    "deepwalk": DeepWalk,
+    "eges": EGES,
 }
 
 
@@ -33,5 +36,5 @@ def make_channel(name: str, **settings) -> Recaller:
     return cls(settings=cls.Settings(**settings))
 
 
-__all__ = ["CHANNELS", "Candidates", "Crowd", "ItemCF", "MergeSettings", "MergedCandidates", "Merger", "Popular",
+__all__ = ["CHANNELS", "Candidates", "Crowd", "DeepWalk", "EGES", "ItemCF", "MergeSettings", "MergedCandidates", "Merger", "Popular",
            "RankI2I", "Recaller", "Retarget", "Swing", "make_channel"]
