@@ -1,15 +1,29 @@
 """Benchmark: a homepage request end to end, in process and over HTTP; event ingestion.
 
-    python benchmarks/serve.py BUNDLE [--requests 300] [--json]
+    python benchmarks/serve.py BUNDLE [--din BUNDLE_DIN] [--requests 300] [--http-requests 300]
+                               [--workers 1,2] [--no-http] [--runtimes] [--json]
 
-1. In process: `Pipeline.homepage` with every channel, the model and the mechanism, full rebuild each
-   time (templates disabled by a fresh user per request), p50/p99 per stage; and the template path
-   (the next request of the same user), which is what most requests cost.
-2. Over HTTP: the real server (`homefeed serve`) in a subprocess on 127.0.0.1, and a load generator in
-   another process (httpx, N concurrent clients): requests/s and p50/p99 at concurrency 1, 8, 32.
-3. Events: batches of 50 events posted at concurrency 8; events/s, then every acknowledged event id is
-   looked up in the state store.
-Targets on 2 cores: in-process p99 < 25 ms; >= 150 homepage requests/s over HTTP; no acked event lost.
+1. In process (`Pipeline.homepage`, SQLite state): a FULL request every time (all channels, the
+   model, the mechanism; the user's templates are aged out so each request rebuilds), wall p50/p99,
+   CPU ms per request (all threads) and p50/p99 per stage; the template path (the same user's next
+   request, what most requests cost); and on the same (state, candidates) the ranker's feature
+   paths: the exact training code (`exact_features`, the path served before) vs the online one
+   (`features`), with the model time, as medians and a ratio. `--din` repeats it for a second bundle.
+2. Over HTTP: the real server (`homefeed serve --workers W`) in a subprocess on 127.0.0.1 and a load
+   generator in another process (http.client, C concurrent keep-alive clients): requests/s and p50/p99 at
+   C = 1, 8, 32 for W = 1, 2, in two modes. `full`: every request rebuilds (its `now` is past the
+   templates' age limit). `mix`: each client follows its own users like an app does (it reports the
+   template it showed, so one request in `n_templates` rebuilds and the others take the next template).
+   Also the CPU ms per request of the server (all its processes) and of the load generator: on a
+   shared machine, min(2 cores / (their sum), workers x 1 core / server's) bounds what two dedicated
+   cores would reach.
+3. Events: batches of 50 posted at concurrency 8; events/s, then every acknowledged event id is
+   looked up in the state store (`lost` must be 0).
+
+`--runtimes`: the model alone in TorchScript fp32/int8, eager and ONNX Runtime on one request's batch.
+
+Targets on 2 cores: in-process p99 < 25 ms for a full request; >= 150 homepage requests/s over HTTP;
+no acked event lost. Wall times on a shared machine are noisy: compare CPU ms and same-run ratios.
 """
 from __future__ import annotations
 
@@ -24,27 +38,47 @@ from pathlib import Path
 import numpy as np
 
 LOADGEN = r"""
-import json, sys, threading, time, httpx
-url, mode, conc, n, users = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4]), json.loads(sys.argv[5])
-lat, acked, lock = [], [], threading.Lock()
-def worker(w):
-    with httpx.Client(timeout=30) as c:
-        for i in range(w, n, conc):
-            t = time.perf_counter()
-            if mode == "homepage":
-                r = c.post(url + "/v1/homepage", json={"user_id": users[i % len(users)], "now": 1512259200 + i})
+import http.client, json, sys, threading, time
+url, mode, conc, n, t0, step = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4]), int(sys.argv[5]), int(sys.argv[6])
+users = json.loads(sys.stdin.read())
+# step: seconds between two requests of one user in `full` mode, past the templates' age limit
+host, port = url.removeprefix("http://").split(":")
+lat, acked, rebuilt, degraded, errors, lock = [], [], [0], [0], [0], threading.Lock()
+def worker(w):  # http.client, one keep-alive connection per client: far lighter than httpx on a 2-core box
+    mine = users[w::conc] or users
+    last = {}  # user -> template index the client showed last (mix mode)
+    c = http.client.HTTPConnection(host, int(port), timeout=60)
+    for j, i in enumerate(range(w, n, conc)):
+        u = mine[j % len(mine)]
+        if mode == "events":
+            ev = [{"event_id": f"b{t0}-{i}-{k}", "user_id": u, "item_id": "1", "behavior": "pv", "ts": t0 + i} for k in range(50)]
+            path, body = "/v1/events", {"events": ev}
+        else:
+            path, body = "/v1/homepage", {"user_id": u, "now": t0 + i * step if mode == "full" else t0 + i}
+            if mode == "mix" and u in last:
+                body["template_index"] = last[u]
+        t = time.perf_counter()
+        c.request("POST", path, json.dumps(body), {"Content-Type": "application/json"})
+        r = c.getresponse()
+        data = r.read()
+        dt = time.perf_counter() - t
+        with lock:
+            lat.append(dt)
+            if r.status != 200:
+                errors[0] += 1
+            elif mode == "events":
+                acked.extend(e["event_id"] for e in ev)
             else:
-                ev = [{"event_id": f"b{i}-{j}", "user_id": users[i % len(users)], "item_id": "1", "behavior": "pv",
-                       "ts": 1512259200 + i} for j in range(50)]
-                r = c.post(url + "/v1/events", json={"events": ev})
-            with lock:
-                lat.append(time.perf_counter() - t)
-                if mode == "events" and r.status_code == 200:
-                    acked.extend(e["event_id"] for e in ev)
-t0 = time.perf_counter()
+                page = json.loads(data)
+                last[u] = page["template_index"]
+                rebuilt[0] += "recall" in page["timings_ms"]
+                degraded[0] += bool(page["degraded"])
+    c.close()
+start = time.perf_counter()
 ts = [threading.Thread(target=worker, args=(w,)) for w in range(conc)]
 [t.start() for t in ts]; [t.join() for t in ts]
-print(json.dumps({"seconds": time.perf_counter() - t0, "lat": lat, "acked": acked}))
+print(json.dumps({"seconds": time.perf_counter() - start, "lat": lat, "acked": acked, "rebuilt": rebuilt[0],
+                  "degraded": degraded[0], "errors": errors[0]}))
 """
 
 
@@ -52,9 +86,20 @@ def pct(xs, q) -> float:
     return float(np.percentile(np.asarray(xs) * 1000, q)) if len(xs) else float("nan")
 
 
-def in_process(bundle: Path, n: int) -> dict:
+def med_ms(xs) -> float:
+    return float(np.median(xs) * 1000) if len(xs) else float("nan")
+
+
+def bundle_users(bundle: Path) -> tuple[list[str], int]:
+    """Users with history in the bundle (most active first) and a time just after the history."""
     import polars as pl
 
+    ev = pl.read_parquet(bundle / "data" / "recent_events.parquet")
+    users = ev.group_by("user_raw").len().sort("len", descending=True)["user_raw"].cast(str).to_list()
+    return users, int(ev["ts"].max()) + 60
+
+
+def in_process(bundle: Path, n: int) -> dict:
     from homefeed.config import Config
     from homefeed.serve.artefacts import ServingBundle
     from homefeed.serve.pipeline import Pipeline
@@ -62,47 +107,155 @@ def in_process(bundle: Path, n: int) -> dict:
     from homefeed.serve.state import SQLiteStore
 
     b = ServingBundle.load(bundle)
-    users = pl.read_parquet(bundle / "data" / "recent_events.parquet")["user_raw"].unique(maintain_order=True).to_list()
-    now = int(pl.read_parquet(bundle / "data" / "recent_events.parquet")["ts"].max()) + 60
-    p = Pipeline(b, SQLiteStore(Path(tempfile.mkdtemp()) / "s.db"), Config())
+    users, now = bundle_users(bundle)
+    cfg = Config()
+    p = Pipeline(b, SQLiteStore(Path(tempfile.mkdtemp()) / "s.db"), cfg)
     p.warm_up()
-    full, stages, template = [], {}, []
+    step = p.exposure_cfg.max_age_s + 1
+    full, cpu, stages, template, degraded, sizes = [], [], {}, [], 0, []
     for i in range(n):
-        page = p.homepage(HomepageRequest(user_id=users[i % len(users)], now=now + i))
-        full.append(page.timings_ms["total"] / 1000)
+        user, t_req = users[i % len(users)], now + i * step
+        c0, t = time.process_time(), time.perf_counter()
+        page = p.homepage(HomepageRequest(user_id=user, now=t_req))
+        full.append(time.perf_counter() - t)
+        cpu.append(time.process_time() - c0)
+        degraded += bool(page.degraded)
         for k, v in page.timings_ms.items():
             stages.setdefault(k, []).append(v / 1000)
         t = time.perf_counter()
-        p.homepage(HomepageRequest(user_id=users[i % len(users)], now=now + i, template_index=page.template_index))
+        p.homepage(HomepageRequest(user_id=user, now=t_req + 1, template_index=page.template_index))
         template.append(time.perf_counter() - t)
-    n_cands = len(p.recall(p.user_state(users[0], now), []))
+    paths = {"exact": [], "online": [], "model": []}
+    r = b.ranker
+    for i in range(min(n, 40) if r is not None else 0):  # the two feature paths on the same requests
+        state = p.user_state(users[i % len(users)], now)
+        cands = p.recall(state, [])
+        sizes.append(len(cands))
+        for name, f in (("exact", r.exact_features), ("online", r.features)):
+            t = time.perf_counter()
+            batch = f(state, cands, {})
+            paths[name].append(time.perf_counter() - t)
+        t = time.perf_counter()
+        r.predict(batch)
+        paths["model"].append(time.perf_counter() - t)
     p.close()
-    return {"requests": n, "candidates": n_cands, "full_p50_ms": pct(full, 50), "full_p99_ms": pct(full, 99),
-            "template_p50_ms": pct(template, 50), "template_p99_ms": pct(template, 99),
-            "stages_p50_ms": {k: pct(v, 50) for k, v in stages.items()}, "stages_p99_ms": {k: pct(v, 99) for k, v in stages.items()},
-            "users": users[:2000]}
+    out = {"bundle": str(bundle), "model": b.manifest["parts"].get("rank", {}).get("metrics", {}).get("preset"),
+           "served": r is not None and r.model_name, "requests": n, "candidates_median": float(np.median(sizes)) if sizes else 0,
+           "full_p50_ms": pct(full, 50), "full_p99_ms": pct(full, 99), "full_cpu_ms_median": med_ms(cpu),
+           "degraded_pages": degraded, "template_p50_ms": pct(template, 50), "template_p99_ms": pct(template, 99),
+           "stages_p50_ms": {k: pct(v, 50) for k, v in stages.items()},
+           "stages_p99_ms": {k: pct(v, 99) for k, v in stages.items()}}
+    if paths["exact"]:
+        out["features_ms"] = {k: med_ms(v) for k, v in paths.items()}
+        out["features_speedup"] = med_ms(paths["exact"]) / med_ms(paths["online"])
+        out["rank_stage_exact_ms"] = med_ms(paths["exact"]) + med_ms(paths["model"])
+    return out
 
 
-def over_http(bundle: Path, users: list[str], n: int, state: Path) -> dict:
-    from homefeed.serve.process import start_server
+def runtimes(bundle: Path, reps: int = 40) -> dict:
+    """CPU ms (median) of one forward on a real request's batch: TorchScript fp32 / int8 (what the bundle
+    holds), the eager model, and ONNX Runtime (exported here from the eager model), 1 thread each."""
+    import warnings
 
-    server, url = start_server(bundle, port=8799, state=f"sqlite:{state}", quiet=True)
-    try:
-        out = {}
-        for conc in (1, 8, 32):
-            done = subprocess.run([sys.executable, "-c", LOADGEN, url, "homepage", str(conc), str(n), json.dumps(users)],
-                                  capture_output=True, text=True, check=True)
-            r = json.loads(done.stdout)
-            out[f"c{conc}"] = {"rps": n / r["seconds"], "p50_ms": pct(r["lat"], 50), "p99_ms": pct(r["lat"], 99)}
-        done = subprocess.run([sys.executable, "-c", LOADGEN, url, "events", "8", str(n), json.dumps(users)],
-                              capture_output=True, text=True, check=True)
-        r = json.loads(done.stdout)
-        out["events"] = {"events_per_s": len(r["acked"]) / r["seconds"], "acked": len(r["acked"])}
-    finally:
-        server.terminate()
-        server.wait(20)
+    import torch
+
+    from homefeed.config import Config
+    from homefeed.rank.export import export_onnx, load_torchscript, onnx_session
+    from homefeed.rank.model import ModelConfig, RankModel
+    from homefeed.rank.spec import FeatureSpec
+    from homefeed.rank.train import load_checkpoint
+    from homefeed.serve.artefacts import ServingBundle
+    from homefeed.serve.pipeline import Pipeline
     from homefeed.serve.state import SQLiteStore
 
+    b = ServingBundle.load(bundle)
+    users, now = bundle_users(bundle)
+    p = Pipeline(b, SQLiteStore(Path(tempfile.mkdtemp()) / "s.db"), Config())
+    state = p.user_state(users[0], now)
+    cands = p.recall(state, [])
+    p.close()
+    batch = {k: v for k, v in b.ranker.features(state, cands, {}).items() if k in b.ranker.inputs}
+    meta = json.loads((bundle / "rank" / "model.json").read_text())
+    eager = load_checkpoint(RankModel(FeatureSpec(**meta["spec"]), ModelConfig(**meta["config"])), bundle / "rank" / "best.npz")
+    eager.eval()
+    onnx = export_onnx(eager, batch, Path(tempfile.mkdtemp()) / "model.onnx")
+    session = onnx_session(onnx, threads=1)
+    feeds = {k: v.numpy() for k, v in batch.items()}
+    runs = {"eager": lambda: eager(batch), "onnxruntime": lambda: session.run(["logit"], feeds)}
+    for name in ("model.pt", "model_int8.pt"):
+        if (bundle / "rank" / name).exists():
+            runs[f"torchscript {name}"] = (lambda m: lambda: m(batch))(load_torchscript(bundle / "rank" / name))
+    cpu: dict[str, list[float]] = {k: [] for k in runs}
+    with torch.inference_mode(), warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        for f in runs.values():
+            f(), f()
+        for _ in range(reps):  # interleaved, so load from other processes hits every runtime alike
+            for k, f in runs.items():
+                t = time.process_time()
+                f()
+                cpu[k].append(time.process_time() - t)
+    return {"batch": len(cands), "cpu_ms_median": {k: med_ms(v) for k, v in cpu.items()}}
+
+
+def process_cpu_s(pid: int) -> float:
+    """CPU seconds (user + system) of a process and its direct children (uvicorn workers); nan off Linux."""
+    import os
+
+    try:
+        children = subprocess.run(["pgrep", "-P", str(pid)], capture_output=True, text=True).stdout.split()
+        total = 0.0
+        for p in [pid, *map(int, children)]:
+            fields = Path(f"/proc/{p}/stat").read_text().rsplit(")", 1)[1].split()
+            total += (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+        return total
+    except (OSError, ValueError, IndexError):
+        return float("nan")
+
+
+def loadgen(url: str, mode: str, conc: int, n: int, users: list[str], t0: int, step: int, server_pid: int) -> dict:
+    """One load-generator run; adds the server's and the generator's CPU ms per request."""
+    import resource
+
+    server0, own0 = process_cpu_s(server_pid), resource.getrusage(resource.RUSAGE_CHILDREN)
+    done = subprocess.run([sys.executable, "-c", LOADGEN, url, mode, str(conc), str(n), str(t0), str(step)],
+                          input=json.dumps(users), capture_output=True, text=True, check=True)
+    own1 = resource.getrusage(resource.RUSAGE_CHILDREN)
+    out = json.loads(done.stdout)
+    out["server_cpu_ms"] = (process_cpu_s(server_pid) - server0) / n * 1000
+    out["loadgen_cpu_ms"] = (own1.ru_utime + own1.ru_stime - own0.ru_utime - own0.ru_stime) / n * 1000
+    return out
+
+
+def over_http(bundle: Path, n: int, workers: int, folder: Path, clock: list[int]) -> dict:
+    """Full and mix modes at concurrency 1, 8, 32, then events, against `homefeed serve --workers W`."""
+    from homefeed.config import Config
+    from homefeed.mechanism.exposure import ExposureConfig
+    from homefeed.serve.process import start_server
+    from homefeed.serve.state import SQLiteStore
+
+    users, now = bundle_users(bundle)
+    clock[0] = max(clock[0], now)
+    step = ExposureConfig(**Config().mechanism.exposure).max_age_s + 1
+    state = folder / f"http_w{workers}.db"
+    server, url = start_server(bundle, port=8799, state=f"sqlite:{state}", quiet=True, workers=workers)
+    out: dict = {}
+    try:
+        for mode in ("full", "mix"):
+            for conc in (1, 8, 32):
+                r = loadgen(url, mode, conc, n, users[:conc * 2], clock[0], step, server.pid)  # two users per client
+                clock[0] += n * (step if mode == "full" else 1) + step
+                cpu = r["server_cpu_ms"] + r["loadgen_cpu_ms"]
+                out[f"{mode}_c{conc}"] = {"rps": n / r["seconds"], "p50_ms": pct(r["lat"], 50), "p99_ms": pct(r["lat"], 99),
+                                          "rebuilt_share": r["rebuilt"] / n, "degraded": r["degraded"], "errors": r["errors"],
+                                          "server_cpu_ms": r["server_cpu_ms"], "loadgen_cpu_ms": r["loadgen_cpu_ms"],
+                                          # an upper bound: 2 cores shared with the generator, a worker uses ~1 core (GIL)
+                                          "rps_2_dedicated_cores": min(2000 / cpu, 1000 * min(workers, 2) / r["server_cpu_ms"])}
+        r = loadgen(url, "events", 8, n, users[:1000], clock[0], 1, server.pid)
+        out["events"] = {"events_per_s": len(r["acked"]) / r["seconds"], "acked": len(r["acked"]), "errors": r["errors"]}
+    finally:
+        server.terminate()
+        server.wait(30)
     store = SQLiteStore(state)
     out["events"]["lost"] = sum(not store.has_event(e) for e in r["acked"])
     return out
@@ -110,34 +263,77 @@ def over_http(bundle: Path, users: list[str], n: int, state: Path) -> dict:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("bundle", type=Path)
-    p.add_argument("--requests", type=int, default=300)
+    p.add_argument("bundle", type=Path, help="bundle to benchmark (build it with rank.preset=\"bst\" for the target)")
+    p.add_argument("--din", type=Path, help="a second bundle (e.g. DIN) timed in process too")
+    p.add_argument("--requests", type=int, default=300, help="in-process full requests")
+    p.add_argument("--http-requests", type=int, default=300, help="requests per HTTP run")
+    p.add_argument("--workers", default="1,2", help="comma-separated worker counts to run over HTTP")
+    p.add_argument("--no-http", action="store_true")
+    p.add_argument("--runtimes", action="store_true", help="also time the model in TorchScript, eager and ONNX Runtime")
     p.add_argument("--json", action="store_true")
     a = p.parse_args()
-    local = in_process(a.bundle, a.requests)
-    users = local.pop("users")
-    http = over_http(a.bundle, users, a.requests, Path(tempfile.mkdtemp()) / "http.db")
-    result = {"in_process": local, "http": http,
-              "targets": {"in_process_p99<25ms": local["full_p99_ms"] < 25, "http_rps>=150": http["c32"]["rps"] >= 150,
-                          "no_acked_event_lost": http["events"]["lost"] == 0}}
+    import torch
+
+    torch.set_num_threads(1)  # as the server's request threads do
+    local = [in_process(a.bundle, a.requests)] + ([in_process(a.din, a.requests)] if a.din else [])
+    models = runtimes(a.bundle) if a.runtimes else {}
+    http = {}
+    if not a.no_http:
+        folder, clock = Path(tempfile.mkdtemp()), [0]
+        http = {f"w{w}": over_http(a.bundle, a.http_requests, int(w), folder, clock) for w in a.workers.split(",")}
+    best_rps = max((h[k]["rps"] for h in http.values() for k in h if k.startswith("mix")), default=float("nan"))
+    result = {"in_process": local, "model_runtimes": models, "http": http,
+              "targets": {"in_process_p99<25ms": local[0]["full_p99_ms"] < 25, "http_mix_rps>=150": best_rps >= 150,
+                          "no_acked_event_lost": all(h["events"]["lost"] == 0 for h in http.values())}}
     if a.json:
         print(json.dumps(result))
         return
+    report(result)
+
+
+def report(result: dict) -> None:
     from rich.console import Console
     from rich.table import Table
 
-    t = Table(title=f"serve benchmark ({local['candidates']} merged candidates, {a.requests} requests)")
-    for c in ("what", "p50 ms", "p99 ms", "req/s"):
-        t.add_column(c, justify="left" if c == "what" else "right")
-    t.add_row("in process, full rebuild", f"{local['full_p50_ms']:.2f}", f"{local['full_p99_ms']:.2f}", "")
-    for k in local["stages_p50_ms"]:
-        t.add_row(f"  stage {k}", f"{local['stages_p50_ms'][k]:.2f}", f"{local['stages_p99_ms'][k]:.2f}", "")
-    t.add_row("in process, next template", f"{local['template_p50_ms']:.2f}", f"{local['template_p99_ms']:.2f}", "")
-    for c in (1, 8, 32):
-        h = http[f"c{c}"]
-        t.add_row(f"HTTP concurrency {c}", f"{h['p50_ms']:.2f}", f"{h['p99_ms']:.2f}", f"{h['rps']:.0f}")
-    Console().print(t)
-    print(f"events: {http['events']['events_per_s']:.0f}/s, {http['events']['acked']} acked, {http['events']['lost']} lost")
+    con = Console(width=170)
+    for loc in result["in_process"]:
+        t = Table(title=f"in process: {loc['model']} ({loc['served']}), {loc['candidates_median']:.0f} merged candidates, "
+                        f"{loc['requests']} full requests, {loc['degraded_pages']} degraded")
+        for c in ("what", "p50 ms", "p99 ms"):
+            t.add_column(c, justify="left" if c == "what" else "right")
+        t.add_row("full request (rebuild)", f"{loc['full_p50_ms']:.2f}", f"{loc['full_p99_ms']:.2f}")
+        t.add_row("  CPU ms per full request (median)", f"{loc['full_cpu_ms_median']:.2f}", "")
+        for k in loc["stages_p50_ms"]:
+            t.add_row(f"  stage {k}", f"{loc['stages_p50_ms'][k]:.2f}", f"{loc['stages_p99_ms'][k]:.2f}")
+        t.add_row("next template", f"{loc['template_p50_ms']:.2f}", f"{loc['template_p99_ms']:.2f}")
+        if "features_ms" in loc:
+            f = loc["features_ms"]
+            t.add_row("  features: exact training code (before)", f"{f['exact']:.2f}", "")
+            t.add_row(f"  features: online (now), {loc['features_speedup']:.0f}x faster", f"{f['online']:.2f}", "")
+            t.add_row("  model forward", f"{f['model']:.2f}", "")
+        con.print(t)
+    if result["model_runtimes"]:
+        m = result["model_runtimes"]
+        t = Table(title=f"model forward, batch {m['batch']}, 1 thread (CPU ms, median)")
+        t.add_column("runtime")
+        t.add_column("ms", justify="right")
+        for k, v in m["cpu_ms_median"].items():
+            t.add_row(k, f"{v:.2f}")
+        con.print(t)
+    for w, h in result["http"].items():
+        t = Table(title=f"HTTP, {w[1:]} worker(s)")
+        for c in ("mode", "clients", "req/s", "p50 ms", "p99 ms", "rebuilt", "degraded", "errors", "server CPU ms",
+                  "loadgen CPU ms", "bound on 2 cores"):
+            t.add_column(c, justify="right")
+        for k, v in h.items():
+            if k != "events":
+                mode, c = k.split("_c")
+                t.add_row(mode, c, f"{v['rps']:.0f}", f"{v['p50_ms']:.1f}", f"{v['p99_ms']:.1f}", f"{v['rebuilt_share']:.0%}",
+                          str(v["degraded"]), str(v["errors"]), f"{v['server_cpu_ms']:.1f}", f"{v['loadgen_cpu_ms']:.1f}",
+                          f"{v['rps_2_dedicated_cores']:.0f}")
+        con.print(t)
+        e = h["events"]
+        print(f"events: {e['events_per_s']:.0f}/s, {e['acked']} acked, {e['lost']} lost, {e['errors']} errors")
     print("targets:", result["targets"])
 
 

@@ -126,6 +126,8 @@ class Serve(Section):
     promotion_slots: dict[str, int] = Field(default_factory=lambda: {"main_venue": 8, "industry_venue": 4})
     recall_budget_ms: float = 80.0  # channels not done by then are dropped from the page (and counted)
     history_len: int = 200  # recent events per user read from the state store
+    max_inflight: int = Field(2, ge=1)  # homepage requests inside the pipeline at once per worker; others wait
+    exposure_pages: int = Field(30, ge=0)  # served pages remembered per user (the ranker's item_shown_* counts)
     admin_token: str = ""  # required in X-Admin-Token for /admin/reload; empty = reload disabled
     state: str = "sqlite:homefeed_state.db"  # sqlite:PATH or redis://HOST:PORT/DB
 

@@ -4,6 +4,7 @@ import time
 import numpy as np
 import polars as pl
 import pytest
+import torch
 
 from homefeed.config import Config
 from homefeed.serve.artefacts import ServingBundle
@@ -153,3 +154,51 @@ def test_promotion_scene(pipeline, bundle):
     assert venues and all(it.reason.startswith("venue ") for it in venues)
     codes = [bundle.item_code(i.item_id) for i in page.slots["main_venue"]]
     assert (bundle.venue_of[codes] >= 0).all()
+
+
+def test_served_ranker_fast_path_equals_the_training_feature_code(pipeline, bundle):
+    user, now = active_user(bundle)
+    state = pipeline.user_state(user, now)
+    cands = pipeline.recall(state, [])
+    ranker = bundle.ranker
+    shown = (cands.items[::7].astype(np.int64), np.full(len(cands.items[::7]), now - 3600, np.int64))
+    fast, exact = ranker.features(state, cands, {"page": 1}, shown), ranker.exact_features(state, cands, {"page": 1}, shown)
+    assert all(torch.equal(fast[k], exact[k]) for k in ("sparse", "seq", "seq_gap"))
+    torch.testing.assert_close(fast["dense"], exact["dense"], rtol=0, atol=1e-6)
+    np.testing.assert_allclose(ranker.predict(fast), ranker.predict(exact), rtol=0, atol=1e-6)
+    ranker.exact = True  # the reference path kept for serving too
+    try:
+        np.testing.assert_allclose(ranker.score(state, cands, {}, shown), ranker.predict(ranker.features(state, cands, {}, shown)),
+                                   rtol=0, atol=1e-6)
+    finally:
+        ranker.exact = False
+    assert len(cands) > 50 and (fast["seq_gap"] > 0).any()
+
+
+def test_served_pages_are_logged_as_exposures_for_the_ranker(pipeline, bundle):
+    user, now = active_user(bundle)
+    first = pipeline.homepage(HomepageRequest(user_id=user, now=now))
+    log = pipeline.exposure_log(pipeline.store.get_blob(user, "templates"))
+    codes = [bundle.item_code(i) for i in all_items(first)]
+    assert log == {"ts": [now], "items": [codes]}
+    seen = {}
+
+    class Spy:  # the real ranker, recording the exposures the pipeline hands it
+        def score(self, state, cands, context, exposures):
+            seen["exposures"] = exposures
+            return bundle.ranker.score(state, cands, context, exposures)
+
+    ranker, bundle.ranker = bundle.ranker, Spy()
+    try:
+        pipeline.homepage(HomepageRequest(user_id=user, scene="promotion", now=now + 5))  # another scene: a rebuild
+    finally:
+        bundle.ranker = ranker
+    items, ts = seen["exposures"]
+    assert items.tolist() == codes and (ts == now).all()
+    state = pipeline.user_state(user, now + 5)
+    cands = pipeline.recall(state, [])
+    batch = ranker.features(state, cands, {}, seen["exposures"])
+    shown_col = ranker.encoders.spec.sparse_index("item_shown_1d")  # the tiny shop's model trained on exposures
+    on_page = np.isin(cands.items, codes)  # count code 1 = never shown; >= 2 = shown at least once
+    assert on_page.any() and (batch["sparse"][on_page, shown_col] >= 2).all()
+    assert (batch["sparse"][~on_page, shown_col] == 1).all()

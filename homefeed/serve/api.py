@@ -17,7 +17,7 @@ from pathlib import Path
 
 from fastapi import FastAPI, Header, HTTPException, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse, PlainTextResponse
+from fastapi.responses import JSONResponse, PlainTextResponse, Response
 from pydantic import BaseModel
 
 from homefeed.config import Config, load_config
@@ -29,15 +29,28 @@ from homefeed.serve.schemas import EventsRequest, EventsResponse, HomepageReques
 from homefeed.serve.state import open_store
 
 
+ANNOUNCE = ("__homefeed_service__", "bundle")  # (user id, blob key) in the state store: the last reload
+FOLLOW_S = 1.0
+
+
 class ReloadRequest(BaseModel):
     bundle: str | None = None  # folder of the new bundle; default: reload the current path
 
 
 class Service:
-    """Holds the live pipeline; a reload builds the new one aside and swaps a single reference."""
+    """Holds the live pipeline; a reload builds the new one aside and swaps a single reference.
 
-    def __init__(self, bundle_path: str | Path, config: Config, state: str | None = None):
+    With several worker processes (`homefeed serve --workers N`) a reload reaches one of them; it
+    announces the new bundle in the shared state store and the others follow within `follow_s`
+    seconds (a background thread polls the note). Everything else a request reads or writes (events,
+    templates, purchase filter) already lives in the store, so workers need no other coordination.
+    """
+
+    def __init__(self, bundle_path: str | Path, config: Config, state: str | None = None, *, follow_s: float = FOLLOW_S):
         self.config = config
+        # Admission: past a few requests in flight a CPU-bound pipeline only gets slower per request, and
+        # queueing inside it would eat the recall budget (channels dropped under load). Waiting here does not.
+        self.gate = threading.BoundedSemaphore(config.serve.max_inflight)
         self.metrics = ServeMetrics()
         self.store = open_store(state or config.serve.state)
         self.bundle_path = Path(bundle_path)
@@ -46,8 +59,12 @@ class Service:
         self.pipeline.warm_up()
         self._reload_lock = threading.Lock()
         self.started = time.time()
+        self._followed = self.started  # announcements at or before this time are handled
+        self._stop = threading.Event()
+        if follow_s > 0:
+            threading.Thread(target=self._follow, args=(follow_s,), daemon=True, name="homefeed-follow").start()
 
-    def reload(self, path: str | Path | None) -> str:
+    def reload(self, path: str | Path | None, *, announce: bool = True) -> str:
         with self._reload_lock:
             new_path = Path(path) if path else self.bundle_path
             bundle = ServingBundle.load(new_path)  # verifies checksums; the old pipeline serves meanwhile
@@ -56,7 +73,29 @@ class Service:
             old, self.pipeline = self.pipeline, fresh
             self.bundle_path = new_path
             old.pool.shutdown(wait=True)  # requests already in the old pipeline finish their recall
+            if announce:
+                at = time.time()
+                self.store.put_blob(*ANNOUNCE, {"path": str(new_path.resolve()), "version": bundle.version, "at": at})
+                self._followed = at
             return bundle.version
+
+    def _follow(self, every_s: float) -> None:
+        """Reload when another worker announced a bundle this one does not serve (each note tried once)."""
+        while not self._stop.wait(every_s):
+            try:
+                note = self.store.get_blob(*ANNOUNCE)
+                if not note or note["at"] <= self._followed:
+                    continue
+                self._followed = note["at"]
+                if note["path"] != str(self.bundle_path.resolve()) or note["version"] != self.pipeline.bundle.version:
+                    self.reload(note["path"], announce=False)
+                    self.metrics.reloads.labels("followed").inc()
+            except Exception:  # an unreadable note or bundle: keep serving the current one, and count it
+                self.metrics.reloads.labels("follow_failed").inc()
+
+    def close(self) -> None:
+        self._stop.set()
+        self.pipeline.close()
 
 
 def create_app(bundle: str | Path, config: Config | None = None, *, state: str | None = None) -> FastAPI:
@@ -73,16 +112,17 @@ def create_app(bundle: str | Path, config: Config | None = None, *, state: str |
         return JSONResponse(status_code=422, content={"detail": errors})
 
     @app.post("/v1/homepage", response_model=HomepageResponse)
-    def homepage(req: HomepageRequest) -> HomepageResponse:
-        page = service.pipeline.homepage(req)
+    def homepage(req: HomepageRequest) -> Response:
+        with service.gate:
+            page = service.pipeline.homepage(req)
         service.metrics.http.labels("/v1/homepage", "200").inc()
-        return page
+        return _json(page)
 
     @app.post("/v1/events", response_model=EventsResponse)
-    def events(req: EventsRequest) -> EventsResponse:
+    def events(req: EventsRequest) -> Response:
         received, stored = service.pipeline.ingest(req.events)
         service.metrics.http.labels("/v1/events", "200").inc()
-        return EventsResponse(received=received, stored=stored)
+        return _json(EventsResponse(received=received, stored=stored))
 
     @app.get("/v1/items/{item_id}/similar", response_model=SimilarResponse)
     def similar(item_id: str, k: int = 20) -> SimilarResponse:
@@ -97,7 +137,7 @@ def create_app(bundle: str | Path, config: Config | None = None, *, state: str |
     @app.get("/readyz")
     def readyz() -> dict:
         p = service.pipeline
-        return {"ready": True, "bundle": p.bundle.version, "path": str(service.bundle_path),
+        return {"ready": True, "bundle": p.bundle.version, "path": str(service.bundle_path), "pid": os.getpid(),
                 "channels": list(p.bundle.channels), "ranker": p.bundle.ranker is not None}
 
     @app.get("/metrics", response_class=PlainTextResponse)
@@ -119,6 +159,13 @@ def create_app(bundle: str | Path, config: Config | None = None, *, state: str |
         return {"reloaded": True, "bundle": version}
 
     return app
+
+
+def _json(body: BaseModel) -> Response:
+    """The response model serialised by pydantic-core straight to bytes: FastAPI's re-validation and
+    `jsonable_encoder` walk cost more than the rest of a template-path request. The declared
+    `response_model` still documents the body in the OpenAPI schema."""
+    return Response(content=body.model_dump_json(), media_type="application/json")
 
 
 def app_from_env() -> FastAPI:

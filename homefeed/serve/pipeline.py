@@ -7,12 +7,19 @@ The page is always returned. Recall channels run concurrently under `serve.recal
 channel that raises or is late is left out of this page and counted. If the ranker fails, the
 candidates keep their recall order. Pages are built several at a time as exposure templates
 (`mechanism.exposure`): the next request shows the next template, and new behaviour rebuilds them.
+
+Every page served is also logged as exposures (its item codes and time; the last `serve.exposure_pages`
+pages within the ranker's longest count window) in the same stored blob, and passed to the ranker: its
+`item_shown_*` fatigue features count them online as training counted the exposure log. The log
+holds bundle item codes, so it starts afresh when a new bundle is loaded.
 """
 from __future__ import annotations
 
+import gc
 import time
 import uuid
 from concurrent.futures import ThreadPoolExecutor, wait
+from dataclasses import fields
 
 import numpy as np
 
@@ -31,6 +38,8 @@ from homefeed.serve.state import Event, StateStore
 
 TEMPLATES = "templates"
 PURCHASE = "purchase_filter"
+CONCURRENT_REQUESTS = 2  # requests whose channels can all run at once (the API admits as many)
+DAY_S = 86_400
 
 
 class Pipeline:
@@ -45,7 +54,11 @@ class Pipeline:
         self.purchase_cfg = PurchaseConfig(**m.purchase)
         self.k_merge = MergeSettings(**self.cfg.recall.merge).k
         self.metrics = metrics or ServeMetrics()
-        self.pool = ThreadPoolExecutor(max_workers=max(len(bundle.channels), 1), thread_name_prefix="recall")
+        # a thread per channel for each request in flight, so one request's channels never queue behind another's
+        n_threads = max(len(bundle.channels), 1) * CONCURRENT_REQUESTS
+        self.pool = ThreadPoolExecutor(max_workers=n_threads, thread_name_prefix="recall")
+        windows = getattr(getattr(bundle.ranker, "online", None), "windows", None)
+        self.exposure_keep_s = int(windows.max()) if windows is not None and len(windows) else 7 * DAY_S
 
     # --- state ------------------------------------------------------------------------------
     def user_state(self, user_id: str, now: int) -> UserState:
@@ -84,13 +97,17 @@ class Pipeline:
                 results[name] = fut.result()
         return self.bundle.merger.merge(results, k=self.k_merge)
 
-    def rank(self, state: UserState, cands: MergedCandidates, context: dict, degraded: list[str]) -> np.ndarray:
-        """Model scores for the candidates, or their recall order when there is no model or it fails."""
+    def rank(self, state: UserState, cands: MergedCandidates, context: dict, degraded: list[str],
+             exposures: tuple[np.ndarray, np.ndarray] | None = None) -> np.ndarray:
+        """Model scores for the candidates, or their recall order when there is no model or it fails.
+
+        exposures: the user's served (item codes, ts), for the ranker's item_shown_* counts.
+        """
         recall_order = -np.arange(len(cands), dtype=np.float64)
         if self.bundle.ranker is None or len(cands) == 0:
             return recall_order
         try:
-            return np.asarray(self.bundle.ranker.score(state, cands, context), np.float64)
+            return np.asarray(self.bundle.ranker.score(state, cands, context, exposures), np.float64)
         except Exception:  # a broken model must not break the page
             degraded.append("rank:error")
             self.metrics.channel_errors.labels("rank", "error").inc()
@@ -123,6 +140,7 @@ class Pipeline:
         slots = req.slots or (self.cfg.serve.slots if req.scene == "homepage" else self.cfg.serve.promotion_slots)
         blob = self.store.get_blob(req.user_id, TEMPLATES)
         exp, rows = self._templates(blob, req.scene, slots)
+        shown = self.exposure_log(blob)
         if req.template_index is not None and req.template_index < len(exp.templates):
             exp = exposure.on_shown(exp, req.template_index, config=self.exposure_cfg)
         current = exposure.current(exp, now, config=self.exposure_cfg)
@@ -131,7 +149,7 @@ class Pipeline:
             cands = self.recall(state, degraded)
             timings["recall"] = _ms(t)
             t = time.perf_counter()
-            scores = self.rank(state, cands, req.context, degraded)
+            scores = self.rank(state, cands, req.context, degraded, exposures_of(shown))
             timings["rank"] = _ms(t)
             t = time.perf_counter()
             purchase = PurchaseState.from_dict(self.store.get_blob(req.user_id, PURCHASE) or {})
@@ -145,8 +163,9 @@ class Pipeline:
             timings["mechanism"] = _ms(t)
             current = (0, exp.templates[0])
         index = current[0]
+        shown = self._log_exposures(shown, [r[0] for r in rows[index]], now)
         self.store.put_blob(req.user_id, TEMPLATES, {"bundle": self.bundle.version, "scene": req.scene, "slots": slots,
-                                                     "state": exp.to_dict(), "rows": rows})
+                                                     "state": _plain(exp), "rows": rows, "exposed": shown})
         page = rows_to_slots(self.bundle, rows[index], list(slots))
         timings["total"] = _ms(t0)
         for stage, ms in timings.items():
@@ -161,6 +180,24 @@ class Pipeline:
             last = ExposureState.from_dict(blob["state"]).last_behavior_ts if blob else 0
             return ExposureState(last_behavior_ts=last), []
         return ExposureState.from_dict(blob["state"]), blob["rows"]
+
+    def exposure_log(self, blob: dict | None) -> dict[str, list]:
+        """The pages served, from a stored templates blob: {"ts": [t, ...], "items": [[codes of that page], ...]}.
+
+        Empty when there is none or it was written under another bundle (other item codes).
+        """
+        log = (blob or {}).get("exposed")
+        if not log or blob.get("bundle") != self.bundle.version:
+            return {"ts": [], "items": []}
+        return log
+
+    def _log_exposures(self, log: dict[str, list], items: list[int], now: int) -> dict[str, list]:
+        """`log` plus the page of `items` served at `now`, without pages older than the longest window, capped."""
+        since = now - self.exposure_keep_s
+        kept = [(t, page) for t, page in zip(log["ts"], log["items"]) if t >= since]
+        kept.append((now, [int(i) for i in items if i > 0]))
+        kept = kept[max(0, len(kept) - self.cfg.serve.exposure_pages):]
+        return {"ts": [t for t, _ in kept], "items": [page for _, page in kept]}
 
     def ingest(self, events: list[EventIn]) -> tuple[int, int]:
         """Store events durably (idempotent on event_id), then fold the new ones into each user's mechanism state."""
@@ -195,6 +232,11 @@ class Pipeline:
         degraded: list[str] = []
         cands = self.recall(state, degraded)
         self.rank(state, cands, {}, degraded)
+        # The bundle's few hundred thousand Python objects (vocab dicts, profiles) live as long as the
+        # process: move them out of the cyclic GC's sight, or every full collection walks them (a pause
+        # of tens of ms, a p99 spike). Refcounting still frees an old bundle after a reload.
+        gc.collect()
+        gc.freeze()
 
     def similar(self, item_id: str, k: int = 20) -> list[Item]:
         """Neighbours of an item from the first i2i channel that knows it."""
@@ -211,6 +253,18 @@ class Pipeline:
 
     def close(self) -> None:
         self.pool.shutdown(wait=False, cancel_futures=True)
+
+
+def exposures_of(log: dict[str, list]) -> tuple[np.ndarray, np.ndarray]:
+    """An exposure log as the ranker takes it: (item codes, ts), one entry per item shown."""
+    sizes = [len(page) for page in log["items"]]
+    items = np.fromiter((i for page in log["items"] for i in page), np.int64, sum(sizes))
+    return items, np.repeat(np.asarray(log["ts"], np.int64), sizes)
+
+
+def _plain(state: ExposureState) -> dict:
+    """`state.to_dict()` without `dataclasses.asdict`'s deep copy of every list (its fields are JSON already)."""
+    return {f.name: getattr(state, f.name) for f in fields(state)}
 
 
 def _ms(t0: float) -> float:

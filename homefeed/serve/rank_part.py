@@ -5,9 +5,13 @@ them), trains the preset with early stopping, reports test AUC/GAUC/logloss, exp
 (checked equal to the eager model) and a dynamic int8 variant, which is served only when it loses
 at most `rank.max_quant_auc_loss` AUC.
 
-Online, `ServedRanker.score` computes the features of one user's candidates with the very same
-point-in-time feature code used for training (on a one-user slice of data), so training and
-serving cannot drift apart, then scores them in one batch.
+Online, `ServedRanker.score` computes the features of one user's candidates with
+`rank.online.OnlineFeatures` (numpy on item codes precomputed at load: well under a millisecond for
+~500 candidates), then scores them in one batch. `ServedRanker.exact_features` runs the training
+feature code (`point_in_time` + `Encoders.transform`) on a one-user slice instead; the two give the
+same tensors (`tests/test_rank_online.py`), so training and serving cannot drift apart.
+The pipeline passes the pages it served the user as exposures, so the `item_shown_*` fatigue counts
+are live online as they were in training.
 """
 from __future__ import annotations
 
@@ -29,6 +33,7 @@ from homefeed.rank.encoders import Encoders
 from homefeed.rank.evaluate import RankSettings, fit_preset
 from homefeed.rank.export import export_torchscript, load_torchscript, quantize_dynamic
 from homefeed.rank.features import point_in_time
+from homefeed.rank.online import OnlineFeatures
 from homefeed.rank.samples import SampleSettings, build_all
 from homefeed.rank.train import TrainSettings, predict
 
@@ -75,22 +80,35 @@ def build_rank_part(ds: Dataset, folder: Path, cfg: Config, *, items: pl.DataFra
 
 
 class ServedRanker:
-    """Scores one user's candidates with the exported model and the training-time feature code."""
+    """Scores one user's candidates with the exported model.
+
+    `features` is the fast online path (`rank.online.OnlineFeatures`, numpy on precomputed item
+    codes); `exact_features` runs the training feature code (`point_in_time` + `Encoders.transform`)
+    on a one-user slice and is the reference the fast path is tested against. `exact=True` serves
+    with the reference path (slow: tens of ms per request).
+    """
 
     def __init__(self, model, encoders: Encoders, items: pl.DataFrame, users: pl.DataFrame, vocabs: dict[str, Vocab],
-                 inputs: list[str]):
+                 inputs: list[str], *, exact: bool = False, threads: int | None = 1):
         self.model, self.encoders, self.items, self.vocabs, self.inputs = model, encoders, items, vocabs, inputs
-        self.users = users
-        self._empty_exposures = pl.DataFrame(schema={c.name: c.dtype for c in EXPOSURES.columns if c.required})
+        self.users, self.exact, self.threads = users, exact, threads
+        self.model_name = ""  # the served file, e.g. model_int8.pt (set by `load`)
+        self._exposure_schema = {c.name: c.dtype for c in EXPOSURES.columns if c.required}
         far = 2**62
         self._split = TimeSplit(train_end=far, valid_end=far)
+        schema = {c: users.schema[c] for c in PROFILE if c in users.columns}
+        n_items = vocabs["item"].size if "item" in vocabs else 0
+        self.online = OnlineFeatures(encoders, items, n_items=n_items, user_schema=schema)
 
     @classmethod
-    def load(cls, folder: Path, *, items: pl.DataFrame, users: pl.DataFrame, vocabs: dict[str, Vocab]) -> "ServedRanker":
+    def load(cls, folder: Path, *, items: pl.DataFrame, users: pl.DataFrame, vocabs: dict[str, Vocab],
+             exact: bool = False) -> "ServedRanker":
         served = json.loads((folder / "served.json").read_text())
         model = load_torchscript(folder / served["model"])
         model.eval()
-        return cls(model, Encoders.load(folder), items, users, vocabs, served["inputs"])
+        ranker = cls(model, Encoders.load(folder), items, users, vocabs, served["inputs"], exact=exact)
+        ranker.model_name = served["model"]
+        return ranker
 
     def _user_frame(self, state: UserState) -> pl.DataFrame:
         row = {"user_id": [state.user_id]}
@@ -99,8 +117,15 @@ class ServedRanker:
                 row[c] = pl.Series(c, [state.profile.get(c)], dtype=self.users.schema[c])
         return pl.DataFrame(row)
 
-    def score(self, state: UserState, cands, context: dict) -> np.ndarray:
-        """(n,) click probabilities for the merged candidates `cands` of `state`'s user."""
+    def features(self, state: UserState, cands, context: dict, exposures: tuple[np.ndarray, np.ndarray] | None = None
+                 ) -> dict[str, torch.Tensor]:
+        """The model batch for the merged candidates `cands`, by the fast online path."""
+        return self.online.transform(state, cands.items, channels=cands.channels, names=cands.names,
+                                     triggers=cands.triggers, page=int(context.get("page", 0)), exposures=exposures)
+
+    def exact_features(self, state: UserState, cands, context: dict,
+                       exposures: tuple[np.ndarray, np.ndarray] | None = None) -> dict[str, torch.Tensor]:
+        """The model batch by the training feature code on a one-user slice (the reference for `features`)."""
         events = EVENTS.conform(pl.DataFrame({
             "user_id": np.full(state.items.size, state.user_id, np.int32), "item_id": state.items.astype(np.int32),
             "behavior": pl.Series(np.asarray(BEHAVIORS)[state.behaviors.astype(np.int64)], dtype=pl.String).cast(BEHAVIOR),
@@ -112,9 +137,32 @@ class ServedRanker:
             "position": np.zeros(n, np.int32), "page": np.full(n, int(context.get("page", 0)), np.int32),
             "trigger_item": np.where(cands.triggers > 0, cands.triggers, 0).astype(np.int32)})
         ds = Dataset(events=events, items=self.items, users=self._user_frame(state), split=self._split,
-                     vocabs=self.vocabs, exposures=self._empty_exposures)
-        raw = point_in_time(ds, rows, self.encoders.settings)
-        batch = self.encoders.transform(raw)
+                     vocabs=self.vocabs, exposures=self._exposure_frame(state.user_id, exposures))
+        return self.encoders.transform(point_in_time(ds, rows, self.encoders.settings))
+
+    def _exposure_frame(self, user: int, exposures: tuple[np.ndarray, np.ndarray] | None) -> pl.DataFrame:
+        items, ts = exposures if exposures is not None else (np.zeros(0, np.int32), np.zeros(0, np.int64))
+        m = len(items)
+        return pl.DataFrame({"request_id": np.zeros(m, np.int64), "user_id": np.full(m, user, np.int32),
+                             "item_id": np.asarray(items, np.int32), "ts": np.asarray(ts, np.int64),
+                             "position": np.zeros(m, np.int32), "page": np.zeros(m, np.int32),
+                             "channel": pl.Series([""] * m, dtype=pl.String), "clicked": np.zeros(m, np.int8)},
+                            schema=self._exposure_schema)
+
+    def score(self, state: UserState, cands, context: dict, exposures: tuple[np.ndarray, np.ndarray] | None = None
+              ) -> np.ndarray:
+        """(n,) click probabilities for the merged candidates `cands` of `state`'s user.
+
+        exposures: the user's recently shown (item codes, ts), for the item_shown_* counts (None: none known).
+        """
+        make = self.exact_features if self.exact else self.features
+        batch = make(state, cands, context, exposures)
+        return self.predict(batch)
+
+    def predict(self, batch: dict[str, torch.Tensor]) -> np.ndarray:
+        """(n,) sigmoid of the model's logits on one batch (the calling thread's torch pool capped at `threads`)."""
+        if self.threads and torch.get_num_threads() != self.threads:
+            torch.set_num_threads(self.threads)
         with torch.inference_mode(), warnings.catch_warnings():
             warnings.simplefilter("ignore")  # int8 kernels warn that torch.ao quantization is deprecated
             logits = self.model({k: batch[k] for k in self.inputs})

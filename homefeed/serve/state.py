@@ -5,7 +5,10 @@ time), and named JSON blobs for the mechanism's state (purchase filter, exposure
 are the shop's raw ids as strings, so a newer bundle with new vocabularies reads the same state.
 
 - `SQLiteStore`: the embedded default, one file in WAL mode; a write returns only after its
-  transaction is committed, so an acknowledged event survives `kill -9`.
+  transaction is committed, so an acknowledged event survives `kill -9`. Events are committed with
+  `synchronous=FULL` (fsync before the acknowledgement: they survive a power cut too); the
+  mechanism blobs, rewritten on every homepage request, with `synchronous=NORMAL` (no fsync per
+  commit: a killed process loses nothing, a power cut may lose the last blob writes, never events).
 - `RedisStore`: shared by many API replicas; the event append is one Lua script (atomic,
   idempotent on the event id); durability is the server's AOF setting (`appendfsync always`).
 
@@ -81,20 +84,22 @@ class SQLiteStore(StateStore):
                                       PRIMARY KEY (user_id, key));
     """
 
-    def __init__(self, path: str | Path, *, synchronous: str = "FULL"):
+    def __init__(self, path: str | Path, *, synchronous: str = "FULL", blob_synchronous: str = "NORMAL"):
         self.path = str(path)
-        self.synchronous = synchronous
+        self.synchronous, self.blob_synchronous = synchronous, blob_synchronous
         self._local = threading.local()
         Path(self.path).parent.mkdir(parents=True, exist_ok=True)
         self._conn().executescript(self.SCHEMA)
 
-    def _conn(self) -> sqlite3.Connection:
-        conn = getattr(self._local, "conn", None)
+    def _conn(self, *, blobs: bool = False) -> sqlite3.Connection:
+        """This thread's connection: events and reads, or (blobs=True) mechanism-blob writes."""
+        name = "blob_conn" if blobs else "conn"
+        conn = getattr(self._local, name, None)
         if conn is None:
             conn = sqlite3.connect(self.path, timeout=30, isolation_level=None, check_same_thread=False)
             conn.execute("PRAGMA journal_mode=WAL")
-            conn.execute(f"PRAGMA synchronous={self.synchronous}")
-            self._local.conn = conn
+            conn.execute(f"PRAGMA synchronous={self.blob_synchronous if blobs else self.synchronous}")
+            setattr(self._local, name, conn)
         return conn
 
     def append_events(self, events: list[Event]) -> list[Event]:
@@ -134,7 +139,7 @@ class SQLiteStore(StateStore):
         return json.loads(row[0]) if row else None
 
     def put_blob(self, user_id: str, key: str, value: dict) -> None:
-        self._conn().execute("INSERT OR REPLACE INTO blobs VALUES (?, ?, ?)", (str(user_id), key, json.dumps(value)))
+        self._conn(blobs=True).execute("INSERT OR REPLACE INTO blobs VALUES (?, ?, ?)", (str(user_id), key, json.dumps(value)))
 
     def has_event(self, event_id: str) -> bool:
         return self._conn().execute("SELECT 1 FROM events WHERE event_id = ?", (event_id,)).fetchone() is not None
@@ -143,10 +148,11 @@ class SQLiteStore(StateStore):
         return self._conn().execute("SELECT COUNT(*) FROM events").fetchone()[0]
 
     def close(self) -> None:
-        conn = getattr(self._local, "conn", None)
-        if conn is not None:
-            conn.close()
-            self._local.conn = None
+        for name in ("conn", "blob_conn"):
+            conn = getattr(self._local, name, None)
+            if conn is not None:
+                conn.close()
+                setattr(self._local, name, None)
 
 
 _APPEND_LUA = """
