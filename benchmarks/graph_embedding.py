@@ -1,29 +1,36 @@
 """Benchmark of Recall II: walks, skip-gram training (ours vs gensim), link-prediction AUC, partitions, faiss.
 
-    .venv/bin/python benchmarks/graph_embedding.py --dataset /tmp/hf_small_ds --json out.json
-    .venv/bin/python benchmarks/graph_embedding.py --synthetic 200000 --epochs 1     # scale: a random 200k-node graph
+    .venv/bin/python benchmarks/graph_embedding.py --dataset /tmp/hf_small_ds --skip walks,speed   # AUCs, partitions
+    .venv/bin/python benchmarks/graph_embedding.py --synthetic 200000 --skip training --json     # scale: 200k nodes
 
 What it measures, all in one run on the same walks (so speeds are comparable even on a busy machine):
 - graph build seconds; walk steps/s of the numba walker and of a vectorised numpy walker (reference);
-- training words/s (corpus tokens per second) of DeepWalk and EGES (fp32 and bf16 autocast) against gensim
-  Word2Vec (skip-gram, same dim / window / negatives / sample) with 1 and 2 workers, interleaved on one corpus;
+- training words/s (corpus tokens per second) of DeepWalk and EGES (fp32 and bf16 autocast, 1 torch thread)
+  against gensim Word2Vec (skip-gram, same dim / window / negatives / sample) with 1 and 2
+  workers, interleaved on the first `--speed-walks` walks of one corpus;
 - link-prediction AUC (a third of the edges held out, as in the EGES paper) for DeepWalk, GES, EGES and
-  gensim on the same walks, and for EGES
-  trained on P parts (cut share, AUC lost);
+  gensim on the same walks, and for EGES trained on P parts (cut share, AUC lost);
+- the EGES channel's whole fit from the graph (walks, training, ANN index, i2i table) in seconds;
 - faiss: QPS and recall@50 of HNSW and IVF against exact search over the item vectors;
-- peak memory (max RSS) and the time of a full EGES channel build (graph -> i2i table).
+- peak memory (max RSS).
+
+Progress goes to stderr; stdout gets one table per section, or one JSON object with --json.
 """
 from __future__ import annotations
 
 import argparse
-import json
 import resource
+import sys
 import time
 from pathlib import Path
 
 import numpy as np
+from rich.console import Console
 
-from homefeed.recall.ann import AnnIndex, i2i_table, normalize
+from homefeed.evaluate.report import format_value, metrics_table, to_json
+
+from homefeed.recall.ann import AnnIndex, normalize, resolve_spec
+from homefeed.recall.graph.channel import EGES, EGESSettings
 from homefeed.recall.graph.eges import SideInfo, side_information
 from homefeed.recall.graph.embed import PartitionSettings, embed_graph
 from homefeed.recall.graph.graph import GraphSettings, ItemGraph, build_graph
@@ -31,6 +38,30 @@ from homefeed.recall.graph.partition import has_metis
 from homefeed.recall.graph.skipgram import TrainSettings
 from homefeed.recall.graph.walks import WalkSettings, alias_tables, random_walks
 from homefeed.recall.graph_evaluate import holdout_edges, pair_auc
+
+
+def note(*parts) -> None:
+    """A progress line on stderr (stdout carries only the tables or the JSON object)."""
+    print(*parts, file=sys.stderr, flush=True)
+
+
+def readable(row: dict) -> dict:
+    """Rates and counts above 100 as whole numbers (1,234,567 rather than 1234567.1234)."""
+    return {k: int(round(v)) if isinstance(v, float) and abs(v) >= 100 else v for k, v in row.items()}
+
+
+def print_tables(result: dict) -> None:
+    """One table per section: rows are runs (or the section itself when it is flat), columns their figures."""
+    console = Console(width=None if sys.stdout.isatty() else 200)
+    for section, value in result.items():
+        if not isinstance(value, dict):
+            console.print(f"{section}: {format_value(value)}")
+            continue
+        rows = {k: readable(v) for k, v in value.items() if isinstance(v, dict)}
+        flat = readable({k: v for k, v in value.items() if not isinstance(v, (dict, list))})
+        if flat:
+            rows = {section: flat, **rows}
+        console.print(metrics_table(rows, title=section, name_header="run"))
 
 
 def peak_mb() -> float:
@@ -86,8 +117,9 @@ def bench_walks(graph: ItemGraph, walks: WalkSettings) -> dict:
     t0 = time.perf_counter()
     numpy_walks(graph, tables, starts, walks.length)
     t_numpy = time.perf_counter() - t0
+    numpy_rate = w.shape[0] * (walks.length - 1) / t_numpy
     return {"alias_seconds": t_alias, "walks": int(w.shape[0]), "steps": steps, "numba_steps_per_s": steps / t_numba,
-            "numpy_steps_per_s": w.shape[0] * (walks.length - 1) / t_numpy}
+            "numpy_steps_per_s": numpy_rate, "numba_vs_numpy": steps / t_numba / numpy_rate}
 
 
 def gensim_reference(graph: ItemGraph, walks: WalkSettings, train: TrainSettings, pairs, labels, workers: int) -> dict:
@@ -112,16 +144,18 @@ def gensim_reference(graph: ItemGraph, walks: WalkSettings, train: TrainSettings
             "auc": pair_auc(normalize(vectors), pairs, labels)}
 
 
-def bench_speed(graph: ItemGraph, side: SideInfo, walks: WalkSettings, train: TrainSettings, *, repeats: int = 2) -> dict:
-    """Training words/s on one corpus, methods interleaved (ours and gensim one after another, `repeats` rounds,
-    one epoch each, best round kept), so a busy machine slows them all alike."""
+def bench_speed(graph: ItemGraph, side: SideInfo, walks: WalkSettings, train: TrainSettings, *, repeats: int = 2,
+                max_walks: int | None = None) -> dict:
+    """Training words/s on one corpus (its first `max_walks` walks), methods interleaved (ours and gensim one after
+    another, `repeats` rounds, one epoch each, best round kept), so a busy machine slows them all alike. Ours run on
+    1 torch thread: 2 threads ran 35x slower on a shared 2-core machine (each op's barrier waits for a busy core)."""
     from homefeed.recall.graph.eges import EGESModel
     from homefeed.recall.graph.skipgram import train_skipgram
     from homefeed.recall.graph.walks import WalkCorpus
 
-    corpus = WalkCorpus(random_walks(graph, settings=walks))
+    corpus = WalkCorpus(random_walks(graph, settings=walks)[:max_walks])
     tokens = int((np.asarray(corpus.walks) >= 0).sum())
-    one = train.model_copy(update={"epochs": 1})
+    one = train.model_copy(update={"epochs": 1, "threads": 1})
     runs = {"deepwalk": ("deepwalk", one), "eges": ("eges", one), "eges_bf16": ("eges", one.model_copy(update={"bf16": True})),
             "deepwalk_bf16": ("deepwalk", one.model_copy(update={"bf16": True}))}
     try:
@@ -163,7 +197,7 @@ def bench_training(graph: ItemGraph, side: SideInfo, walks: WalkSettings, train:
         emb = embed_graph(train_graph, side, mode=mode, walks=walks, train=settings)
         out[name] = {"auc": pair_auc(emb.vectors, pairs, labels), "pairs_per_s": emb.log.get("pairs_per_s"),
                      "words_per_s": emb.log.get("words_per_s"), "seconds": time.perf_counter() - t0}
-        print(name, out[name], flush=True)
+        note(name, out[name])
     for p in parts:
         for workers in sorted({1, min(p, 2)}):
             emb = embed_graph(train_graph, side, mode="eges", walks=walks, train=train,
@@ -173,10 +207,10 @@ def bench_training(graph: ItemGraph, side: SideInfo, walks: WalkSettings, train:
                          "words_per_s": emb.log["words_per_s"], "seconds": emb.log["seconds"],
                          "auc_lost": out["eges"]["auc"] - pair_auc(emb.vectors, pairs, labels),
                          "method": "metis" if has_metis() else "label_propagation"}
-            print(name, out[name], flush=True)
+            note(name, out[name])
     for workers in gensim_workers:
         out[f"gensim_w{workers}"] = gensim_reference(train_graph, walks, train, pairs, labels, workers)
-        print(f"gensim_w{workers}", out[f"gensim_w{workers}"], flush=True)
+        note(f"gensim_w{workers}", out[f"gensim_w{workers}"])
     return out
 
 
@@ -195,19 +229,20 @@ def bench_faiss(vectors: np.ndarray, *, k: int = 50, n_queries: int = 2000, seed
         exact = found if exact is None else exact
         recall = float(np.mean([np.intersect1d(a, b).size / k for a, b in zip(exact, found)]))
         out[spec] = {"build_seconds": build, "qps": qps, f"recall@{k}": recall}
-        print(spec, out[spec], flush=True)
+        note(spec, out[spec])
     return out
 
 
 def bench_channel(graph: ItemGraph, side: SideInfo, walks: WalkSettings, train: TrainSettings, top_n: int) -> dict:
+    """The EGES channel's fit from the graph on: walks, training, ANN index, i2i table (the channel's own code)."""
     t0 = time.perf_counter()
     emb = embed_graph(graph, side, mode="eges", walks=walks, train=train)
     t_embed = time.perf_counter() - t0
-    ids = np.flatnonzero(emb.has_vector())
-    index = AnnIndex.build(emb.vectors[ids], ids=ids, spec="auto")
-    table = i2i_table(index, emb.vectors[ids], ids, graph.n_nodes, top_n=top_n)
-    return {"embed_seconds": t_embed, "total_seconds": time.perf_counter() - t0, "table_nnz": table.nnz,
-            "walk_seconds": emb.log.get("walk_seconds"), "vectors": emb.vectors}
+    channel = EGES(settings=EGESSettings(walks=walks, train=train, top_n=top_n)).fit_embedding(emb)
+    return {"embed_seconds": t_embed, "table_seconds": time.perf_counter() - t0 - t_embed,
+            "total_seconds": time.perf_counter() - t0, "table_nnz": channel.table_.nnz,
+            "ann_spec": resolve_spec(channel.settings.ann_spec, int(emb.warm.sum())), "similarity": channel.settings.similarity,
+            "walk_seconds": emb.log.get("walk_seconds"), "words_per_s": emb.log.get("words_per_s"), "vectors": emb.vectors}
 
 
 def main() -> None:
@@ -220,10 +255,12 @@ def main() -> None:
     ap.add_argument("--epochs", type=int, default=2)
     ap.add_argument("--dim", type=int, default=64)
     ap.add_argument("--batch", type=int, default=1024)
+    ap.add_argument("--speed-walks", type=int, default=100_000, help="walks of the corpus timed in the speed section")
     ap.add_argument("--parts", default="2,4", help="comma-separated partition counts ('' = none)")
     ap.add_argument("--gensim-workers", default="1,2")
     ap.add_argument("--skip", default="", help="comma-separated sections to skip: walks,speed,training,faiss,channel")
-    ap.add_argument("--json", type=Path, help="write the results here")
+    ap.add_argument("--json", action="store_true", help="print one JSON object instead of tables")
+    ap.add_argument("--out", type=Path, help="also write the JSON object to this file")
     args = ap.parse_args()
     skip = set(filter(None, args.skip.split(",")))
     t0 = time.perf_counter()
@@ -236,15 +273,15 @@ def main() -> None:
     else:
         graph, side = synthetic_graph(args.synthetic)
     result: dict = {"graph": {"nodes": int(graph.active().sum()), "edges": graph.nnz, "seconds": time.perf_counter() - t0}}
-    print(result, flush=True)
+    note(result)
     walks = WalkSettings(walks_per_node=args.walks_per_node, length=args.length)
     train = TrainSettings(dim=args.dim, epochs=args.epochs, batch_size=args.batch)
     if "walks" not in skip:
         result["walks"] = bench_walks(graph, WalkSettings(walks_per_node=10, length=40))
-        print(result["walks"], flush=True)
+        note(result["walks"])
     if "speed" not in skip:
-        result["speed"] = bench_speed(graph, side, walks, train)
-        print(result["speed"], flush=True)
+        result["speed"] = bench_speed(graph, side, walks, train, max_walks=args.speed_walks)
+        note(result["speed"])
     if "training" not in skip:
         parts = [int(p) for p in args.parts.split(",") if p]
         result["training"] = bench_training(graph, side, walks, train, parts,
@@ -253,13 +290,13 @@ def main() -> None:
         channel = bench_channel(graph, side, walks, train, top_n=100)
         vectors = channel.pop("vectors")
         result["channel"] = channel
-        print(channel, flush=True)
+        note(channel)
         if "faiss" not in skip:
             result["faiss"] = bench_faiss(vectors)
     result["peak_mb"] = peak_mb()
-    print(json.dumps(result, indent=1))
-    if args.json:
-        args.json.write_text(json.dumps(result, indent=1))
+    if args.out:
+        args.out.write_text(to_json(result))
+    print(to_json(result)) if args.json else print_tables(result)
 
 
 if __name__ == "__main__":

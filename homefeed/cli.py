@@ -122,6 +122,39 @@ def evaluate_recall_cmd(
         stdout_console().print(format_recall_table(result))
 
 
+@evaluate_app.command("graph")
+def evaluate_graph_cmd(
+    dataset: DatasetArg,
+    methods: Annotated[str, typer.Option(help="Comma-separated graph embeddings: deepwalk, ges, eges.")] = "deepwalk,ges,eges",
+    k: Annotated[int, typer.Option(help="Cut-off K for the cold-start HitRate/Recall@K.")] = 50,
+    part: Annotated[str, typer.Option(help="Split part to score cold-start recall on: test or valid.")] = "test",
+    max_users: Annotated[Optional[int], typer.Option(help="Score a seeded sample of this many cold-start users (default: all).")] = None,
+    json_: JsonOpt = False,
+    config: ConfigOpt = None,
+    set_: SetOpt = None,
+):
+    """Link-prediction AUC of DeepWalk, GES and EGES (a third of the edges held out), and cold-start HitRate@K
+    against Item-CF and Swing. Graph settings: recall.channel_settings.eges."""
+    from homefeed.data.dataset import Dataset
+    from homefeed.evaluate.report import print_json
+    from homefeed.recall.graph_evaluate import evaluate_graph_dataset, format_graph_table
+
+    cfg = get_config(config, set_)
+    names = tuple(m.strip() for m in methods.split(",") if m.strip())
+    ds = Dataset.load(dataset)
+    try:
+        with steps(console, "graph") as progress:
+            progress("link prediction + channels: " + ", ".join(names))
+            result = evaluate_graph_dataset(ds, cfg.recall.channel_settings, methods=names, k=k, part=part,
+                                            max_users=max_users)
+    except ValueError as e:
+        fail(str(e))
+    if json_:
+        print_json(result)
+    else:
+        stdout_console().print(format_graph_table(result))
+
+
 @evaluate_app.command("rank")
 def evaluate_rank_cmd(
     dataset: DatasetArg,

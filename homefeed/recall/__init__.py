@@ -8,6 +8,7 @@ from homefeed.recall.crowd import Crowd
 from homefeed.recall.graph.channel import EGES, DeepWalk
 from homefeed.recall.itemcf import ItemCF
 from homefeed.recall.merge import MergedCandidates, Merger, MergeSettings
+from homefeed.recall.mind import MIND, MIND1
 from homefeed.recall.popular import Popular
 from homefeed.recall.ranki2i import RankI2I
 from homefeed.recall.retarget import Retarget
@@ -22,6 +23,8 @@ CHANNELS: dict[str, type[Recaller]] = {
     "popular": Popular,
     "deepwalk": DeepWalk,
     "eges": EGES,
+    "mind": MIND,
+    "mind1": MIND1,
 }
 
 
@@ -36,5 +39,5 @@ def make_channel(name: str, **settings) -> Recaller:
     return cls(settings=cls.Settings(**settings))
 
 
-__all__ = ["CHANNELS", "Candidates", "Crowd", "DeepWalk", "EGES", "ItemCF", "MergeSettings", "MergedCandidates", "Merger", "Popular",
+__all__ = ["CHANNELS", "Candidates", "Crowd", "DeepWalk", "EGES", "ItemCF", "MIND", "MIND1", "MergeSettings", "MergedCandidates", "Merger", "Popular",
            "RankI2I", "Recaller", "Retarget", "Swing", "make_channel"]

@@ -64,6 +64,13 @@ def pair_auc(vectors: np.ndarray, pairs: np.ndarray, labels: np.ndarray) -> floa
     return auc(labels, scores)
 
 
+def check_methods(methods: tuple[str, ...]) -> None:
+    """Raise a ValueError naming the valid methods when `methods` is empty or holds an unknown one."""
+    unknown = [m for m in methods if m not in METHODS]
+    if unknown or not methods:
+        raise ValueError(f"unknown method(s) {unknown or 'none given'}; valid methods: {', '.join(METHODS)}")
+
+
 def link_prediction(graph: ItemGraph, side: SideInfo | None, *, settings: EGESSettings | None = None,
                     methods: tuple[str, ...] = METHODS, share: float = 1 / 3, seed: int = 0,
                     partition: PartitionSettings | None = None) -> dict[str, float]:
@@ -71,9 +78,8 @@ def link_prediction(graph: ItemGraph, side: SideInfo | None, *, settings: EGESSe
     s = settings or EGESSettings()
     train_graph, pairs, labels = holdout_edges(graph, share=share, seed=seed)
     out: dict[str, float] = {}
+    check_methods(methods)
     for method in methods:
-        if method not in METHODS:
-            raise ValueError(f"unknown method {method!r}; valid methods: {', '.join(METHODS)}")
         runs = {method: PartitionSettings()}
         if partition is not None and partition.parts > 1:
             runs[f"{method}_p{partition.parts}"] = partition
@@ -90,12 +96,18 @@ def cold_items(dataset: Dataset) -> np.ndarray:
     return ~seen
 
 
-def cold_start_hitrate(dataset: Dataset, channels: dict[str, Recaller], *, k: int = 50, part: str = "test",
-                       max_users: int | None = None, seed: int = 0) -> dict[str, dict[str, float]]:
-    """Per channel: HitRate@k and Recall@k over users of `part` whose relevant items are the cold ones they acted on."""
+def part_start(dataset: Dataset, part: str) -> int:
+    """Start time of the part scored; a ValueError for "train" (no history before it) or an unknown part."""
     start, _ = dataset.split.bounds(part)
     if start is None:
         raise ValueError(f"cannot evaluate on part {part!r}: it has no history before it; use 'valid' or 'test'")
+    return start
+
+
+def cold_start_hitrate(dataset: Dataset, channels: dict[str, Recaller], *, k: int = 50, part: str = "test",
+                       max_users: int | None = None, seed: int = 0) -> dict[str, dict[str, float]]:
+    """Per channel: HitRate@k and Recall@k over users of `part` whose relevant items are the cold ones they acted on."""
+    start = part_start(dataset, part)
     cold = cold_items(dataset)
     users, relevant = relevant_items(dataset, part)
     relevant = [r[cold[r]] for r in relevant]
@@ -132,6 +144,8 @@ def evaluate_graph(dataset: Dataset, *, settings: EGESSettings | None = None, me
         fitted: graph channels already fitted on `dataset`, by method name (the others are fitted here).
         partitions: > 1 adds "<method>_p<P>" link-prediction AUCs with sub-graph training.
     """
+    check_methods(methods)
+    part_start(dataset, part)
     s = settings or EGESSettings()
     graph = build_graph(dataset.events_in("train"), dataset.n_items, settings=s.graph)
     side = EGES(settings=s)._side(dataset)
@@ -156,6 +170,8 @@ def evaluate_graph_dataset(dataset: Dataset, channel_settings: dict[str, dict] |
     the "eges" entry sets the graph methods, and the named baselines are fitted by `fit_channels`."""
     from homefeed.recall.evaluate import fit_channels
 
+    check_methods(options.get("methods", METHODS))
+    part_start(dataset, options.get("part", "test"))
     channel_settings = channel_settings or {}
     settings = EGESSettings(**channel_settings.get("eges", {}))
     fitted = fit_channels(dataset, list(baselines), channel_settings) if baselines else {}

@@ -94,7 +94,10 @@ class DeepWalk(I2IRecaller):
         return embed_graph(graph, self._side(dataset), mode=self.mode, walks=s.walks, train=s.train, partition=s.partition)
 
     def fit(self, dataset: Dataset) -> "DeepWalk":
-        emb = self.embed(dataset)
+        return self.fit_embedding(self.embed(dataset))
+
+    def fit_embedding(self, emb: Embedding) -> "DeepWalk":
+        """Keep the trained vectors of `emb` and build the i2i table from them (what `fit` does after training)."""
         self.vectors_, self.norms_, self.warm_, self.log_ = emb.vectors, emb.norms, emb.warm, emb.log
         self.context_ = emb.context().copy()
         self.context_[~emb.warm] = 0.0

@@ -147,14 +147,15 @@ class EGESModel:
 
     def encode(self, items: torch.Tensor) -> tuple[torch.Tensor, tuple]:
         """(h (B, D), saved): the centre vectors of `items` (B,) and what `backward` needs."""
-        if self.mode == "deepwalk":
-            return self.ids[items], (items,)
-        rows = [self.codes[items, j] for j in range(len(self.sides))]
-        parts = torch.stack([self.ids[items], *(t[r] for t, r in zip(self.sides, rows))], 1)  # (B, 1 + m, D)
+        if self.mode == "deepwalk":  # index_select, not t[items]: several times faster on CPU
+            return self.ids.index_select(0, items), (items,)
+        rows = self.codes.index_select(0, items).T.contiguous().unbind(0)  # m x (B,)
+        parts = torch.stack([self.ids.index_select(0, items), *(t.index_select(0, r) for t, r in zip(self.sides, rows))],
+                            1)  # (B, 1 + m, D)
         if self.mode == "ges":
             return parts.mean(1), (items, rows, parts, None)
-        alpha = torch.softmax(self.attention[items], 1)  # (B, 1 + m)
-        return torch.bmm(alpha.unsqueeze(1), parts).squeeze(1), (items, rows, parts, alpha)
+        alpha = torch.softmax(self.attention.index_select(0, items), 1)  # (B, 1 + m)
+        return (alpha.unsqueeze(2) * parts).sum(1), (items, rows, parts, alpha)  # (bmm is ~2x slower for m ~ 5)
 
     def backward(self, saved: tuple, grad_h: torch.Tensor) -> list[RowGrad]:
         """Gradients of the gathered rows from d loss / d h (B, D), written out by hand:
@@ -167,9 +168,9 @@ class EGESModel:
             return [RowGrad(self.ids, items, grad_h, 1.0, False)]
         _, rows, parts, alpha = saved
         weights = alpha if alpha is not None else torch.full(parts.shape[:2], 1.0 / parts.shape[1])
-        grad_parts = weights.unsqueeze(2) * grad_h.unsqueeze(1)  # (B, 1 + m, D)
-        out = [RowGrad(self.ids, items, grad_parts[:, 0], 1.0, False)]
-        out += [RowGrad(t, r, grad_parts[:, j + 1], 1.0, True) for j, (t, r) in enumerate(zip(self.sides, rows))]
+        grad_parts = weights.T.unsqueeze(2) * grad_h.unsqueeze(0)  # (1 + m, B, D): each field's rows contiguous,
+        out = [RowGrad(self.ids, items, grad_parts[0], 1.0, False)]  # which index_add_ needs to be fast
+        out += [RowGrad(t, r, grad_parts[j + 1], 1.0, True) for j, (t, r) in enumerate(zip(self.sides, rows))]
         if alpha is not None:
             g_alpha = torch.bmm(parts, grad_h.unsqueeze(2)).squeeze(2)  # (B, 1 + m)
             g_logits = alpha * (g_alpha - (alpha * g_alpha).sum(1, keepdim=True))

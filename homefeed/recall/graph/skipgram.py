@@ -17,9 +17,10 @@ Batches are centre-major: B centres, each with its (up to 2 window) contexts and
 by those contexts, weighted so that every positive pair still meets K negatives. A centre then reads
 2 window + K context rows instead of n (1 + K), which is most of the speed.
 
-Training is a sparse SGD written by hand: each batch gathers only the rows it uses, the gradients
-are written out by hand (SGNS here, the encoder's in its `backward`), and `index_add_` writes
-`-lr * grad` back into the tables (id and context rows used twice in a batch get both updates, as in
+Training is a sparse SGD written by hand: each batch gathers only the rows it uses (`index_select`,
+several times faster than `table[rows]` on CPU), the gradients are written out by hand (SGNS here, the
+encoder's in its `backward`, fed -lr * d loss / d h since it is linear), and `index_add_` adds
+`-lr * grad` into the tables (id and context rows used twice in a batch get both updates, as in
 Hogwild word2vec; rows of shared side tables get the mean). No dense gradient of a whole table ever
 exists and nothing needs a sparse-tensor coalesce. The dot products can run under bf16 autocast.
 
@@ -48,7 +49,7 @@ class TrainSettings(Section):
     dim: int = Field(64, ge=2)  # vector size D
     window: int = Field(5, ge=1)  # largest distance between centre and context
     negatives: int = Field(5, ge=1)  # K negatives per pair
-    epochs: int = Field(3, ge=1)
+    epochs: int = Field(2, ge=1)  # passes over the walk corpus (see WalkSettings for the token budget)
     batch_size: int = Field(1024, ge=1)  # centres per SGD step (each with up to 2 window contexts)
     lr: float = Field(0.025, gt=0)  # start rate; falls linearly to lr * 1e-4
     attention_lr: float = Field(1.0, gt=0)  # multiplier of lr for the EGES attention logits
@@ -72,7 +73,8 @@ class Encoder(Protocol):
         """(h (B, D) centre vectors of items (B,), saved state for `backward`)."""
 
     def backward(self, saved: tuple, grad_h: torch.Tensor) -> list:
-        """[RowGrad(table, rows, grad, lr_scale, shared), ...] from d loss / d h (B, D).
+        """[RowGrad(table, rows, grad, lr_scale, shared), ...] from d loss / d h (B, D); linear in grad_h, so
+        the trainer passes -lr * d loss / d h and adds the results to the rows as they are.
 
         `shared` marks a table many items use (side information): its rows move by the *mean* of their
         gradients in a batch, not the sum, which would overshoot when hundreds of centres share a brand.
@@ -161,31 +163,37 @@ def sgd_step(model: Encoder, centers: torch.Tensor, contexts: torch.Tensor, nega
     """
     h, saved = model.encode(centers)  # (B, D)
     positive = contexts >= 0  # (B, C)
-    targets = torch.cat([contexts.clamp(min=0), negatives], 1)  # (B, C + K)
-    z = model.context[targets]  # (B, C + K, D)
+    targets = torch.cat([contexts.clamp(min=0), negatives], 1).reshape(-1)  # (B (C + K),)
+    z = model.context.index_select(0, targets).view(h.shape[0], -1, h.shape[1])  # (B, C + K, D)
     n_pos = positive.sum(1, keepdim=True).float()  # (B, 1)
     weight = torch.cat([positive.float(), n_pos.expand(-1, negatives.shape[1])], 1)  # (B, C + K)
     label = torch.zeros_like(weight)
     label[:, :contexts.shape[1]] = 1.0
     with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
         logits = torch.bmm(z, h.unsqueeze(2)).squeeze(2).float()  # (B, C + K)
-        g = (torch.sigmoid(logits) - label) * weight  # d loss / d logit
-        grad_h = torch.bmm(g.unsqueeze(1), z).squeeze(1).float()  # (B, D)
-    grad_z = g.unsqueeze(2) * h.unsqueeze(1)  # (B, C + K, D)
+        step = (torch.sigmoid(logits) - label) * (weight * -lr)  # -lr * d loss / d logit
+        step_h = torch.bmm(step.unsqueeze(1), z).squeeze(1).float()  # (B, D) -lr * d loss / d h
+    step_z = step.unsqueeze(2) * h.unsqueeze(1)  # (B, C + K, D)
     loss = (torch.nn.functional.softplus(torch.where(label > 0, -logits, logits)) * weight).sum()
-    model.context.index_add_(0, targets.reshape(-1), grad_z.reshape(-1, z.shape[-1]), alpha=-lr)
-    for table, rows, grad, scale, shared in model.backward(saved, grad_h):
-        if shared:
-            grad = grad / torch.bincount(rows, minlength=table.shape[0])[rows].unsqueeze(1)
-        table.index_add_(0, rows, grad, alpha=-lr * scale)
+    model.context.index_add_(0, targets, step_z.view(-1, z.shape[-1]))
+    apply_updates(model.backward(saved, step_h))
     return float(loss)
+
+
+def apply_updates(updates) -> None:
+    """table[rows] += update for each RowGrad (already times -lr; `backward` is linear in its input), the mean
+    update per row for shared tables. No `alpha=` in index_add_: torch's alpha path is ~4x slower on CPU."""
+    for table, rows, update, scale, shared in updates:
+        if shared:
+            update = update / torch.bincount(rows, minlength=table.shape[0]).index_select(0, rows).unsqueeze(1)
+        table.index_add_(0, rows, update if scale == 1.0 else update * scale)
 
 
 def draw_negatives(table: torch.Tensor, centers: torch.Tensor, k: int, gen: torch.Generator, *,
                    hard: torch.Tensor | None = None, hard_share: float = 0.0) -> torch.Tensor:
     """(B, k) int64 negatives from the unigram table; with `hard` ((N, P) near neighbours, -1 = none) a
     `hard_share` of the columns come from the centre's own neighbour list."""
-    neg = table[torch.randint(0, table.numel(), (centers.numel(), k), generator=gen)]
+    neg = table.index_select(0, torch.randint(0, table.numel(), (centers.numel() * k,), generator=gen)).view(-1, k)
     n_hard = int(round(hard_share * k))
     if hard is not None and n_hard:
         pick = hard[centers[:, None], torch.randint(0, hard.shape[1], (centers.numel(), n_hard), generator=gen)]
@@ -238,7 +246,7 @@ def train_skipgram(model: Encoder, corpus: WalkCorpus, *, settings: TrainSetting
         for c, walks in enumerate(corpus.chunks(s.chunk_walks)):
             centers, contexts = window_contexts(walks, window=s.window, keep=keep, seed=(s.seed + 7919 * replay) * 100_003 + c)
             order = torch.randperm(centers.size, generator=gen)
-            centers, contexts = torch.from_numpy(centers)[order], torch.from_numpy(contexts)[order]
+            centers, contexts = torch.from_numpy(centers).index_select(0, order), torch.from_numpy(contexts).index_select(0, order)
             for lo in range(0, centers.numel(), s.batch_size):
                 progress = (epoch * len(corpus) + done + walks.shape[0] * lo / max(centers.numel(), 1)) / total
                 lr = s.lr * max(1.0 - progress, 1e-4)

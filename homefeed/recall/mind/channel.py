@@ -1,0 +1,257 @@
+"""The `mind` and `mind1` recall channels: K interest vectors per request, each searched in the item index.
+
+fit: training events -> samples (`samples.py`) -> MIND trained with label-aware attention and sampled
+softmax (`model.py`, `train.py`) -> every item's vector from the item tower -> an inner-product ANN
+index (`recall.ann.AnnIndex`). recall: the user's behaviour list at request time (`UserState`) ->
+the user tower's K'_u interests in one forward pass -> each interest queries the index, items are
+merged by their best score (`recall.ann.search_candidates`), items the user bought are dropped.
+`recall_with_interests` also says which interest recalled each item; the candidate's trigger is
+the behaviour that interest drew most of its routing weight from ("because you viewed t").
+
+`mind1` is the same code with K = 1: one vector per user from pooled behaviours, the YouTube-DNN
+style baseline the paper compares against.
+
+    >>> rec = MIND(settings=MINDSettings(train={"epochs": 1})).fit(ds)            # doctest: +SKIP
+    >>> rows, interest = rec.recall_with_interests(state, 50)                     # doctest: +SKIP
+    >>> rec.interests(state)[0].shape                                             # (K'_u, D)
+"""
+from __future__ import annotations
+
+import contextlib
+import copy
+import json
+from pathlib import Path
+
+import numpy as np
+import torch
+from pydantic import Field, field_validator
+
+from homefeed.config import Section
+from homefeed.data.dataset import Dataset
+from homefeed.data.schema import BEHAVIORS
+from homefeed.data.user_state import UserState
+from homefeed.recall.ann import AnnIndex, search_candidates
+from homefeed.recall.base import Candidates, Recaller
+from homefeed.recall.graph.eges import side_information
+from homefeed.recall.mind.export import check_torchscript, export_torchscript, load_torchscript, trace
+from homefeed.recall.mind.model import MINDModel
+from homefeed.recall.mind.profile import ProfileVocab
+from homefeed.recall.mind.samples import NegativeSampler, build_sequences, check_behaviors, state_behaviors
+from homefeed.recall.mind.train import TrainSettings, train_mind
+
+
+class ModelSettings(Section):
+    """The towers."""
+
+    dim: int = Field(64, ge=2)  # D, item and interest vector size
+    interests: int = Field(4, ge=1)  # K, the most interests per user (K'_u = max(1, min(K, log2 |I_u|)))
+    max_len: int = Field(30, ge=1)  # L, behaviours read per user
+    behaviors: list[str] = Field(default_factory=lambda: list(BEHAVIORS))  # event types that are behaviours and labels
+    side_fields: list[str] = Field(default_factory=lambda: ["leaf_category", "brand", "shop"])  # item columns pooled with the id
+    profile_dim: int = Field(8, ge=1)  # size of each profile field's embedding
+    hidden: list[int] = Field(default_factory=lambda: [128])  # ReLU layers after [capsule; profile]
+    iterations: int = Field(3, ge=1)  # routing iterations
+    routing_sigma: float = Field(1.0, gt=0)  # std of the initial routing logits
+    power: float = Field(2.0, ge=0)  # p of label-aware attention: 0 averages the interests, large picks one
+    seed: int = 0
+
+    @field_validator("behaviors")
+    @classmethod
+    def _known(cls, v: list[str]) -> list[str]:
+        check_behaviors(v)
+        return v
+
+
+class ServeSettings(Section):
+    """The index and request-time filters."""
+
+    ann_spec: str = "auto"  # faiss factory string ("Flat", "HNSW32", ...) or "auto" (Flat below 100k items)
+    ann_params: str = ""  # faiss search parameters, e.g. "efSearch=128"
+    keep_bought: bool = False  # keep items the user already bought (default: drop them)
+    exclude_history: bool = False  # drop every item in the user's behaviour list
+    threads: int | None = Field(1, ge=1)  # torch threads of the calling thread during one request's forward pass; None = as is
+
+
+class MINDSettings(Section):
+    model: ModelSettings = ModelSettings()
+    train: TrainSettings = TrainSettings()
+    serve: ServeSettings = ServeSettings()
+
+
+class MIND1Settings(MINDSettings):
+    """MINDSettings whose `model.interests` defaults to 1 (also when other model keys are given)."""
+
+    model: ModelSettings = ModelSettings(interests=1)
+
+    @field_validator("model", mode="before")
+    @classmethod
+    def _one_interest(cls, v):
+        return {**v, "interests": v.get("interests", 1)} if isinstance(v, dict) else v
+
+
+class MIND(Recaller):
+    """MIND multi-interest recall.
+
+    Attributes (after fit or load):
+        model_: MINDModel in eval mode.
+        tower_: the user tower traced to TorchScript (what requests run; checked against model_.user).
+        profiles_: ProfileVocab turning a state's raw profile into codes.
+        vectors_: (n_items, D) float32 item tower output per item code.
+        index_: AnnIndex over the vectors of item codes >= 1.
+        log_: training counters (samples, seconds, samples/s, loss per epoch).
+    """
+
+    name = "mind"
+    Settings = MINDSettings
+
+    def __init__(self, *, settings: MINDSettings | None = None):
+        self.settings = settings if settings is not None else self.Settings()
+        if not isinstance(self.settings, MINDSettings):
+            raise TypeError(f"{type(self).__name__} takes {self.Settings.__name__}, got {type(self.settings).__name__}")
+        self.model_ = self.tower_ = self.profiles_ = self.vectors_ = self.index_ = None
+        self.log_: dict = {}
+
+    def _build(self, n_items: int, side_codes: np.ndarray, side_sizes: list[int], profile_sizes: list[int]) -> MINDModel:
+        m = self.settings.model
+        torch.manual_seed(m.seed)
+        return MINDModel(n_items=n_items, side_codes=side_codes, side_sizes=side_sizes, profile_sizes=profile_sizes,
+                         dim=m.dim, interests=m.interests, max_len=m.max_len, profile_dim=m.profile_dim,
+                         hidden=tuple(m.hidden), iterations=m.iterations, sigma=m.routing_sigma, power=m.power, seed=m.seed)
+
+    def fit(self, dataset: Dataset, *, progress=None) -> "MIND":
+        """Train on `dataset.events_in("train")`; `progress(step, done, total)` is called during training."""
+        m, t = self.settings.model, self.settings.train
+        seqs = build_sequences(dataset.events_in("train"), max_len=m.max_len, behaviors=tuple(m.behaviors),
+                               max_samples_per_user=t.max_samples_per_user)
+        n_items = dataset.n_items
+        side = side_information(dataset.items, n_items, fields=m.side_fields)
+        self.profiles_ = ProfileVocab.fit(dataset.users)
+        self.model_ = self._build(n_items, side.codes, side.sizes, self.profiles_.sizes)
+        sampler = NegativeSampler(seqs.counts(n_items), kind=t.sampler, power=t.unigram_power)
+        profiles = self.profiles_.encode_users(dataset.users, max(dataset.n_users, 1))
+        self.log_ = train_mind(self.model_, seqs, profiles, sampler, settings=t, progress=progress)
+        self.tower_ = trace(self.model_.user, *example_inputs(self.model_.user, self.profiles_.sizes))
+        self._index()
+        return self
+
+    def _index(self) -> None:
+        self.vectors_ = self.model_.item_vectors()
+        ids = np.arange(1, self.vectors_.shape[0])
+        s = self.settings.serve
+        self.index_ = AnnIndex.build(self.vectors_[ids], ids=ids, spec=s.ann_spec, params=s.ann_params)
+
+    def _fitted(self) -> None:
+        if self.model_ is None:
+            raise RuntimeError(f"{type(self).__name__} is not fitted; call fit(dataset) or load(path) first")
+
+    def inputs(self, state: UserState) -> tuple[torch.Tensor, torch.Tensor]:
+        """The user tower's inputs for one state: (behaviours (1, L) int64, profile (1, F) int64)."""
+        m = self.settings.model
+        behaviors = state_behaviors(state, max_len=m.max_len, behaviors=tuple(m.behaviors))
+        return torch.from_numpy(behaviors[None]), torch.from_numpy(self.profiles_.encode(state.profile)[None])
+
+    @torch.inference_mode()
+    def interests(self, state: UserState) -> tuple[np.ndarray, np.ndarray]:
+        """(interest vectors (K'_u, D) float32, trigger (K'_u,) int32: the behaviour each drew most weight from, -1 if none)."""
+        self._fitted()
+        with _threads(self.settings.serve.threads):  # one user's tensors are tiny: a parallel region costs more than it saves
+            vectors, mask, triggers = self.tower_(*self.inputs(state))  # (1, K, D), (1, K), (1, K)
+        k_u = int(mask.sum())
+        triggers = triggers[0, :k_u].numpy().astype(np.int32)
+        return vectors[0, :k_u].numpy(), np.where(triggers > 0, triggers, -1).astype(np.int32)
+
+    def recall_with_interests(self, state: UserState, k: int) -> tuple[Candidates, np.ndarray]:
+        """(candidates, interest (n,) int64): the index of the interest vector that scores each candidate best."""
+        self._fitted()
+        vectors, triggers = self.interests(state)
+        exclude = [state.recent(behaviors=("buy",))] if not self.settings.serve.keep_bought else []
+        if self.settings.serve.exclude_history:
+            exclude.append(state.items)
+        exclude = np.unique(np.concatenate(exclude)) if exclude else None
+        rows = search_candidates(self.index_, vectors, k, channel=self.name, exclude=exclude)
+        if len(rows) == 0:
+            return rows, np.zeros(0, np.int64)
+        interest = (self.vectors_[rows.items] @ vectors.T).argmax(1)  # (n,)
+        return Candidates(rows.items, rows.scores, triggers[interest], self.name), interest
+
+    def with_serve(self, **changes) -> "MIND":
+        """A copy of this fitted channel with other serve settings (same model and index when the index spec is kept)."""
+        twin = copy.copy(self)
+        twin.settings = self.settings.model_copy(update={"serve": ServeSettings(**{**self.settings.serve.model_dump(), **changes})})
+        if {"ann_spec", "ann_params"} & set(changes) and self.vectors_ is not None:
+            twin._index()
+        return twin
+
+    def recall(self, state: UserState, k: int) -> Candidates:
+        return self.recall_with_interests(state, k)[0]
+
+    def save(self, path: str | Path) -> None:
+        """Write settings.json, meta.json (table sizes, profile vocabulary, training log), model.npz (weights),
+        vectors.npz (item vectors), index/ (faiss) and user_tower.pt (TorchScript, checked against the model)."""
+        self._fitted()
+        path = Path(path)
+        path.mkdir(parents=True, exist_ok=True)
+        (path / "settings.json").write_text(json.dumps(self.settings.model_dump(), indent=1))
+        items = self.model_.items
+        meta = {"n_items": int(items.ids.weight.shape[0]), "side_sizes": [int(t.weight.shape[0]) for t in items.sides],
+                "profile": json.loads(self.profiles_.to_json()), "log": self.log_}
+        (path / "meta.json").write_text(json.dumps(meta, indent=1))
+        with open(path / "model.npz", "wb") as f:
+            np.savez(f, **{k: v.detach().numpy() for k, v in self.model_.state_dict().items()})
+        with open(path / "vectors.npz", "wb") as f:
+            np.savez(f, vectors=self.vectors_)
+        self.index_.save(path / "index")
+        behaviors, profile = example_inputs(self.model_.user, self.profiles_.sizes)
+        export_torchscript(self.model_.user, behaviors, profile, path / "user_tower.pt", traced=self.tower_)
+
+    @classmethod
+    def load(cls, path: str | Path) -> "MIND":
+        path = Path(path)
+        if not (path / "model.npz").exists():
+            raise FileNotFoundError(f"{path} holds no MIND model (model.npz); save a fitted {cls.__name__} there")
+        rec = cls(settings=cls.Settings.model_validate_json((path / "settings.json").read_text()))
+        meta = json.loads((path / "meta.json").read_text())
+        rec.profiles_ = ProfileVocab.from_json(json.dumps(meta["profile"]))
+        with np.load(path / "model.npz", allow_pickle=False) as z:
+            state = {k: torch.from_numpy(z[k]) for k in z.files}
+        rec.model_ = rec._build(meta["n_items"], state["items.codes"].numpy(), meta["side_sizes"], rec.profiles_.sizes)
+        rec.model_.load_state_dict(state)
+        rec.model_.eval()
+        check_torchscript(rec.model_.user, path / "user_tower.pt", *example_inputs(rec.model_.user, rec.profiles_.sizes))
+        rec.tower_ = load_torchscript(path / "user_tower.pt")
+        with np.load(path / "vectors.npz", allow_pickle=False) as z:
+            rec.vectors_ = z["vectors"]
+        rec.index_ = AnnIndex.load(path / "index")
+        rec.log_ = meta.get("log", {})
+        return rec
+
+
+class MIND1(MIND):
+    """MIND with one interest (K = 1): the single-vector, YouTube-DNN-style baseline from the same code."""
+
+    name = "mind1"
+    Settings = MIND1Settings
+
+
+@contextlib.contextmanager
+def _threads(n: int | None):
+    """torch's thread count for the calling thread set to n inside the block, restored after (n None: unchanged)."""
+    before = torch.get_num_threads()
+    if n and n != before:
+        torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        if n and n != before:
+            torch.set_num_threads(before)
+
+
+def example_inputs(tower, profile_sizes: list[int], n: int = 8, *, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    """A batch of n random users for tracing and checks: behaviours (n, L) with 0..L real slots, profile codes (n, F)."""
+    g = torch.Generator().manual_seed(seed)
+    n_items, length = tower.items.ids.weight.shape[0], tower.max_len
+    behaviors = torch.randint(1, max(n_items, 2), (n, length), generator=g)
+    real = torch.arange(length).flip(0).unsqueeze(0) < torch.linspace(0, length, n).long().unsqueeze(1)
+    profile = torch.stack([torch.randint(0, size, (n,), generator=g) for size in profile_sizes], 1) if profile_sizes \
+        else torch.zeros(n, 0, dtype=torch.int64)
+    return behaviors * real, profile

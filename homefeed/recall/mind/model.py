@@ -1,0 +1,169 @@
+"""MIND's towers and training loss: item tower, user tower (routing + profile), label-aware attention, sampled softmax.
+
+Li et al., "Multi-Interest Network with Dynamic Routing for Recommendation at Tmall" (CIKM 2019).
+
+    item tower   e_v = mean(E_id[v], E_leaf[leaf(v)], E_brand[brand(v)], E_shop[shop(v)])      (D,)
+    user tower   behaviours (L items) -> item tower -> B2I routing (`routing.py`) -> K capsules;
+                 each capsule is concatenated with the profile embedding (gender, age band, city,
+                 purchase power) and passed through ReLU layers and a last linear map: V_u (K, D)
+    training     label-aware attention picks the interests that explain the target item t:
+                     v_u = V_u softmax(p * V_u^T e_t)
+                 (the paper writes softmax(pow(V_u^T e_t, p)); raising the softmax weights to the power p
+                 and renormalising is exactly softmax(p * scores), which stays defined for negative inner
+                 products: p -> 0 averages the interests, p -> inf picks the best one.)
+                 loss = sampled softmax of v_u . e_t against S negatives drawn from the item corpus, each
+                 logit corrected by - log Q(item) (Jean et al. 2015; the TensorFlow sampled_softmax_loss).
+    serving      V_u in one forward pass; each interest queries the item index by inner product.
+
+The item tower is used for the behaviours, the targets, the negatives and the index alike: one
+embedding space. The side-information codes live in the tower as a buffer, so the user tower takes
+only item codes and profile codes and exports as one program.
+
+    >>> model = MINDModel(n_items=100, side_codes=np.zeros((100, 0), np.int64), side_sizes=[],
+    ...                   profile_sizes=[3, 8, 5, 6], dim=8, interests=2, max_len=10)
+    >>> v, mask, triggers = model.user(torch.randint(1, 100, (4, 10)), torch.zeros(4, 4, dtype=torch.int64))
+    >>> v.shape, mask.shape
+    (torch.Size([4, 2, 8]), torch.Size([4, 2]))
+
+Notation: B users, L behaviour slots, D dimensions, K interests, F profile fields, S negatives, N items.
+"""
+from __future__ import annotations
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from homefeed.recall.mind.routing import CapsuleRouting
+
+
+def _table(rows: int, dim: int, std: float) -> nn.Embedding:
+    table = nn.Embedding(max(rows, 1), dim, padding_idx=0)
+    nn.init.normal_(table.weight, std=std)
+    with torch.no_grad():
+        table.weight[0].zero_()
+    return table
+
+
+class ItemTower(nn.Module):
+    """Item code -> mean of its id embedding and its side-information embeddings (unknown side value 0 adds zeros).
+
+    Args:
+        side_codes: (N, m) int64 side-information codes per item code (see `graph.eges.side_information`).
+        side_sizes: rows of each side field's table.
+    """
+
+    def __init__(self, n_items: int, side_codes: np.ndarray, side_sizes: list[int], dim: int, *, init_std: float = 0.05):
+        super().__init__()
+        if side_codes.shape != (n_items, len(side_sizes)):
+            raise ValueError(f"side codes of shape {side_codes.shape}, expected ({n_items}, {len(side_sizes)})")
+        self.ids = _table(n_items, dim, init_std)
+        self.sides = nn.ModuleList(_table(size, dim, init_std) for size in side_sizes)
+        self.register_buffer("codes", torch.from_numpy(np.ascontiguousarray(side_codes, np.int64)))
+
+    def forward(self, items: Tensor) -> Tensor:
+        """(...) int64 item codes -> (..., D) float32."""
+        out = self.ids(items)
+        for j, table in enumerate(self.sides):
+            out = out + table(self.codes[items, j])
+        return out / (1 + len(self.sides))
+
+
+class UserTower(nn.Module):
+    """Behaviours + profile -> K interest vectors (B, K, D) and their mask (B, K): MIND's multi-interest extractor.
+
+    Args:
+        items: the shared ItemTower.
+        profile_sizes: rows of each profile field's table (F fields).
+        hidden: widths of the ReLU layers after [capsule; profile]; a last linear layer maps to D.
+    """
+
+    def __init__(self, items: ItemTower, profile_sizes: list[int], *, dim: int, interests: int, max_len: int,
+                 profile_dim: int = 8, hidden: tuple[int, ...] = (128,), iterations: int = 3, sigma: float = 1.0,
+                 seed: int = 0):
+        super().__init__()
+        self.items, self.max_len = items, max_len
+        self.profile = nn.ModuleList(_table(size, profile_dim, 0.05) for size in profile_sizes)
+        self.routing = CapsuleRouting(dim, interests, max_len, iterations=iterations, sigma=sigma, seed=seed)
+        layers, width = [], dim + profile_dim * len(profile_sizes)
+        for h in hidden:
+            layers += [nn.Linear(width, h), nn.ReLU()]
+            width = h
+        self.mlp = nn.Sequential(*layers, nn.Linear(width, dim))
+
+    def encode(self, behaviors: Tensor, profile: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """(interests (B, K, D), routing weights (B, L, K), mask (B, K) bool) from item codes (B, L) (0 = padding)
+        and profile codes (B, F). Interests past K'_u are zero vectors."""
+        real = behaviors > 0  # (B, L)
+        capsules, weights, mask = self.routing(self.items(behaviors), real)  # (B, K, D), (B, L, K), (B, K)
+        parts = [table(profile[:, f]) for f, table in enumerate(self.profile)]  # F x (B, P)
+        if parts:
+            prof = torch.cat(parts, 1).unsqueeze(1).expand(-1, capsules.shape[1], -1)  # (B, K, F P)
+            capsules = torch.cat([capsules, prof], 2)
+        interests = self.mlp(capsules) * mask.unsqueeze(2).to(capsules.dtype)  # (B, K, D)
+        return interests, weights, mask
+
+    def forward(self, behaviors: Tensor, profile: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """The served and exported program: (interests (B, K, D) float32, mask (B, K) bool, triggers (B, K) int64),
+        a trigger being the behaviour (item code) each interest drew most routing weight from, 0 if none."""
+        interests, weights, mask = self.encode(behaviors, profile)
+        best, slot = weights.max(dim=1)  # (B, K): the largest weight of each interest and its slot
+        triggers = torch.where(best > 0, torch.gather(behaviors, 1, slot), torch.zeros_like(slot))
+        return interests, mask, triggers
+
+
+def label_aware_attention(interests: Tensor, mask: Tensor, target: Tensor, power: float) -> Tensor:
+    """(B, D) user vector: interests (B, K, D) weighted by softmax(power * interests . target), masked (B, K)."""
+    scores = torch.bmm(interests, target.unsqueeze(2)).squeeze(2)  # (B, K)
+    weights = torch.softmax((power * scores).masked_fill(~mask, float("-inf")), dim=1)  # (B, K)
+    return torch.bmm(weights.unsqueeze(1), interests).squeeze(1)
+
+
+def sampled_softmax_loss(user: Tensor, target: Tensor, target_ids: Tensor, target_logq: Tensor,
+                         negatives: Tensor, negative_ids: Tensor, negative_logq: Tensor) -> Tensor:
+    """Mean sampled-softmax cross entropy with the log Q correction and accidental hits removed.
+
+    Args:
+        user: (B, D) user vectors; target: (B, D) target item vectors; target_ids, target_logq: (B,).
+        negatives: (S, D) vectors of S negatives shared by the batch; negative_ids, negative_logq: (S,).
+    """
+    pos = (user * target).sum(1) - target_logq  # (B,)
+    neg = user @ negatives.T - negative_logq.unsqueeze(0)  # (B, S)
+    neg = neg.masked_fill(negative_ids.unsqueeze(0) == target_ids.unsqueeze(1), float("-inf"))
+    logits = torch.cat([pos.unsqueeze(1), neg], 1)  # (B, 1 + S)
+    return F.cross_entropy(logits, torch.zeros(logits.shape[0], dtype=torch.int64))
+
+
+class MINDModel(nn.Module):
+    """The item tower, the user tower and the training loss of MIND (K = 1 gives the YouTube-DNN-style baseline).
+
+    Attributes:
+        items: ItemTower, shared by behaviours, targets, negatives and the serving index.
+        user: UserTower, the exported program.
+    """
+
+    def __init__(self, *, n_items: int, side_codes: np.ndarray, side_sizes: list[int], profile_sizes: list[int],
+                 dim: int = 64, interests: int = 4, max_len: int = 30, profile_dim: int = 8,
+                 hidden: tuple[int, ...] = (128,), iterations: int = 3, sigma: float = 1.0, power: float = 2.0,
+                 seed: int = 0):
+        super().__init__()
+        if power < 0:
+            raise ValueError(f"label-aware attention power must be >= 0, got {power}")
+        self.power = power
+        self.items = ItemTower(n_items, side_codes, side_sizes, dim)
+        self.user = UserTower(self.items, profile_sizes, dim=dim, interests=interests, max_len=max_len,
+                              profile_dim=profile_dim, hidden=tuple(hidden), iterations=iterations, sigma=sigma, seed=seed)
+
+    def loss(self, behaviors: Tensor, profile: Tensor, targets: Tensor, target_logq: Tensor,
+             negatives: Tensor, negative_logq: Tensor) -> Tensor:
+        """Training loss of a batch: behaviours (B, L), profile (B, F), targets (B,), negatives (S,) item codes."""
+        interests, _, mask = self.user.encode(behaviors, profile)  # (B, K, D), (B, K)
+        target = self.items(targets)  # (B, D)
+        user = label_aware_attention(interests, mask, target, self.power)  # (B, D)
+        return sampled_softmax_loss(user, target, targets, target_logq, self.items(negatives), negatives, negative_logq)
+
+    @torch.no_grad()
+    def item_vectors(self, *, batch: int = 65_536) -> np.ndarray:
+        """(N, D) float32 item tower output of every item code (row 0, the unknown item, included)."""
+        n = self.items.ids.weight.shape[0]
+        return torch.cat([self.items(torch.arange(lo, min(lo + batch, n))) for lo in range(0, n, batch)]).numpy()

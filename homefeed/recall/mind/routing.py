@@ -1,0 +1,108 @@
+"""Behaviour-to-interest (B2I) dynamic routing: a user's behaviours clustered into K interest capsules.
+
+MIND (Li et al., "Multi-Interest Network with Dynamic Routing for Recommendation at Tmall", CIKM 2019)
+borrows capsule routing (Sabour et al., NIPS 2017) with three changes: one bilinear matrix S shared by
+every (behaviour, interest) pair, routing logits initialised at random instead of zero (with a shared S
+and zero logits every capsule would stay identical), and a per-user number of interests
+
+    K'_u = max(1, min(K, floor(log2 |I_u|)))                 (|I_u| the user's behaviours)
+
+For behaviour embeddings e_i (i = 1..L) and interests j = 1..K'_u, Algorithm 1 of the paper:
+
+    b_ij ~ N(0, sigma^2)                                      drawn afresh on every forward pass
+    repeat r times (r = 3):
+        w_ij = softmax_j(b_ij)                                each behaviour splits itself over the interests
+        z_j  = sum_i w_ij S e_i
+        u_j  = squash(z_j) = |z_j|^2 / (1 + |z_j|^2) * z_j / |z_j|
+        b_ij = b_ij + u_j . S e_i                             agreement pulls a behaviour to its interest
+
+The initial logits are *not* a trained variable (several open implementations made them one, which
+freezes the clustering into a learned per-position prior). In training mode they are new normal
+draws each call; in eval mode they are one fixed seeded draw kept as a buffer (`serve_logits`), so a
+served user gets the same interests on every request and in any batch, and exported programs are
+deterministic. Padded behaviours (item code 0) get zero weight everywhere; interests past K'_u get
+zero weight and a zero capsule, and are reported masked.
+
+    >>> routing = CapsuleRouting(dim=8, max_interests=3, max_len=10)
+    >>> caps, weights, mask = routing(torch.randn(2, 10, 8), torch.arange(10).expand(2, 10) < 5)
+    >>> caps.shape, weights.shape, mask.tolist()[0]
+    (torch.Size([2, 3, 8]), torch.Size([2, 10, 3]), [True, True, False])
+
+Notation: B users, L behaviour slots, D dimensions, K interests.
+"""
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+EPS = 1e-9
+
+
+def interest_count(n_behaviors: Tensor, max_interests: int) -> Tensor:
+    """K'_u = max(1, min(K, floor(log2 n))) for (B,) behaviour counts; (B,) int64. n = 0 gives 1."""
+    n = n_behaviors.to(torch.float32).clamp(min=1.0)
+    return torch.floor(torch.log2(n)).clamp(min=1.0, max=float(max_interests)).to(torch.int64)
+
+
+def squash(z: Tensor) -> Tensor:
+    """|z|^2 / (1 + |z|^2) * z / |z| along the last axis: the direction of z with length in [0, 1)."""
+    sq = (z * z).sum(-1, keepdim=True)
+    return z * (sq / (1.0 + sq) / torch.sqrt(sq + EPS))
+
+
+class CapsuleRouting(nn.Module):
+    """B2I dynamic routing with one shared bilinear map S (D_in, D_out).
+
+    Args:
+        dim: behaviour embedding size D_in (and capsule size D_out unless `out_dim`).
+        max_interests: K, the most interests a user can have.
+        max_len: L_max, the longest behaviour sequence (size of the eval-mode logits buffer).
+        iterations: routing iterations r (the paper: 3).
+        sigma: standard deviation of the initial routing logits.
+        seed: seed of the fixed eval-mode draw.
+    """
+
+    def __init__(self, dim: int, max_interests: int, max_len: int, *, out_dim: int | None = None, iterations: int = 3,
+                 sigma: float = 1.0, seed: int = 0):
+        super().__init__()
+        if max_interests < 1 or iterations < 1 or max_len < 1:
+            raise ValueError(f"max_interests, iterations and max_len must be >= 1, got {max_interests}, {iterations}, {max_len}")
+        out_dim = out_dim or dim
+        self.max_interests, self.iterations, self.sigma = max_interests, iterations, sigma
+        self.bilinear = nn.Linear(dim, out_dim, bias=False)  # S, shared by every behaviour and interest
+        nn.init.normal_(self.bilinear.weight, std=dim ** -0.5)
+        gen = torch.Generator().manual_seed(seed)
+        self.register_buffer("serve_logits", sigma * torch.randn(max_len, max_interests, generator=gen))  # (L_max, K)
+
+    def initial_logits(self, batch: int, length: int) -> Tensor:
+        """(B, L, K) starting logits b_ij: fresh N(0, sigma^2) draws in training, the fixed draw in eval."""
+        if self.training:
+            return self.sigma * torch.randn(batch, length, self.max_interests)
+        if length > self.serve_logits.shape[0]:
+            raise ValueError(f"{length} behaviours exceed max_len {self.serve_logits.shape[0]}")
+        return self.serve_logits[:length].unsqueeze(0).expand(batch, length, self.max_interests)
+
+    def forward(self, behaviors: Tensor, real: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """Route behaviour embeddings into interest capsules.
+
+        Args:
+            behaviors: (B, L, D_in) float32 behaviour embeddings.
+            real: (B, L) bool, False at padded slots.
+        Returns:
+            capsules (B, K, D_out) float32 (zero past K'_u), weights w (B, L, K) of the last iteration
+            (zero at padded slots and past K'_u), interest mask (B, K) bool (True for j < K'_u).
+        """
+        batch, length, _ = behaviors.shape
+        hat = self.bilinear(behaviors)  # (B, L, D_out): S e_i
+        k_u = interest_count(real.sum(1), self.max_interests)  # (B,)
+        mask = torch.arange(self.max_interests, device=behaviors.device).unsqueeze(0) < k_u.unsqueeze(1)  # (B, K)
+        closed = torch.where(mask, 0.0, float("-inf")).unsqueeze(1)  # (B, 1, K)
+        keep = real.unsqueeze(2).to(hat.dtype)  # (B, L, 1)
+        logits = self.initial_logits(batch, length)  # (B, L, K)
+        capsules = weights = hat.new_zeros(0)
+        for r in range(self.iterations):
+            weights = torch.softmax(logits + closed, dim=2) * keep  # (B, L, K)
+            capsules = squash(torch.bmm(weights.transpose(1, 2), hat))  # (B, K, D_out)
+            if r + 1 < self.iterations:
+                logits = logits + torch.bmm(hat, capsules.transpose(1, 2))  # (B, L, K): u_j . S e_i
+        return capsules * mask.unsqueeze(2).to(capsules.dtype), weights, mask

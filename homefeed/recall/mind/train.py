@@ -1,0 +1,104 @@
+"""Training MIND: shuffled batches of samples, a batch of shared negatives per step, Adam, a line per epoch.
+
+An epoch is one seeded permutation of the samples (`samples.Sequences`); each batch gathers its
+behaviour windows and profile codes, draws S negatives shared by the batch from the corpus
+(`samples.NegativeSampler`) and takes one Adam step on the sampled-softmax loss (`model.MINDModel.loss`).
+The embedding tables get sparse gradients and their own SparseAdam, so a step touches only the rows it
+looked up. Same seed and threads -> the same weights. Progress goes to the `homefeed.recall.mind` logger
+(one line per epoch: loss, samples/s) and to an optional `progress(step, done, total)` callback, the
+signature of the CLI's progress display.
+
+    >>> log = train_mind(model, seqs, profiles, sampler, settings=TrainSettings(epochs=2))   # doctest: +SKIP
+    >>> log["epoch_loss"], log["samples_per_s"]                                               # doctest: +SKIP
+"""
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+
+import numpy as np
+import torch
+from pydantic import Field
+
+from homefeed.config import Section
+from homefeed.recall.mind.model import MINDModel
+from homefeed.recall.mind.samples import NegativeSampler, Sampler, Sequences
+
+log = logging.getLogger("homefeed.recall.mind")
+
+
+class TrainSettings(Section):
+    """MIND training knobs."""
+
+    epochs: int = Field(2, ge=1)
+    batch_size: int = Field(512, ge=1)
+    lr: float = Field(0.01, gt=0)  # Adam for the dense layers and SparseAdam for the tables
+    negatives: int = Field(500, ge=1)  # S negatives per batch, shared by its samples
+    sampler: Sampler = "log_uniform"  # negatives by count rank (log-uniform) or count ** unigram_power
+    unigram_power: float = Field(0.75, gt=0)
+    max_samples_per_user: int | None = Field(30, ge=1)  # each user's last N labels are samples; None = all
+    seed: int = 0
+    threads: int | None = Field(None, ge=1)  # torch CPU threads while training; None leaves torch's setting
+
+
+def _optimizers(model: MINDModel, lr: float) -> list[torch.optim.Optimizer]:
+    tables = [m for m in model.modules() if isinstance(m, torch.nn.Embedding)]
+    for m in tables:
+        m.sparse = True
+    sparse = {id(m.weight) for m in tables}
+    dense = [p for p in model.parameters() if id(p) not in sparse]
+    return [torch.optim.Adam(dense, lr=lr), torch.optim.SparseAdam([m.weight for m in tables], lr=lr)]
+
+
+def train_mind(model: MINDModel, sequences: Sequences, profiles: np.ndarray, sampler: NegativeSampler, *,
+               settings: TrainSettings | None = None, progress: Callable[[str, int, int], None] | None = None) -> dict:
+    """Train `model` in place; returns {"samples", "seconds", "samples_per_s", "epoch_loss"}.
+
+    Args:
+        profiles: (n_users, F) int64 profile codes indexed by user code.
+    """
+    s = settings if settings is not None else TrainSettings()
+    if len(sequences) == 0:
+        raise ValueError("no training samples: every user has fewer than two behaviours in the training events")
+    threads = torch.get_num_threads()
+    if s.threads:
+        torch.set_num_threads(s.threads)
+    try:
+        return _fit(model, sequences, torch.from_numpy(np.asarray(profiles, np.int64)), sampler, s, progress)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _fit(model: MINDModel, seqs: Sequences, profiles: torch.Tensor, sampler: NegativeSampler, s: TrainSettings,
+         progress: Callable[[str, int, int], None] | None) -> dict:
+    torch.manual_seed(s.seed)  # routing logits are fresh draws from the global generator
+    gen = torch.Generator().manual_seed(s.seed)
+    opts = _optimizers(model, s.lr)
+    model.train()
+    out = {"samples": 0, "seconds": 0.0, "epoch_loss": []}
+    steps_per_epoch = -(-len(seqs) // s.batch_size)
+    for epoch in range(s.epochs):
+        t0, total = time.perf_counter(), 0.0
+        order = torch.randperm(len(seqs), generator=gen).numpy()
+        for step, lo in enumerate(range(0, len(seqs), s.batch_size)):
+            behaviors, targets, users = seqs.batch(order[lo:lo + s.batch_size])
+            negatives = sampler.draw(s.negatives, gen)
+            loss = model.loss(behaviors, profiles[users], targets, sampler.log_q(targets), negatives, sampler.log_q(negatives))
+            for o in opts:
+                o.zero_grad(set_to_none=True)
+            loss.backward()
+            for o in opts:
+                o.step()
+            total += float(loss.detach()) * targets.numel()
+            if progress is not None and step % 50 == 0:
+                progress(f"mind epoch {epoch + 1}/{s.epochs}", epoch * steps_per_epoch + step, s.epochs * steps_per_epoch)
+        seconds = time.perf_counter() - t0
+        out["seconds"] += seconds
+        out["samples"] += len(seqs)
+        out["epoch_loss"].append(total / len(seqs))
+        log.info("mind epoch %d/%d: loss %.4f, %d samples, %.0f samples/s", epoch + 1, s.epochs, out["epoch_loss"][-1],
+                 len(seqs), len(seqs) / max(seconds, 1e-9))
+    model.eval()
+    out["samples_per_s"] = out["samples"] / max(out["seconds"], 1e-9)
+    return out

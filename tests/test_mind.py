@@ -1,0 +1,253 @@
+"""MIND: routing shapes, masking and K'_u, the random routing logits, the loss, samples, export equality,
+and the `mind`/`mind1` channels under the recall contract with fast settings, save/load and settings."""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import polars as pl
+import pytest
+import torch
+
+from homefeed.data.user_state import UserState, states_at
+from homefeed.recall import CHANNELS, make_channel
+from homefeed.recall.mind import MIND, MIND1, MINDSettings
+from homefeed.recall.mind.channel import example_inputs
+from homefeed.recall.mind.evaluate import category_diversity
+from homefeed.recall.mind.export import ExportMismatch, check_onnx, export_onnx, export_torchscript, load_torchscript
+from homefeed.recall.mind.model import MINDModel, label_aware_attention, sampled_softmax_loss
+from homefeed.recall.mind.profile import ProfileVocab
+from homefeed.recall.mind.routing import CapsuleRouting, interest_count, squash
+from homefeed.recall.mind.samples import NegativeSampler, build_sequences, state_behaviors
+from recall_contract import RecallerContract
+from recall_fixtures import dataset_from, t, tiny_dataset
+
+FAST = {"model": {"dim": 16, "max_len": 10, "hidden": [16]}, "train": {"epochs": 1, "negatives": 50, "batch_size": 256, "threads": 1}}
+
+
+def fast(cls, **serve):
+    return cls(settings=cls.Settings(**FAST, serve=serve))
+
+
+def test_interest_count_follows_the_formula():
+    n = torch.tensor([0, 1, 2, 3, 4, 7, 8, 15, 16, 100, 1000])
+    for k in (1, 2, 4, 8):
+        expected = [max(1, min(k, int(math.floor(math.log2(max(v, 1)))))) for v in n.tolist()]
+        assert interest_count(n, k).tolist() == expected
+
+
+def test_squash_keeps_direction_and_bounds_length():
+    z = torch.tensor([[3.0, 4.0], [0.0, 0.0], [0.01, 0.0]])
+    u = squash(z)
+    assert torch.allclose(u[0], torch.tensor([0.6, 0.8]) * 25 / 26)
+    assert torch.equal(u[1], torch.zeros(2)) and float(u[2].norm()) < 1e-3
+
+
+def test_routing_shapes_and_interest_mask():
+    routing = CapsuleRouting(8, 4, 20).eval()
+    lengths = torch.tensor([0, 1, 4, 9, 20])
+    real = torch.arange(20).unsqueeze(0) < lengths.unsqueeze(1)
+    caps, weights, mask = routing(torch.randn(5, 20, 8), real)
+    assert caps.shape == (5, 4, 8) and weights.shape == (5, 20, 4) and mask.shape == (5, 4)
+    assert mask.sum(1).tolist() == [1, 1, 2, 3, 4]
+    assert torch.all(caps[~mask] == 0) and torch.all(weights[~real] == 0)
+    assert torch.all(weights.transpose(1, 2)[~mask] == 0)  # no behaviour routes to a closed interest
+    assert torch.allclose(weights.sum(2)[real], torch.ones(int(real.sum())))  # each real behaviour splits itself fully
+    assert torch.all(caps.norm(dim=2) < 1)
+
+
+def test_padded_behaviours_change_nothing():
+    torch.manual_seed(0)
+    routing = CapsuleRouting(8, 3, 30).eval()
+    x = torch.randn(2, 30, 8)
+    real = torch.arange(30).unsqueeze(0) < torch.tensor([[12], [7]])
+    noisy = torch.where(real.unsqueeze(2), x, torch.randn(2, 30, 8) * 100)  # garbage in the padded slots
+    for a, b in zip(routing(x, real), routing(noisy, real)):
+        assert torch.equal(a, b)
+    # more padding: the first 12 slots route the same way (eval logits are a fixed draw per slot)
+    short = routing(x[:, :12], real[:, :12])
+    assert torch.allclose(short[0], routing(x, real)[0], atol=1e-6)
+    # in training mode too, with the same noise
+    routing.train()
+    torch.manual_seed(1)
+    a = routing(x, real)[0]
+    torch.manual_seed(1)
+    assert torch.equal(a, routing(noisy, real)[0])
+
+
+def test_routing_logits_are_random_draws_not_parameters():
+    routing = CapsuleRouting(8, 3, 10)
+    assert [name for name, _ in routing.named_parameters()] == ["bilinear.weight"]
+    assert "serve_logits" in dict(routing.named_buffers())
+    x, real = torch.randn(1, 10, 8), torch.ones(1, 10, dtype=torch.bool)
+    routing.train()
+    assert not torch.equal(routing(x, real)[1], routing(x, real)[1]), "training draws new logits on every call"
+    routing.eval()
+    assert torch.equal(routing(x, real)[1], routing(x, real)[1]), "serving uses one fixed draw"
+    model = MINDModel(n_items=20, side_codes=np.zeros((20, 0), np.int64), side_sizes=[], profile_sizes=[2, 3, 2, 2],
+                      dim=8, interests=3, max_len=10)
+    assert not any("logit" in name for name, _ in model.named_parameters())
+
+
+def test_label_aware_attention_and_sampled_softmax():
+    interests = torch.tensor([[[1.0, 0.0], [0.0, 1.0], [5.0, 5.0]]])
+    mask = torch.tensor([[True, True, False]])
+    target = torch.tensor([[2.0, 0.0]])
+    hard = label_aware_attention(interests, mask, target, power=50.0)
+    assert torch.allclose(hard, torch.tensor([[1.0, 0.0]]), atol=1e-6)  # the closed third interest is ignored
+    assert torch.allclose(label_aware_attention(interests, mask, target, power=0.0), torch.tensor([[0.5, 0.5]]))
+    user, tgt = torch.tensor([[1.0, 0.0]]), torch.tensor([[1.0, 0.0]])
+    negatives, neg_ids = torch.tensor([[0.0, 1.0], [1.0, 0.0]]), torch.tensor([7, 3])
+    zeros = torch.zeros(2)
+    loss = sampled_softmax_loss(user, tgt, torch.tensor([3]), torch.zeros(1), negatives, neg_ids, zeros)
+    assert float(loss) == pytest.approx(math.log(1 + math.exp(-1)))  # the accidental hit (id 3) is removed
+
+
+def test_sequences_fold_repeats_and_match_serving():
+    events = [(1, 5, "pv", t(0, 1)), (1, 5, "click", t(0, 1.1)), (1, 6, "pv", t(0, 2)), (1, 7, "pv", t(0, 3)),
+              (1, 8, "cart", t(0, 4)), (2, 9, "pv", t(0, 5)), (2, 5, "pv", t(0, 6))]
+    ds = dataset_from(events, n_items=10)
+    seqs = build_sequences(ds.events, max_len=2)
+    behaviors, targets, users = seqs.batch(np.arange(len(seqs)))
+    assert targets.tolist() == [6, 7, 8, 5] and users.tolist() == [1, 1, 1, 2]
+    assert behaviors.tolist() == [[0, 5], [5, 6], [6, 7], [0, 9]]
+    assert len(build_sequences(ds.events, max_len=2, max_samples_per_user=1)) == 2
+    only_pv = build_sequences(ds.events, max_len=3, behaviors=("pv",))
+    assert only_pv.batch(np.arange(len(only_pv)))[1].tolist() == [6, 7, 5]
+    state = states_at(ds.events, ds.users, t(1))[0]
+    assert state_behaviors(state, max_len=4).tolist() == [5, 6, 7, 8]
+    assert state_behaviors(state, max_len=6).tolist() == [0, 0, 5, 6, 7, 8]
+
+
+def test_negative_samplers():
+    counts = np.array([100, 50, 0, 10, 5])
+    gen = torch.Generator().manual_seed(0)
+    for kind in ("log_uniform", "unigram"):
+        s = NegativeSampler(counts, kind=kind)
+        draws = s.draw(20_000, gen)
+        assert draws.min() >= 1 and s.p[0] == 0  # never the unknown item
+        freq = np.bincount(draws.numpy(), minlength=5) / draws.numel()
+        np.testing.assert_allclose(freq, s.p, atol=0.01)
+        assert s.p[1] > s.p[3] > s.p[4]
+    assert NegativeSampler(counts, kind="unigram").p[2] == 0
+    with pytest.raises(ValueError, match="valid samplers"):
+        NegativeSampler(counts, kind="uniform")
+
+
+def test_profile_codes_agree_offline_and_online():
+    users = pl.DataFrame({"user_id": [1, 2, 3], "gender": ["F", None, "M"], "age": [23, None, 61], "city": ["a", "b", None]})
+    vocab = ProfileVocab.fit(users)
+    codes = vocab.encode_users(users, 5)
+    for uid, row in zip([1, 2, 3], users.drop("user_id").iter_rows(named=True)):
+        np.testing.assert_array_equal(codes[uid], vocab.encode(row))
+    assert codes[2, :2].tolist() == [0, 0] and codes[4].tolist() == [0, 0, 0, 0]
+    assert vocab.encode({"gender": "X", "city": "a"}).tolist() == [0, 0, 1, 0]
+    assert ProfileVocab.from_json(vocab.to_json()) == vocab
+
+
+@pytest.fixture(scope="module")
+def small_model():
+    torch.manual_seed(0)
+    codes = np.stack([np.arange(30) % 4, np.arange(30) % 3], 1)
+    model = MINDModel(n_items=30, side_codes=codes, side_sizes=[4, 3], profile_sizes=[3, 4, 2, 2], dim=8,
+                      interests=3, max_len=12, hidden=(16,))
+    return model.eval()
+
+
+def test_export_equality(small_model, tmp_path):
+    behaviors, profile = example_inputs(small_model.user, [3, 4, 2, 2], n=6)
+    assert (behaviors > 0).sum(1).tolist() == sorted((behaviors > 0).sum(1).tolist())  # 0..L real slots
+    path = export_torchscript(small_model.user, behaviors, profile, tmp_path / "tower.pt")
+    loaded = load_torchscript(path)
+    other_b, other_p = example_inputs(small_model.user, [3, 4, 2, 2], n=3, seed=5)  # another batch size
+    eager, exported = small_model.user(other_b, other_p), loaded(other_b, other_p)
+    assert torch.allclose(eager[0], exported[0], atol=1e-5)
+    assert torch.equal(eager[1], exported[1]) and torch.equal(eager[2], exported[2])
+    assert torch.all((eager[2] == 0) | (eager[2].unsqueeze(2) == other_b.unsqueeze(1)).any(2))  # triggers are behaviours
+    pytest.importorskip("onnxruntime")
+    export_onnx(small_model.user, behaviors, profile, tmp_path / "tower.onnx")
+    assert check_onnx(small_model.user, tmp_path / "tower.onnx", other_b, other_p) < 1e-4
+    with torch.no_grad():
+        small_model.user.mlp[-1].bias.add_(1.0)  # a different tower no longer matches the file
+    with pytest.raises(ExportMismatch, match="exceeds"):
+        check_onnx(small_model.user, tmp_path / "tower.onnx", behaviors, profile)
+    with torch.no_grad():
+        small_model.user.mlp[-1].bias.sub_(1.0)
+
+
+def test_category_diversity():
+    cats = np.array([0, 1, 1, 2, 3])
+    lists = np.array([[1, 2, 3], [4, 3, -1], [-1, -1, -1]])
+    assert category_diversity(lists, cats) == pytest.approx((2 + 2) / 2)
+
+
+class TestMINDContract(RecallerContract):
+    def make(self):
+        return fast(MIND)
+
+    def make_keeping_bought(self):
+        return fast(MIND, keep_bought=True)
+
+
+class TestMIND1Contract(RecallerContract):
+    def make(self):
+        return fast(MIND1)
+
+    def make_keeping_bought(self):
+        return fast(MIND1, keep_bought=True)
+
+
+def test_channels_are_registered_and_settings_checked():
+    assert CHANNELS["mind"] is MIND and CHANNELS["mind1"] is MIND1
+    assert make_channel("mind").settings.model.interests == 4
+    assert make_channel("mind1", model={"dim": 8}).settings.model.interests == 1  # K = 1 survives other model keys
+    with pytest.raises(ValueError, match="interest"):
+        MINDSettings(model={"interest": 3})
+    with pytest.raises(ValueError, match="valid behaviours"):
+        MINDSettings(model={"behaviors": ["view"]})
+    with pytest.raises(RuntimeError, match="not fitted"):
+        MIND().recall(UserState(user_id=1, now=0), 5)
+
+
+@pytest.fixture(scope="module")
+def fitted_tiny():
+    return fast(MIND).fit(tiny_dataset())
+
+
+def test_interests_triggers_and_save_load(fitted_tiny, tmp_path):
+    rec, ds = fitted_tiny, tiny_dataset()
+    states = states_at(ds.events, ds.users, ds.split.valid_end)
+    for s in states:
+        vectors, triggers = rec.interests(s)
+        n = int((state_behaviors(s, max_len=10) > 0).sum())
+        assert vectors.shape == (max(1, min(4, int(math.log2(max(n, 1))))), 16)
+        assert np.isin(triggers, s.items).all()  # the reason is one of the user's behaviours
+        rows, interest = rec.recall_with_interests(s, 8)
+        assert interest.shape == (len(rows),) and interest.max(initial=0) < len(vectors)
+        np.testing.assert_array_equal(rows.triggers, triggers[interest])
+        best = (rec.vectors_[rows.items] @ vectors.T).max(1)
+        np.testing.assert_allclose(rows.scores, best, rtol=1e-4, atol=1e-5)
+    cold = rec.recall(UserState(user_id=0, now=ds.split.valid_end, profile={"gender": "F"}), 5)
+    assert len(cold) == 5 and np.all(cold.triggers == -1)
+    rec.save(tmp_path / "mind")
+    assert {"settings.json", "meta.json", "model.npz", "vectors.npz", "index", "user_tower.pt"} <= {p.name for p in (tmp_path / "mind").iterdir()}
+    back = MIND.load(tmp_path / "mind")
+    assert back.settings == rec.settings and back.profiles_ == rec.profiles_
+    for s in states:
+        a, b = rec.recall(s, 8), back.recall(s, 8)
+        np.testing.assert_array_equal(a.items, b.items)
+        np.testing.assert_array_equal(a.scores, b.scores)
+    tower = load_torchscript(tmp_path / "mind" / "user_tower.pt")
+    inputs = rec.inputs(states[0])
+    with torch.no_grad():
+        assert torch.allclose(tower(*inputs)[0], rec.model_.user(*inputs)[0], atol=1e-5)
+    with pytest.raises(FileNotFoundError, match="model.npz"):
+        MIND.load(tmp_path / "nothing")
+
+
+def test_exclude_history(fitted_tiny):
+    ds = tiny_dataset()
+    rec = fitted_tiny.with_serve(exclude_history=True)
+    assert rec.settings.serve.exclude_history and not fitted_tiny.settings.serve.exclude_history
+    for s in states_at(ds.events, ds.users, ds.split.valid_end):
+        assert not np.isin(rec.recall(s, 12).items, s.items).any()
