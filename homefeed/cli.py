@@ -189,14 +189,22 @@ def evaluate_mechanism_cmd(
     world: Annotated[Path, typer.Argument(help="A folder written by `homefeed generate` (its truth/ scores each part).")],
     requests: Annotated[int, typer.Option(help="Homepage requests replayed for the on/off page figures.")] = 1000,
     json_: JsonOpt = False,
+    config: ConfigOpt = None,
+    set_: SetOpt = None,
 ):
     """Score standard categories, image groups and blocking periods against the shop's truth; replay pages on and off."""
     from homefeed.evaluate.report import metrics_table, print_json
+    from homefeed.mechanism import MechanismConfig
     from homefeed.mechanism.evaluate import evaluate_mechanism
 
+    cfg = get_config(config, set_)
+    try:
+        mech = MechanismConfig.from_section(cfg.mechanism)
+    except ValueError as e:
+        fail(f"bad [mechanism] setting: {e}")
     with steps(console, "mechanism") as progress:
         progress("categories, images, periods, replay")
-        result = evaluate_mechanism(world, n_requests=requests)
+        result = evaluate_mechanism(world, config=mech, n_requests=requests)
     if json_:
         print_json(result)
         return

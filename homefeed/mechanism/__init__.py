@@ -35,6 +35,11 @@ class MechanismConfig(Section):
     exposure: ExposureConfig = ExposureConfig()
     purchase: PurchaseConfig = PurchaseConfig()
 
+    @classmethod
+    def from_section(cls, section) -> "MechanismConfig":
+        """The `[mechanism]` knob tables of a `homefeed.config.Config` (unknown keys are errors here)."""
+        return cls(**{name: getattr(section, name) for name in cls.model_fields})
+
 
 @dataclass
 class MechanismTables:
