@@ -8,7 +8,8 @@
    CPU ms per request (all threads) and p50/p99 per stage; the template path (the same user's next
    request, what most requests cost); and on the same (state, candidates) the ranker's feature
    paths: the exact training code (`exact_features`, the path served before) vs the online one
-   (`features`), with the model time, as medians and a ratio. `--din` repeats it for a second bundle.
+   (`features`), with the model time, as medians and a ratio; each recall channel's CPU ms run alone, and
+   the CPU ms of the whole recall stage (channels in threads + merge). `--din` repeats it for a second bundle.
 2. Over HTTP: the real server (`homefeed serve --workers W`) in a subprocess on 127.0.0.1 and a load
    generator in another process (http.client, C concurrent keep-alive clients): requests/s and p50/p99 at
    C = 1, 8, 32 for W = 1, 2, in two modes. `full`: every request rebuilds (its `now` is past the
@@ -126,12 +127,20 @@ def in_process(bundle: Path, n: int) -> dict:
         p.homepage(HomepageRequest(user_id=user, now=t_req + 1, template_index=page.template_index))
         template.append(time.perf_counter() - t)
     paths = {"exact": [], "online": [], "model": []}
+    channels: dict[str, list[float]] = {name: [] for name in b.channels} | {"recall stage (threads + merge)": []}
     r = b.ranker
     for i in range(min(n, 40) if r is not None else 0):  # the two feature paths on the same requests
         state = p.user_state(users[i % len(users)], now)
+        for name, ch in b.channels.items():
+            c0 = time.process_time()
+            ch.recall(state, cfg.recall.k_per_channel)
+            channels[name].append(time.process_time() - c0)
+        c0 = time.process_time()
         cands = p.recall(state, [])
+        channels["recall stage (threads + merge)"].append(time.process_time() - c0)
         sizes.append(len(cands))
-        for name, f in (("exact", r.exact_features), ("online", r.features)):
+        online = lambda s, c, x: r.features(s, c, x, shared_sequence=r.shared_sequence)  # noqa: E731 as `score` sends it
+        for name, f in (("exact", r.exact_features), ("online", online)):
             t = time.perf_counter()
             batch = f(state, cands, {})
             paths[name].append(time.perf_counter() - t)
@@ -149,12 +158,14 @@ def in_process(bundle: Path, n: int) -> dict:
         out["features_ms"] = {k: med_ms(v) for k, v in paths.items()}
         out["features_speedup"] = med_ms(paths["exact"]) / med_ms(paths["online"])
         out["rank_stage_exact_ms"] = med_ms(paths["exact"]) + med_ms(paths["model"])
+        out["recall_cpu_ms"] = {k: med_ms(v) for k, v in channels.items()}
     return out
 
 
 def runtimes(bundle: Path, reps: int = 40) -> dict:
     """CPU ms (median) of one forward on a real request's batch: TorchScript fp32 / int8 (what the bundle
-    holds), the eager model, and ONNX Runtime (exported here from the eager model), 1 thread each."""
+    holds), the eager model, and ONNX Runtime (exported here from the eager model), 1 thread each; and the
+    served model on the history repeated per row (as bundles built before `shared_sequence` were fed)."""
     import warnings
 
     import torch
@@ -174,7 +185,8 @@ def runtimes(bundle: Path, reps: int = 40) -> dict:
     state = p.user_state(users[0], now)
     cands = p.recall(state, [])
     p.close()
-    batch = {k: v for k, v in b.ranker.features(state, cands, {}).items() if k in b.ranker.inputs}
+    r = b.ranker
+    batch = {k: v for k, v in r.features(state, cands, {}, shared_sequence=r.shared_sequence).items() if k in r.inputs}
     meta = json.loads((bundle / "rank" / "model.json").read_text())
     eager = load_checkpoint(RankModel(FeatureSpec(**meta["spec"]), ModelConfig(**meta["config"])), bundle / "rank" / "best.npz")
     eager.eval()
@@ -185,6 +197,9 @@ def runtimes(bundle: Path, reps: int = 40) -> dict:
     for name in ("model.pt", "model_int8.pt"):
         if (bundle / "rank" / name).exists():
             runs[f"torchscript {name}"] = (lambda m: lambda: m(batch))(load_torchscript(bundle / "rank" / name))
+    if r.shared_sequence:  # the same model fed the history once per candidate: what sharing it saves
+        rows = {k: v.expand(len(cands), *v.shape[1:]).contiguous() if k in ("seq", "seq_gap") else v for k, v in batch.items()}
+        runs[f"torchscript {r.model_name}, history per row"] = (lambda m: lambda: m(rows))(load_torchscript(bundle / "rank" / r.model_name))
     cpu: dict[str, list[float]] = {k: [] for k in runs}
     with torch.inference_mode(), warnings.catch_warnings():
         warnings.simplefilter("ignore")
@@ -311,6 +326,8 @@ def report(result: dict) -> None:
             t.add_row("  features: exact training code (before)", f"{f['exact']:.2f}", "")
             t.add_row(f"  features: online (now), {loc['features_speedup']:.0f}x faster", f"{f['online']:.2f}", "")
             t.add_row("  model forward", f"{f['model']:.2f}", "")
+        for k, v in loc.get("recall_cpu_ms", {}).items():
+            t.add_row(f"  recall CPU: {k}" + (" alone" if "stage" not in k else ""), f"{v:.2f}", "")
         con.print(t)
     if result["model_runtimes"]:
         m = result["model_runtimes"]

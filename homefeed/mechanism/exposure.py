@@ -28,7 +28,7 @@ from dataclasses import asdict, dataclass, field, replace
 import numpy as np
 
 from homefeed.config import Section
-from homefeed.mechanism.scatter import ItemAttributes, Page, Rule, scatter
+from homefeed.mechanism.scatter import ItemAttributes, Page, Rule, scatter_pages
 
 
 class ExposureConfig(Section):
@@ -103,12 +103,8 @@ def build_templates(items: np.ndarray, scores: np.ndarray, slots: np.ndarray | N
     """`n_templates` scattered pages from one candidate set, each disjoint from the ones before.
 
     `exclude` (n,) bool drops rows up front (purchase-filtered, or items of templates already shown).
+    Each template is `scatter` over the rows left: after one is built, every row of an item it placed (in
+    any slot) is excluded from the next. `scatter_pages` runs that loop with the candidates prepared once.
     """
-    items = np.asarray(items, np.int64)
-    used = np.zeros(len(items), bool) if exclude is None else np.array(exclude, bool)
-    pages = []
-    for _ in range(n_templates):
-        page = scatter(items, scores, slots, attributes=attributes, layout=layout, rules=rules, max_loss=max_loss, exclude=used)
-        pages.append(page)
-        used |= np.isin(items, page.items[page.rows >= 0])  # every row of a shown item, in any slot
-    return pages
+    return scatter_pages(items, scores, slots, attributes=attributes, layout=layout, rules=rules, max_loss=max_loss,
+                         n_pages=n_templates, exclude=exclude)

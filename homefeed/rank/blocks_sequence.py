@@ -2,11 +2,19 @@
 
 All three share one signature, so the model can swap them:
 
-    block(query (B, E), keys (B, L, E), gaps (B, L) int64, mask (B, L) bool) -> (B, E)
+    block(query (B, E), keys (U, L, E), gaps (U, L) int64, mask (U, L) bool) -> (B, E)  (MeanPool: (U, E))
 
 query is the target item's token (its item id, category... embeddings concatenated, E = S * D),
 keys the tokens of the last L behaviours (oldest first), gaps their time-gap buckets before the
 sample time, and mask is True at real steps, False at padding. Padded steps never change the result.
+
+U is B (a sequence per row, as in training) or 1: at serving every row of a request is the same
+user, so the sequence is passed once and broadcast. In eval mode the blocks then do the user-side
+work once per request instead of once per candidate: the key projections (DIN's C k, BST's K/V of
+the behaviour tokens with their position embeddings), with the same result. Only what does not
+depend on the target is shared: DIN's activation unit and BST's attention row of the target token
+are still per candidate. (BST with several layers is not shared: there the behaviour tokens of the
+first layer attend to the target, so later layers' behaviour tokens differ per candidate.)
 
     MeanPool         the average of the real steps (the YouTube DNN / WDL+Seq baseline)
     TargetAttention  DIN (Zhou et al., KDD 2018): an activation unit scores each step against the
@@ -57,9 +65,11 @@ class TargetAttention(nn.Module):
 
     def forward(self, query: Tensor, keys: Tensor, gaps: Tensor, mask: Tensor) -> Tensor:
         q = query.unsqueeze(1)  # (B, 1, E)
-        h = self.query(q) + self.key(keys) + self.product(q * keys)  # (B, L, H)
+        h = self.query(q) + self.key(keys) + self.product(q * keys)  # (B, L, H); C k once per user (U rows)
         w = self.score(h).squeeze(-1) * mask.to(keys.dtype)  # (B, L), 0 at padding
-        return torch.bmm(w.unsqueeze(1), keys).squeeze(1)  # (B, E)
+        if self.training:
+            return torch.bmm(w.unsqueeze(1), keys).squeeze(1)  # (B, E)
+        return torch.einsum("bl,ble->be", w, keys)  # U = 1: one (B, L) x (L, E) product, keys never repeated
 
 
 class TransformerLayer(nn.Module):
@@ -68,6 +78,7 @@ class TransformerLayer(nn.Module):
     x (B, T, E), real (B, T) bool: padded keys are masked out of every attention row.
     With last_only=True only the last position is computed as a query, (B, 1, E): exact when
     only the last token's output is used, and it makes a one-layer BST cost O(T) per row, not O(T^2).
+    `attend_target` is the same last-only layer with the tokens before the last given once per user.
     """
 
     def __init__(self, dim: int, heads: int, ffn_dim: int, *, dropout: float = 0.0):
@@ -91,6 +102,29 @@ class TransformerLayer(nn.Module):
             self._split(self.q(xq)), self._split(k), self._split(v),
             attn_mask=real[:, None, None, :], dropout_p=self.dropout if self.training else 0.0,
         )  # (B, H, Tq, E/H)
+        return self._after_attention(xq, att)
+
+    def attend_target(self, target: Tensor, context: Tensor, real: Tensor) -> Tensor:
+        """`forward(cat([context, target], 1), cat([real, True], 1), last_only=True)` without building that input.
+
+        target (B, 1, E): the last token, one per row; context (U, L, E), real (U, L): the tokens before
+        it, U = B or 1 (one user's behaviours shared by every row: their K/V are projected once).
+        Eval only (no attention dropout). -> (B, 1, E).
+        """
+        q = self._split(self.q(target))  # (B, H, 1, d)
+        k_t, v_t = (self._split(t) for t in self.kv(target).chunk(2, dim=-1))  # (B, H, 1, d) each
+        k_c, v_c = (self._split(t) for t in self.kv(context).chunk(2, dim=-1))  # (U, H, L, d) each
+        scale = q.size(-1) ** -0.5
+        # einsum, not matmul: a size-1 U is contracted as one (H, B, d) x (H, d, L) product, never expanded to B
+        s_c = torch.einsum("bhqd,bhld->bhql", q, k_c).mul(scale)  # (B, H, 1, L)
+        s_c = s_c.masked_fill(~real[:, None, None, :], float("-inf"))
+        s_t = (q * k_t).sum(dim=-1, keepdim=True).mul(scale)  # (B, H, 1, 1): the target attends to itself
+        p = torch.softmax(torch.cat([s_c, s_t], dim=-1), dim=-1)  # (B, H, 1, L + 1), the target is always real
+        att = torch.einsum("bhql,bhld->bhqd", p[..., :-1], v_c) + p[..., -1:] * v_t  # (B, H, 1, d)
+        return self._after_attention(target, att)
+
+    def _after_attention(self, xq: Tensor, att: Tensor) -> Tensor:
+        """Output projection, residual + norm, feed-forward, residual + norm.  att (B, H, Tq, d) -> (B, Tq, E)."""
         x = self.norm1(xq + self.out(att.transpose(1, 2).flatten(2)))  # (B, Tq, E)
         return self.norm2(x + F.dropout(self.ffn(x), self.dropout, self.training))
 
@@ -100,6 +134,8 @@ class BST(nn.Module):
 
     Position of step t is its gap bucket (bucket 0 = padding); the target takes the extra bucket
     n_gap_buckets ("now"). Embeddings are added to the tokens. The result is the target's output.
+    In eval mode a one-layer BST projects the behaviour tokens once per user (`attend_target`); in
+    training, or with more layers, it runs the layers on the whole (B, L+1, E) token matrix.
     """
 
     def __init__(self, dim: int, *, n_gap_buckets: int, heads: int = 2, n_layers: int = 1, ffn_dim: int = 128, dropout: float = 0.0):
@@ -112,6 +148,12 @@ class BST(nn.Module):
         self.layers = nn.ModuleList(TransformerLayer(dim, heads, ffn_dim, dropout=dropout) for _ in range(n_layers))
 
     def forward(self, query: Tensor, keys: Tensor, gaps: Tensor, mask: Tensor) -> Tensor:
+        if not self.training and len(self.layers) == 1:  # serving: behaviour tokens once per user
+            context = keys + self.position(gaps)  # (U, L, E)
+            target = (query + self.position.weight[self.now]).unsqueeze(1)  # (B, 1, E)
+            return self.layers[0].attend_target(target, context, mask)[:, 0]  # (B, E)
+        n = query.size(0)
+        keys, gaps, mask = keys.expand(n, -1, -1), gaps.expand(n, -1), mask.expand(n, -1)  # a view when U = B
         tokens = torch.cat([keys, query.unsqueeze(1)], dim=1)  # (B, L+1, E)
         positions = torch.cat([gaps, torch.full_like(gaps[:, :1], self.now)], dim=1)  # (B, L+1)
         real = torch.cat([mask, torch.ones_like(mask[:, :1])], dim=1)  # (B, L+1), the target is real

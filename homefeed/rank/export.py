@@ -3,7 +3,8 @@
 Each export is checked against the eager model on a batch (max |logit difference| < 1e-4), so a
 silently different artefact never ships. Ids stay int64 in every format. The exported programs take
 only the batch keys the model reads (`model.input_names`: sparse, dense, seq, seq_gap), with the
-batch size and the sequence length free.
+batch size and the sequence length free. The history may also come once for all rows (`seq` (1, L, S),
+`seq_gap` (1, L): one user's request, `one_user_batch`); every export is checked on that form too.
 
 Dynamic quantisation (int8 weights of every nn.Linear, activations quantised on the fly) is what
 the seed system serves for BST; it is not exact, so `quantize_dynamic` has no 1e-4 check: compare
@@ -60,6 +61,11 @@ def model_inputs(model: nn.Module, batch: dict[str, Tensor]) -> dict[str, Tensor
     return {k: batch[k] for k in model.input_names}
 
 
+def one_user_batch(batch: dict[str, Tensor]) -> dict[str, Tensor]:
+    """`batch` with its first row's history standing for every row (seq (1, L, S), seq_gap (1, L)), as serving sends it."""
+    return {k: v[:1] if k in ("seq", "seq_gap") else v for k, v in batch.items()}
+
+
 def max_abs_diff(reference: Callable, candidate: Callable, batch: dict[str, Tensor]) -> float:
     """max |reference(batch) - candidate(batch)| over the logits, both called on the same dict, no grad."""
     with torch.no_grad():
@@ -84,6 +90,8 @@ def export_torchscript(model: nn.Module, example_batch: dict[str, Tensor], path:
         traced = torch.jit.trace(model, (inputs,), strict=False)
         torch.jit.save(traced, str(path))
     check_torchscript(model, path, example_batch, atol=atol)
+    if "seq" in inputs:  # the trace must broadcast one user's history as the eager model does
+        check_torchscript(model, path, one_user_batch(example_batch), atol=atol)
     return Path(path)
 
 
@@ -102,7 +110,10 @@ def check_torchscript(model: nn.Module, path: str | Path, batch: dict[str, Tenso
 
 
 class _Positional(nn.Module):
-    """The model with one positional tensor per input name (ONNX wants tensors, not a dict)."""
+    """The model with one positional tensor per input name (ONNX wants tensors, not a dict).
+
+    Export it in eval mode: the exporter restores the wrapper's own mode afterwards, recursively.
+    """
 
     def __init__(self, model: nn.Module):
         super().__init__()
@@ -112,7 +123,8 @@ class _Positional(nn.Module):
         return self.model(dict(zip(self.names, tensors)))
 
 
-_FREE_AXES = {"sparse": {0: "batch"}, "dense": {0: "batch"}, "seq": {0: "batch", 1: "length"}, "seq_gap": {0: "batch", 1: "length"}}
+_FREE_AXES = {"sparse": {0: "batch"}, "dense": {0: "batch"},  # the history's rows: batch, or 1 (one user)
+              "seq": {0: "history_rows", 1: "length"}, "seq_gap": {0: "history_rows", 1: "length"}}
 
 
 def export_onnx(model: nn.Module, example_batch: dict[str, Tensor], path: str | Path, *, opset: int = 17, atol: float = TOLERANCE) -> Path:
@@ -121,10 +133,12 @@ def export_onnx(model: nn.Module, example_batch: dict[str, Tensor], path: str | 
     inputs = model_inputs(model, example_batch)
     with torch.no_grad(), warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        torch.onnx.export(_Positional(model), tuple(inputs.values()), str(path), dynamo=False, opset_version=opset,
+        torch.onnx.export(_Positional(model).eval(), tuple(inputs.values()), str(path), dynamo=False, opset_version=opset,
                           input_names=list(inputs), output_names=["logit"],
                           dynamic_axes={k: _FREE_AXES[k] for k in inputs} | {"logit": {0: "batch"}})
     check_onnx(model, path, example_batch, atol=atol)
+    if "seq" in inputs:
+        check_onnx(model, path, one_user_batch(example_batch), atol=atol)
     return Path(path)
 
 

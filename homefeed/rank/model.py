@@ -69,9 +69,12 @@ class RankModel(nn.Module):
     S sequence fields, E = S * D token width, P = F(F-1)/2 field pairs, K = F * D + Dn (+ E) flat width.
 
         e     = embedding(sparse)                                  (B, F, D)
-        s     = sequence(target token, history tokens, gaps)       (B, E)
+        s     = sequence(target token, history tokens, gaps)       (B, E)   history: (B, L, S) or (1, L, S)
         x     = [flatten(e), dense, s]                             (B, K)
         logit = bias + wide(sparse, dense) + fm(e) + head([cross(x), deep([x, product(e), bi(e)])])
+
+    One user's request may pass its history once, `seq` (1, L, S) and `seq_gap` (1, L), for all B rows:
+    in eval mode the user-side sequence work is then done once (same logits as the history repeated).
 
     Attributes: spec, config, input_names (the batch keys the model reads, in export order).
     """
@@ -133,14 +136,19 @@ class RankModel(nn.Module):
         return [batch["dense"]] if self.n_dense else []  # [(B, Dn)]
 
     def _pool_sequence(self, batch: dict[str, Tensor], e: Tensor) -> list[Tensor]:
-        """[the sequence block's (B, E) vector]; the target token is the target fields' embeddings."""
+        """[the sequence block's (B, E) vector]; the target token is the target fields' embeddings.
+
+        batch["seq"] is (B, L, S), or (1, L, S) when every row is the same user (a serving request):
+        then the history is embedded, and its target-free part encoded, once (`blocks_sequence`).
+        """
         if self.sequence is None:
             return []
-        seq = batch["seq"]  # (B, L, S)
-        keys = self.embedding.lookup(seq, self.seq_offsets).flatten(2)  # (B, L, E)
+        seq = batch["seq"]  # (U, L, S), U = B or 1
+        keys = self.embedding.lookup(seq, self.seq_offsets).flatten(2)  # (U, L, E)
         query = e[:, self.target_fields].flatten(1)  # (B, E)
         gaps = batch["seq_gap"] if "seq_gap" in self.input_names else seq[..., 0]  # only BST reads the gaps
-        return [self.sequence(query, keys, gaps, seq[..., 0] > 0)]  # a step is real <=> its first field != 0
+        pooled = self.sequence(query, keys, gaps, seq[..., 0] > 0)  # a step is real <=> its first field != 0
+        return [pooled.expand(e.size(0), -1)]  # (B, E); MeanPool of a shared history gives (1, E)
 
     def _shallow(self, batch: dict[str, Tensor], e: Tensor) -> list[Tensor]:
         """[wide(sparse, dense), fm(e)] for the enabled terms, each (B,)."""

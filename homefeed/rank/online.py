@@ -10,7 +10,7 @@ depend on the request is done once at load, and the rest is a few numpy calls:
                 standard / brand codes the cross counts match on; the codes of every hour,
                 trigger type and position
     per request the user's events before `now` (a `UserState`), stably sorted by time once;
-                cross counts user x {leaf, std, brand, item} per window by sort + searchsorted;
+                cross counts user x {leaf, std, brand, item} per window by one bincount each;
                 trigger types by the last event on each trigger item; the last L "click" steps
                 and their gaps; profile codes (cached per distinct value)
 
@@ -44,6 +44,7 @@ from homefeed.rank.features import (CROSS_KEYS, DAY_S, PROFILE, SEQ_FIELDS, _day
 TRIGGER_NAMES = BEHAVIORS + ("unseen", "none")  # trigger_type values, as in features._trigger_type
 UNSEEN, NONE = len(BEHAVIORS), len(BEHAVIORS) + 1
 CACHE_LIMIT = 10_000  # distinct profile / channel / page values remembered per field
+DENSE_KEYS = 1 << 22  # cross counts by a bincount over the code space below this many codes
 
 
 class OnlineFeatures:
@@ -77,6 +78,8 @@ class OnlineFeatures:
         self.windows = np.array([int(w * DAY_S) for w in s.cross_windows_days], np.int64)
         self.cross_codes = np.array([BEHAVIORS.index(b) for b in s.cross_behaviors], np.int64)
         self.seq_codes = np.array([BEHAVIORS.index(b) for b in s.seq_behaviors], np.int64)
+        self._is_cross = np.isin(np.arange(len(BEHAVIORS)), self.cross_codes)  # behaviour code -> counted?
+        self._is_seq = np.isin(np.arange(len(BEHAVIORS)), self.seq_codes)
         self.tz_s = int(round(s.tz_offset_hours * 3600))
         self.hour_codes = self._encode_series("hour", pl.Series("hour", np.arange(24), pl.Int64))
         self.trigger_codes = self._encode_series("trigger_type", pl.Series("t", list(TRIGGER_NAMES), pl.String))
@@ -132,19 +135,35 @@ class OnlineFeatures:
             out[c] = self._cached(c, value, lambda c=c, value=value: self._encode_profile(c, value))
         return out
 
+    def warm_profiles(self, users: pl.DataFrame) -> None:
+        """Encode every distinct profile value in `users` now (one call per field), so that a request
+        for a known user pays no per-value encoding: `profile_codes` finds them all in its cache."""
+        for c in PROFILE:
+            if c not in self.fields or c not in self.user_schema or c not in users.columns:
+                continue
+            values = users[c].cast(self.user_schema[c]).unique()
+            codes = self.fields[c].encode(values.cast(_profile_dtype(c)))
+            for value, code in zip(values.to_list(), codes.tolist()):
+                if len(self._cache) >= CACHE_LIMIT:
+                    return
+                self._cache[(c, type(value).__name__, value)] = int(code)
+
     def _encode_profile(self, c: str, value) -> int:
-        dtype = pl.String if c in ("gender", "city") else pl.Int64
+        dtype = _profile_dtype(c)
         series = pl.Series(c, [value], dtype=self.user_schema[c]) if c in self.user_schema else pl.Series(c, [None], dtype)
         return int(self.fields[c].encode(series.cast(dtype))[0])
 
     def transform(self, state: UserState, items: np.ndarray, *, channels: np.ndarray, names: tuple[str, ...] | list[str],
                   triggers: np.ndarray, page: int = 0, position: int = 0,
-                  exposures: tuple[np.ndarray, np.ndarray] | None = None) -> dict[str, torch.Tensor]:
+                  exposures: tuple[np.ndarray, np.ndarray] | None = None,
+                  shared_sequence: bool = False) -> dict[str, torch.Tensor]:
         """The model batch of `state`'s user and n candidates at `state.now`.
 
         items: (n,) item codes; channels: (n,) int index into `names` (the recall channel of each);
         triggers: (n,) trigger item codes (<= 0: none); exposures: the user's shown (items, ts), or None.
-        Returns {"sparse" (n, F) int64, "dense" (n, Dn) float32, "seq" (n, L, S) int64, "seq_gap" (n, L) int64}.
+        Returns {"sparse" (n, F) int64, "dense" (n, Dn) float32, "seq" (n, L, S) int64, "seq_gap" (n, L) int64};
+        shared_sequence=True gives the user's one history as seq (1, L, S) and seq_gap (1, L) for a
+        model that broadcasts it (`RankModel`: the user-side sequence work is then done once).
         """
         items = np.asarray(items, np.int64)
         n, now = items.size, int(state.now)
@@ -167,9 +186,11 @@ class OnlineFeatures:
             sparse[:, j] = cols[f.name]
         dense = (np.log1p(raw.astype(np.float64)) - self.enc.dense_mean) / self.enc.dense_std
         seq, gap = self._sequence(now, ev_item, ev_b, ev_ts)
+        if not shared_sequence:
+            seq = np.ascontiguousarray(np.broadcast_to(seq, (n, *seq.shape[1:])))
+            gap = np.ascontiguousarray(np.broadcast_to(gap, (n, gap.shape[1])))
         return {"sparse": torch.from_numpy(sparse), "dense": torch.from_numpy(dense.astype(np.float32)),
-                "seq": torch.from_numpy(np.ascontiguousarray(np.broadcast_to(seq, (n, *seq.shape[1:])))),
-                "seq_gap": torch.from_numpy(np.ascontiguousarray(np.broadcast_to(gap, (n, gap.shape[1]))))}
+                "seq": torch.from_numpy(seq), "seq_gap": torch.from_numpy(gap)}
 
     def _context(self, items, channels, names, triggers, page, position, now, ev_item, ev_b) -> dict:
         """channel, trigger_type (per candidate), position, page, hour (one value each)."""
@@ -189,7 +210,7 @@ class OnlineFeatures:
     def _counts(self, items, now, ev_item, ev_b, ev_ts, exposures) -> dict[str, np.ndarray]:
         """user_{key}_{w}d and item_shown_{w}d raw counts, (n,) int64 each."""
         days = [_days(d) for d in self.enc.settings.cross_windows_days]
-        counted = np.isin(ev_b, self.cross_codes)
+        counted = _member(ev_b, self._is_cross)
         c_item, age = ev_item[counted], now - ev_ts[counted]
         out = {}
         for k in CROSS_KEYS:
@@ -208,7 +229,7 @@ class OnlineFeatures:
     def _sequence(self, now, ev_item, ev_b, ev_ts) -> tuple[np.ndarray, np.ndarray]:
         """(1, L, S) encoded sequence and (1, L) gap buckets of the last L "click" steps, oldest first."""
         L = self.enc.settings.max_len
-        clicks = np.isin(ev_b, self.seq_codes)
+        clicks = _member(ev_b, self._is_seq)
         hist, when = ev_item[clicks][-L:], ev_ts[clicks][-L:]
         m = hist.size
         raw = {"hist_item_id": hist, "hist_leaf_category": _lookup(hist, self.keys["leaf"])}
@@ -218,6 +239,11 @@ class OnlineFeatures:
         gap_s = np.full((1, L), -1, np.int64)
         gap_s[0, :m] = now - when
         return seq, gap_bucket(gap_s, self.enc.settings.n_gap_buckets)
+
+
+def _profile_dtype(c: str) -> pl.DataType:
+    """The dtype a profile field is encoded from, as the batch feature code builds it."""
+    return pl.String if c in ("gender", "city") else pl.Int64
 
 
 def _before(items: np.ndarray, behaviors: np.ndarray, ts: np.ndarray, now: int) -> tuple[np.ndarray, ...]:
@@ -232,14 +258,29 @@ def _before(items: np.ndarray, behaviors: np.ndarray, ts: np.ndarray, now: int) 
     return items, behaviors, ts
 
 
+def _member(codes: np.ndarray, is_member: np.ndarray) -> np.ndarray:
+    """(n,) bool: is_member[code] for codes inside the table, False outside (np.isin on a small code space)."""
+    inside = (codes >= 0) & (codes < is_member.size)
+    return inside & is_member[np.where(inside, codes, 0)]
+
+
 def _window_matches(keys: np.ndarray, age: np.ndarray, queries: np.ndarray, windows: np.ndarray) -> np.ndarray:
     """(W, n) int64: per window w, how many `keys` with `age` <= windows[w] equal each query (0 for queries <= 0).
 
-    The distinct keys (a user's few hundred events at most) are counted per window with one bincount,
-    then each query finds its key with one searchsorted.
+    Keys are codes (items, categories, brands): counted per window with one bincount over the code
+    space, then gathered per query. Codes past DENSE_KEYS, or negative: the distinct keys (a user's
+    few hundred events at most) are counted instead, and each query finds its key by searchsorted.
     """
     out = np.zeros((windows.size, queries.size), np.int64)
     if keys.size == 0:
+        return out
+    top = max(int(keys.max()), int(queries.max(initial=0)))
+    if keys.min() >= 0 and top < DENSE_KEYS:
+        q = np.where(queries > 0, queries, 0)  # bin 0 is emptied: a query <= 0 matches nothing
+        for w, window in enumerate(windows):
+            per_key = np.bincount(keys[age <= window], minlength=top + 1)
+            per_key[0] = 0
+            out[w] = per_key[q]
         return out
     uniq, inv = np.unique(keys, return_inverse=True)
     pos = np.minimum(np.searchsorted(uniq, queries), uniq.size - 1)

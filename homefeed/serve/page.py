@@ -42,9 +42,10 @@ class PageRows:
     def from_page(cls, page, cand_idx: np.ndarray, cands: MergedCandidates, slot_names: list[str]) -> "PageRows":
         filled = page.rows >= 0
         idx = cand_idx[page.rows[filled]]  # positions in the merged candidate list
-        names = cands.channel_names()
-        rows = [[int(cands.items[i]), int(s), float(sc), str(names[i]), int(cands.triggers[i])]
-                for i, s, sc in zip(idx, page.slots[filled], page.scores[filled])]
+        names = [str(n) for n in cands.names]
+        rows = [[item, slot, score, names[c], trigger] for item, slot, score, c, trigger in zip(
+            cands.items[idx].tolist(), page.slots[filled].tolist(), page.scores[filled].tolist(),
+            cands.channels[idx].tolist(), cands.triggers[idx].tolist())]  # plain Python values, JSON-able
         return cls(rows, page.items.copy())
 
 

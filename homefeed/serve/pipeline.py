@@ -225,13 +225,15 @@ class Pipeline:
             self.store.put_blob(user, TEMPLATES, blob)
 
     def warm_up(self) -> None:
-        """Run recall and rank once on a made-up user so the first real request pays no compile or load cost."""
+        """Run recall, rank and the page mechanism once on a made-up user, so that the first real request pays
+        no compile or load cost (the numba kernels of the channels and of scattering load on first call)."""
         item = 1  # any known item code: the point is to run every code path once
         state = UserState(user_id=0, now=int(time.time()), items=np.array([item], np.int32),
                           behaviors=np.array([BEHAVIOR_CODE["click"]], np.int8), ts=np.array([int(time.time()) - 60]))
         degraded: list[str] = []
         cands = self.recall(state, degraded)
-        self.rank(state, cands, {}, degraded)
+        scores = self.rank(state, cands, {}, degraded)
+        self.build_pages(state, cands, scores, self.cfg.serve.slots, ExposureState(), PurchaseState())
         # The bundle's few hundred thousand Python objects (vocab dicts, profiles) live as long as the
         # process: move them out of the cyclic GC's sight, or every full collection walks them (a pause
         # of tens of ms, a p99 spike). Refcounting still frees an old bundle after a reload.

@@ -7,7 +7,8 @@ at most `rank.max_quant_auc_loss` AUC.
 
 Online, `ServedRanker.score` computes the features of one user's candidates with
 `rank.online.OnlineFeatures` (numpy on item codes precomputed at load: well under a millisecond for
-~500 candidates), then scores them in one batch. `ServedRanker.exact_features` runs the training
+~500 candidates), then scores them in one batch. The user's behaviour history goes in once, not once
+per candidate (`served.json: shared_sequence`), so the model encodes its user-side part once. `ServedRanker.exact_features` runs the training
 feature code (`point_in_time` + `Encoders.transform`) on a one-user slice instead; the two give the
 same tensors (`tests/test_rank_online.py`), so training and serving cannot drift apart.
 The pipeline passes the pages it served the user as exposures, so the `item_shown_*` fatigue counts
@@ -75,7 +76,9 @@ def build_rank_part(ds: Dataset, folder: Path, cfg: Config, *, items: pl.DataFra
             export_torchscript(quant, example, folder / "model_int8.pt")
             served = "model_int8.pt"
     metrics["served"] = served
-    (folder / "served.json").write_text(json.dumps({"model": served, "preset": r.preset, "inputs": list(model.input_names)}))
+    # exported by this code, the model takes one user's history once for all rows (checked by the export)
+    (folder / "served.json").write_text(json.dumps({"model": served, "preset": r.preset, "inputs": list(model.input_names),
+                                                    "shared_sequence": "seq" in model.input_names}))
     return metrics
 
 
@@ -89,9 +92,10 @@ class ServedRanker:
     """
 
     def __init__(self, model, encoders: Encoders, items: pl.DataFrame, users: pl.DataFrame, vocabs: dict[str, Vocab],
-                 inputs: list[str], *, exact: bool = False, threads: int | None = 1):
+                 inputs: list[str], *, exact: bool = False, threads: int | None = 1, shared_sequence: bool = False):
         self.model, self.encoders, self.items, self.vocabs, self.inputs = model, encoders, items, vocabs, inputs
         self.users, self.exact, self.threads = users, exact, threads
+        self.shared_sequence = shared_sequence  # the model takes the history once, seq (1, L, S) (bundles built since)
         self.model_name = ""  # the served file, e.g. model_int8.pt (set by `load`)
         self._exposure_schema = {c.name: c.dtype for c in EXPOSURES.columns if c.required}
         far = 2**62
@@ -99,6 +103,7 @@ class ServedRanker:
         schema = {c: users.schema[c] for c in PROFILE if c in users.columns}
         n_items = vocabs["item"].size if "item" in vocabs else 0
         self.online = OnlineFeatures(encoders, items, n_items=n_items, user_schema=schema)
+        self.online.warm_profiles(users)  # known users' profile codes: no polars call at request time
 
     @classmethod
     def load(cls, folder: Path, *, items: pl.DataFrame, users: pl.DataFrame, vocabs: dict[str, Vocab],
@@ -106,7 +111,8 @@ class ServedRanker:
         served = json.loads((folder / "served.json").read_text())
         model = load_torchscript(folder / served["model"])
         model.eval()
-        ranker = cls(model, Encoders.load(folder), items, users, vocabs, served["inputs"], exact=exact)
+        ranker = cls(model, Encoders.load(folder), items, users, vocabs, served["inputs"], exact=exact,
+                     shared_sequence=bool(served.get("shared_sequence", False)))
         ranker.model_name = served["model"]
         return ranker
 
@@ -117,11 +123,16 @@ class ServedRanker:
                 row[c] = pl.Series(c, [state.profile.get(c)], dtype=self.users.schema[c])
         return pl.DataFrame(row)
 
-    def features(self, state: UserState, cands, context: dict, exposures: tuple[np.ndarray, np.ndarray] | None = None
-                 ) -> dict[str, torch.Tensor]:
-        """The model batch for the merged candidates `cands`, by the fast online path."""
+    def features(self, state: UserState, cands, context: dict, exposures: tuple[np.ndarray, np.ndarray] | None = None,
+                 *, shared_sequence: bool = False) -> dict[str, torch.Tensor]:
+        """The model batch for the merged candidates `cands`, by the fast online path.
+
+        shared_sequence=True: the user's history once, seq (1, L, S) and seq_gap (1, L), not repeated
+        per candidate (what `score` sends a model exported to take it).
+        """
         return self.online.transform(state, cands.items, channels=cands.channels, names=cands.names,
-                                     triggers=cands.triggers, page=int(context.get("page", 0)), exposures=exposures)
+                                     triggers=cands.triggers, page=int(context.get("page", 0)), exposures=exposures,
+                                     shared_sequence=shared_sequence)
 
     def exact_features(self, state: UserState, cands, context: dict,
                        exposures: tuple[np.ndarray, np.ndarray] | None = None) -> dict[str, torch.Tensor]:
@@ -155,9 +166,9 @@ class ServedRanker:
 
         exposures: the user's recently shown (item codes, ts), for the item_shown_* counts (None: none known).
         """
-        make = self.exact_features if self.exact else self.features
-        batch = make(state, cands, context, exposures)
-        return self.predict(batch)
+        if self.exact:
+            return self.predict(self.exact_features(state, cands, context, exposures))
+        return self.predict(self.features(state, cands, context, exposures, shared_sequence=self.shared_sequence))
 
     def predict(self, batch: dict[str, torch.Tensor]) -> np.ndarray:
         """(n,) sigmoid of the model's logits on one batch (the calling thread's torch pool capped at `threads`)."""
