@@ -59,6 +59,46 @@ def test_concurrent_writers_lose_nothing(store):
     assert len(store.recent_events("u2", n=1000)) == 50
 
 
+def _twin(store):
+    """A second client of the same state (another worker process would hold one)."""
+    return SQLiteStore(store.path) if isinstance(store, SQLiteStore) else RedisStore(_url(store), prefix=store.prefix)
+
+
+def _url(store):
+    kw = store.r.connection_pool.connection_kwargs
+    return f"redis://{kw['host']}:{kw['port']}/{kw.get('db', 0)}"
+
+
+def test_update_blob_is_atomic_across_threads_and_clients(store):
+    twin = _twin(store)
+
+    def bump(blob):
+        return {"n": (blob or {"n": 0})["n"] + 1}
+
+    def work(s):
+        for _ in range(25):
+            s.update_blob("u1", "counter", bump)
+
+    threads = [threading.Thread(target=work, args=(s,)) for s in (store, store, twin, twin)]
+    [t.start() for t in threads]
+    [t.join() for t in threads]
+    assert store.get_blob("u1", "counter") == {"n": 100}  # a plain get + put would lose increments here
+    twin.close()
+
+
+def test_update_blob_none_keeps_the_value_and_errors_change_nothing(store):
+    assert store.update_blob("u1", "k", lambda blob: None) is None and store.get_blob("u1", "k") is None
+    store.put_blob("u1", "k", {"a": 1})
+    assert store.update_blob("u1", "k", lambda blob: None) is None and store.get_blob("u1", "k") == {"a": 1}
+
+    def broken(blob):
+        raise RuntimeError("boom")
+
+    with pytest.raises(RuntimeError, match="boom"):
+        store.update_blob("u1", "k", broken)
+    assert store.update_blob("u1", "k", lambda blob: {"a": blob["a"] + 1}) == {"a": 2}  # the store still works
+
+
 def test_sqlite_survives_reopen(tmp_path):
     s = SQLiteStore(tmp_path / "s.db")
     s.append_events([ev(1)])

@@ -211,18 +211,27 @@ class Pipeline:
         return len(events), len(new)
 
     def _apply(self, user: str, events: list[Event]) -> None:
-        purchase = PurchaseState.from_dict(self.store.get_blob(user, PURCHASE) or {})
-        for e in events:
-            code = self.bundle.item_code(e.item_id)
-            standard = int(self.bundle.standard_of[code]) if code > 0 else -1
-            purchase = on_event(purchase, standard=standard, behavior=e.behavior, ts=e.ts, periods=self.bundle.periods,
-                                config=self.purchase_cfg)
-        self.store.put_blob(user, PURCHASE, purchase.to_dict())
+        """Fold new events into the user's mechanism state, each blob in one atomic read-modify-write, so two
+        event batches of one user posted at once (threads or workers) cannot lose each other's update."""
+        def fold_purchase(blob: dict | None) -> dict:
+            purchase = PurchaseState.from_dict(blob or {})
+            for e in events:
+                code = self.bundle.item_code(e.item_id)
+                standard = int(self.bundle.standard_of[code]) if code > 0 else -1
+                purchase = on_event(purchase, standard=standard, behavior=e.behavior, ts=e.ts,
+                                    periods=self.bundle.periods, config=self.purchase_cfg)
+            return purchase.to_dict()
+
+        self.store.update_blob(user, PURCHASE, fold_purchase)
         acted = [e.ts for e in events if e.behavior != "pv"]
-        blob = self.store.get_blob(user, TEMPLATES)
-        if acted and blob:
-            blob["state"] = exposure.on_behavior(ExposureState.from_dict(blob["state"]), max(acted)).to_dict()
-            self.store.put_blob(user, TEMPLATES, blob)
+        if acted:
+            def mark_behavior(blob: dict | None) -> dict | None:
+                if not blob:
+                    return None
+                state = exposure.on_behavior(ExposureState.from_dict(blob["state"]), max(acted)).to_dict()
+                return {**blob, "state": state}
+
+            self.store.update_blob(user, TEMPLATES, mark_behavior)
 
     def warm_up(self) -> None:
         """Run recall, rank and the page mechanism once on a made-up user, so that the first real request pays

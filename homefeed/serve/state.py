@@ -22,6 +22,7 @@ import json
 import sqlite3
 import threading
 from abc import ABC, abstractmethod
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -61,6 +62,12 @@ class StateStore(ABC):
 
     @abstractmethod
     def put_blob(self, user_id: str, key: str, value: dict) -> None: ...
+
+    @abstractmethod
+    def update_blob(self, user_id: str, key: str, change: Callable[[dict | None], dict | None]) -> dict | None:
+        """Read-modify-write one blob atomically (across threads, processes and replicas): `change` gets the
+        current value (None if absent) and returns the new one (None: leave it unchanged); returns that value.
+        `change` may run more than once (optimistic retry), so it must have no side effects."""
 
     @abstractmethod
     def has_event(self, event_id: str) -> bool: ...
@@ -141,6 +148,20 @@ class SQLiteStore(StateStore):
     def put_blob(self, user_id: str, key: str, value: dict) -> None:
         self._conn(blobs=True).execute("INSERT OR REPLACE INTO blobs VALUES (?, ?, ?)", (str(user_id), key, json.dumps(value)))
 
+    def update_blob(self, user_id: str, key: str, change: Callable[[dict | None], dict | None]) -> dict | None:
+        conn = self._conn(blobs=True)
+        conn.execute("BEGIN IMMEDIATE")  # the write lock first: no other writer can slip in between read and write
+        try:
+            row = conn.execute("SELECT value FROM blobs WHERE user_id = ? AND key = ?", (str(user_id), key)).fetchone()
+            new = change(json.loads(row[0]) if row else None)
+            if new is not None:
+                conn.execute("INSERT OR REPLACE INTO blobs VALUES (?, ?, ?)", (str(user_id), key, json.dumps(new)))
+            conn.execute("COMMIT")
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+        return new
+
     def has_event(self, event_id: str) -> bool:
         return self._conn().execute("SELECT 1 FROM events WHERE event_id = ?", (event_id,)).fetchone() is not None
 
@@ -215,6 +236,24 @@ class RedisStore(StateStore):
 
     def put_blob(self, user_id: str, key: str, value: dict) -> None:
         self.r.hset(f"{self.prefix}blob:{user_id}", key, json.dumps(value))
+
+    def update_blob(self, user_id: str, key: str, change: Callable[[dict | None], dict | None]) -> dict | None:
+        import redis
+
+        name = f"{self.prefix}blob:{user_id}"
+        with self.r.pipeline() as pipe:
+            while True:  # optimistic: WATCH the user's blobs; if anyone writes them before EXEC, run `change` again
+                try:
+                    pipe.watch(name)
+                    raw = pipe.hget(name, key)
+                    new = change(json.loads(raw) if raw else None)
+                    pipe.multi()
+                    if new is not None:
+                        pipe.hset(name, key, json.dumps(new))
+                    pipe.execute()
+                    return new
+                except redis.WatchError:
+                    continue
 
     def has_event(self, event_id: str) -> bool:
         return bool(self.r.exists(f"{self.prefix}eid:{event_id}"))
