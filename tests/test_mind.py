@@ -230,7 +230,8 @@ def test_interests_triggers_and_save_load(fitted_tiny, tmp_path):
     cold = rec.recall(UserState(user_id=0, now=ds.split.valid_end, profile={"gender": "F"}), 5)
     assert len(cold) == 5 and np.all(cold.triggers == -1)
     rec.save(tmp_path / "mind")
-    assert {"settings.json", "meta.json", "model.npz", "vectors.npz", "index", "user_tower.pt"} <= {p.name for p in (tmp_path / "mind").iterdir()}
+    written = {p.name for p in (tmp_path / "mind").iterdir()}
+    assert {"settings.json", "meta.json", "model.npz", "vectors.npz", "index", "user_tower.pt"} <= written
     back = MIND.load(tmp_path / "mind")
     assert back.settings == rec.settings and back.profiles_ == rec.profiles_
     for s in states:
@@ -251,3 +252,16 @@ def test_exclude_history(fitted_tiny):
     assert rec.settings.serve.exclude_history and not fitted_tiny.settings.serve.exclude_history
     for s in states_at(ds.events, ds.users, ds.split.valid_end):
         assert not np.isin(rec.recall(s, 12).items, s.items).any()
+
+
+def test_training_reports_progress_and_restores_threads(caplog):
+    before = torch.get_num_threads()
+    seen = []
+    with caplog.at_level("INFO", logger="homefeed.recall.mind"):
+        rec = MIND(settings=MINDSettings(**{**FAST, "train": {**FAST["train"], "epochs": 2, "threads": 1}}))
+        rec.fit(tiny_dataset(), progress=lambda step, done, total: seen.append((step, done, total)))
+    assert torch.get_num_threads() == before
+    assert [r.getMessage().split(":")[0] for r in caplog.records] == ["mind epoch 1/2", "mind epoch 2/2"]
+    assert seen and seen[0][0] == "mind epoch 1/2" and seen[-1][0] == "mind epoch 2/2" and seen[-1][2] == 2
+    assert len(rec.log_["epoch_loss"]) == 2 and rec.log_["samples"] == 2 * len(build_sequences(
+        tiny_dataset().events_in("train"), max_len=10, max_samples_per_user=30))

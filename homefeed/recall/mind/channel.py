@@ -9,7 +9,11 @@ merged by their best score (`recall.ann.search_candidates`), items the user boug
 the behaviour that interest drew most of its routing weight from ("because you viewed t").
 
 `mind1` is the same code with K = 1: one vector per user from pooled behaviours, the YouTube-DNN
-style baseline the paper compares against.
+style baseline the paper compares against. On the small synthetic shop (default settings, 8,397 test
+users) both beat Item-CF and EGES by far (HitRate@50 mind 0.63, mind1 0.65, itemcf 0.50, eges 0.40)
+but MIND-4 does not beat MIND-1: its interest vectors are purer (a planted two-interest world is
+recovered, `tests/test_mind_planted.py`), yet a user's last 30 behaviours hold ~1.8 of their ~2.7 true
+interests and the extra vectors also chase one-off exploration sessions.
 
     >>> rec = MIND(settings=MINDSettings(train={"epochs": 1})).fit(ds)            # doctest: +SKIP
     >>> rows, interest = rec.recall_with_interests(state, 50)                     # doctest: +SKIP
