@@ -1,6 +1,5 @@
 """Crowd recall: hand-computed smoothed rates per group, back-off to coarser groups, both rate sources."""
 import numpy as np
-import polars as pl
 import pytest
 from pydantic import ValidationError
 
