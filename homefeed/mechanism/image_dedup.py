@@ -34,6 +34,7 @@ from torch.nn import functional as F
 
 from homefeed.config import Section
 from homefeed.mechanism.simhash import SimHasher, candidate_pairs, union_find
+from homefeed.threads import torch_threads
 
 SIZE = 32
 
@@ -60,7 +61,7 @@ class ImageConfig(Section):
     instance_weight: float = 1.0  # weight of instance discrimination; 0 = leaf classification only
     temperature: float = 0.05
     seed: int = 0
-    threads: int = 2  # torch CPU threads
+    threads: int = 2  # torch CPU threads while training and embedding (restored after)
 
 
 def load_images(items: pl.DataFrame, *, root: str | Path | None = None) -> np.ndarray:
@@ -183,37 +184,37 @@ def train_cnn(images: np.ndarray, labels: np.ndarray, *, config: ImageConfig | N
     two perturbed views of a batch: leaf cross-entropy on both plus the instance loss between them.
     """
     cfg = config or ImageConfig()
-    torch.set_num_threads(cfg.threads)
-    torch.manual_seed(cfg.seed)
-    g = torch.Generator().manual_seed(cfg.seed)
-    if len(images) > cfg.max_train_images:
-        pick = np.sort(np.random.default_rng(cfg.seed).choice(len(images), cfg.max_train_images, replace=False))
-        images, labels = images[pick], np.asarray(labels)[pick]
-    _, y = np.unique(labels, return_inverse=True)
-    model = ImageCNN(int(y.max()) + 1, hidden=cfg.hidden, width=cfg.width, blocks=cfg.blocks, input_pool=cfg.input_pool,
-                     colours=cfg.colours, grid=cfg.grid)
-    opt = torch.optim.Adam(model.parameters(), lr=cfg.lr)
-    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=cfg.lr, total_steps=cfg.steps)
-    x_all, y_all = _to_tensor(images), torch.from_numpy(y.astype(np.int64))
-    batches: list[torch.Tensor] = []
-    for step in range(cfg.steps):
-        if not batches:
-            batches = [b for b in _batches(y, cfg.batch_size, g, by_leaf=cfg.leaf_batches) if len(b) > 1][::-1]
-        idx = batches.pop()
-        model.train()
-        x, t = x_all[idx], y_all[idx]
-        z1, logit1 = model(perturb(x, g))
-        z2, logit2 = model(perturb(x, g))
-        loss = 0.5 * cfg.leaf_weight * (F.cross_entropy(logit1, t) + F.cross_entropy(logit2, t))
-        if cfg.instance_weight > 0:
-            loss = loss + cfg.instance_weight * nt_xent(z1, z2, cfg.temperature)
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-        sched.step()
-        if on_step is not None:
-            on_step(step, model)
-    return model.eval()
+    with torch_threads(cfg.threads):
+        torch.manual_seed(cfg.seed)
+        g = torch.Generator().manual_seed(cfg.seed)
+        if len(images) > cfg.max_train_images:
+            pick = np.sort(np.random.default_rng(cfg.seed).choice(len(images), cfg.max_train_images, replace=False))
+            images, labels = images[pick], np.asarray(labels)[pick]
+        _, y = np.unique(labels, return_inverse=True)
+        model = ImageCNN(int(y.max()) + 1, hidden=cfg.hidden, width=cfg.width, blocks=cfg.blocks, input_pool=cfg.input_pool,
+                         colours=cfg.colours, grid=cfg.grid)
+        opt = torch.optim.Adam(model.parameters(), lr=cfg.lr)
+        sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=cfg.lr, total_steps=cfg.steps)
+        x_all, y_all = _to_tensor(images), torch.from_numpy(y.astype(np.int64))
+        batches: list[torch.Tensor] = []
+        for step in range(cfg.steps):
+            if not batches:
+                batches = [b for b in _batches(y, cfg.batch_size, g, by_leaf=cfg.leaf_batches) if len(b) > 1][::-1]
+            idx = batches.pop()
+            model.train()
+            x, t = x_all[idx], y_all[idx]
+            z1, logit1 = model(perturb(x, g))
+            z2, logit2 = model(perturb(x, g))
+            loss = 0.5 * cfg.leaf_weight * (F.cross_entropy(logit1, t) + F.cross_entropy(logit2, t))
+            if cfg.instance_weight > 0:
+                loss = loss + cfg.instance_weight * nt_xent(z1, z2, cfg.temperature)
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            sched.step()
+            if on_step is not None:
+                on_step(step, model)
+        return model.eval()
 
 
 def _batches(y: np.ndarray, size: int, g: torch.Generator, *, by_leaf: bool) -> list[torch.Tensor]:
@@ -326,8 +327,9 @@ def image_vectors(items: pl.DataFrame, *, root: str | Path | None = None,
     if "image_vec" in items.columns:
         return np.asarray(items["image_vec"].to_list(), np.float32), None
     images = load_images(items, root=root)
-    model = train_cnn(images, items["leaf_category"].to_numpy(), config=config)
-    return embed(model, images), model
+    with torch_threads((config or ImageConfig()).threads):
+        model = train_cnn(images, items["leaf_category"].to_numpy(), config=config)
+        return embed(model, images), model
 
 
 def local_scale(pairs: np.ndarray, dist: np.ndarray, n: int, *, k: int, default: float) -> np.ndarray:
