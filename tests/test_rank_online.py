@@ -16,7 +16,7 @@ from homefeed.data.user_state import UserState, states_at
 from homefeed.rank.encoders import Encoders
 from homefeed.rank.features import FeatureSettings, point_in_time
 from homefeed.recall.merge import MergedCandidates
-from homefeed.serve.rank_part import ServedRanker
+from homefeed.serve.ranker import ServedRanker
 
 DAY = 86_400
 EDGES = np.array([DAY, 7 * DAY, DAY // 4, 3 * DAY, 30 * DAY, 30 * DAY + 1])  # count windows of the settings below

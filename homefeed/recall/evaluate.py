@@ -12,7 +12,7 @@ behaviours counted are configurable). Metrics come from `homefeed.evaluate.metri
     users_served                      users given a non-empty list
     ms_per_user                       recall (or merge + all channels) time per user
 
-    >>> channels = fit_channels(ds, ["itemcf", "crowd", "popular"])      # doctest: +SKIP
+    >>> channels = fit_channels(ds, ["itemcf", "crowd", "popular"])      # recall.part; doctest: +SKIP
     >>> result = evaluate_recall(ds, channels, Merger().fit(ds))          # doctest: +SKIP
     >>> result["channels"]["itemcf"]["hitrate@50"], result["merged"]["hitrate@50"]   # doctest: +SKIP
 """
@@ -29,30 +29,12 @@ from homefeed.data.schema import BEHAVIORS
 from homefeed.data.user_state import states_at
 from homefeed.evaluate.metrics import coverage, long_tail_share, topk_metrics, users_served
 from homefeed.evaluate.report import metrics_table
-from homefeed.recall import CHANNELS, make_channel
 from homefeed.recall.base import Candidates, Recaller
 from homefeed.recall.merge import Merger
+from homefeed.recall.part import fit_channels  # noqa: F401  (re-exported: it lives with the part it fits)
 from homefeed.recall.popular import check_behaviors
 
 MERGED = "merged"
-
-
-def fit_channels(dataset: Dataset, names: list[str] | None = None, settings: dict[str, dict] | None = None) -> dict[str, Recaller]:
-    """Build and fit the named channels (default: all of `CHANNELS`) with optional per-channel settings.
-
-    Ranki2i re-scores its base table; when that base channel is among `names` with default settings,
-    its fitted table is reused instead of being fitted twice.
-    """
-    names = list(CHANNELS) if names is None else list(names)
-    settings = settings or {}
-    fitted: dict[str, Recaller] = {}
-    for name in sorted(names, key=lambda n: n == "ranki2i"):  # ranki2i last, after its base
-        channel = make_channel(name, **settings.get(name, {}))
-        base = getattr(channel.settings, "base", None) if name == "ranki2i" else None
-        if base in fitted and not settings.get(base):
-            channel.base_table = fitted[base].table_
-        fitted[name] = channel.fit(dataset)
-    return {name: fitted[name] for name in names}
 
 
 def relevant_items(dataset: Dataset, part: str, behaviors: tuple[str, ...] = BEHAVIORS) -> tuple[np.ndarray, list[np.ndarray]]:

@@ -22,7 +22,7 @@ from pydantic import BaseModel
 
 from homefeed.config import Config, load_config
 from homefeed.serve.artefacts import ServingBundle
-from homefeed.serve.bundle import BundleError
+from homefeed.bundle.manifest import BundleError
 from homefeed.serve.metrics import ServeMetrics
 from homefeed.serve.pipeline import Pipeline
 from homefeed.serve.schemas import EventsRequest, EventsResponse, HomepageRequest, HomepageResponse, SimilarResponse

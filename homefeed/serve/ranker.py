@@ -1,11 +1,7 @@
-"""The bundle's rank part: train the configured preset, export it, and score candidates at request time.
+"""The served ranker: score one user's candidates at request time with the bundle's exported model.
 
-Offline, `build_rank_part` builds samples from the dataset (exposures, or the DIN protocol without
-them), trains the preset with early stopping, reports test AUC/GAUC/logloss, exports TorchScript
-(checked equal to the eager model) and a dynamic int8 variant, which is served only when it loses
-at most `rank.max_quant_auc_loss` AUC.
-
-Online, `ServedRanker.score` computes the features of one user's candidates with
+The model is trained and exported offline by `homefeed.rank.part.RankPart`; here it is only loaded.
+`ServedRanker.score` computes the features of one user's candidates with
 `rank.online.OnlineFeatures` (numpy on item codes precomputed at load: well under a millisecond for
 ~500 candidates), then scores them in one batch. The user's behaviour history goes in once, not once
 per candidate (`served.json: shared_sequence`), so the model encodes its user-side part once. `ServedRanker.exact_features` runs the training
@@ -24,62 +20,15 @@ import numpy as np
 import polars as pl
 import torch
 
-from homefeed.config import Config
 from homefeed.data.dataset import Dataset, TimeSplit
 from homefeed.data.schema import BEHAVIOR, BEHAVIORS, EVENTS, EXPOSURES
 from homefeed.data.user_state import UserState
 from homefeed.data.vocab import Vocab
-from homefeed.evaluate.metrics import ctr_metrics
 from homefeed.rank.encoders import Encoders
-from homefeed.rank.evaluate import RankSettings, fit_preset
-from homefeed.rank.export import export_torchscript, load_torchscript, quantize_dynamic
+from homefeed.rank.export import load_torchscript
 from homefeed.rank.features import point_in_time
 from homefeed.rank.online import OnlineFeatures
-from homefeed.rank.samples import SampleSettings, build_all
-from homefeed.rank.train import TrainSettings, predict
-
-PROFILE = ("gender", "age", "city", "purchase_power")
-
-
-def rank_settings(cfg: Config) -> RankSettings:
-    """The `[rank]` section's knob tables as the rank stage's settings (unknown keys are errors there)."""
-    r = cfg.rank
-    samples = SampleSettings(**r.samples)
-    if r.features:
-        samples = samples.model_copy(update={"features": type(samples.features)(**(samples.features.model_dump() | r.features))})
-    return RankSettings(samples=samples, train=TrainSettings(**r.train), model=dict(r.model))
-
-
-def build_rank_part(ds: Dataset, folder: Path, cfg: Config, *, items: pl.DataFrame) -> dict:
-    """Train, evaluate and export the configured preset into `folder`; return its metrics."""
-    r = cfg.rank
-    ds = Dataset(events=ds.events, items=items, users=ds.users, exposures=ds.exposures, split=ds.split, vocabs=ds.vocabs)
-    settings = rank_settings(cfg)
-    parts = build_all(ds, settings.samples)
-    folder.mkdir(parents=True, exist_ok=True)
-    model, fit = fit_preset(r.preset, parts, settings, out=folder)
-    model.eval()
-    test = parts["test"]
-    y = test.tensors["label"].numpy()
-    p = predict(model, test)
-    metrics = {"preset": r.preset, "protocol": test.protocol, **ctr_metrics(y, p, test.tensors["user"].numpy()),
-               "valid_auc": fit.best_valid_auc, "train_rows": len(parts["train"])}
-    example = parts["train"].take(torch.arange(min(64, len(parts["train"]))))
-    export_torchscript(model, example, folder / "model.pt")
-    served = "model.pt"
-    if r.quantize:
-        quant = quantize_dynamic(model)
-        q = predict(quant, test)
-        metrics["int8_auc"] = ctr_metrics(y, q)["auc"]
-        metrics["int8_auc_loss"] = metrics["auc"] - metrics["int8_auc"]
-        if metrics["int8_auc_loss"] <= r.max_quant_auc_loss:
-            export_torchscript(quant, example, folder / "model_int8.pt")
-            served = "model_int8.pt"
-    metrics["served"] = served
-    # exported by this code, the model takes one user's history once for all rows (checked by the export)
-    (folder / "served.json").write_text(json.dumps({"model": served, "preset": r.preset, "inputs": list(model.input_names),
-                                                    "shared_sequence": "seq" in model.input_names}))
-    return metrics
+from homefeed.rank.part import PROFILE
 
 
 class ServedRanker:

@@ -1,0 +1,142 @@
+"""The rank stage as one bundle part: train the configured preset, choose fp32 or int8 on valid, export.
+
+`RankPart.fit(dataset, settings)` builds samples (exposures, or the DIN protocol without them),
+trains the preset with early stopping on the validation days, and decides whether the dynamic int8
+copy is served by its AUC loss *on the validation days* (the test days stay untouched by every
+choice, so the test metrics in `metrics` are clean). `save(folder)` writes what serving loads
+(`serve/ranker.py`): the TorchScript model(s), the encoders and `served.json`.
+
+    >>> part = RankPart().fit(dataset, RankPartSettings.from_section(cfg.rank))   # doctest: +SKIP
+    >>> part.save(bundle / "rank"); part.metrics["auc"]                          # doctest: +SKIP
+"""
+from __future__ import annotations
+
+import json
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import polars as pl
+import torch
+from pydantic import Field, field_validator, model_validator
+
+from homefeed.config import Section
+from homefeed.data.dataset import Dataset
+from homefeed.evaluate.metrics import auc, ctr_metrics
+from homefeed.rank.evaluate import RankSettings, fit_preset
+from homefeed.rank.export import export_torchscript, quantize_dynamic
+from homefeed.rank.features import FeatureSettings
+from homefeed.rank.samples import SampleSettings, build_all
+from homefeed.rank.train import TrainSettings, predict
+
+PROFILE = ("gender", "age", "city", "purchase_power")
+
+
+class RankPartSettings(Section):
+    """The `[rank]` section, typed: every knob table is checked here, when the config loads."""
+
+    preset: str = "din"
+    model: dict[str, Any] = Field(default_factory=dict)
+    features: FeatureSettings | None = None  # None: the samples' defaults
+    samples: SampleSettings = SampleSettings()
+    train: TrainSettings = TrainSettings()
+    quantize: bool = True
+    max_quant_auc_loss: float = Field(0.002, ge=0.0)
+
+    @field_validator("preset")
+    @classmethod
+    def _known_preset(cls, value: str) -> str:
+        from homefeed.rank.model import PRESETS
+
+        if value not in PRESETS:
+            raise ValueError(f"unknown model preset {value!r}; valid presets: {', '.join(PRESETS)}")
+        return value
+
+    @model_validator(mode="after")
+    def _model_overrides(self) -> "RankPartSettings":
+        from homefeed.rank.model import model_config
+
+        model_config(self.preset, **self.model)  # unknown or invalid overrides raise, naming the key
+        return self
+
+    @classmethod
+    def from_section(cls, section) -> "RankPartSettings":
+        """The `homefeed.config.Rank` section (plain knob tables) as typed settings."""
+        samples = SampleSettings(**section.samples)
+        features = None
+        if section.features:
+            features = type(samples.features)(**(samples.features.model_dump() | section.features))
+        return cls(preset=section.preset, model=dict(section.model), features=features, samples=samples,
+                   train=TrainSettings(**section.train), quantize=section.quantize,
+                   max_quant_auc_loss=section.max_quant_auc_loss)
+
+    def rank_settings(self) -> RankSettings:
+        """What `evaluate_rank` / `fit_preset` take."""
+        samples = self.samples if self.features is None else self.samples.model_copy(update={"features": self.features})
+        return RankSettings(samples=samples, train=self.train, model=dict(self.model))
+
+
+class RankPart:
+    """The trained ranker of one bundle: fit, save, load, and its test metrics."""
+
+    name = "rank"
+
+    def __init__(self):
+        self.metrics: dict = {}
+        self._folder: Path | None = None  # fit writes here (a temporary folder) until `save` copies it
+
+    def fit(self, dataset: Dataset, settings: RankPartSettings = RankPartSettings()) -> "RankPart":
+        """Train on the training days, stop early and choose the served variant on valid, score on test."""
+        parts = build_all(dataset, settings.rank_settings().samples)
+        self._folder = Path(tempfile.mkdtemp(prefix="homefeed_rank_"))
+        model, fit = fit_preset(settings.preset, parts, settings.rank_settings(), out=self._folder)
+        model.eval()
+        valid, test = parts["valid"], parts["test"]
+        y_valid = valid.tensors["label"].numpy()
+        served, chosen = "model.pt", model
+        metrics: dict = {"preset": settings.preset, "protocol": test.protocol, "valid_auc": fit.best_valid_auc,
+                         "train_rows": len(parts["train"])}
+        example = parts["train"].take(torch.arange(min(64, len(parts["train"]))))
+        export_torchscript(model, example, self._folder / "model.pt")
+        if settings.quantize:
+            quant = quantize_dynamic(model)
+            metrics["int8_valid_auc_loss"] = auc(y_valid, predict(model, valid)) - auc(y_valid, predict(quant, valid))
+            if metrics["int8_valid_auc_loss"] <= settings.max_quant_auc_loss:  # chosen on valid, never on test
+                export_torchscript(quant, example, self._folder / "model_int8.pt")
+                served, chosen = "model_int8.pt", quant
+        y = test.tensors["label"].numpy()
+        metrics |= ctr_metrics(y, predict(chosen, test), test.tensors["user"].numpy())
+        metrics["served"] = served
+        # exported by this code, the model takes one user's history once for all rows (checked by the export)
+        (self._folder / "served.json").write_text(json.dumps({
+            "model": served, "preset": settings.preset, "inputs": list(model.input_names),
+            "shared_sequence": "seq" in model.input_names}))
+        self.metrics = metrics
+        return self
+
+    def save(self, folder: str | Path) -> Path:
+        if self._folder is None:
+            raise RuntimeError("RankPart.save before fit")
+        folder = Path(folder)
+        folder.mkdir(parents=True, exist_ok=True)
+        for path in self._folder.iterdir():
+            shutil.copy2(path, folder / path.name)
+        shutil.rmtree(self._folder, ignore_errors=True)
+        self._folder = folder
+        (folder / "metrics.json").write_text(json.dumps(self.metrics, indent=1))
+        return folder
+
+    @classmethod
+    def load(cls, folder: str | Path) -> "RankPart":
+        """The saved part (its files and metrics); `serve.ranker.ServedRanker.load` reads the model itself."""
+        part = cls()
+        part._folder = Path(folder)
+        part.metrics = json.loads((part._folder / "metrics.json").read_text())
+        return part
+
+
+def with_items(dataset: Dataset, items: pl.DataFrame) -> Dataset:
+    """The dataset with another item table (the bundle's, which carries standard category and image group)."""
+    return Dataset(events=dataset.events, items=items, users=dataset.users, exposures=dataset.exposures,
+                   split=dataset.split, vocabs=dataset.vocabs, path=dataset.path)
