@@ -167,14 +167,14 @@ def evaluate_rank_cmd(
     from homefeed.data.dataset import Dataset
     from homefeed.evaluate.report import print_json
     from homefeed.rank.evaluate import evaluate_rank, rank_table
-    from homefeed.serve.rank_part import rank_settings
+    from homefeed.rank.part import RankPartSettings
 
     cfg = get_config(config, set_)
     presets = [m.strip() for m in models.split(",") if m.strip()]
     try:
         with steps(console, "rank") as progress:
             progress("samples + " + ", ".join(presets))
-            results = evaluate_rank(Dataset.load(dataset), presets, rank_settings(cfg))
+            results = evaluate_rank(Dataset.load(dataset), presets, RankPartSettings.from_section(cfg.rank).rank_settings())
     except (ValueError, KeyError) as e:
         fail(str(e))
     if json_:
@@ -194,17 +194,14 @@ def evaluate_mechanism_cmd(
 ):
     """Score standard categories, image groups and blocking periods against the shop's truth; replay pages on and off."""
     from homefeed.evaluate.report import metrics_table, print_json
-    from homefeed.mechanism import MechanismConfig
     from homefeed.mechanism.evaluate import evaluate_mechanism
+    from homefeed.mechanism.part import MechanismSettings
 
-    cfg = get_config(config, set_)
-    try:
-        mech = MechanismConfig.from_section(cfg.mechanism)
-    except ValueError as e:
-        fail(f"bad [mechanism] setting: {e}")
+    cfg = get_config(config, set_)  # checks every setting, [mechanism] included
+    mech = MechanismSettings.from_section(cfg.mechanism)
     with steps(console, "mechanism") as progress:
         progress("categories, images, periods, replay")
-        result = evaluate_mechanism(world, config=mech, n_requests=requests)
+        result = evaluate_mechanism(world, config=mech.config, n_requests=requests, overrides=mech.category_overrides)
     if json_:
         print_json(result)
         return
@@ -226,7 +223,7 @@ def train(
 ):
     """Train one ranking preset, report test metrics, export TorchScript (+ int8): the bundle's rank part alone."""
     from homefeed.data.dataset import Dataset
-    from homefeed.serve.rank_part import build_rank_part
+    from homefeed.rank.part import RankPart, RankPartSettings
 
     overrides = list(set_ or []) + ([f'rank.preset="{model}"'] if model else [])
     cfg = get_config(config, overrides)
@@ -234,7 +231,9 @@ def train(
     try:
         with steps(console, f"training {cfg.rank.preset}") as progress:
             progress("samples, training, export")
-            metrics = build_rank_part(ds, out, cfg, items=ds.items)
+            part = RankPart().fit(ds, RankPartSettings.from_section(cfg.rank))
+            part.save(out)
+            metrics = part.metrics
     except (ValueError, KeyError) as e:
         fail(str(e))
     from homefeed.evaluate.report import metrics_table
@@ -256,7 +255,7 @@ def build(
     set_: SetOpt = None,
 ):
     """Run every offline job into one bundle: mechanism tables, data, recall channels, the ranking model."""
-    from homefeed.serve.build import build_bundle
+    from homefeed.bundle import build_bundle
 
     cfg = get_config(config, set_)
     try:
@@ -314,7 +313,7 @@ def recommend(
     from rich.table import Table
 
     from homefeed.serve.artefacts import ServingBundle
-    from homefeed.serve.bundle import BundleError
+    from homefeed.bundle import BundleError
     from homefeed.serve.pipeline import Pipeline
     from homefeed.serve.schemas import HomepageRequest
     from homefeed.serve.state import open_store

@@ -29,8 +29,13 @@ def fail(message: str, code: int = 2) -> None:
 
 
 def get_config(path: Path | None, overrides: list[str] | None) -> Config:
+    """Load and check every setting (each stage's knob tables too) before any work starts."""
+    from homefeed.bundle.settings import check_config
+
     try:
-        return load_config(path, overrides or [])
+        cfg = load_config(path, overrides or [])
+        check_config(cfg)
+        return cfg
     except ConfigError as e:
         fail(f"config: {e}")
 

@@ -68,7 +68,7 @@ FAST_BUILD = ['mechanism.images={"steps": 30}', 'rank.preset="din"', 'rank.train
 def tiny_bundle(tiny_dataset_dir, tmp_path_factory):
     """A bundle of every part built from the tiny shop with quick settings (fewer CNN steps and epochs)."""
     from homefeed.config import load_config
-    from homefeed.serve.build import build_bundle
+    from homefeed.bundle import build_bundle
 
     out = tmp_path_factory.mktemp("tiny_bundle")
     build_bundle(tiny_dataset_dir, out, load_config(overrides=FAST_BUILD))

@@ -1,7 +1,7 @@
 """Bundle manifest: parts recorded with checksums; a changed or missing file refuses to load."""
 import pytest
 
-from homefeed.serve.bundle import BundleError, read_manifest, verify, write_part
+from homefeed.bundle.manifest import BundleError, read_manifest, verify, write_part
 
 
 def test_parts_recorded_and_verified(tmp_path):

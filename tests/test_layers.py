@@ -5,16 +5,22 @@ from pathlib import Path
 import homefeed
 
 ROOT = Path(homefeed.__file__).parent
+BASE = {"config", "threads"}  # every layer may read settings and use the torch thread helper
+STAGE = BASE | {"data", "evaluate"}  # recall, rank and mechanism: never each other, never the synthetic world
 ALLOWED = {
     "config": set(),
-    "data": {"config"},
-    "evaluate": {"config", "data"},
-    "world": {"config", "data"},
-    "recall": {"config", "data", "evaluate", "world"},
-    "rank": {"config", "data", "evaluate", "world"},
-    "mechanism": {"config", "data", "evaluate", "world"},
-    "serve": {"config", "data", "evaluate", "world", "recall", "rank", "mechanism"},
+    "threads": set(),
+    "data": BASE,
+    "evaluate": BASE | {"data"},
+    "world": BASE | {"data"},
+    "recall": STAGE,
+    "rank": STAGE,
+    "mechanism": STAGE,
+    "bundle": STAGE | {"recall", "rank", "mechanism"},  # the build loop composes the stages' parts
+    "serve": STAGE | {"recall", "rank", "mechanism", "bundle"},  # loads parts and answers; fits nothing
 }
+OFFLINE_NAMES = ("fit_channels", "build_all", "fit_preset", "train", "build_bundle", "export_torchscript", "quantize_dynamic",
+                 "fit_standard_categories", "fit_image_groups", "estimate_blocking_periods")
 
 
 def layer_of(path: Path) -> str:
@@ -51,3 +57,19 @@ def test_nothing_imports_serve_cli_or_distributed():
         if layer in ("serve", "cli", "cli_support", "demo", "distributed"):
             continue
         assert not imported_layers(path) & {"serve", "cli", "cli_support", "distributed"}, path
+
+
+def test_world_is_imported_by_no_product_stage():
+    for path in ROOT.rglob("*.py"):
+        if layer_of(path) in ("recall", "rank", "mechanism", "serve", "bundle", "data", "evaluate"):
+            assert "world" not in imported_layers(path), f"{path.relative_to(ROOT)} imports homefeed.world"
+
+
+def test_serve_only_loads_parts_and_answers():
+    """Offline work (fitting, training, building) lives in its stage or the bundle, never in serve/."""
+    bad = []
+    for path in (ROOT / "serve").rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("homefeed."):
+                bad += [f"{path.name} imports {a.name}" for a in node.names if a.name in OFFLINE_NAMES]
+    assert not bad, "offline code used in serve/:\n" + "\n".join(bad)

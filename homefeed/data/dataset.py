@@ -13,6 +13,7 @@ Layout of `DATASET/` (written by `homefeed ingest`):
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -119,6 +120,14 @@ class Dataset:
             vocabs=vocabs,
             path=path,
         )
+
+
+RECENT_EVENTS = 200  # per user, copied into a bundle to seed the state store
+
+
+def serving_dataset(ds: Dataset) -> Dataset:
+    """The same data with train = everything before the test days, so what a bundle fits never saw the test."""
+    return dataclasses.replace(ds, split=TimeSplit(train_end=ds.split.valid_end, valid_end=ds.split.valid_end))
 
 
 def read_table(path: str | Path, contract: str) -> pl.DataFrame:

@@ -51,14 +51,31 @@ class MechanismTables:
 
     @classmethod
     def fit(cls, items: pl.DataFrame, events: pl.DataFrame, *, root: str | Path | None = None,
-            config: MechanismConfig | None = None, images: bool = True) -> "MechanismTables":
-        """Learn all three from the catalogue (`root` holds images.npy / image files) and past events."""
+            config: MechanismConfig | None = None, overrides: str | Path | pl.DataFrame | None = None,
+            end_ts: int | None = None, images: bool = True) -> "MechanismTables":
+        """Learn all three from the catalogue (`root` holds images.npy / image files) and past events.
+
+        The one fitting path: the bundle's mechanism part and `evaluate mechanism` both call it.
+        overrides: leaf_category,standard pairs that win over the learned mapping.
+        end_ts: when the log ends (default: its last event), the horizon of the blocking-period estimates.
+        """
         cfg = config or MechanismConfig()
-        cats = fit_standard_categories(items, events, config=cfg.categories)
-        groups = fit_image_groups(items, root=root, config=cfg.images) if images else None
-        buys = events.filter(pl.col("behavior").cast(pl.String) == "buy").join(
-            cats.add_column(items.select("item_id", "leaf_category")), on="item_id").drop_nulls("standard_category")
-        return cls(cats, groups, estimate_blocking_periods(buys, end_ts=int(events["ts"].max()), config=cfg.purchase))
+        cats = fit_standard_categories(items, events, config=cfg.categories, overrides=overrides)
+        has_images = "image" in items.columns and items["image"].null_count() < items.height
+        groups = fit_image_groups(items, root=root, config=cfg.images) if images and has_images else None
+        buys = (events.filter(pl.col("behavior").cast(pl.String) == "buy")
+                .join(cats.add_column(items.select("item_id", "leaf_category")), on="item_id")
+                .drop_nulls("standard_category").select("user_id", "standard_category", "ts"))
+        end = int(events["ts"].max()) if end_ts is None else int(end_ts)
+        return cls(cats, groups, estimate_blocking_periods(buys, end_ts=end, config=cfg.purchase))
+
+    def metrics(self, items: pl.DataFrame) -> dict:
+        """What the fitted tables hold, for the bundle manifest."""
+        out = {"standard_categories": self.categories.n_standard, "leaves": items["leaf_category"].n_unique(),
+               "median_block_days": float(self.periods.table["block_days"].median() or 0.0)}
+        if self.images is not None:
+            out["image_groups"] = int(self.images.table["image_group"].n_unique())
+        return out
 
     def attributes(self, items: pl.DataFrame) -> ItemAttributes:
         """Scatter attributes of `items` with their standard category and image group joined on."""

@@ -97,25 +97,28 @@ class Shop:
         return pl.read_parquet(self.truth / f"{name}.parquet")
 
 
-def score_categories(shop: Shop, *, config=None) -> tuple[StandardCategories, dict]:
-    """Learn standard categories from the past (all signals) and score them, and each signal alone."""
+def score_categories(shop: Shop, *, config=None, fitted: StandardCategories | None = None) -> tuple[StandardCategories, dict]:
+    """Score the learned standard categories (all signals; `fitted` when given) and each signal alone."""
     truth = shop.truth_table("leaf_to_standard")
     past = shop.past()
     out: dict = {}
-    cats = None
-    for name, signals in (("names", ("name",)), ("behavior", ("behavior",)), ("", ("name", "path", "behavior"))):
-        fitted = fit_standard_categories(shop.items, past, config=config, signals=signals)
-        j = fitted.table.join(truth, on="leaf_category", suffix="_true")
+
+    def scored(cats: StandardCategories, key: str) -> None:
+        j = cats.table.join(truth, on="leaf_category", suffix="_true")
         pred, true = j["standard_category"].to_numpy(), j["standard_category_true"].to_numpy()
-        key = f"_{name}" if name else ""
         out[f"standard_category_ari{key}"] = adjusted_rand_index(pred, true)
         out[f"standard_category_f1{key}"] = pair_f1(pred, true)
-        cats = fitted
+
+    for name, signals in (("names", ("name",)), ("behavior", ("behavior",))):  # ablations: one signal at a time
+        scored(fit_standard_categories(shop.items, past, config=config, signals=signals), f"_{name}")
+    cats = fitted if fitted is not None else fit_standard_categories(shop.items, past, config=config)
+    scored(cats, "")
     out["standard_categories"] = cats.n_standard
     return cats, out
 
 
-def score_images(shop: Shop, *, config: ImageConfig | None = None) -> tuple[ImageGroups, dict]:
+def score_images(shop: Shop, *, config: ImageConfig | None = None, fitted: ImageGroups | None = None,
+                 fit_s: float | None = None) -> tuple[ImageGroups, dict]:
     """Image groups from the CNN + SimHash, scored by pairs; exact cosine on the same vectors for reference.
 
     `image_pair_*`: the configured path (multi-index candidates within max_distance bits, re-checked by
@@ -125,8 +128,8 @@ def score_images(shop: Shop, *, config: ImageConfig | None = None) -> tuple[Imag
     """
     cfg = config or ImageConfig()
     t0 = time.perf_counter()
-    groups = fit_image_groups(shop.items, root=shop.root, config=cfg)
-    t_fit = time.perf_counter() - t0
+    groups = fitted if fitted is not None else fit_image_groups(shop.items, root=shop.root, config=cfg)
+    t_fit = fit_s if fit_s is not None else time.perf_counter() - t0
     truth = shop.items.select("item_id").join(shop.truth_table("image_groups"), on="item_id", how="left")["image_group"].to_numpy()
     fp, vec = groups.table["fingerprint"].to_numpy(), groups.vectors
     t0 = time.perf_counter()
@@ -146,11 +149,8 @@ def score_images(shop: Shop, *, config: ImageConfig | None = None) -> tuple[Imag
     return groups, out
 
 
-def score_periods(shop: Shop, cats: StandardCategories, *, config: pf.PurchaseConfig | None = None) -> tuple[pf.BlockingPeriods, dict]:
-    """Blocking periods from past buys; Spearman correlation with the true cycles (via each learned category's majority truth)."""
-    items = cats.add_column(shop.items.select("item_id", "leaf_category"))
-    buys = shop.past().filter(pl.col("behavior") == "buy").join(items, on="item_id").drop_nulls("standard_category")
-    periods = pf.estimate_blocking_periods(buys, end_ts=shop.test_start, config=config)
+def score_periods(shop: Shop, cats: StandardCategories, periods: pf.BlockingPeriods) -> tuple[pf.BlockingPeriods, dict]:
+    """Spearman correlation of the blocking periods with the true cycles (via each learned category's majority truth)."""
     truth = shop.truth_table("leaf_to_standard").join(shop.truth_table("repurchase"), on="standard_category")
     majority = (cats.table.join(truth, on="leaf_category", suffix="_true")
                 .group_by("standard_category").agg(pl.col("cycle_days").mode().first()))
@@ -324,7 +324,7 @@ def _purchase_state(items, behaviors, ts, standard, periods, config) -> pf.Purch
 
 
 def evaluate_mechanism(source: str | Path, *, config: MechanismConfig | None = None, truth_dir: str | Path | None = None,
-                       n_requests: int = 1000, seed: int = 0) -> dict:
+                       n_requests: int = 1000, seed: int = 0, overrides: str | Path | None = None) -> dict:
     """Every part scored against the truth of the shop in `source`, plus the on/off replay, as one dict.
 
     Keys: standard_category_ari (+ _f1, _names, _behavior variants), image_pair_precision, image_pair_recall
@@ -333,11 +333,15 @@ def evaluate_mechanism(source: str | Path, *, config: MechanismConfig | None = N
     cfg = config or MechanismConfig()
     shop = Shop.load(source, truth_dir=truth_dir)
     t0 = time.perf_counter()
-    cats, out = score_categories(shop, config=cfg.categories)
-    groups, img = score_images(shop, config=cfg.images)
-    periods, per = score_periods(shop, cats, config=cfg.purchase)
+    # the tables are fitted by the code the bundle serves (`MechanismTables.fit`), on everything before the test day
+    tables = MechanismTables.fit(shop.items, shop.past(), root=shop.root, config=cfg, overrides=overrides,
+                                 end_ts=shop.test_start)
+    fit_s = time.perf_counter() - t0
+    _, out = score_categories(shop, config=cfg.categories, fitted=tables.categories)
+    _, img = score_images(shop, config=cfg.images, fitted=tables.images, fit_s=fit_s)
+    _, per = score_periods(shop, tables.categories, tables.periods)
     out |= img | per
-    out |= replay(shop, MechanismTables(cats, groups, periods), config=cfg, n_requests=n_requests, seed=seed)
+    out |= replay(shop, tables, config=cfg, n_requests=n_requests, seed=seed)
     out["total_s"] = time.perf_counter() - t0
     return out
 

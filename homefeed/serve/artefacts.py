@@ -4,7 +4,6 @@ Loading verifies every checksum first (`bundle.verify`), so a half-copied bundle
 """
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -15,8 +14,9 @@ from homefeed.data.schema import BEHAVIOR
 from homefeed.data.vocab import Vocab
 from homefeed.mechanism.purchase_filter import BlockingPeriods
 from homefeed.mechanism.scatter import DIMENSIONS, ItemAttributes
-from homefeed.recall import CHANNELS, Merger, Recaller
-from homefeed.serve.bundle import verify
+from homefeed.recall import Merger, Recaller
+from homefeed.recall.part import RecallPart
+from homefeed.bundle.manifest import verify
 
 
 def load_history(path: Path, vocabs: dict[str, Vocab]) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
@@ -60,7 +60,8 @@ class ServingBundle:
 
     @property
     def version(self) -> str:
-        return self.manifest.get("updated", "")
+        """The bundle's content hash (`bundle.manifest.content_version`)."""
+        return self.manifest.get("version") or self.manifest.get("updated", "")
 
     @property
     def n_items(self) -> int:
@@ -90,10 +91,9 @@ class ServingBundle:
                 mask = np.zeros(n, bool)
                 mask[group["item_id"].to_numpy()] = True
                 pool_mask[str(pool[0])] = mask
-        names = json.loads((path / "recall" / "channels.json").read_text())
-        channels = {name: CHANNELS[name].load(path / "recall" / name) for name in names}
-        bundle = cls(path=path, manifest=manifest, vocabs=vocabs, items=items, users=users, channels=channels,
-                     merger=Merger.load(path / "recall" / "merger"),
+        recall = RecallPart.load(path / "recall")
+        bundle = cls(path=path, manifest=manifest, vocabs=vocabs, items=items, users=users, channels=recall.channels,
+                     merger=recall.merger,
                      attributes=ItemAttributes.from_items(items),
                      periods=BlockingPeriods.load(path / "mechanism" / "blocking_periods.parquet"),
                      standard_of=standard_of, venue_of=venue_of, raw_item=raw_item, pool_mask=pool_mask)
@@ -101,7 +101,7 @@ class ServingBundle:
         cols = [c for c in ("gender", "age", "city", "purchase_power") if c in users.columns]
         bundle.profiles = {row.pop("user_id"): row for row in users.select("user_id", *cols).iter_rows(named=True)}
         if (path / "rank").exists() and "rank" in manifest["parts"]:
-            from homefeed.serve.rank_part import ServedRanker
+            from homefeed.serve.ranker import ServedRanker
 
             bundle.ranker = ServedRanker.load(path / "rank", items=items, users=users, vocabs=vocabs)
         return bundle

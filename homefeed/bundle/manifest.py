@@ -1,13 +1,15 @@
 """The bundle: one folder holding every artefact the server needs, and a manifest that vouches for it.
 
     BUNDLE/
-      manifest.json          format version, creation time, config, and per part: files with size and
-                             sha256, the part's evaluation metrics, when it was built
+      manifest.json          format version, content version, creation time, config, and per part:
+                             files with size and sha256, the part's evaluation metrics, when it was built
       data/ recall/ rank/ mechanism/   one sub-folder per part
 
 Parts are written independently (`write_part`), so rebuilding one part reuses the others. Loading
 (`verify`) recomputes every checksum and refuses a bundle whose files differ from the manifest,
-naming the file, so a half-copied or edited bundle never serves.
+naming the file, so a half-copied or edited bundle never serves. `version` is a hash of every
+file's checksum and the config, so two bundles built within one second still differ, and the same
+content rebuilt keeps its version (per-user state built for it stays valid).
 """
 from __future__ import annotations
 
@@ -39,6 +41,16 @@ def read_manifest(bundle: str | Path) -> dict:
     return json.loads(path.read_text())
 
 
+def content_version(manifest: dict) -> str:
+    """16 hex digits of sha256 over every part's file checksums and the config: equal content, equal version."""
+    h = hashlib.sha256()
+    for part in sorted(manifest.get("parts", {})):
+        for rel, meta in sorted(manifest["parts"][part]["files"].items()):
+            h.update(f"{rel}\0{meta['sha256']}\n".encode())
+    h.update(json.dumps(manifest.get("config", {}), sort_keys=True).encode())
+    return h.hexdigest()[:16]
+
+
 def _write_manifest(bundle: Path, manifest: dict) -> None:
     tmp = bundle / "manifest.json.tmp"
     tmp.write_text(json.dumps(manifest, indent=2, sort_keys=True))
@@ -60,6 +72,7 @@ def write_part(bundle: str | Path, part: str, *, metrics: dict | None = None, co
     if config is not None:
         manifest["config"] = config
     manifest["parts"][part] = {"files": files, "metrics": metrics or {}, "built": manifest["updated"], **(info or {})}
+    manifest["version"] = content_version(manifest)
     _write_manifest(bundle, manifest)
     return manifest["parts"][part]
 
