@@ -85,8 +85,8 @@ class World(Section):
 
 
 class Recall(Section):
-    """Which channels run and their knobs. Per-channel and merge settings are checked by the channel's own
-    settings class when it is built (`homefeed.recall.make_channel`), so a typo there is an error too."""
+    """Which channels run and their knobs. The knob tables are typed by `homefeed.recall.part.RecallSettings`
+    when the config loads (`homefeed.bundle.settings.check_config`), so a typo there is an error too."""
 
     channels: list[str] = ["itemcf", "swing", "ranki2i", "crowd", "retarget", "popular"]
     k_per_channel: int = 200  # candidates each channel returns per request
@@ -96,7 +96,7 @@ class Recall(Section):
 
 
 class Rank(Section):
-    """The ranking model served (and trained by `homefeed build`); knob dicts are checked by each stage's classes."""
+    """The ranking model served (and trained by `homefeed build`); typed by `homefeed.rank.part.RankPartSettings`."""
 
     preset: str = "din"  # lr, wdl, deepfm, pnn, nfm, dcn, dcnv2, deepresnet, din, bst
     model: dict[str, Any] = Field(default_factory=dict)  # ModelConfig overrides, e.g. {"embed_dim": 16}
@@ -126,7 +126,7 @@ class Serve(Section):
     promotion_slots: dict[str, int] = Field(default_factory=lambda: {"main_venue": 8, "industry_venue": 4})
     recall_budget_ms: float = 80.0  # channels not done by then are dropped from the page (and counted)
     history_len: int = 200  # recent events per user read from the state store
-    max_inflight: int = Field(2, ge=1)  # homepage requests inside the pipeline at once per worker; others wait
+    max_inflight: int = Field(2, ge=1, le=64)  # homepage requests inside the pipeline at once per worker (sizes its channel pool)
     exposure_pages: int = Field(30, ge=0)  # served pages remembered per user (the ranker's item_shown_* counts)
     admin_token: str = ""  # required in X-Admin-Token for /admin/reload; empty = reload disabled
     state: str = "sqlite:homefeed_state.db"  # sqlite:PATH or redis://HOST:PORT/DB
@@ -173,6 +173,17 @@ def _check_keys(model: type[BaseModel], tree: dict, where: str = "") -> None:
         sub = fields[key].annotation
         if isinstance(value, dict) and isinstance(sub, type) and issubclass(sub, BaseModel):
             _check_keys(sub, value, f"{where}{key}.")
+
+
+def typed(cls: type[BaseModel], knobs: dict, where: str):
+    """`cls(**knobs)` for a stage's knob table at config key `where`; errors name the key and the valid ones."""
+    _check_keys(cls, knobs, f"{where}.")
+    try:
+        return cls.model_validate(knobs)
+    except ValidationError as e:
+        first = e.errors()[0]
+        loc = ".".join(str(p) for p in first["loc"])
+        raise ConfigError(f"setting {where + ('.' + loc if loc else '')!r}: {first['msg']} (got {first.get('input')!r})") from None
 
 
 def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = ()) -> Config:

@@ -46,6 +46,8 @@ def check_config(cfg: Config) -> PartSettings:
     for section, cls in (("recall", RecallSettings), ("rank", RankPartSettings), ("mechanism", MechanismSettings)):
         try:
             typed[section] = cls.from_section(getattr(cfg, section))
+        except ConfigError:
+            raise
         except (ValidationError, ValueError, TypeError) as e:
             raise ConfigError(_first_error(section, e)) from None
     return PartSettings(**typed)

@@ -15,7 +15,7 @@ from pathlib import Path
 import polars as pl
 from pydantic import field_validator
 
-from homefeed.config import Section
+from homefeed.config import Section, typed
 from homefeed.data.dataset import Dataset
 from homefeed.mechanism import MechanismConfig, MechanismTables
 
@@ -45,7 +45,9 @@ class MechanismSettings(Section):
 
     @classmethod
     def from_section(cls, section) -> "MechanismSettings":
-        return cls(config=MechanismConfig.from_section(section), category_overrides=section.category_overrides)
+        config = MechanismConfig(**{name: typed(field.annotation, getattr(section, name), f"mechanism.{name}")
+                                    for name, field in MechanismConfig.model_fields.items()})
+        return cls(config=config, category_overrides=section.category_overrides)
 
 
 class MechanismPart:

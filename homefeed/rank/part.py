@@ -17,11 +17,10 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-import polars as pl
 import torch
 from pydantic import Field, field_validator, model_validator
 
-from homefeed.config import Section
+from homefeed.config import Section, typed
 from homefeed.data.dataset import Dataset
 from homefeed.evaluate.metrics import auc, ctr_metrics
 from homefeed.rank.evaluate import RankSettings, fit_preset
@@ -63,12 +62,12 @@ class RankPartSettings(Section):
     @classmethod
     def from_section(cls, section) -> "RankPartSettings":
         """The `homefeed.config.Rank` section (plain knob tables) as typed settings."""
-        samples = SampleSettings(**section.samples)
+        samples = typed(SampleSettings, section.samples, "rank.samples")
         features = None
         if section.features:
-            features = type(samples.features)(**(samples.features.model_dump() | section.features))
+            features = typed(FeatureSettings, samples.features.model_dump() | section.features, "rank.features")
         return cls(preset=section.preset, model=dict(section.model), features=features, samples=samples,
-                   train=TrainSettings(**section.train), quantize=section.quantize,
+                   train=typed(TrainSettings, section.train, "rank.train"), quantize=section.quantize,
                    max_quant_auc_loss=section.max_quant_auc_loss)
 
     def rank_settings(self) -> RankSettings:
@@ -135,8 +134,3 @@ class RankPart:
         part.metrics = json.loads((part._folder / "metrics.json").read_text())
         return part
 
-
-def with_items(dataset: Dataset, items: pl.DataFrame) -> Dataset:
-    """The dataset with another item table (the bundle's, which carries standard category and image group)."""
-    return Dataset(events=dataset.events, items=items, users=dataset.users, exposures=dataset.exposures,
-                   split=dataset.split, vocabs=dataset.vocabs, path=dataset.path)

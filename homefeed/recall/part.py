@@ -19,7 +19,7 @@ from pathlib import Path
 
 from pydantic import BaseModel, Field, field_validator, model_validator
 
-from homefeed.config import Section
+from homefeed.config import Section, typed
 from homefeed.data.dataset import Dataset
 from homefeed.data.schema import BEHAVIORS
 from homefeed.recall import CHANNELS, Merger, MergeSettings, Recaller, make_channel
@@ -86,14 +86,10 @@ class RecallSettings(Section):
     def from_section(cls, section) -> "RecallSettings":
         """The `homefeed.config.Recall` section (plain knob tables) as typed settings; errors name the key."""
         _channel_names(list(section.channel_settings), "recall.channel_settings")
-        typed = {}
-        for name, knobs in section.channel_settings.items():
-            try:
-                typed[name] = make_channel(name, **knobs).settings
-            except ValueError as e:
-                raise ValueError(f"recall.channel_settings.{name}: {e}") from None
-        return cls(channels=list(section.channels), k_per_channel=section.k_per_channel, channel_settings=typed,
-                   merge=MergeSettings(**section.merge), relevant_behaviors=list(section.relevant_behaviors))
+        knobs = {name: typed(CHANNELS[name].Settings, table, f"recall.channel_settings.{name}")
+                 for name, table in section.channel_settings.items()}
+        return cls(channels=list(section.channels), k_per_channel=section.k_per_channel, channel_settings=knobs,
+                   merge=typed(MergeSettings, section.merge, "recall.merge"), relevant_behaviors=list(section.relevant_behaviors))
 
     def knobs(self) -> dict[str, dict]:
         """Per-channel settings as the plain dicts `fit_channels` takes (only keys set explicitly)."""
