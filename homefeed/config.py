@@ -74,6 +74,8 @@ class Ingest(Section):
     valid_days: int = 1  # the last `test_days` days are test, the `valid_days` before them valid
     test_days: int = 1
     split_unit: Literal["day", "hour"] = "day"  # what valid_days/test_days count; "hour" for logs of a few hours
+    split: Literal["auto", "time", "leave_one_out"] = "auto"  # auto: leave_one_out for logs without clock times, else time
+    ordinal_step_s: int = Field(60, ge=1)  # logs without clock times: seconds between a user's events (< session_gap_s)
     ts_min: int = 946_684_800  # 2000-01-01; timestamps outside [ts_min, ts_max) are rejected
     ts_max: int = 4_102_444_800  # 2100-01-01
 

@@ -184,6 +184,23 @@ def _text_source(path: Path, names: tuple[str, ...], sep: str, *, header: bool, 
                   lines.with_row_index(LINE, offset=offset), split)
 
 
+def open_lines(path: str | Path) -> tuple[pl.LazyFrame, bool]:
+    """A text file with no fixed fields (e.g. one user's item sequence per line) as (LINE, RAW) rows,
+    1-based line numbers, blank lines kept as null; and whether it ends with a newline.
+    Refuses the same files as `open_text` (missing, empty, UTF-16 or binary)."""
+    path = Path(path)
+    _, terminated = _head(path)
+    lines = pl.scan_csv(path, has_header=False, separator="\x00", quote_char=None, new_columns=[RAW],
+                        schema={RAW: pl.String}, encoding="utf8-lossy", raise_if_empty=False)
+    return lines.with_row_index(LINE, offset=1), terminated
+
+
+def head_text(path: str | Path) -> str:
+    """The first 64 KiB of a text file, decoded (invalid bytes as U+FFFD), BOM removed; checked like `open_text`."""
+    head, _ = _head(Path(path))
+    return head.decode("utf-8", errors="replace").lstrip("\ufeff")
+
+
 def open_parquet(path: str | Path) -> Source:
     """A Parquet file; its `line` is the 1-based row number. Columns keep their stored dtypes."""
     path = Path(path)

@@ -16,6 +16,16 @@ everything earlier train. The first and last days may be partial; they still cou
 
 The boundaries are local midnights written as unix seconds, so `TimeSplit.expr()` can label rows
 without knowing the time zone.
+
+Logs without clock times (the SASRec / S3-Rec sequence files: each user's items in order, nothing
+more) get an *ordinal clock* (`ordinal_ts`): each user's events one `step_s` apart, every user's last
+event at the same instant `ORDINAL_END`. `leave_one_out` then holds out each user's last event for
+test and the one before for validation (Kang & McAuley, "Self-Attentive Sequential Recommendation",
+ICDM 2018, and the papers that follow it) and writes that as a `TimeSplit` too, so every consumer of
+the split works unchanged:
+
+    user 7 (ordinal clock, step 60 s):  items a  b  c  d   ->  a, b train; c valid; d test
+    ts                                   E-180 E-120 E-60 E    train_end = E-60, valid_end = E
 """
 from __future__ import annotations
 
@@ -66,6 +76,61 @@ def last_full_day(per_day: pl.DataFrame) -> int:
     while i > 0 and counts[i] < STRAGGLER_SHARE * median:
         i -= 1
     return int(days[i])
+
+
+ORDINAL_END = 1_400_000_000
+"""Where ordinal clocks end (2014-05-13 UTC): an arbitrary instant inside [ingest.ts_min, ts_max)."""
+LOO_MIN_EVENTS = 3  # leave-one-out tests only users with at least this many events (SASRec's rule)
+
+
+def ordinal_ts(by: str | list[str] = "user_id", *, step_s: int, end: int = ORDINAL_END) -> pl.Expr:
+    """For rows already in each user's time order: the user's last row at `end`, the one before at
+    `end - step_s`, and so on (Int64 `ts`). `by` names the user column(s); users need not be contiguous."""
+    if step_s < 1:
+        raise ValueError(f"step_s must be >= 1 second, got {step_s}")
+    after = pl.len().over(by) - 1 - pl.int_range(pl.len()).over(by)  # the user's rows after this one
+    return (pl.lit(end, pl.Int64) - after.cast(pl.Int64) * step_s).alias("ts")
+
+
+def leave_one_out(events: pl.DataFrame, *, step_s: int, ordinal: bool,
+                  min_events: int = LOO_MIN_EVENTS) -> tuple[pl.DataFrame, TimeSplit, dict]:
+    """Hold out each user's last event (test) and the one before (valid), as a `TimeSplit`.
+
+    Users with fewer than `min_events` events keep them all in train (there is nothing to learn
+    from before their only item). Events are ordered by (user_id, ts), ties in input order.
+    Train events keep their times (with `ordinal`, each user's train events are re-clocked to end
+    one step before `train_end`, so a short user's events do not push the boundary past the rest).
+    Every valid event is moved to `train_end` = one step after the last train event, every test event
+    to `valid_end = train_end + step_s`: after every train event, each user's order kept.
+
+    Returns (events sorted by user then time, the split, a JSON-ready description of what was done).
+    Raises ValueError when no user has `min_events` events.
+    """
+    if step_s < 1:
+        raise ValueError(f"step_s must be >= 1 second, got {step_s}")
+    ev = events.with_row_index("__order").sort("user_id", "ts", "__order")
+    n, after = pl.len().over("user_id"), pl.len().over("user_id") - 1 - pl.int_range(pl.len()).over("user_id")
+    part = (pl.when((n >= min_events) & (after == 0)).then(pl.lit("test"))
+            .when((n >= min_events) & (after == 1)).then(pl.lit("valid")).otherwise(pl.lit("train")))
+    ev = ev.with_columns(part.alias("__part"))
+    tested = int((ev["__part"] == "test").sum())
+    if tested == 0:
+        raise ValueError(f"leave-one-out needs users with at least {min_events} events; the largest user has "
+                         f"{int(ev.group_by('user_id').len()['len'].max() or 0)}")
+    train = pl.col("__part") == "train"
+    if ordinal:
+        train_end = ORDINAL_END - step_s
+        clock = ordinal_ts(["user_id", "__part"], step_s=step_s, end=train_end - step_s)
+        ev = ev.with_columns(pl.when(train).then(clock).otherwise(pl.col("ts")).alias("ts"))
+    else:
+        train_end = int(ev.filter(train)["ts"].max() or ORDINAL_END) + step_s
+    valid_end = train_end + step_s
+    ev = ev.with_columns(pl.when(pl.col("__part") == "valid").then(train_end)
+                         .when(pl.col("__part") == "test").then(valid_end).otherwise(pl.col("ts")).alias("ts"))
+    info = {"method": "leave_one_out", "clock": "ordinal" if ordinal else "logged", "step_s": step_s,
+            "min_events": min_events, "users_tested": tested,
+            "users_train_only": int(ev.filter(pl.len().over("user_id") < min_events)["user_id"].n_unique())}
+    return ev.drop("__order", "__part"), TimeSplit(train_end=train_end, valid_end=valid_end), info
 
 
 def time_split(events: pl.DataFrame, *, valid_days: int = 1, test_days: int = 1,
