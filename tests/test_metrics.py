@@ -54,3 +54,38 @@ def test_logloss_and_calibration():
     assert m.logloss(y, p) == pytest.approx(np.log(2))
     assert m.calibration(y, p) == pytest.approx(1.0)
     assert m.calibration(np.array([1, 0, 0, 0]), np.full(4, 0.5)) == pytest.approx(2.0)
+
+
+def test_calibration_bins_and_ece_hand_computed():
+    y = np.array([1, 0, 1, 1])
+    p = np.array([0.9, 0.1, 0.15, 0.8])
+    bins = m.calibration_bins(y, p, n_bins=2)
+    assert bins["rows"].tolist() == [2, 2]
+    assert bins["predicted"] == pytest.approx([0.125, 0.85]) and bins["observed"] == pytest.approx([0.5, 1.0])
+    assert m.ece(y, p, n_bins=2) == pytest.approx((2 * 0.375 + 2 * 0.15) / 4)
+    assert np.isnan(m.calibration_bins(y, p, n_bins=4)["predicted"][1])  # an empty bin is nan, not 0
+
+
+def test_ece_is_zero_for_the_rate_and_grows_with_overconfidence():
+    rng = np.random.default_rng(1)
+    y = rng.integers(0, 2, 1000)
+    assert m.ece(y, np.full(1000, y.mean())) == pytest.approx(0.0, abs=1e-12)
+    truth = rng.random(5000)
+    y = (rng.random(5000) < truth).astype(int)
+    sharp = 1 / (1 + (1 / truth - 1) ** 3)  # sigmoid(3 logit): the same ranking, overconfident probabilities
+    assert m.ece(y, truth) < 0.03 < 0.1 < m.ece(y, sharp)
+    assert m.auc(y, sharp) == pytest.approx(m.auc(y, truth))  # AUC alone cannot tell them apart
+
+
+def test_calibration_bins_reject_non_probabilities():
+    with pytest.raises(ValueError, match=r"probabilities in \[0, 1\]"):
+        m.ece(np.array([0, 1]), np.array([0.2, 1.3]))
+    with pytest.raises(ValueError, match="shape"):
+        m.ece(np.array([0, 1, 1]), np.array([0.2, 0.3]))
+
+
+def test_ctr_metrics_report_calibration():
+    y = np.array([1, 0, 0, 0])
+    out = m.ctr_metrics(y, np.full(4, 0.5), np.array([1, 1, 2, 2]))
+    assert out["predicted_mean"] == 0.5 and out["observed_rate"] == 0.25 and out["calibration"] == pytest.approx(2.0)
+    assert out["ece"] == pytest.approx(0.25) and out["rows"] == 4

@@ -123,9 +123,47 @@ def calibration(y: np.ndarray, p: np.ndarray) -> float:
     return float(np.mean(p) / actual) if actual > 0 else float("nan")
 
 
+def calibration_bins(y: np.ndarray, p: np.ndarray, n_bins: int = 10) -> dict[str, np.ndarray]:
+    """The reliability diagram: predictions cut into `n_bins` equal-width bins of [0, 1].
+
+    Returns (n_bins,) arrays: rows (int64), predicted (mean p, nan where empty), observed (click rate,
+    nan where empty). A calibrated model has predicted == observed in every bin.
+    """
+    if n_bins < 1:
+        raise ValueError(f"calibration_bins: n_bins must be >= 1, got {n_bins}")
+    y = np.asarray(y, dtype=np.float64)
+    p = np.asarray(p, dtype=np.float64)
+    if y.shape != p.shape:
+        raise ValueError(f"calibration_bins: y has shape {y.shape} but p has {p.shape}")
+    if p.size and (np.nanmin(p) < 0 or np.nanmax(p) > 1 or np.isnan(p).any()):
+        raise ValueError("calibration_bins: predictions must be probabilities in [0, 1] (got values outside or nan)")
+    which = np.minimum((p * n_bins).astype(np.int64), n_bins - 1)  # p == 1 falls in the last bin
+    rows = np.bincount(which, minlength=n_bins)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        predicted = np.bincount(which, weights=p, minlength=n_bins) / rows
+        observed = np.bincount(which, weights=y, minlength=n_bins) / rows
+    return {"rows": rows, "predicted": predicted, "observed": observed}
+
+
+def ece(y: np.ndarray, p: np.ndarray, n_bins: int = 10) -> float:
+    """Expected calibration error: sum over bins of (bin rows / all rows) * |mean p - click rate|.
+
+    0 is perfectly calibrated; a constant predictor at the observed rate scores 0 too, so read it
+    beside AUC (Guo et al., "On Calibration of Modern Neural Networks", 2017; equal-width bins).
+    """
+    bins = calibration_bins(y, p, n_bins)
+    full = bins["rows"] > 0
+    if not full.any():
+        return float("nan")
+    gaps = np.abs(bins["predicted"][full] - bins["observed"][full])
+    return float((bins["rows"][full] * gaps).sum() / bins["rows"].sum())
+
+
 def ctr_metrics(y: np.ndarray, p: np.ndarray, groups: np.ndarray | None = None) -> dict[str, float]:
-    """AUC, GAUC (when groups are given), logloss and calibration in one dict."""
-    out = {"auc": auc(y, p), "logloss": logloss(y, p), "calibration": calibration(y, p), "rows": int(np.size(y))}
+    """AUC, GAUC (when groups are given), logloss and calibration (mean predicted, observed rate, their ratio, ECE)."""
+    out = {"auc": auc(y, p), "logloss": logloss(y, p), "calibration": calibration(y, p),
+           "predicted_mean": float(np.mean(p)) if np.size(p) else float("nan"),
+           "observed_rate": float(np.mean(y)) if np.size(y) else float("nan"), "ece": ece(y, p), "rows": int(np.size(y))}
     if groups is not None:
         out["gauc"] = gauc(y, p, groups)
     return out
