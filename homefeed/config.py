@@ -76,7 +76,7 @@ class Ingest(Section):
     split_unit: Literal["day", "hour"] = "day"  # what valid_days/test_days count; "hour" for logs of a few hours
     split: Literal["auto", "time", "leave_one_out"] = "auto"  # auto: leave_one_out for logs without clock times, else time
     ordinal_step_s: int = Field(60, ge=1)  # logs without clock times: seconds between a user's events (< session_gap_s)
-    ts_min: int = 946_684_800  # 2000-01-01; timestamps outside [ts_min, ts_max) are rejected
+    ts_min: int = 788_918_400  # 1995-01-01 (MovieLens and Amazon reviews go back to 1996); outside [ts_min, ts_max): rejected
     ts_max: int = 4_102_444_800  # 2100-01-01
 
 

@@ -54,7 +54,7 @@ def test_taobao_header_crlf_and_detection(tmp_path):
 BAD_ROWS = {
     "abc ts": ("3,12,102,pv,abc\n", "bad timestamp", "timestamp", "'abc' is not a unix timestamp"),
     "ms ts": ("3,12,102,pv,1511658002000\n", "timestamp out of range", "timestamp", "milliseconds"),
-    "old ts": ("3,12,102,pv,5\n", "timestamp out of range", "timestamp", "outside [946684800, 4102444800)"),
+    "old ts": ("3,12,102,pv,5\n", "timestamp out of range", "timestamp", "outside [788918400, 4102444800)"),
     "behaviour": ("3,12,102,click,1511658002\n", "unknown behavior", "behavior_type", "'click' is not a valid behavior; valid values: pv, fav, cart, buy"),
     "not int": ("x3,12,102,pv,1511658002\n", "not an integer", "user_id", "'x3' is not an integer"),
     "empty id": ("3,,102,pv,1511658002\n", "missing value", "item_id", "empty value"),
