@@ -13,6 +13,8 @@ from __future__ import annotations
 import os
 import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 from fastapi import FastAPI, Header, HTTPException, Request
@@ -38,7 +40,8 @@ class ReloadRequest(BaseModel):
 
 
 class Service:
-    """Holds the live pipeline; a reload builds the new one aside and swaps a single reference.
+    """Holds the live pipeline; a reload builds the new one aside, swaps a single reference and retires the
+    old one, which closes when the last request inside it finishes (requests take it through `lease`).
 
     With several worker processes (`homefeed serve --workers N`) a reload reaches one of them; it
     announces the new bundle in the shared state store and the others follow within `follow_s`
@@ -72,7 +75,7 @@ class Service:
             fresh.warm_up()
             old, self.pipeline = self.pipeline, fresh
             self.bundle_path = new_path
-            old.pool.shutdown(wait=True)  # requests already in the old pipeline finish their recall
+            old.retire()  # drained: requests already inside finish on it, then its pool closes
             if announce:
                 at = time.time()
                 self.store.put_blob(*ANNOUNCE, {"path": str(new_path.resolve()), "version": bundle.version, "at": at})
@@ -93,9 +96,21 @@ class Service:
             except Exception:  # an unreadable note or bundle: keep serving the current one, and count it
                 self.metrics.reloads.labels("follow_failed").inc()
 
+    @contextmanager
+    def lease(self) -> Iterator[Pipeline]:
+        """The live pipeline, held for one request: a reload cannot close it under the request."""
+        while True:
+            pipeline = self.pipeline
+            if pipeline.hold():  # refused only by a pipeline retired after we read the reference: take the new one
+                break
+        try:
+            yield pipeline
+        finally:
+            pipeline.release()
+
     def close(self) -> None:
         self._stop.set()
-        self.pipeline.close()
+        self.pipeline.retire()
 
 
 def create_app(bundle: str | Path, config: Config | None = None, *, state: str | None = None) -> FastAPI:
@@ -113,22 +128,24 @@ def create_app(bundle: str | Path, config: Config | None = None, *, state: str |
 
     @app.post("/v1/homepage", response_model=HomepageResponse)
     def homepage(req: HomepageRequest) -> Response:
-        with service.gate:
-            page = service.pipeline.homepage(req)
+        with service.gate, service.lease() as pipeline:
+            page = pipeline.homepage(req)
         service.metrics.http.labels("/v1/homepage", "200").inc()
         return _json(page)
 
     @app.post("/v1/events", response_model=EventsResponse)
     def events(req: EventsRequest) -> Response:
-        received, stored = service.pipeline.ingest(req.events)
+        with service.lease() as pipeline:
+            received, stored = pipeline.ingest(req.events)
         service.metrics.http.labels("/v1/events", "200").inc()
         return _json(EventsResponse(received=received, stored=stored))
 
     @app.get("/v1/items/{item_id}/similar", response_model=SimilarResponse)
     def similar(item_id: str, k: int = 20) -> SimilarResponse:
-        if service.pipeline.bundle.item_code(item_id) == 0:
-            raise HTTPException(404, detail=f"unknown item_id {item_id!r}")
-        return SimilarResponse(item_id=item_id, similar=service.pipeline.similar(item_id, min(max(k, 1), 200)))
+        with service.lease() as pipeline:
+            if pipeline.bundle.item_code(item_id) == 0:
+                raise HTTPException(404, detail=f"unknown item_id {item_id!r}")
+            return SimilarResponse(item_id=item_id, similar=pipeline.similar(item_id, min(max(k, 1), 200)))
 
     @app.get("/healthz")
     def healthz() -> dict:

@@ -1,4 +1,4 @@
-"""Prometheus metrics of one server: requests, per-stage latency histograms, channel errors, events.
+"""Prometheus metrics of one server: requests, per-stage latency histograms, channel errors, events, bad stored state.
 
 Each `ServeMetrics` has its own registry, so several apps in one process (tests) do not collide.
 """
@@ -20,6 +20,8 @@ class ServeMetrics:
                                       ["channel", "kind"], registry=self.registry)
         self.events = Counter("homefeed_events_stored", "New behaviour events stored", registry=self.registry)
         self.reloads = Counter("homefeed_reloads", "Bundle reloads", ["outcome"], registry=self.registry)
+        self.bad_state = Counter("homefeed_bad_state", "Stored user state that could not be read and was ignored",
+                                 ["what"], registry=self.registry)
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

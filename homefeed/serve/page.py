@@ -2,14 +2,18 @@
 
 A built page is kept as plain rows `[item_code, slot_index, score, channel, trigger_code]` so the
 exposure templates can be stored as JSON in the user-state store and answered later without
-running recall or rank again.
+running recall or rank again. `read_templates` reads that stored blob back checked: a value
+written by another version, corrupted, or stored before a bound existed is refused, never served.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Union
 
 import numpy as np
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
 
+from homefeed.mechanism.exposure import ExposureState
 from homefeed.mechanism.purchase_filter import PurchaseState, allowed
 from homefeed.recall.merge import MergedCandidates
 from homefeed.serve.artefacts import ServingBundle
@@ -96,3 +100,89 @@ def promotion_page(bundle: ServingBundle, cands: MergedCandidates, scores: np.nd
             rows.append([int(cands.items[i]), 1, float(total), str(channel[i]), int(cands.triggers[i]),
                          f"venue {bundle.raw_venue(v)}: matches your interest in {n} of its items"])
     return [rows]
+
+
+# --- the stored templates blob -----------------------------------------------------------------
+INT64_MIN, INT64_MAX = -2**63, 2**63 - 1
+Row = Union[tuple[int, int, float, str, int], tuple[int, int, float, str, int, str]]
+
+
+class _TemplatesBlob(BaseModel):
+    """The shape of the per-user templates blob (JSON in the state store)."""
+
+    model_config = ConfigDict(extra="ignore")
+    bundle: str | None = None  # version of the bundle whose item codes the rows and the log hold
+    scene: str | None = None
+    slots: dict[str, int] | None = None
+    state: ExposureState = Field(default_factory=ExposureState)
+    rows: list[list[Row]] = []  # per template, the page rows (see the module docstring)
+    exposed: dict[str, list] = {"ts": [], "items": []}  # pages served: {"ts": [t, ...], "items": [[codes], ...]}
+
+
+_LOG = TypeAdapter(tuple[list[int], list[list[int]]])
+
+
+@dataclass
+class StoredTemplates:
+    """A templates blob read back and checked. `rows` and `exposed` are empty unless written under `bundle`."""
+
+    bundle: str | None
+    scene: str | None
+    slots: dict[str, int] | None
+    state: ExposureState
+    rows: list[list[list]]
+    exposed: dict[str, list]
+
+    def serves(self, version: str, scene: str, slots: dict[str, int]) -> bool:
+        """True when the stored rotation was built by this bundle for this scene and these slots."""
+        return self.bundle == version and self.scene == scene and self.slots == slots and bool(self.rows)
+
+    def to_dict(self) -> dict:
+        return {"bundle": self.bundle, "scene": self.scene, "slots": self.slots, "state": plain(self.state),
+                "rows": self.rows, "exposed": self.exposed}
+
+
+def read_templates(blob: dict | None, version: str, n_items: int) -> StoredTemplates | None:
+    """`blob` checked for shape, int64 range and (when written under `version`) item codes below `n_items`.
+
+    Returns None for a missing blob; raises ValueError, naming what is wrong, for a bad one.
+    """
+    if blob is None:
+        return None
+    if not _int64_only(blob):
+        raise ValueError("an integer outside int64")
+    try:
+        b = _TemplatesBlob.model_validate(blob)
+        ts, items = _LOG.validate_python((b.exposed.get("ts", []), b.exposed.get("items", [])))
+    except ValidationError as e:
+        raise ValueError(str(e).splitlines()[0] + ": " + "; ".join(
+            f"{'.'.join(map(str, err['loc']))}: {err['msg']}" for err in e.errors()[:3])) from None
+    if len(ts) != len(items):
+        raise ValueError(f"exposed: {len(ts)} times for {len(items)} pages")
+    rows = [[list(r) for r in page] for page in b.rows]
+    if b.bundle != version:  # another bundle's codes: keep only what does not depend on them
+        return StoredTemplates(b.bundle, b.scene, b.slots, ExposureState(last_behavior_ts=b.state.last_behavior_ts), [],
+                               {"ts": [], "items": []})
+    n_slots = len(b.slots or {})
+    codes = [c for t in b.state.templates for c in t] + b.state.shown + [c for page in items for c in page]
+    if any(not -1 <= c < n_items for c in codes):
+        raise ValueError(f"an item code outside -1..{n_items - 1}")
+    if any(not (0 < r[0] < n_items and 0 <= r[1] < n_slots and r[4] < n_items) for page in rows for r in page):
+        raise ValueError(f"a row with an item code outside 1..{n_items - 1} or a slot outside 0..{n_slots - 1}")
+    return StoredTemplates(b.bundle, b.scene, b.slots, b.state, rows, {"ts": ts, "items": items})
+
+
+def _int64_only(value) -> bool:
+    """True when every integer in a JSON value fits int64 (numpy's width for codes and times)."""
+    if isinstance(value, int):
+        return INT64_MIN <= value <= INT64_MAX
+    if isinstance(value, list):
+        return all(_int64_only(v) for v in value)
+    if isinstance(value, dict):
+        return all(_int64_only(v) for v in value.values())
+    return True
+
+
+def plain(state) -> dict:
+    """A dataclass state as a dict, without `dataclasses.asdict`'s deep copy of every list (its fields are JSON already)."""
+    return {f: getattr(state, f) for f in state.__dataclass_fields__}

@@ -12,14 +12,24 @@ Every page served is also logged as exposures (its item codes and time; the last
 pages within the ranker's longest count window) in the same stored blob, and passed to the ranker: its
 `item_shown_*` fatigue features count them online as training counted the exposure log. The log
 holds bundle item codes, so it starts afresh when a new bundle is loaded.
+
+The templates blob is written back as an atomic merge (`StateStore.update_blob`), never a plain put: an
+event folded in meanwhile (a purchase marking the templates stale) survives the write, so no page is
+served from templates built before an acknowledged purchase. Everything read back from the store is
+checked first; a bad stored value (out of int64, another version's shape) is ignored and counted
+(`homefeed_bad_state_total`), never allowed to break the user's later requests.
+
+A reload retires a pipeline instead of closing it: `hold`/`release` count the requests inside it, and its
+channel pool closes when the last one leaves, so no request ever submits to a closed pool.
 """
 from __future__ import annotations
 
 import gc
+import threading
 import time
 import uuid
 from concurrent.futures import ThreadPoolExecutor, wait
-from dataclasses import fields
+from dataclasses import replace
 
 import numpy as np
 
@@ -32,13 +42,13 @@ from homefeed.mechanism.scatter import ScatterConfig
 from homefeed.recall.merge import MergedCandidates, MergeSettings
 from homefeed.serve.artefacts import ServingBundle
 from homefeed.serve.metrics import ServeMetrics
-from homefeed.serve.page import PageRows, promotion_page, reason_for, rows_to_slots
+from homefeed.serve.page import (INT64_MAX, INT64_MIN, PageRows, StoredTemplates, promotion_page, read_templates,
+                                  reason_for, rows_to_slots)
 from homefeed.serve.schemas import EventIn, HomepageRequest, HomepageResponse, Item
 from homefeed.serve.state import Event, StateStore
 
 TEMPLATES = "templates"
 PURCHASE = "purchase_filter"
-CONCURRENT_REQUESTS = 2  # requests whose channels can all run at once (the API admits as many)
 DAY_S = 86_400
 
 
@@ -54,9 +64,12 @@ class Pipeline:
         self.purchase_cfg = PurchaseConfig(**m.purchase)
         self.k_merge = MergeSettings(**self.cfg.recall.merge).k
         self.metrics = metrics or ServeMetrics()
-        # a thread per channel for each request in flight, so one request's channels never queue behind another's
-        n_threads = max(len(bundle.channels), 1) * CONCURRENT_REQUESTS
+        # a thread per channel for each request the API admits (serve.max_inflight), so one request's
+        # channels never queue behind another's (threads start lazily, as requests need them)
+        n_threads = max(len(bundle.channels), 1) * self.cfg.serve.max_inflight
         self.pool = ThreadPoolExecutor(max_workers=n_threads, thread_name_prefix="recall")
+        self._holders, self._retired, self._hold_lock = 0, False, threading.Lock()
+        self.closed = False
         windows = getattr(getattr(bundle.ranker, "online", None), "windows", None)
         self.exposure_keep_s = int(windows.max()) if windows is not None and len(windows) else 7 * DAY_S
 
@@ -65,7 +78,7 @@ class Pipeline:
         """Profile and behaviour before `now`: the history in the bundle, then the events stored since."""
         b = self.bundle
         code = b.user_code(user_id)
-        events = [e for e in self.store.recent_events(user_id, self.cfg.serve.history_len) if e.ts < now]
+        events = [e for e in self._stored_events(user_id) if e.ts < now]
         new_items = np.array([b.item_code(e.item_id) for e in events], np.int32)
         known = new_items > 0
         past_items, past_behaviors, past_ts = b.past(code)
@@ -138,9 +151,12 @@ class Pipeline:
         state = self.user_state(req.user_id, now)
         timings["state"] = _ms(t0)
         slots = req.slots or (self.cfg.serve.slots if req.scene == "homepage" else self.cfg.serve.promotion_slots)
-        blob = self.store.get_blob(req.user_id, TEMPLATES)
-        exp, rows = self._templates(blob, req.scene, slots)
-        shown = self.exposure_log(blob)
+        stored = self._read_templates(self.store.get_blob(req.user_id, TEMPLATES))
+        if stored is not None and stored.serves(self.bundle.version, req.scene, slots):
+            exp, rows = stored.state, stored.rows
+        else:  # none yet, or built by another bundle, for another scene or other slots
+            exp, rows = ExposureState(last_behavior_ts=stored.state.last_behavior_ts if stored else 0), []
+        shown = stored.exposed if stored else {"ts": [], "items": []}
         if req.template_index is not None and req.template_index < len(exp.templates):
             exp = exposure.on_shown(exp, req.template_index, config=self.exposure_cfg)
         current = exposure.current(exp, now, config=self.exposure_cfg)
@@ -152,7 +168,7 @@ class Pipeline:
             scores = self.rank(state, cands, req.context, degraded, exposures_of(shown))
             timings["rank"] = _ms(t)
             t = time.perf_counter()
-            purchase = PurchaseState.from_dict(self.store.get_blob(req.user_id, PURCHASE) or {})
+            purchase = self._read_purchase(self.store.get_blob(req.user_id, PURCHASE))
             if req.scene == "promotion":
                 rows = promotion_page(self.bundle, cands, scores, slots, purchase, now)
                 exp = exposure.rebuilt(exp, [np.array([r[0] for r in rows[0]])], now)
@@ -163,9 +179,8 @@ class Pipeline:
             timings["mechanism"] = _ms(t)
             current = (0, exp.templates[0])
         index = current[0]
-        shown = self._log_exposures(shown, [r[0] for r in rows[index]], now)
-        self.store.put_blob(req.user_id, TEMPLATES, {"bundle": self.bundle.version, "scene": req.scene, "slots": slots,
-                                                     "state": _plain(exp), "rows": rows, "exposed": shown})
+        ours = StoredTemplates(self.bundle.version, req.scene, slots, exp, rows, shown)
+        self.store.update_blob(req.user_id, TEMPLATES, lambda blob: self._merged(blob, ours, rows[index], now))
         page = rows_to_slots(self.bundle, rows[index], list(slots))
         timings["total"] = _ms(t0)
         for stage, ms in timings.items():
@@ -174,22 +189,54 @@ class Pipeline:
         return HomepageResponse(request_id=uuid.uuid4().hex, user_id=req.user_id, scene=req.scene, slots=page,
                                 template_index=index, degraded=degraded, timings_ms=timings, bundle=self.bundle.version)
 
-    def _templates(self, blob: dict | None, scene: str, slots: dict) -> tuple[ExposureState, list]:
-        """The stored rotation, unless it was built by another bundle, for another scene or other slots."""
-        if not blob or blob.get("bundle") != self.bundle.version or blob.get("scene") != scene or blob.get("slots") != slots:
-            last = ExposureState.from_dict(blob["state"]).last_behavior_ts if blob else 0
-            return ExposureState(last_behavior_ts=last), []
-        return ExposureState.from_dict(blob["state"]), blob["rows"]
+    def _merged(self, blob: dict | None, ours: StoredTemplates, page: list[list], now: int) -> dict:
+        """The templates blob to write: ours, merged with what was stored since we read it (run inside the
+        store's atomic update, maybe more than once). A behaviour marked meanwhile stays marked, so the
+        next request rebuilds; the page is appended to the latest exposure log, so none is lost."""
+        current = self._read_templates(blob, count=False)
+        last = max(ours.state.last_behavior_ts, current.state.last_behavior_ts if current else 0)
+        log = current.exposed if current else {"ts": [], "items": []}
+        return replace(ours, state=replace(ours.state, last_behavior_ts=last),
+                       exposed=self._log_exposures(log, [r[0] for r in page], now)).to_dict()
 
     def exposure_log(self, blob: dict | None) -> dict[str, list]:
         """The pages served, from a stored templates blob: {"ts": [t, ...], "items": [[codes of that page], ...]}.
 
-        Empty when there is none or it was written under another bundle (other item codes).
+        Empty when there is none, it is unreadable, or it was written under another bundle (other item codes).
         """
-        log = (blob or {}).get("exposed")
-        if not log or blob.get("bundle") != self.bundle.version:
-            return {"ts": [], "items": []}
-        return log
+        stored = self._read_templates(blob)
+        return stored.exposed if stored else {"ts": [], "items": []}
+
+    # --- reading stored state defensively ---------------------------------------------------
+    def _read_templates(self, blob: dict | None, *, count: bool = True) -> StoredTemplates | None:
+        """The stored templates blob, checked; None when absent or bad (a bad one is counted and then rebuilt)."""
+        try:
+            return read_templates(blob, self.bundle.version, len(self.bundle.raw_item))
+        except ValueError:
+            if count:
+                self.metrics.bad_state.labels(TEMPLATES).inc()
+            return None
+
+    def _read_purchase(self, blob: dict | None, *, count: bool = True) -> PurchaseState:
+        """The stored purchase filter, checked; empty when absent or bad (a bad one is counted)."""
+        try:
+            state = PurchaseState.from_dict(blob or {})
+            if all(INT64_MIN <= v <= INT64_MAX for k, (until, clicks) in state.blocks.items() for v in (k, until, clicks)):
+                return state
+        except (AttributeError, IndexError, TypeError, ValueError):
+            pass
+        if count:
+            self.metrics.bad_state.labels(PURCHASE).inc()
+        return PurchaseState()
+
+    def _stored_events(self, user_id: str) -> list[Event]:
+        """The user's recent stored events, without any the pipeline cannot read (counted)."""
+        events = self.store.recent_events(user_id, self.cfg.serve.history_len)
+        good = [e for e in events if isinstance(e.ts, int) and INT64_MIN <= e.ts <= INT64_MAX
+                and e.behavior in BEHAVIOR_CODE and isinstance(e.item_id, str)]
+        if len(good) < len(events):
+            self.metrics.bad_state.labels("events").inc(len(events) - len(good))
+        return good
 
     def _log_exposures(self, log: dict[str, list], items: list[int], now: int) -> dict[str, list]:
         """`log` plus the page of `items` served at `now`, without pages older than the longest window, capped."""
@@ -214,7 +261,7 @@ class Pipeline:
         """Fold new events into the user's mechanism state, each blob in one atomic read-modify-write, so two
         event batches of one user posted at once (threads or workers) cannot lose each other's update."""
         def fold_purchase(blob: dict | None) -> dict:
-            purchase = PurchaseState.from_dict(blob or {})
+            purchase = self._read_purchase(blob, count=False)
             for e in events:
                 code = self.bundle.item_code(e.item_id)
                 standard = int(self.bundle.standard_of[code]) if code > 0 else -1
@@ -225,11 +272,13 @@ class Pipeline:
         self.store.update_blob(user, PURCHASE, fold_purchase)
         acted = [e.ts for e in events if e.behavior != "pv"]
         if acted:
-            def mark_behavior(blob: dict | None) -> dict | None:
-                if not blob:
-                    return None
-                state = exposure.on_behavior(ExposureState.from_dict(blob["state"]), max(acted)).to_dict()
-                return {**blob, "state": state}
+            def mark_behavior(blob: dict | None) -> dict:
+                """Templates stale: marked even when none are stored yet (a homepage request may be building
+                them right now from state read before these events), and even for a late event whose ts is
+                older than what the templates reflect (they were built without it)."""
+                stored = self._read_templates(blob, count=False) or StoredTemplates(None, None, None, ExposureState(), [], {})
+                ts = max(max(acted), stored.state.built_behavior_ts + 1)
+                return replace(stored, state=exposure.on_behavior(stored.state, ts)).to_dict()
 
             self.store.update_blob(user, TEMPLATES, mark_behavior)
 
@@ -262,7 +311,33 @@ class Pipeline:
                              reason=reason_for(name, item_id)) for i, s in zip(items[:k], scores[:k])]
         return []
 
+    # --- lifetime: drained, never cut off ------------------------------------------------------
+    def hold(self) -> bool:
+        """Count one request in; False once the pipeline is retired (the caller then takes the new one)."""
+        with self._hold_lock:
+            if self._retired:
+                return False
+            self._holders += 1
+            return True
+
+    def release(self) -> None:
+        """Count one request out; the last one out of a retired pipeline closes it."""
+        with self._hold_lock:
+            self._holders -= 1
+            last = self._retired and self._holders == 0
+        if last:
+            self.close()
+
+    def retire(self) -> None:
+        """Take no new requests, and close once the requests inside have finished (now, if there are none)."""
+        with self._hold_lock:
+            self._retired = True
+            idle = self._holders == 0
+        if idle:
+            self.close()
+
     def close(self) -> None:
+        self.closed = True
         self.pool.shutdown(wait=False, cancel_futures=True)
 
 
@@ -271,11 +346,6 @@ def exposures_of(log: dict[str, list]) -> tuple[np.ndarray, np.ndarray]:
     sizes = [len(page) for page in log["items"]]
     items = np.fromiter((i for page in log["items"] for i in page), np.int64, sum(sizes))
     return items, np.repeat(np.asarray(log["ts"], np.int64), sizes)
-
-
-def _plain(state: ExposureState) -> dict:
-    """`state.to_dict()` without `dataclasses.asdict`'s deep copy of every list (its fields are JSON already)."""
-    return {f.name: getattr(state, f.name) for f in fields(state)}
 
 
 def _ms(t0: float) -> float:

@@ -10,6 +10,10 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from homefeed.data.schema import BEHAVIORS
 
+# Every time a client sends (event ts, request now), in unix seconds: 1995-01-01 <= t < 2100-01-01, the range
+# ingest accepts by default (`ingest.ts_min`, `ingest.ts_max`); far inside int64, so it is safe to store.
+TS_MIN, TS_MAX = 788_918_400, 4_102_444_800
+
 
 class Strict(BaseModel):
     model_config = ConfigDict(extra="forbid")
@@ -22,7 +26,8 @@ class HomepageRequest(Strict):
         default=None, description="items wanted per slot, e.g. {'recommended': 10, 'flash_sale': 4}; default from config")
     template_index: int | None = Field(default=None, ge=0, description="index of the template the client showed last")
     context: dict[str, str | int | float] = Field(default_factory=dict, description="page, hour, platform...")
-    now: int | None = Field(default=None, description="request time (unix s); default: the server's clock (for replays)")
+    now: int | None = Field(default=None, ge=TS_MIN, lt=TS_MAX,
+                            description="request time (unix s); default: the server's clock (for replays)")
 
     @field_validator("slots")
     @classmethod
@@ -58,7 +63,7 @@ class EventIn(Strict):
     user_id: str = Field(min_length=1, max_length=128)
     item_id: str = Field(min_length=1, max_length=128)
     behavior: str
-    ts: int = Field(gt=946_684_800, lt=4_102_444_800, description="unix seconds")
+    ts: int = Field(ge=TS_MIN, lt=TS_MAX, description="unix seconds")
 
     @field_validator("behavior")
     @classmethod
