@@ -45,12 +45,13 @@ def relevant_items(dataset: Dataset, part: str, behaviors: tuple[str, ...] = BEH
     return per_user["user_id"].to_numpy(), [np.asarray(v, np.int64) for v in per_user["item_id"].to_list()]
 
 
-def as_matrix(lists: list, k: int) -> np.ndarray:
-    """(n, k) int64 item codes from candidate lists, padded with -1."""
+def as_matrix(lists: list, k: int, drop: list[np.ndarray] | None = None) -> np.ndarray:
+    """(n, k) int64 item codes from candidate lists, padded with -1; `drop[u]`'s items removed from row u."""
     out = np.full((len(lists), k), -1, np.int64)
     for row, c in enumerate(lists):  # one row per user, not per item
-        n = min(len(c.items), k)
-        out[row, :n] = c.items[:n]
+        items = c.items if drop is None else c.items[~np.isin(c.items, drop[row])]
+        n = min(len(items), k)
+        out[row, :n] = items[:n]
     return out
 
 
@@ -67,7 +68,7 @@ def score_lists(recommended: np.ndarray, relevant: list[np.ndarray], *, ks: tupl
 
 def evaluate_recall(dataset: Dataset, channels: dict[str, Recaller], merger: Merger | None, *,
                     ks: tuple[int, ...] = (20, 50, 200), part: str = "test", behaviors: tuple[str, ...] = BEHAVIORS,
-                    max_users: int | None = None, seed: int = 0) -> dict:
+                    max_users: int | None = None, seed: int = 0, exclude_seen: bool = False) -> dict:
     """Metrics per fitted channel and for their merge: `{"channels": {name: {...}}, "merged": {...}, "setup": {...}}`.
 
     Parameters:
@@ -76,6 +77,9 @@ def evaluate_recall(dataset: Dataset, channels: dict[str, Recaller], merger: Mer
         part: "valid" or "test"; states are built from all events before it starts.
         behaviors: behaviours that make an item relevant.
         max_users: evaluate a seeded random sample of this many users (None = all).
+        exclude_seen: the "drop everything seen" protocol: items the user acted on before the part are
+            removed from every list (each channel is asked for up to 2 max(ks) items to make up for them);
+            off, repeats stay ("keep repeat items").
     """
     start, _ = dataset.split.bounds(part)
     if start is None:
@@ -88,24 +92,27 @@ def evaluate_recall(dataset: Dataset, channels: dict[str, Recaller], merger: Mer
     k = max(ks)
     popularity = np.bincount(dataset.events_in("train")["item_id"].to_numpy(), minlength=dataset.n_items)
     n_items = dataset.items.height
+    seen = [np.unique(s.items) for s in states]
+    ask = 2 * k if exclude_seen else k
     lists: dict[str, list[Candidates]] = {}
     result: dict = {"channels": {}}
     total_seconds = 0.0
     for name, channel in channels.items():
         t0 = time.perf_counter()
-        lists[name] = channel.recall_batch(states, k)
+        lists[name] = channel.recall_batch(states, ask)
         seconds = time.perf_counter() - t0
         total_seconds += seconds
-        result["channels"][name] = score_lists(as_matrix(lists[name], k), relevant, ks=ks, n_items=n_items,
-                                               popularity=popularity, seconds=seconds)
+        result["channels"][name] = score_lists(as_matrix(lists[name], k, seen if exclude_seen else None), relevant,
+                                               ks=ks, n_items=n_items, popularity=popularity, seconds=seconds)
     if merger is not None and channels:
         t0 = time.perf_counter()
-        merged = [merger.merge([lists[name][u] for name in channels], k=k) for u in range(len(states))]
+        merged = [merger.merge([lists[name][u] for name in channels], k=ask, seen=seen[u]) for u in range(len(states))]
         seconds = total_seconds + time.perf_counter() - t0
-        result[MERGED] = score_lists(as_matrix(merged, k), relevant, ks=ks, n_items=n_items,
-                                     popularity=popularity, seconds=seconds)
+        result[MERGED] = score_lists(as_matrix(merged, k, seen if exclude_seen else None), relevant, ks=ks,
+                                     n_items=n_items, popularity=popularity, seconds=seconds)
     result["setup"] = {"part": part, "ks": list(ks), "behaviors": list(behaviors), "users": int(users.size),
-                       "shares": dict(merger.shares_) if merger is not None else {}}
+                       "exclude_seen": exclude_seen, "shares": dict(merger.shares_) if merger is not None else {},
+                       "seen_weight": merger.seen_weight_ if merger is not None else None}
     return result
 
 

@@ -1,24 +1,32 @@
-"""Merge ("convergence and modulation"): many channels' candidates -> one deduplicated list with quotas.
+"""Merge ("convergence and modulation"): many channels' candidates -> one deduplicated, fused list.
 
-Each channel gets a share of the k merged slots. Shares start from configured base weights and are
-adapted from each channel's click-through rate measured in past exposure logs (which record the
-channel of every shown item): a channel whose items get clicked more earns more slots. The update
-is smooth and bounded, so one lucky day cannot swing the page and no channel ever starves:
+Each channel c has a share w_c of the merged list. A candidate at 0-based rank r in channel c earns
+w_c / (r + 1), so channels interleave in proportion to their shares at every depth (scores of
+different channels are not comparable; ranks are), and an item several channels found adds up
+their terms (`consensus`; off: the best term counts). Items the user already acted on can be
+damped or dropped by `seen_weight`, because re-consumption differs per shop (huge on Taobao, nil on
+review logs):
+
+    F(i) = seen_weight^[i seen] * sum over channels c that recalled i of  w_c / (rank_c(i) + 1)
+
+The list is the items by F descending (ties: lower item code), each credited to the channel whose
+term is largest, with `sources` recording every channel that found it.
+
+Where the shares come from:
+- configured base weights (`quotas`; empty = equal), bounded to [min_share, max_share];
+- without exposures, the hits each channel adds on the validation days (`recall.shares.learn_merge`,
+  which also learns `seen_weight`): a channel whose hits are all covered by better ones falls to the floor;
+- with exposures, each channel's smoothed click-through rate, one bounded step per logged day, so
+  recent served pages count most (log channel names such as `itemcf_like` map to served channels
+  by alias, exact name or prefix; see `channel_map`):
 
     ctr_c    = (clicks_c + m * ctr_all) / (shown_c + m)                 Bayesian-smoothed CTR
     target_c ∝ share_c * (ctr_c / ctr_all) ** power                    channels not in the log keep ratio 1
     share_c <- clip((1 - lr) * share_c + lr * target_c, min_share, max_share), renormalised
 
-At request time channel c may keep quota_c = round(share_c * k) items. Candidates are interleaved by
-how far down its own quota each sits, key = (rank + 1) / quota_c, so the merged list mixes channels
-in proportion to their shares (scores of different channels are not comparable; ranks are). An item
-recalled by several channels is kept once, credited to the channel where its key is smallest, and
-`sources` records every channel that found it. Slots a channel cannot fill go to the others' next
-candidates, in key order.
-
-    >>> merger = Merger(settings=MergeSettings(k=300)).fit(ds)      # doctest: +SKIP
-    >>> page = merger.merge([itemcf_rows, crowd_rows, popular_rows])  # doctest: +SKIP
-    >>> page.channel_names()[:3], page.triggers[:3]                  # doctest: +SKIP
+    >>> merger = Merger(settings=MergeSettings(k=300)).fit(ds)                  # doctest: +SKIP
+    >>> page = merger.merge([itemcf_rows, crowd_rows, popular_rows], seen=state.items)  # doctest: +SKIP
+    >>> page.channel_names()[:3], page.triggers[:3]                              # doctest: +SKIP
 """
 from __future__ import annotations
 
@@ -26,7 +34,6 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
-import numba
 import numpy as np
 import polars as pl
 from pydantic import Field
@@ -39,13 +46,15 @@ from homefeed.recall.base import Candidates
 class MergeSettings(Section):
     k: int = 500  # candidates kept after merging
     quotas: dict[str, float] = Field(default_factory=dict)  # base weight per channel; empty = equal; unlisted channels get the mean
-    adapt: bool = True  # adapt shares from each channel's measured CTR in the exposure log
+    adapt: bool = True  # adapt shares from each channel's measured CTR in the exposure log, one step per day
+    learn: bool = True  # learn shares and seen_weight from validation hits (`recall.shares.learn_merge`)
     learning_rate: float = Field(0.5, ge=0.0, le=1.0)  # how far one update moves shares toward the CTR target
     ctr_power: float = 1.0  # target share grows as (channel CTR / overall CTR) ** ctr_power
     prior_strength: float = 200.0  # pseudo-exposures pulling a channel's CTR toward the overall CTR
-    min_share: float = Field(0.05, ge=0.0, le=1.0)  # floor on every channel's share: none starves
-    max_share: float = Field(0.6, ge=0.0, le=1.0)  # ceiling: none takes over
-    fill: bool = True  # slots a channel cannot fill go to the other channels' next candidates
+    min_share: float = Field(0.01, ge=0.0, le=1.0)  # floor on every channel's share: none starves
+    max_share: float = Field(1.0, ge=0.0, le=1.0)  # ceiling: none takes over
+    consensus: bool = True  # an item found by several channels sums their terms (off: the best term counts)
+    seen_weight: float | None = Field(None, ge=0.0)  # factor on items the user already acted on; 0 drops them; None = learned (1 until then)
     aliases: dict[str, str] = Field(default_factory=dict)  # channel name in the exposure log -> channel name here
 
 
@@ -78,16 +87,59 @@ def largest_remainder(shares: np.ndarray, k: int) -> np.ndarray:
     return quota
 
 
-def channel_ctr(exposures: pl.DataFrame, *, prior_strength: float, aliases: dict[str, str] | None = None) -> dict[str, dict]:
-    """Per channel: shown, clicks, raw and smoothed CTR, and the overall CTR, from an exposure log."""
-    log = exposures.with_columns(pl.col("channel").replace(aliases or {}))
+def channel_map(log_names, served, aliases: dict[str, str] | None = None) -> dict[str, str | None]:
+    """Each channel name of an exposure log -> the served channel it stands for, or None.
+
+    In order: an alias, the exact name, then the longest served name that starts the log name at a
+    word boundary (`itemcf_like` -> `itemcf`, `mind_v2` -> `mind`). Unmatched names map to None
+    (their exposures still count in the overall CTR).
+    """
+    aliases, served = aliases or {}, sorted(served, key=len, reverse=True)
+    out: dict[str, str | None] = {}
+    for name in log_names:
+        if name in aliases:
+            out[name] = aliases[name]
+        elif name in served:
+            out[name] = name
+        else:
+            out[name] = next((s for s in served if name.startswith(s) and name[len(s)] in "_-.:"), None)
+    return out
+
+
+def channel_ctr(exposures: pl.DataFrame, *, prior_strength: float, aliases: dict[str, str] | None = None,
+                served=None) -> dict[str, dict]:
+    """Per channel: shown, clicks, raw and smoothed CTR, the overall CTR and the log names mapped to it.
+
+    With `served` (channel names), log names are mapped by `channel_map`; unmapped ones are dropped
+    from the per-channel figures (they still count in the overall CTR). Without it, only `aliases` apply.
+    """
+    names = exposures["channel"].unique().sort().to_list()
+    mapping = channel_map(names, served, aliases) if served is not None else {n: (aliases or {}).get(n, n) for n in names}
+    log = exposures.with_columns(log_name=pl.col("channel"), channel=pl.col("channel").replace_strict(mapping, default=None))
     total_shown, total_clicks = log.height, int(log["clicked"].sum())
     overall = total_clicks / max(total_shown, 1)
-    per = log.group_by("channel").agg(shown=pl.len(), clicks=pl.col("clicked").cast(pl.Int64).sum()).sort("channel")
+    per = (log.filter(pl.col("channel").is_not_null())
+           .group_by("channel").agg(shown=pl.len(), clicks=pl.col("clicked").cast(pl.Int64).sum(),
+                                    log_names=pl.col("log_name").unique().sort()).sort("channel"))
     return {row["channel"]: {"shown": row["shown"], "clicks": row["clicks"], "ctr": row["clicks"] / row["shown"],
                              "smoothed_ctr": (row["clicks"] + prior_strength * overall) / (row["shown"] + prior_strength),
-                             "overall_ctr": overall}
+                             "overall_ctr": overall, "log_names": row["log_names"]}
             for row in per.iter_rows(named=True)}
+
+
+def fused_scores(inverse: np.ndarray, n_keys: int, channel: np.ndarray, rank: np.ndarray, weights: np.ndarray,
+                 *, consensus: bool = True) -> np.ndarray:
+    """(n_keys,) F per distinct key: sum (or max) over its rows of weights[channel] / (rank + 1).
+
+    inverse: (n,) key index of each candidate row; channel, rank: (n,) int64. The one formula the
+    merge serves and `learn_merge` scores, so what is learned is what is served.
+    """
+    term = weights[channel] / (rank + 1.0)
+    if consensus:
+        return np.bincount(inverse, weights=term, minlength=n_keys)
+    out = np.zeros(n_keys)
+    np.maximum.at(out, inverse, term)
+    return out
 
 
 @dataclass
@@ -128,59 +180,19 @@ class MergedCandidates:
                              "trigger_item": self.triggers, "n_sources": np.bitwise_count(self.sources).astype(np.int8)})
 
 
-@numba.njit(cache=True)
-def _merge_rows(items, channel, order, by_item, quota, k, fill):
-    """Rows kept by the merge, in key order, and each kept item's source bit mask.
-
-    items, channel: (n,) rows of all lists, concatenated in channel order, each list best first.
-    order: (n,) rows sorted by interleaving key; by_item: (n,) rows sorted by item; quota: (C,) slots per channel.
-    """
-    n = items.size
-    position = np.empty(n, np.int64)  # place of each row in key order
-    position[order] = np.arange(n)
-    owner = np.zeros(n, np.bool_)  # the row with the smallest key among rows of the same item
-    mask = np.zeros(n, np.uint32)  # sources, stored on the owner row
-    start = 0
-    while start < n:
-        stop, best, bits = start, by_item[start], np.uint32(0)
-        while stop < n and items[by_item[stop]] == items[by_item[start]]:
-            row = by_item[stop]
-            bits |= np.uint32(1) << np.uint32(channel[row])
-            if position[row] < position[best]:
-                best = row
-            stop += 1
-        owner[best], mask[best] = True, bits
-        start = stop
-    taken = np.zeros(quota.size, np.int64)
-    chosen = np.zeros(n, np.bool_)
-    n_chosen = 0
-    for row in order:  # each channel takes its owned rows up to its quota
-        if owner[row] and taken[channel[row]] < quota[channel[row]] and n_chosen < k:
-            chosen[row] = True
-            taken[channel[row]] += 1
-            n_chosen += 1
-    if fill:
-        for row in order:  # spare slots go to the remaining owned rows, in key order
-            if n_chosen >= k:
-                break
-            if owner[row] and not chosen[row]:
-                chosen[row] = True
-                n_chosen += 1
-    rows = np.empty(n_chosen, np.int64)
-    j = 0
-    for row in order:
-        if chosen[row]:
-            rows[j] = row
-            j += 1
-    return rows, mask[rows]
+def _empty(names: tuple[str, ...]) -> MergedCandidates:
+    z = np.zeros(0, np.int32)
+    return MergedCandidates(z, np.zeros(0, np.float32), z, np.zeros(0, np.int8), np.zeros(0, np.uint32), names)
 
 
 class Merger:
-    """Dedupe + per-channel quotas, with quotas adapted from measured channel CTRs.
+    """Dedupe + fusion by channel shares; shares from base weights, validation hits or measured CTRs.
 
     Attributes:
-        shares_: dict channel -> share of the merged slots (sums to 1 over the known channels).
+        shares_: dict channel -> share of the merged list (sums to 1 over the known channels).
+        seen_weight_: factor on already-seen items (settings.seen_weight, else learned, else 1).
         ctr_: dict channel -> measured CTR figures from the last `update` (empty before).
+        learned_: what `learn_merge` measured on validation (empty when shares were not learned).
     """
 
     def __init__(self, *, settings: MergeSettings | None = None):
@@ -195,23 +207,46 @@ class Merger:
         names = sorted(s.quotas)
         w = bounded(np.array([s.quotas[c] for c in names]), s.min_share, s.max_share)
         self.shares_ = dict(zip(names, w.tolist()))
-        self.ctr_ = {}
+        self.seen_weight_ = 1.0 if s.seen_weight is None else float(s.seen_weight)
+        self.ctr_, self.learned_ = {}, {}
         self._cache: dict[tuple[str, ...], np.ndarray] = {}
         return self
 
-    def fit(self, dataset: Dataset) -> "Merger":
-        """Base shares, then one update from the training exposures (if the dataset has any)."""
+    def fit(self, dataset: Dataset, *, served=None) -> "Merger":
+        """Base shares, then one CTR step per day of the training exposures (if the dataset has any).
+
+        served: the channel names exposures map to (default: the configured quotas, else log names as they are).
+        """
         self.reset()
         exposures = dataset.exposures_in("train")
         if exposures is not None and exposures.height and self.settings.adapt:
-            self.update(exposures)
+            self.update_daily(exposures, served=served)
         return self
 
-    def update(self, exposures: pl.DataFrame) -> "Merger":
+    def set_shares(self, shares: dict[str, float], *, seen_weight: float | None = None, learned: dict | None = None) -> "Merger":
+        """Shares measured elsewhere (e.g. on validation), bounded; `seen_weight` unless the settings fix it."""
+        names = sorted(shares)
+        w = bounded(np.array([shares[c] for c in names]), self.settings.min_share, self.settings.max_share)
+        self.shares_ = dict(zip(names, w.tolist()))
+        if seen_weight is not None and self.settings.seen_weight is None:
+            self.seen_weight_ = float(seen_weight)
+        self.learned_ = learned or {}
+        self._cache = {}
+        return self
+
+    def update_daily(self, exposures: pl.DataFrame, *, served=None, day_s: int = 86_400) -> "Merger":
+        """One `update` per day of served pages, oldest first: recent days weigh most."""
+        day = (pl.col("ts") // day_s) if "ts" in exposures.columns else pl.lit(0)
+        for _, part in exposures.with_columns(_day=day).sort("_day").group_by("_day", maintain_order=True):
+            self.update(part.drop("_day"), served=served)
+        return self
+
+    def update(self, exposures: pl.DataFrame, *, served=None) -> "Merger":
         """One smooth, bounded step of the shares toward the CTRs measured in `exposures`."""
         s = self.settings
-        self.ctr_ = channel_ctr(exposures, prior_strength=s.prior_strength, aliases=s.aliases)
-        names = sorted(s.quotas) if s.quotas else sorted(set(self.shares_) | set(self.ctr_))
+        served = served if served is not None else (sorted(s.quotas) or sorted(self.shares_) or None)
+        self.ctr_ = channel_ctr(exposures, prior_strength=s.prior_strength, aliases=s.aliases, served=served)
+        names = sorted(s.quotas) if s.quotas else sorted(set(self.shares_) | set(self.ctr_) | set(served or ()))
         share = self._weights(names)
         ratio = np.array([self.ctr_[c]["smoothed_ctr"] / max(self.ctr_[c]["overall_ctr"], 1e-12) if c in self.ctr_ else 1.0
                           for c in names])
@@ -222,7 +257,7 @@ class Merger:
         self._cache = {}
         return self
 
-    def _weights(self, names: list[str]) -> np.ndarray:
+    def weights(self, names: list[str] | tuple[str, ...]) -> np.ndarray:
         """Bounded shares of `names` (normalised over them); unknown channels get the mean known share."""
         key = tuple(names)
         if key not in self._cache:  # a request's channel set repeats: solve the bounds once per set
@@ -231,39 +266,53 @@ class Merger:
             self._cache[key] = bounded(w, self.settings.min_share, self.settings.max_share)
         return self._cache[key]
 
-    def quotas(self, names: list[str], k: int | None = None) -> dict[str, int]:
-        """Slots per channel for a request with candidates from `names`."""
-        return dict(zip(names, largest_remainder(self._weights(names), k or self.settings.k).tolist()))
+    _weights = weights
 
-    def merge(self, candidates: list[Candidates] | dict[str, Candidates], k: int | None = None) -> MergedCandidates:
-        """Dedupe and interleave the channels' lists under quotas; at most k items (default settings.k)."""
+    def quotas(self, names: list[str], k: int | None = None) -> dict[str, int]:
+        """Expected slots per channel of a k-item merge (largest remainder of the shares), for reports."""
+        return dict(zip(names, largest_remainder(self.weights(names), k or self.settings.k).tolist()))
+
+    def merge(self, candidates: list[Candidates] | dict[str, Candidates], k: int | None = None, *,
+              seen: np.ndarray | None = None) -> MergedCandidates:
+        """Dedupe and fuse the channels' lists; at most k items (default settings.k).
+
+        seen: item codes the user already acted on (e.g. `state.items`); they are scaled by `seen_weight_`.
+        """
         lists = list(candidates.values()) if isinstance(candidates, dict) else list(candidates)
         names = tuple(c.channel for c in lists)
         if len(set(names)) != len(names):
             raise ValueError(f"merge got two lists from one channel: {list(names)}")
         k = self.settings.k if k is None else k
         sizes = np.array([len(c) for c in lists], np.int64)
-        if not lists or sizes.sum() == 0:
-            z = np.zeros(0, np.int32)
-            return MergedCandidates(z, np.zeros(0, np.float32), z, np.zeros(0, np.int8), np.zeros(0, np.uint32), names)
-        quota = largest_remainder(self._weights(list(names)), k)
+        if not lists or sizes.sum() == 0 or k <= 0:
+            return _empty(names)
         items = np.concatenate([c.items for c in lists]).astype(np.int32)
         channel = np.repeat(np.arange(len(lists), dtype=np.int64), sizes)
         rank = np.arange(items.size) - np.repeat(np.cumsum(sizes) - sizes, sizes)
-        with np.errstate(divide="ignore"):
-            key = (rank + 1) / quota[channel].astype(np.float64)  # inf for a channel with no slots: fill only
-        order = np.argsort(key, kind="stable")  # ties keep channel order
-        rows, sources = _merge_rows(items, channel, order, np.argsort(items), quota, k, self.settings.fill)
+        uniq, inverse = np.unique(items, return_inverse=True)
+        weights = self.weights(names)
+        fused = fused_scores(inverse, uniq.size, channel, rank, weights, consensus=self.settings.consensus)
+        if seen is not None and len(seen) and self.seen_weight_ != 1.0:
+            fused = np.where(np.isin(uniq, seen), fused * self.seen_weight_, fused)
+        by_term = np.lexsort((channel, -(weights[channel] / (rank + 1.0)), inverse))  # per item, its best row first
+        owner = by_term[np.r_[True, inverse[by_term][1:] != inverse[by_term][:-1]]]  # (n_keys,) credited row
+        sources = np.zeros(uniq.size, np.uint32)
+        np.bitwise_or.at(sources, inverse, (np.uint32(1) << channel.astype(np.uint32)))
+        keep = np.flatnonzero(fused > 0)
+        top = keep[np.lexsort((uniq[keep], -fused[keep]))[:k]]
+        rows = owner[top]
         return MergedCandidates(items[rows], np.concatenate([c.scores for c in lists]).astype(np.float32)[rows],
                                 np.concatenate([c.triggers for c in lists]).astype(np.int32)[rows],
-                                channel[rows].astype(np.int8), sources, names)
+                                channel[rows].astype(np.int8), sources[top], names)
 
     def save(self, path: Path) -> None:
-        Path(path).write_text(json.dumps({"settings": self.settings.model_dump(), "shares": self.shares_, "ctr": self.ctr_}, indent=1))
+        Path(path).write_text(json.dumps({"settings": self.settings.model_dump(), "shares": self.shares_,
+                                          "seen_weight": self.seen_weight_, "ctr": self.ctr_, "learned": self.learned_}, indent=1))
 
     @classmethod
     def load(cls, path: Path) -> "Merger":
         meta = json.loads(Path(path).read_text())
         merger = cls(settings=MergeSettings.model_validate(meta["settings"]))
         merger.shares_, merger.ctr_, merger._cache = meta["shares"], meta["ctr"], {}
+        merger.seen_weight_, merger.learned_ = float(meta.get("seen_weight", 1.0)), meta.get("learned", {})
         return merger
