@@ -54,11 +54,23 @@ def generate(
 @app.command()
 def ingest(
     src: Annotated[Path, typer.Argument(help="A log file or folder: a `generate` folder, Taobao UserBehavior CSV, "
-                                             "an Alibaba display-ad folder (raw_sample.csv, ad_feature.csv, user_profile.csv), or generic files.")],
+                                             "an Alibaba display-ad folder (raw_sample.csv, ad_feature.csv, user_profile.csv), "
+                                             "a SASRec/S3-Rec sequence file, RecBole atomic files (a folder or its .inter file), "
+                                             "a session log (DIGINETICA item views), or generic files.")],
     out: Annotated[Path, typer.Option(help="Dataset folder to write (Parquet tables, vocabularies, split, report.json, quarantine.parquet).")],
-    format: Annotated[Optional[str], typer.Option(help="world | taobao | alimama | generic. Detected when omitted.")] = None,
-    mapping: Annotated[Optional[Path], typer.Option(help="JSON column mapping for --format generic: "
-                                                         '{"paths": {"events": "log.csv"}, "columns": {"events": {"user_id": "uid", ...}}, "behaviors": {"view": "pv"}}')] = None,
+    format: Annotated[Optional[str], typer.Option(help="world | taobao | alimama | sequences | recbole | sessions | generic. Detected when omitted.")] = None,
+    mapping: Annotated[Optional[Path], typer.Option(help="JSON mapping. generic: "
+                                                         '{"paths": {"events": "log.csv"}, "columns": {"events": {"user_id": "uid", ...}}, "behaviors": {"view": "pv"}}; '
+                                                         'sessions: {"session_id": "sid", "user_id": "uid", "item_id": "sku", "ts": "time"} (default: the DIGINETICA header); '
+                                                         'recbole: {"user_id": "field", "leaf_category": "genre", "leaf_token": "last"}.')] = None,
+    attributes: Annotated[Optional[Path], typer.Option(help="--format sequences: item2attributes JSON {item: [attribute, ...]}; "
+                                                            "leaf category = the most specific attribute (shared by the fewest items).")] = None,
+    attribute_map: Annotated[Optional[Path], typer.Option(help="--format sequences: JSON roles of the attributes, e.g. "
+                                                               '{"brand": "first", "leaf": "fewest_items"} (S3-Rec lists the brand first).')] = None,
+    split: Annotated[Optional[str], typer.Option(help="time (the last days are test) | leave_one_out (each user's last event "
+                                                      "test, the one before valid) | auto (default: leave_one_out when the log has no clock).")] = None,
+    behavior: Annotated[Optional[str], typer.Option(help="What every row is, for formats that record none: sequences and recbole "
+                                                         "default to click (reviews are no purchase funnel), sessions to pv.")] = None,
     policy: Annotated[Optional[str], typer.Option(help="quarantine (default): bad rows go to quarantine.parquet with a reason; strict: stop at the first problem.")] = None,
     json_: JsonOpt = False,
     config: ConfigOpt = None,
@@ -66,15 +78,20 @@ def ingest(
 ):
     """Validate, clean, encode, sessionise and split raw logs into a dataset folder, with a report of every row."""
     from homefeed.data.ingest import ingest as run_ingest
-    from homefeed.data.loaders import DataError
 
-    overrides = list(set_ or []) + ([f"ingest.policy={policy}"] if policy else [])
+    overrides = list(set_ or []) + ([f"ingest.policy={policy}"] if policy else []) + ([f"ingest.split={split}"] if split else [])
     cfg = get_config(config, overrides)
-    mapping_doc = json.loads(mapping.read_text()) if mapping else None
+    if attribute_map and format not in (None, "sequences"):
+        fail("--attribute-map is for --format sequences")
+    try:
+        docs = {p: json.loads(p.read_text()) for p in (mapping, attribute_map) if p}
+    except (OSError, json.JSONDecodeError) as e:
+        fail(f"cannot read the mapping: {e}")
     try:
         with steps(console, "ingesting") as progress:
-            _, report = run_ingest(src, out, cfg, fmt=format, mapping=mapping_doc, progress=lambda s: progress(s, 0, 0))
-    except DataError as e:
+            _, report = run_ingest(src, out, cfg, fmt=format, mapping=docs.get(mapping) or docs.get(attribute_map),
+                                   attributes=attributes, behavior=behavior, progress=lambda s: progress(s, 0, 0))
+    except ValueError as e:  # DataError, IngestError, a bad option or mapping: a message, no traceback
         fail(str(e))
     if json_:
         print(json.dumps(report))

@@ -172,6 +172,10 @@ def load_alimama(folder: str | Path, *, policy: Policy | None = None, ingest: In
     exposures = shows.rows.select(EXPOSURE_COLUMNS)
     events = exposures.filter(pl.col("clicked") == 1).select(
         "user_id", "item_id", pl.lit("click", BEHAVIOR).alias("behavior"), "ts")
+    listed = None if users is None else users.rows.drop("line")
     tables = {"events": events, "exposures": exposures, "items": items.rows.drop("line"),
-              "users": complete_users(None if users is None else users.rows.drop("line"), exposures["user_id"])}
-    return assemble(checked, fmt="alimama", tables=tables)
+              "users": complete_users(listed, exposures["user_id"])}
+    loaded = assemble(checked, fmt="alimama", tables=tables)
+    if listed is not None:  # users shown ads but absent from user_profile.csv
+        loaded.counts["users.derived_rows"] = tables["users"].height - listed.height
+    return loaded

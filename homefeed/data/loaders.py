@@ -1,11 +1,14 @@
 """Loaders: raw logs in known layouts -> the four contract tables, validated, with raw ids kept.
 
-Four layouts are understood (`detect_format` tells them apart):
+These layouts are understood (`detect_format` tells them apart):
 
 * "world": a folder written by `homefeed generate` (world.json + events/items/users[/exposures].parquet);
 * "taobao": Taobao UserBehavior CSV, no header: user_id,item_id,category_id,behavior_type,timestamp;
 * "alimama": the Alibaba display-ad CTR folder: raw_sample.csv, ad_feature.csv, user_profile.csv
   (see `homefeed.data.formats`);
+* "sequences": SASRec / S3-Rec `user item item ...` files, no clock (`homefeed.data.sequences`);
+* "recbole": RecBole atomic files .inter/.item/.user (`homefeed.data.recbole`);
+* "sessions": session logs such as DIGINETICA item views (`homefeed.data.session_logs`);
 * "generic": any CSV/TSV/Parquet per table, with a column mapping `{"user_id": "uid", ...}`.
 
 Every loader returns a `Loaded`: the tables, plus every rejected row in `quarantine` (file, line,
@@ -21,6 +24,7 @@ only for formats that have no price column at all.
 """
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Mapping
 
@@ -146,8 +150,12 @@ def load_tables(paths: Mapping[str, str | Path], mapping: Mapping[str, Mapping[s
     item_ids = [tables[t]["item_id"] for t in ("events", "exposures") if t in tables]
     tables.setdefault("items", derived_items(pl.concat(item_ids)))
     user_ids = [tables[t]["user_id"] for t in ("events", "exposures") if t in tables]
-    tables["users"] = complete_users(tables.get("users"), *user_ids)
-    return assemble(checked, fmt=fmt, tables=tables)
+    listed = tables.get("users")
+    tables["users"] = complete_users(listed, *user_ids)
+    loaded = assemble(checked, fmt=fmt, tables=tables)
+    if listed is not None:  # users seen only in events or exposures: derived rows of the users table
+        loaded.counts["users.derived_rows"] = tables["users"].height - listed.height
+    return loaded
 
 
 def load_generic(paths: Mapping[str, str | Path], mapping: Mapping[str, Mapping[str, str]] | None = None, *,
@@ -186,8 +194,20 @@ def load_world(folder: str | Path, *, policy: Policy | None = None, ingest: Inge
 
 # -------------------------------------------------------------------------------------------- dispatch
 
+SESSION_HEADER = {"sessionid", "itemid"}  # DIGINETICA-style session logs (ignoring case and underscores)
+
+
+def _looks_like_sequences(lines: list[str]) -> bool:
+    """Every line `user item ...`: two or more space-separated integers, no other separator."""
+    return bool(lines) and all(
+        len(line.split()) >= 2 and all(t.isdigit() for t in line.split()) and not any(c in line for c in ",;|\t")
+        for line in lines)
+
+
 def detect_format(src: str | Path) -> str:
-    """"world", "alimama", "taobao", or "generic" (which needs a column mapping: `load_generic`)."""
+    """"world", "alimama", "recbole", "taobao", "sessions", "sequences", or "generic" (which needs a
+    column mapping: `load_generic`). Only cheap, unambiguous signs count: folder contents, a `.inter`
+    suffix, the first lines of a text file."""
     src = Path(src)
     if src.is_dir():
         names = {p.name for p in src.iterdir()}
@@ -195,14 +215,24 @@ def detect_format(src: str | Path) -> str:
             return "world"
         if {"raw_sample.csv", "ad_feature.csv"} <= names:
             return "alimama"
+        if sum(name.endswith(".inter") for name in names) == 1:
+            return "recbole"
         return "generic"
+    if src.suffix == ".inter":
+        return "recbole"
     if src.is_file() and src.suffix.lower() not in (".parquet", ".pq"):
         with src.open("rb") as f:
-            lines = [f.readline().decode("utf-8", errors="replace").strip() for _ in range(2)]
-        for line in lines:
-            parts = line.lstrip("\ufeff").split(",")
+            lines = [f.readline().decode("utf-8", errors="replace").lstrip("\ufeff").strip() for _ in range(5)]
+        lines = [line for line in lines if line]
+        for line in lines[:2]:
+            parts = line.split(",")
             if len(parts) == 5 and parts[3] in ("pv", "fav", "cart", "buy") and parts[0].isdigit():
                 return "taobao"
+        header = {c.strip().lower().replace("_", "") for c in re.split(r"[,;\t|]", lines[0])} if lines else set()
+        if SESSION_HEADER <= header:
+            return "sessions"
+        if _looks_like_sequences(lines):
+            return "sequences"
     return "generic"
 
 

@@ -167,7 +167,8 @@ def load_recbole(src: str | Path, *, mapping: Mapping[str, Any] | None = None, b
                  policy: Policy | None = None, ingest: Ingest = Ingest()) -> Loaded:
     """RecBole atomic files (a folder, or its `.inter` file) -> events, items, users (see the module docstring).
 
-    counts carry "items.derived_rows": event items the `.item` file lacks, kept with unknown attributes.
+    counts carry "items.derived_rows" / "users.derived_rows": event items (users) the `.item` (`.user`)
+    file lacks, kept with unknown attributes.
     """
     policy, mapping = policy_of(policy, ingest), _check_mapping(mapping or {})
     if behavior not in BEHAVIORS:
@@ -188,8 +189,10 @@ def load_recbole(src: str | Path, *, mapping: Mapping[str, Any] | None = None, b
     users = checked["users"].rows.drop("line") if "users" in checked else None
     if users is not None:
         events, users = same_id_type(events, users, column="user_id")
-    loaded = assemble(checked, fmt="recbole", tables={"events": events, "items": items,
-                                                       "users": complete_users(users, events["user_id"])})
+    all_users = complete_users(users, events["user_id"])
+    loaded = assemble(checked, fmt="recbole", tables={"events": events, "items": items, "users": all_users})
     if catalogue is not None:
         loaded.counts["items.derived_rows"] = n_derived
+    if users is not None:
+        loaded.counts["users.derived_rows"] = all_users.height - users.height
     return loaded
