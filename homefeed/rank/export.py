@@ -1,4 +1,4 @@
-"""Export a trained RankModel for serving: TorchScript, ONNX, and a dynamic int8 quantised copy.
+"""Export a trained RankModel for serving: TorchScript, ONNX, and an int8-weight quantised copy.
 
 Each export is checked against the eager model on a batch (max |logit difference| < 1e-4), so a
 silently different artefact never ships. Ids stay int64 in every format. The exported programs take
@@ -6,14 +6,17 @@ only the batch keys the model reads (`model.input_names`: sparse, dense, seq, se
 batch size and the sequence length free. The history may also come once for all rows (`seq` (1, L, S),
 `seq_gap` (1, L): one user's request, `one_user_batch`); every export is checked on that form too.
 
-Dynamic quantisation (int8 weights of every nn.Linear, activations quantised on the fly) is what
-the seed system serves for BST; it is not exact, so `quantize_dynamic` has no 1e-4 check: compare
-AUCs with and without it (the target is a loss <= 0.002) and report `max_abs_diff` for the record.
+The int8 variant stores every nn.Linear's weight as int8 with one float32 scale per output row
+(symmetric per-channel weight-only quantisation, as torchao's Int8WeightOnlyConfig) and multiplies in
+float32 after dequantising, with plain tensor ops: no `torch.ao` quantized tensors, which torch
+deprecates and which warn at every load. Rounding changes the logits, so `quantize_int8` has no 1e-4
+check against the fp32 model: compare AUCs with and without it (the target is a loss <= 0.002) and
+`max_abs_diff` for the record; its TorchScript export is checked against the eager int8 model as usual.
 
     >>> path = export_torchscript(model, batch, "bst.pt")          # raises ExportMismatch if unequal
     >>> served = load_torchscript(path); logits = served(model_inputs(model, batch))
     >>> export_onnx(model, batch, "bst.onnx")                      # needs `onnx` and `onnxruntime`
-    >>> small = quantize_dynamic(model); max_abs_diff(model, small, batch)
+    >>> small = quantize_int8(model); max_abs_diff(model, small, batch)
 """
 from __future__ import annotations
 
@@ -25,6 +28,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from torch import Tensor, nn
+from torch.nn import functional as F
 
 from homefeed.rank.spec import FeatureSpec
 
@@ -163,12 +167,42 @@ def check_onnx(model: nn.Module, path: str | Path, batch: dict[str, Tensor], *, 
     return _check(max_abs_diff(lambda b: model(b), run, inputs), f"ONNX {path}", atol)
 
 
-def quantize_dynamic(model: nn.Module) -> nn.Module:
-    """An eval-mode copy with every nn.Linear as a dynamic int8 linear (weights int8, activations per batch).
+class Int8Linear(nn.Module):
+    """nn.Linear with its weight stored as int8 rows times a float32 scale per row; computes in float32.
+
+    Symmetric per output channel: scale_o = max_i |W_oi| / 127, W_oi ~ scale_o * round(W_oi / scale_o),
+    so each row keeps its own range (a relative error of at most 1/254 of its largest weight).
+    """
+
+    def __init__(self, linear: nn.Linear):
+        super().__init__()
+        w = linear.weight.detach().float()  # (out, in)
+        scale = (w.abs().amax(dim=1) / 127).clamp_min(torch.finfo(torch.float32).tiny)  # (out,)
+        self.in_features, self.out_features = linear.in_features, linear.out_features
+        self.register_buffer("weight_int8", torch.round(w / scale.unsqueeze(1)).clamp(-127, 127).to(torch.int8))
+        self.register_buffer("scale", scale)
+        self.register_buffer("bias", None if linear.bias is None else linear.bias.detach().float().clone())
+
+    @property
+    def weight(self) -> Tensor:
+        """The dequantised (out, in) float32 weight."""
+        return self.weight_int8.float() * self.scale.unsqueeze(1)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return F.linear(x, self.weight.to(x.dtype), None if self.bias is None else self.bias.to(x.dtype))
+
+
+def quantize_int8(model: nn.Module) -> nn.Module:
+    """An eval-mode copy with every nn.Linear replaced by an `Int8Linear`; the original is untouched.
 
     Embedding tables stay float32. The copy runs eagerly and traces to TorchScript like the original.
     """
     quantized = copy.deepcopy(model).eval()
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # torch.ao.quantization is deprecated in favour of torchao
-        return torch.ao.quantization.quantize_dynamic(quantized, {nn.Linear}, dtype=torch.qint8)
+    for parent in list(quantized.modules()):
+        for name, child in parent.named_children():
+            if isinstance(child, nn.Linear):
+                setattr(parent, name, Int8Linear(child))
+    return quantized
+
+
+quantize_dynamic = quantize_int8  # the old name, until rank/part.py, benchmarks/rank.py and test_rank_shared_user.py switch
