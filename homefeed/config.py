@@ -27,30 +27,43 @@ class Section(BaseModel):
 
 
 class TimeWindow(Section):
-    """A recurring daily window in local time, e.g. a midnight ordering spike 00:00-00:10."""
+    """A recurring daily window in local time, e.g. a midnight ordering spike 00:00-00:10.
+
+    Rows inside it are removed only on days when it is abnormally full for this log: more than
+    `min_lift` x the rows the log's own hour-of-day profile predicts for that day (from its other,
+    ordinary days), counted in users, and so many that chance would flag any day of an ordinary log
+    less often than `max_p_value`.
+    """
 
     name: str
     start: str = Field(description="HH:MM local time, inclusive")
     end: str = Field(description="HH:MM local time, exclusive; may wrap past midnight")
     behaviors: list[str] = Field(default_factory=list, description="only these behaviours; empty = all")
     dates: list[str] = Field(default_factory=list, description="YYYY-MM-DD days it applies to; empty = every day")
-    min_lift: float = 3.0  # remove only on days this many times fuller than the window's median day; 0 = every day
+    min_lift: float = Field(3.0, ge=0)  # x the rows the log's profile predicts for the day; 0 = every day with a row
+    max_p_value: float = Field(1e-3, gt=0, le=1)  # ... and chance would flag a day of an ordinary log less often than this
 
 
 class CrawlerRule(Section):
+    """Bots: page-view rates far above this log's own busiest users (floors keep short logs safe)."""
+
     enabled: bool = True
-    max_pv_per_minute: int = 20  # more page views than this in any one minute marks a bot
-    daily_factor: float = 10.0  # ... or a busiest day this many times the crowd's 99th percentile
-    pv_only_min_events: int = 200  # ... or at least this many events and never anything but pv
+    max_pv_per_minute: int = Field(20, ge=1)  # a busiest minute above this many page views marks a bot ...
+    max_pv_per_hour: int = Field(120, ge=1)  # ... or a busiest local hour above this many ...
+    rate_factor: float = Field(4.0, gt=0)  # ... when also above rate_factor x the log's 99th percentile (user, minute/hour)
+    daily_factor: float = Field(10.0, gt=0)  # ... or a busiest day above this many times the 99th percentile of (user, day)
 
 
 class FakeOrderRule(Section):
+    """Brushed buys: no view of the item before the buy, or a burst of such buys."""
+
     enabled: bool = True
-    require_view: bool = True  # a buy with no earlier pv/click/fav/cart of the same item is fake
-    view_lookback_s: int = 7 * 86400  # how far back the view may be
-    min_history_s: int = 6 * 3600  # buys in the log's first hours are not judged: their views may predate the log
-    burst_buys: int = 5  # this many buys ...
-    burst_window_s: int = 300  # ... within this many seconds is a burst: all of them are fake
+    require_view: bool = True  # a buy with no pv/click/fav/cart of the same item in view_lookback_s is fake
+    view_lookback_s: int = Field(7 * 86400, ge=0)  # how far back the view may be
+    min_history_s: int = Field(6 * 3600, ge=0)  # buys this soon after the log starts are not judged (longer when the log's view->buy delays are)
+    history_quantile: float = Field(0.95, ge=0, le=1)  # ... that quantile of this log's view->buy delays
+    burst_buys: int = Field(5, ge=1)  # this many buys without a view ...
+    burst_window_s: int = Field(300, ge=0)  # ... within this many seconds are a burst (judged from the log's first second)
 
 
 class InactiveRule(Section):
@@ -59,12 +72,18 @@ class InactiveRule(Section):
 
 
 class Cleaning(Section):
+    """The cleaning rules, and the guard that stops a rule before it deletes real behaviour."""
+
     crawler: CrawlerRule = CrawlerRule()
     fake_orders: FakeOrderRule = FakeOrderRule()
     abnormal_windows: list[TimeWindow] = Field(
         default_factory=lambda: [TimeWindow(name="midnight_spike", start="00:00", end="00:10", behaviors=["buy", "cart"])]
     )
     inactive: InactiveRule = InactiveRule()
+    max_removed_share: dict[str, float] = Field(default_factory=lambda: {"buy": 0.05})  # a crawler or fake-order test that would remove more of a behaviour stops
+    max_abnormal_day_share: float = Field(0.25, ge=0, le=1)  # a window found abnormal on more of the log's days stops
+    force: list[str] = Field(default_factory=list)  # tests that run past those limits, e.g. ["fake_order:no_view"]
+    outlier_day_share: float = Field(0.1, ge=0, le=1)  # edge days with fewer rows than this x the median day are outliers
 
 
 class Ingest(Section):

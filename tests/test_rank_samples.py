@@ -4,9 +4,11 @@ import polars as pl
 import pytest
 import torch
 
-from homefeed.config import TimeWindow
+from homefeed.config import Cleaning, CrawlerRule, FakeOrderRule, TimeWindow
+from homefeed.data.clean import clean_events, save_verdicts
 from homefeed.data.dataset import Dataset, TimeSplit
 from homefeed.data.schema import BEHAVIOR
+from homefeed.data.vocab import Vocab
 from homefeed.rank.samples import SampleSettings, build_all, build_samples, choose_protocol
 
 DAY = 86_400
@@ -124,15 +126,44 @@ def test_inactive_users_are_dropped_point_in_time():
     assert s.report["removed"]["inactive"] == 3
 
 
-def test_crawlers_and_cheaters_from_clean_are_dropped():
+def test_crawlers_and_cheaters_come_from_the_ingest_verdicts(tmp_path):
     ev = [(1, 1, "pv", T0 + i) for i in range(40)]                       # 40 pv in one minute: a crawler
     ev += [(2, k, "buy", T0 + DAY + 10 * k) for k in (1, 2, 3)]          # buys never viewed: fake orders
     ev += [(3, 1, "pv", T0 + 50), (3, 1, "buy", T0 + 60)]                # a normal buyer
     ex = _exposures([(u, u, 2, T0 + 2 * DAY, 0, 0, "p", 0) for u in (1, 2, 3)])
-    s = build_samples(_ds(ev, exposures=ex), part="train", settings=SampleSettings(active_min_actions=0))
+    ds = _ds(ev, exposures=ex)
+    # as ingest does: judge the raw log (rules loosened for a log of three users), keep the cleaned
+    # events in the dataset and the verdicts in its folder
+    lenient = Cleaning(crawler=CrawlerRule(rate_factor=0.01), fake_orders=FakeOrderRule(min_history_s=0),
+                       max_removed_share={"buy": 1.0}, abnormal_windows=[])
+    res = clean_events(ds.events, lenient, tz_offset_hours=0)
+    ds.events = res.kept
+    save_verdicts(res, tmp_path)
+    settings = SampleSettings(active_min_actions=0)
+    ds.path = tmp_path
+    s = build_samples(ds, part="train", settings=settings)
     assert s.tensors["user"].tolist() == [3]
-    assert s.report["removed"]["bots"] == 2
+    assert s.report["removed"]["bots"] == 2 and s.report["verdicts"] == "from ingest"
     assert s.report["crawler_users"] == 1 and s.report["cheating_users"] == 1
+    strict = build_samples(ds, part="train", settings=settings.model_copy(update={"cheat_min_fake_orders": 4}))
+    assert strict.tensors["user"].tolist() == [2, 3]                    # 3 fake orders are under 4
+    # the cleaned log itself holds no evidence any more: without verdicts nobody is dropped, and it says so
+    ds.path = None
+    blind = build_samples(ds, part="train", settings=settings)
+    assert blind.tensors["user"].tolist() == [1, 2, 3] and blind.report["verdicts"].startswith("none")
+
+
+def test_verdicts_name_raw_ids_and_are_encoded_with_the_dataset_vocabulary(tmp_path):
+    ev = [(1, 1, "pv", T0 + i) for i in range(40)] + [(3, 1, "pv", T0 + 50)]
+    ex = _exposures([(u, u, 2, T0 + 2 * DAY, 0, 0, "p", 0) for u in (1, 2, 3)])
+    ds = _ds(ev, exposures=ex)
+    raw = ds.events.with_columns(pl.col("user_id").cast(pl.Int64) + 100)  # raw ids 101, 103 -> codes 1, 3
+    res = clean_events(raw, Cleaning(crawler=CrawlerRule(rate_factor=0.01), abnormal_windows=[]), tz_offset_hours=0)
+    assert res.verdicts().rows() == [(101, "crawler", 40)]
+    save_verdicts(res, tmp_path)
+    ds.path, ds.vocabs = tmp_path, {"user": Vocab.fit(pl.Series([101, 102, 103]), name="user")}
+    s = build_samples(ds, part="train", settings=SampleSettings(active_min_actions=0))
+    assert s.tensors["user"].tolist() == [2, 3] and s.report["crawler_users"] == 1
 
 
 def test_din_protocol_positives_and_popularity_negatives():

@@ -1,288 +1,218 @@
-"""Cleaning: take crawlers, fake orders and abnormal time segments out of an event log.
+"""Cleaning: take crawlers, fake orders and abnormal time segments out of an event log, judged against the log itself.
 
 Shop logs mix shoppers with noise that teaches a recommender the wrong lessons: crawlers make
 thousands of page views that look like the most engaged users on earth, brushed ("fake") orders
 buy items nobody looked at to push them up the sales ranking, and flash events such as the
-00:00 Double 11 ordering rush pile buys into minutes that look nothing like normal demand. Each
-rule below is a pure function of the input log with its knobs in `homefeed.config.Cleaning`.
+00:00 Double 11 ordering rush pile buys into minutes that look nothing like normal demand. But
+what is abnormal depends on the log: a two-hour slice, a nine-day panel and a review log differ
+in rates per user, per day and per hour. So every rule measures the log's own distribution first:
 
-`clean_events` runs them in this fixed order; a row removed by an earlier rule is charged to it
-and no other, so `input rows == kept rows + sum(counts)`:
+1. ``crawler`` (whole users, `clean_users.py`): a busiest minute / hour / day of page views far
+   above this log's 99th percentile (and above what a person can do).
+2. ``abnormal_window:<name>`` (rows, `clean_windows.py`): a recurring daily window of local
+   time (e.g. 00:00-00:10 carts and buys) on the days when it holds far more than this log's
+   hour-of-day profile predicts from its ordinary days.
+3. ``fake_order`` (buy rows, `clean_orders.py`): buys with no view of the item (``no_view``), or
+   bursts of such buys (``burst``).
 
-1. ``crawler`` (whole users): any local minute with more than `max_pv_per_minute` page views;
-   or a busiest local day above `daily_factor` x the 99th percentile (nearest rank) of all
-   (user, day) event counts; or at least `pv_only_min_events` events, every one a pv.
-2. ``abnormal_window:<name>`` (rows): events inside a recurring daily window of local time,
-   e.g. 23:50-00:10 (wrapping past midnight), optionally only some behaviours and dates, on the
-   days when that window is abnormally full (more than `min_lift` x its median day; 0 = every
-   day). A configured, known anomaly goes before the inferred fake-order rule that would
-   otherwise also catch some of its buys.
-3. ``fake_order`` (buy rows): a buy with no pv/click/fav/cart of the same item by the same user
-   in the `view_lookback_s` seconds up to it (same second included: log order within a second is
-   unknown); or a burst: `burst_buys` or more buys of one user whose times span at most
-   `burst_window_s` seconds (every buy of the burst is fake).
+**The guard.** A test that would remove more than `max_removed_share` of a behaviour's rows
+(default 5% of buys), or a window found abnormal on more than `max_abnormal_day_share` of the
+log's days, removes nothing: it is listed in `skipped` with the share it would have removed and
+the setting that forces it (`cleaning.force`). Windows with `dates` or `min_lift = 0` are the
+user's own statement of when to cut and are not guarded.
 
-Flags are computed on the whole input (a view removed by a window still proves the buyer looked),
-so a rule's flags never depend on which rules ran before it. Inactive users (`inactive_users`) are
-reported, not removed: they only thin out ranking samples.
+**Outliers.** Rows far outside the bulk of the log's days (`clean_log.log_span`) are kept and
+reported with their count and time range; they do not stretch the days the rules compare.
+
+Rules run in the order above; a row removed by an earlier rule is charged to it and no other, so
+`input rows == kept rows + sum(counts)`. Flags are computed on the whole input (a view removed by
+a window still proves the buyer looked), so a rule's flags never depend on which rules ran before
+it. Inactive users (`inactive_users`) are reported, not removed: they only thin out ranking
+samples. `save_verdicts` writes who was judged a crawler or a brusher into the dataset folder, so
+ranking reuses these verdicts instead of judging the cleaned log again (`load_verdicts`).
 
     >>> res = clean_events(events, Cleaning(), tz_offset_hours=8)          # doctest: +SKIP
     >>> res.counts                                                          # doctest: +SKIP
     {'crawler': 51200, 'abnormal_window:midnight_spike': 310, 'fake_order': 742}
-    >>> res.kept.height + sum(res.counts.values()) == events.height        # doctest: +SKIP
-    True
+    >>> res.skipped                                                         # doctest: +SKIP
+    [{'rule': 'fake_order:no_view', 'would_remove': {'rows': 101, 'buy': 101}, 'share': {'buy': 0.49}, ...}]
 """
 from __future__ import annotations
 
-import re
+import json
+import math
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 import polars as pl
 
-from homefeed.config import Cleaning, CrawlerRule, FakeOrderRule, InactiveRule, TimeWindow
-from homefeed.data.history import group_time_key
-from homefeed.data.schema import BEHAVIOR, BEHAVIORS
-from homefeed.data.split import DAY_S, day_name, day_number, tz_seconds
+from homefeed.config import Cleaning
+from homefeed.data.clean_log import LogSpan, conform_events, log_span
+from homefeed.data.clean_orders import FAKE_TESTS, fake_order_table, fake_orders
+from homefeed.data.clean_users import CRAWLER_TESTS, crawler_table, crawler_users, crawlers_of, inactive_users
+from homefeed.data.clean_windows import in_window, window_days, window_rows
+from homefeed.data.schema import BEHAVIORS
 
-REQUIRED = ("user_id", "item_id", "behavior", "ts")
-VIEWS = ("pv", "click", "fav", "cart")  # behaviours that prove a buyer looked at the item
-DEFAULT_MIN_LIFT = 3.0  # a window's day is abnormal above 3 x its median day (TimeWindow.min_lift overrides)
+__all__ = ["CleanResult", "clean_events", "conform_events", "crawler_users", "fake_orders", "in_window",
+           "inactive_users", "load_verdicts", "log_span", "save_verdicts", "window_days"]
+
+VERDICTS_FILE = "cleaning_verdicts.parquet"
+SUMMARY_FILE = "cleaning.json"
 
 
 @dataclass
 class CleanResult:
-    """What `clean_events` kept and removed.
+    """What `clean_events` kept, removed and declined to remove.
 
     kept : the surviving events, input order, input columns.
     removed : the removed events, input order, input columns plus `rule` (String).
     counts : rows removed per rule, in run order; every rule that ran is present, even at 0.
     crawlers : the crawler users with their `reason` (empty when the rule is off).
+    skipped : one dict per test the guard stopped (rule, what it would have removed, limit, force).
+    span : the bulk days of the log and its outlier rows.
+    abnormal_days : window name -> the dates it was found abnormal on (and cut).
     """
 
     kept: pl.DataFrame
     removed: pl.DataFrame
     counts: dict[str, int]
     crawlers: pl.DataFrame = field(default_factory=pl.DataFrame)
+    skipped: list[dict] = field(default_factory=list)
+    span: LogSpan | None = None
+    abnormal_days: dict[str, list[str]] = field(default_factory=dict)
 
     def summary(self) -> dict:
         """JSON-ready totals for an ingest report."""
         return {"input": self.kept.height + self.removed.height, "kept": self.kept.height,
-                "removed": dict(self.counts), "crawler_users": self.crawlers.height}
+                "removed": dict(self.counts), "crawler_users": self.crawlers.height,
+                "removed_by_behavior": {str(b): n for b, n in self.removed.group_by("behavior").len().sort("behavior").iter_rows()},
+                "skipped": self.skipped, "abnormal_days": self.abnormal_days,
+                **(self.span.summary() if self.span else {})}
+
+    def verdicts(self) -> pl.DataFrame:
+        """Users judged: user_id (raw), verdict ("crawler" | "fake_orders"), n (rows removed for it, UInt32)."""
+        judged = self.removed.filter(pl.col("rule").is_in(["crawler", "fake_order"]))
+        return (judged.group_by("user_id", "rule").agg(n=pl.len().cast(pl.UInt32))
+                .select("user_id", pl.col("rule").replace({"fake_order": "fake_orders"}).alias("verdict"), "n")
+                .sort("verdict", "user_id"))
 
 
-def conform_events(events: pl.DataFrame) -> pl.DataFrame:
-    """Check the event columns and give `behavior` the BEHAVIOR Enum; errors name row and value."""
-    missing = [c for c in REQUIRED if c not in events.columns]
-    if missing:
-        raise ValueError(f"events lack column(s) {missing}; required: {', '.join(REQUIRED)}; "
-                         f"got: {', '.join(events.columns)}")
-    if not events.schema["ts"].is_integer():
-        raise ValueError(f"events column 'ts' must be integer unix seconds, got {events.schema['ts']}")
-    if events.schema["behavior"] == BEHAVIOR:
-        return events
-    bad = events.with_row_index("row").filter(
-        ~pl.col("behavior").cast(pl.String).is_in(list(BEHAVIORS)).fill_null(False))
-    if bad.height:
-        row, value = bad.row(0, named=True)["row"], bad.row(0, named=True)["behavior"]
-        raise ValueError(f"events row {row}, column 'behavior': unknown value {value!r} "
-                         f"({bad.height} such rows); valid: {', '.join(BEHAVIORS)}")
-    return events.with_columns(pl.col("behavior").cast(pl.String).cast(BEHAVIOR))
+# --- the guard -------------------------------------------------------------------------------
+
+class Guard:
+    """Decides which tests may remove what they flagged; records the ones it stops."""
+
+    def __init__(self, events: pl.DataFrame, cleaning: Cleaning, span: LogSpan):
+        unknown = sorted(set(cleaning.max_removed_share) - set(BEHAVIORS))
+        bad = {b: s for b, s in cleaning.max_removed_share.items() if not 0 <= s <= 1}
+        if unknown or bad:
+            raise ValueError(f"cleaning.max_removed_share: {'unknown behaviour(s) ' + str(unknown) if unknown else ''}"
+                             f"{'shares outside [0, 1]: ' + str(bad) if bad else ''}; valid behaviours: {', '.join(BEHAVIORS)}")
+        self.events, self.cleaning, self.span = events, cleaning, span
+        self.totals = dict(events.group_by(pl.col("behavior").cast(pl.String)).len().iter_rows())
+        self.skipped: list[dict] = []
+
+    def _stop(self, entry: dict) -> bool:
+        if entry["rule"] in self.cleaning.force:
+            return False
+        self.skipped.append(entry | {"force": f"--set 'cleaning.force=[\"{entry['rule']}\"]'"})
+        return True
+
+    def rows(self, test: str, flagged: pl.Expr) -> bool:
+        """True when `test` may remove the rows `flagged` selects; else False, and it is recorded as skipped."""
+        hit = self.events.filter(flagged)
+        by = dict(hit.group_by(pl.col("behavior").cast(pl.String)).len().iter_rows())
+        share = {b: by.get(b, 0) / self.totals[b] for b in self.cleaning.max_removed_share if self.totals.get(b)}
+        over = {b: s for b, s in share.items() if s > self.cleaning.max_removed_share[b]}
+        if not over:
+            return True
+        why = "; ".join(f"{s:.1%} of the log's {b} rows ({by[b]:,} of {self.totals[b]:,}; limit "
+                        f"{self.cleaning.max_removed_share[b]:.0%})" for b, s in over.items())
+        return not self._stop({"rule": test, "would_remove": {"rows": hit.height, **by}, "share": share,
+                               "limit": dict(self.cleaning.max_removed_share), "why": f"would remove {why}"})
+
+    def blind(self, test: str, n_rows: int, because: str) -> bool:
+        """Record `test` as skipped because the evidence it relies on failed the guard in `because`."""
+        return n_rows == 0 or not self._stop({"rule": test, "would_remove": {"rows": n_rows}, "after": because,
+                               "why": f"{because} was skipped: buys without a view are this log's normal, "
+                                      f"so a burst of them is no evidence either"})
+
+    def days(self, test: str, days: pl.DataFrame) -> bool:
+        """True when a window may cut the abnormal `days` it found; else False, recorded as skipped."""
+        flagged = days.filter("abnormal")
+        allowed = max(1, math.floor(self.cleaning.max_abnormal_day_share * self.span.n_days))
+        if flagged.height <= allowed:
+            return True
+        return not self._stop({"rule": test, "would_flag_days": flagged.height, "days": self.span.n_days,
+                               "share": flagged.height / self.span.n_days, "limit": self.cleaning.max_abnormal_day_share,
+                               "dates": flagged["date"].to_list(), "would_remove": {"rows": int(flagged["rows"].sum())},
+                               "why": f"abnormal on {flagged.height} of the log's {self.span.n_days} days: "
+                                      f"that is the log's normal, not a spike"})
 
 
-# --- 1. crawlers -----------------------------------------------------------------------------
-
-def crawler_users(events: pl.DataFrame, rule: CrawlerRule = CrawlerRule(), *, tz_offset_hours: float) -> pl.DataFrame:
-    """Users who behave like bots, with why.
-
-    Returns one row per crawler: user_id, reason (String: the tests it failed, comma-separated, of
-    "pv_per_minute", "daily_volume", "pv_only"), max_pv_minute, max_daily, n_events, n_pv
-    (UInt32), sorted by user_id. Empty when the rule is disabled.
-    """
-    events = conform_events(events)
-    per_day = (  # one pass over the log for (user, local minute); days and users roll up from it
-        events.lazy()
-        .group_by("user_id", minute=(pl.col("ts") + tz_seconds(tz_offset_hours)) // 60)
-        .agg(n=pl.len(), n_pv=(pl.col("behavior") == "pv").sum().cast(pl.UInt32))
-        .group_by("user_id", day=pl.col("minute") // (DAY_S // 60))
-        .agg(n=pl.col("n").sum(), n_pv=pl.col("n_pv").sum(), max_pv_minute=pl.col("n_pv").max())
-        .collect()
-    )
-    p99 = per_day["n"].quantile(0.99, interpolation="nearest") or 0.0
-    users = per_day.group_by("user_id").agg(
-        max_pv_minute=pl.col("max_pv_minute").max(), max_daily=pl.col("n").max(),
-        n_events=pl.col("n").sum(), n_pv=pl.col("n_pv").sum())
-    tests = {
-        "pv_per_minute": pl.col("max_pv_minute") > rule.max_pv_per_minute,
-        "daily_volume": pl.col("max_daily") > rule.daily_factor * p99,
-        "pv_only": (pl.col("n_events") >= rule.pv_only_min_events) & (pl.col("n_pv") == pl.col("n_events")),
-    }
-    reason = pl.concat_str([pl.when(t).then(pl.lit(name)) for name, t in tests.items()], separator=",",
-                           ignore_nulls=True)
-    out = (users.filter(pl.any_horizontal(tests.values()))
-           .select("user_id", reason.alias("reason"), "max_pv_minute", "max_daily", "n_events", "n_pv"))
-    return out.sort("user_id") if rule.enabled else out.clear()
-
-
-# --- 2. abnormal time windows ----------------------------------------------------------------
-
-def _clock(text: str, *, window: str, end: bool) -> int:
-    """'HH:MM' -> seconds after local midnight; '24:00' is allowed as an end."""
-    m = re.fullmatch(r"(\d{2}):(\d{2})", text.strip())
-    h, minute = (int(m[1]), int(m[2])) if m else (-1, -1)
-    if (0 <= h < 24 and 0 <= minute < 60) or (end and (h, minute) == (24, 0)):
-        return h * 3600 + minute * 60
-    raise ValueError(f"abnormal window {window!r}: {text!r} is not a time of day HH:MM "
-                     f"(00:00 .. 23:59{', or 24:00 as end' if end else ''})")
-
-
-def occurrence_day(window: TimeWindow, *, tz_offset_hours: float) -> pl.Expr:
-    """Local date (days since 1970-01-01) on which the latest occurrence of `window` at or before each row started."""
-    start = _clock(window.start, window=window.name, end=False)
-    return (pl.col("ts") + (tz_seconds(tz_offset_hours) - start)) // DAY_S
-
-
-def in_window(window: TimeWindow, *, tz_offset_hours: float) -> pl.Expr:
-    """Boolean expression: the row's local time falls in `window` (and its behaviours and dates).
-
-    The window is [start, end) in local time; end < start wraps past midnight. An occurrence
-    belongs to the date on which it *starts*, so `23:50-00:10` with dates ["2017-11-10"] covers
-    2017-11-10 23:50 .. 2017-11-11 00:10. Expects `ts` (unix s) and `behavior` (BEHAVIOR Enum).
-    """
-    start, end = _clock(window.start, window=window.name, end=False), _clock(window.end, window=window.name, end=True)
-    length = DAY_S - start if end == DAY_S else (end - start) % DAY_S
-    if length == 0:
-        raise ValueError(f"abnormal window {window.name!r}: start {window.start} equals end {window.end}; "
-                         f"use 00:00-24:00 for a whole day")
-    cond = ((pl.col("ts") + (tz_seconds(tz_offset_hours) - start)) % DAY_S) < length
-    unknown = sorted(set(window.behaviors) - set(BEHAVIORS))
+def _check_names(cleaning: Cleaning) -> None:
+    names = [w.name for w in cleaning.abnormal_windows]
+    if len(set(names)) != len(names):
+        raise ValueError(f"abnormal window names must be unique, got {names}")
+    valid = [f"crawler:{t}" for t in CRAWLER_TESTS] + [f"fake_order:{t}" for t in FAKE_TESTS] \
+        + [f"abnormal_window:{n}" for n in names]
+    unknown = sorted(set(cleaning.force) - set(valid))
     if unknown:
-        raise ValueError(f"abnormal window {window.name!r}: unknown behaviour(s) {unknown}; "
-                         f"valid: {', '.join(BEHAVIORS)}")
-    if window.behaviors:
-        cond = cond & pl.col("behavior").is_in(window.behaviors)
-    if window.dates:
-        try:
-            days = [day_number(d) for d in window.dates]
-        except ValueError as e:
-            raise ValueError(f"abnormal window {window.name!r}, dates: {e}") from None
-        cond = cond & occurrence_day(window, tz_offset_hours=tz_offset_hours).is_in(days)
-    return cond
-
-
-def window_days(events: pl.DataFrame, window: TimeWindow, *, tz_offset_hours: float,
-                min_lift: float = DEFAULT_MIN_LIFT) -> pl.DataFrame:
-    """How full `window` is on each day, and on which days it is abnormal.
-
-    A window is a suspect, not a verdict: 00:00-00:10 buys on an ordinary night are real demand;
-    only the night of a pre-sale opening is a spike. So a day's occurrence is *abnormal* when it
-    holds more than `min_lift` x max(median over days, 1) matching rows; `min_lift=0` makes every
-    day with a matching row abnormal (a plain recurring window).
-
-    Returns one row per local day from the log's first to last occurrence day: day (Int64, days
-    since 1970-01-01), date (String), n (UInt32 rows inside the window, 0 if none), abnormal (Boolean).
-    """
-    day = occurrence_day(window, tz_offset_hours=tz_offset_hours)
-    lo, hi = events.select(day.min(), day.max().alias("hi")).row(0)
-    counts = events.filter(in_window(window, tz_offset_hours=tz_offset_hours)).group_by(day=day).agg(n=pl.len())
-    days = pl.DataFrame({"day": pl.int_range(lo or 0, (hi or -1) + 1, dtype=pl.Int64, eager=True)})
-    days = days.join(counts, on="day", how="left").with_columns(pl.col("n").fill_null(0))
-    threshold = min_lift * max(days["n"].median() or 0.0, 1.0)
-    date = pl.col("day").map_elements(day_name, return_dtype=pl.String)  # a handful of days
-    return days.select("day", date.alias("date"), "n", abnormal=pl.col("n") > threshold)
-
-
-# --- 3. fake orders --------------------------------------------------------------------------
-
-def _buys_without_view(ev: pl.DataFrame, lookback_s: int, min_history_s: int = 0) -> pl.DataFrame:
-    """Buy rows (with `row`) that no same-user same-item view precedes within `lookback_s`.
-
-    Buys in the log's first `min_history_s` are not judged: a log that starts mid-funnel cannot
-    show the view that led to them (a two-hour slice would otherwise call nearly every buy fake).
-    """
-    start = ev["ts"].min()
-    buys = ev.filter((pl.col("behavior") == "buy") & (pl.col("ts") >= (start or 0) + min_history_s))
-    views = (ev.filter(pl.col("behavior").is_in(VIEWS))
-             .join(buys.select("user_id", "item_id").unique(), on=["user_id", "item_id"], how="semi")
-             .select("user_id", "item_id", view_ts="ts").sort("view_ts"))
-    matched = buys.sort("ts").join_asof(views, left_on="ts", right_on="view_ts", by=["user_id", "item_id"],
-                                        strategy="backward", tolerance=lookback_s, check_sortedness=False)
-    return matched.filter(pl.col("view_ts").is_null()).drop("view_ts")
-
-
-def _buy_bursts(ev: pl.DataFrame, burst_buys: int, window_s: int) -> pl.DataFrame:
-    """Buy rows inside any run of >= `burst_buys` buys of one user spanning <= `window_s` seconds."""
-    buys = ev.filter(pl.col("behavior") == "buy").sort("user_id", "ts", maintain_order=True)
-    if buys.height == 0 or burst_buys <= 0:
-        return buys.clear()
-    user = (pl.col("user_id") != pl.col("user_id").shift()).fill_null(True).cum_sum() - 1
-    key, _, _ = group_time_key(buys.select(user)["user_id"].to_numpy(), buys["ts"].to_numpy(), pad=window_s)
-    first = np.arange(len(key))
-    end = np.searchsorted(key, key + window_s, side="right")  # buys [i, end) lie within window_s of buy i
-    starts = (end - first) >= burst_buys
-    depth = np.cumsum(np.bincount(first[starts], minlength=len(key) + 1)
-                      - np.bincount(end[starts], minlength=len(key) + 1))[:-1]
-    return buys.filter(pl.Series(depth > 0))
-
-
-def fake_orders(events: pl.DataFrame, rule: FakeOrderRule = FakeOrderRule()) -> pl.DataFrame:
-    """Buys that look brushed: row (UInt32 position in `events`), user_id, item_id, ts, reason.
-
-    reason is "no_view" or "burst" ("no_view" wins when both hold). Sorted by row. Empty when the
-    rule is disabled.
-    """
-    ev = conform_events(events).select(*REQUIRED).with_row_index("row")
-    parts = []
-    if rule.enabled and rule.require_view:
-        parts.append(_buys_without_view(ev, rule.view_lookback_s, rule.min_history_s).with_columns(reason=pl.lit("no_view")))
-    if rule.enabled:
-        parts.append(_buy_bursts(ev, rule.burst_buys, rule.burst_window_s).with_columns(reason=pl.lit("burst")))
-    if not parts:
-        return ev.clear().select("row", "user_id", "item_id", "ts").with_columns(reason=pl.lit("", pl.String))
-    return (pl.concat(parts).unique("row", keep="first", maintain_order=True)
-            .select("row", "user_id", "item_id", "ts", "reason").sort("row"))
-
-
-# --- inactive users (reported, not removed) --------------------------------------------------
-
-def inactive_users(events: pl.DataFrame, rule: InactiveRule = InactiveRule()) -> pl.DataFrame:
-    """Users with fewer than `min_events` events: user_id, n_events (UInt32), sorted by user_id.
-
-    Meant for ranking samples (too little behaviour to learn from); the event log keeps them.
-    """
-    counts = events.group_by("user_id").agg(n_events=pl.len())
-    out = counts.filter(pl.col("n_events") < rule.min_events).sort("user_id")
-    return out if rule.enabled else out.clear()
+        raise ValueError(f"cleaning.force names unknown test(s) {unknown}; valid: {', '.join(valid)}")
 
 
 # --- all rules -------------------------------------------------------------------------------
 
 def clean_events(events: pl.DataFrame, cleaning: Cleaning = Cleaning(), *, tz_offset_hours: float) -> CleanResult:
-    """Run the enabled rules in order (crawler, abnormal windows as listed, fake_order).
+    """Run the enabled rules in order (crawler, abnormal windows as listed, fake_order) under the guard.
 
     `tz_offset_hours` is the logs' local time (`Ingest.tz_offset_hours`). Each removed row names
     the first rule that flagged it in `removed["rule"]`; `counts` has one entry per rule that ran.
     """
     events = conform_events(events)
-    names = [w.name for w in cleaning.abnormal_windows]
-    if len(set(names)) != len(names):
-        raise ValueError(f"abnormal window names must be unique, got {names}")
+    _check_names(cleaning)
+    span = log_span(events, tz_offset_hours=tz_offset_hours, min_day_share=cleaning.outlier_day_share)
+    guard = Guard(events, cleaning, span)
     flags: list[tuple[str, pl.Expr]] = []
     crawlers = pl.DataFrame()
     if cleaning.crawler.enabled:
-        crawlers = crawler_users(events, cleaning.crawler, tz_offset_hours=tz_offset_hours)
+        table, _ = crawler_table(events, cleaning.crawler, tz_offset_hours=tz_offset_hours)
+        tests = [t for t in CRAWLER_TESTS
+                 if guard.rows(f"crawler:{t}", pl.col("user_id").is_in(table.filter(t)["user_id"].implode()))]
+        crawlers = crawlers_of(table, tests)
         flags.append(("crawler", pl.col("user_id").is_in(crawlers["user_id"].implode())))
+    abnormal_days = {}
     for w in cleaning.abnormal_windows:
-        lift = w.min_lift
-        days = window_days(events, w, tz_offset_hours=tz_offset_hours, min_lift=lift)
-        on_days = occurrence_day(w, tz_offset_hours=tz_offset_hours).is_in(days.filter("abnormal")["day"].implode())
-        flags.append((f"abnormal_window:{w.name}", in_window(w, tz_offset_hours=tz_offset_hours) & on_days))
+        days = window_days(events, w, tz_offset_hours=tz_offset_hours, span=span)
+        if w.min_lift > 0 and not w.dates and not guard.days(f"abnormal_window:{w.name}", days):
+            days = days.with_columns(abnormal=pl.lit(False))
+        abnormal_days[w.name] = days.filter("abnormal")["date"].to_list()
+        flags.append((f"abnormal_window:{w.name}", window_rows(w, days, tz_offset_hours=tz_offset_hours)))
     if cleaning.fake_orders.enabled:
+        table = fake_order_table(events, cleaning.fake_orders, start_ts=span.start_ts)
+        rows = {t: table.filter(t)["row"].to_numpy() for t in FAKE_TESTS}
+        index = pl.int_range(pl.len(), dtype=pl.UInt32)
         mask = np.zeros(events.height, bool)
-        mask[fake_orders(events, cleaning.fake_orders)["row"].to_numpy()] = True
+        viewed_log = True  # unviewed buys are evidence only in a log that records views before its buys
+        for t in FAKE_TESTS:
+            if t == "burst" and not viewed_log:
+                allowed = guard.blind("fake_order:burst", len(rows[t]), "fake_order:no_view")
+            else:
+                allowed = guard.rows(f"fake_order:{t}", index.is_in(pl.Series(rows[t]).implode()))
+            if allowed:
+                mask[rows[t]] = True
+            elif t == "no_view":
+                viewed_log = False
         flags.append(("fake_order", pl.lit(pl.Series(mask))))
+    return _apply(events, flags, crawlers, guard.skipped, span, abnormal_days)
+
+
+def _apply(events, flags, crawlers, skipped, span, abnormal_days) -> CleanResult:
+    """Label each row with the first rule that flagged it and split kept from removed."""
     if not flags:
-        return CleanResult(events, events.clear().with_columns(rule=pl.lit("", pl.String)), {}, crawlers)
+        return CleanResult(events, events.clear().with_columns(rule=pl.lit("", pl.String)), {}, crawlers,
+                           skipped, span, abnormal_days)
     rule = pl.when(flags[0][1]).then(pl.lit(flags[0][0]))
     for name, flag in flags[1:]:
         rule = rule.when(flag).then(pl.lit(name))
@@ -290,4 +220,32 @@ def clean_events(events: pl.DataFrame, cleaning: Cleaning = Cleaning(), *, tz_of
     removed = labelled.filter(pl.col("__rule").is_not_null()).rename({"__rule": "rule"})
     n = dict(removed.group_by("rule").len().iter_rows())
     counts = {name: int(n.get(name, 0)) for name, _ in flags}
-    return CleanResult(labelled.filter(pl.col("__rule").is_null()).drop("__rule"), removed, counts, crawlers)
+    return CleanResult(labelled.filter(pl.col("__rule").is_null()).drop("__rule"), removed, counts, crawlers,
+                       skipped, span, abnormal_days)
+
+
+# --- verdicts for later stages ---------------------------------------------------------------
+
+def save_verdicts(result: CleanResult, folder: str | Path) -> dict:
+    """Write the users judged (`CleanResult.verdicts`, raw ids) and the cleaning summary into a dataset folder.
+
+    Ranking reads them back with `load_verdicts` instead of judging the cleaned log again. Returns
+    the summary (for the ingest report).
+    """
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    result.verdicts().write_parquet(folder / VERDICTS_FILE)
+    summary = result.summary()
+    (folder / SUMMARY_FILE).write_text(json.dumps(summary, indent=2))
+    return summary
+
+
+def load_verdicts(folder: str | Path | None) -> pl.DataFrame | None:
+    """The verdicts `save_verdicts` wrote into `folder`, or None when there are none (or no folder)."""
+    path = Path(folder) / VERDICTS_FILE if folder is not None else None
+    if path is None or not path.exists():
+        return None
+    table = pl.read_parquet(path)
+    if table.columns != ["user_id", "verdict", "n"]:
+        raise ValueError(f"{path}: expected columns user_id, verdict, n; got {', '.join(table.columns)}")
+    return table

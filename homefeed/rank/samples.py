@@ -5,8 +5,9 @@ Two protocols, chosen automatically (`protocol="auto"`):
 * **exposures** (the shop logs impressions): one sample per exposure, label = clicked. Cleaning,
   in this order, each counted in `report["removed"]`: invalid exposures (unknown user or item,
   item not in the catalogue, negative position/page, label not 0/1, duplicate (request, item));
-  a configured blacklist of users and items; crawler and cheating users (`homefeed.data.clean`:
-  crawlers, and users with >= `cheat_min_fake_orders` fake orders); configured abnormal time
+  a configured blacklist of users and items; crawler and cheating users, as ingest judged them
+  (`homefeed.data.clean.load_verdicts`: crawlers, and users with >= `cheat_min_fake_orders` fake
+  orders; ranking reuses those verdicts rather than judging the cleaned log again); configured abnormal time
   windows (local time); users not active in the scene (fewer than `active_min_actions` events of
   the scene or homepage visits in the `active_window_days` before the sample).
 * **din** (no impression log, like the public Taobao UserBehavior and Amazon sets): the protocol
@@ -37,7 +38,7 @@ import polars as pl
 import torch
 from pydantic import Field
 
-from homefeed.config import Cleaning, Section, TimeWindow
+from homefeed.config import Section, TimeWindow
 from homefeed.data.dataset import Dataset
 from homefeed.data.schema import BEHAVIORS
 from homefeed.rank.encoders import Encoders
@@ -53,8 +54,7 @@ class SampleSettings(Section):
 
     protocol: Literal["auto", "exposures", "din"] = "auto"
     features: FeatureSettings = FeatureSettings()
-    drop_bots: bool = Field(True, description="drop crawler and cheating users found by homefeed.data.clean")
-    cleaning: Cleaning = Field(default_factory=Cleaning, description="the rules that find them")
+    drop_bots: bool = Field(True, description="drop the crawler and cheating users ingest found (its cleaning verdicts)")
     cheat_min_fake_orders: int = Field(2, ge=1, description="a user with this many fake orders is a cheater")
     abnormal_windows: list[TimeWindow] = Field(default_factory=list, description="sample times to drop (local)")
     blacklist_users: list[int | str] = Field(default_factory=list, description="raw user ids")
@@ -210,25 +210,41 @@ def _positive_rows(dataset: Dataset, part: str, settings: SampleSettings) -> pl.
 # --- cleaning steps -------------------------------------------------------------------------
 
 def find_bad_users(dataset: Dataset, settings: SampleSettings) -> tuple[np.ndarray, dict]:
-    """User codes of crawlers and cheaters (>= cheat_min_fake_orders fake orders), and counts."""
+    """User codes of the crawlers and cheaters (>= cheat_min_fake_orders fake orders) ingest judged, and counts.
+
+    The verdicts come from the dataset folder (`homefeed.data.clean.save_verdicts`, written by
+    ingest): the events here are already cleaned, so judging them again would only find the buys
+    the cleaning guard chose to keep. A dataset without verdicts drops nobody and says so.
+    """
+    none = np.zeros(0, np.int64)
     if not settings.drop_bots:
-        return np.zeros(0, np.int64), {"bad_users": 0}
-    from homefeed.data.clean import clean_events
+        return none, {"bad_users": 0}
+    from homefeed.data.clean import load_verdicts
 
-    res = clean_events(dataset.events, settings.cleaning, tz_offset_hours=settings.features.tz_offset_hours)
-    crawlers = res.crawlers["user_id"].to_numpy() if res.crawlers.height else np.zeros(0, np.int64)
-    fakes = res.removed.filter(pl.col("rule") == "fake_order").group_by("user_id").len()
-    cheaters = fakes.filter(pl.col("len") >= settings.cheat_min_fake_orders)["user_id"].to_numpy()
-    bad = np.union1d(crawlers.astype(np.int64), cheaters.astype(np.int64))
-    return bad, {"bad_users": int(bad.size), "crawler_users": int(crawlers.size), "cheating_users": int(cheaters.size)}
+    verdicts = load_verdicts(dataset.path)
+    if verdicts is None:
+        return none, {"bad_users": 0, "verdicts": "none: the dataset folder holds no cleaning verdicts "
+                                                 "(built in memory, or ingested before they were saved); no user dropped as a bot"}
+    codes = verdicts.with_columns(code=pl.Series(_codes(dataset, "user", verdicts["user_id"].to_list(), keep_unknown=True)))
+    known = codes.filter(pl.col("code") > 0)
+    crawlers = known.filter(pl.col("verdict") == "crawler")["code"].to_numpy().astype(np.int64)
+    cheaters = known.filter((pl.col("verdict") == "fake_orders") & (pl.col("n") >= settings.cheat_min_fake_orders))
+    cheaters = cheaters["code"].to_numpy().astype(np.int64)
+    bad = np.union1d(crawlers, cheaters)
+    return bad, {"bad_users": int(bad.size), "crawler_users": int(np.unique(crawlers).size),
+                 "cheating_users": int(np.unique(cheaters).size), "verdicts": "from ingest"}
 
 
-def _codes(dataset: Dataset, space: str, raw: list) -> list[int]:
-    """Raw ids -> dataset codes (raw ints are taken as codes when the dataset has no vocabulary)."""
+def _codes(dataset: Dataset, space: str, raw: list, *, keep_unknown: bool = False) -> list[int]:
+    """Raw ids -> dataset codes (raw ints are taken as codes when the dataset has no vocabulary).
+
+    Ids the vocabulary does not know are dropped, or kept as code 0 with `keep_unknown` (one code per id).
+    """
     if not raw:
         return []
     if space in dataset.vocabs:
-        return [c for c in dataset.vocabs[space].encode(pl.Series([str(r) for r in raw])).to_list() if c]
+        codes = dataset.vocabs[space].encode(pl.Series([str(r) for r in raw])).to_list()
+        return codes if keep_unknown else [c for c in codes if c]
     return [int(r) for r in raw]
 
 
