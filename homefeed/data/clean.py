@@ -134,9 +134,8 @@ class Guard:
 
     def blind(self, test: str, n_rows: int, because: str) -> bool:
         """Record `test` as skipped because the evidence it relies on failed the guard in `because`."""
-        return n_rows == 0 or not self._stop({"rule": test, "would_remove": {"rows": n_rows}, "after": because,
-                               "why": f"{because} was skipped: buys without a view are this log's normal, "
-                                      f"so a burst of them is no evidence either"})
+        why = f"{because} was skipped: buys without a view are this log's normal, so a burst of them is no evidence either"
+        return n_rows == 0 or not self._stop({"rule": test, "would_remove": {"rows": n_rows}, "after": because, "why": why})
 
     def days(self, test: str, days: pl.DataFrame) -> bool:
         """True when a window may cut the abnormal `days` it found; else False, recorded as skipped."""
@@ -177,10 +176,7 @@ def clean_events(events: pl.DataFrame, cleaning: Cleaning = Cleaning(), *, tz_of
     flags: list[tuple[str, pl.Expr]] = []
     crawlers = pl.DataFrame()
     if cleaning.crawler.enabled:
-        table, _ = crawler_table(events, cleaning.crawler, tz_offset_hours=tz_offset_hours)
-        tests = [t for t in CRAWLER_TESTS
-                 if guard.rows(f"crawler:{t}", pl.col("user_id").is_in(table.filter(t)["user_id"].implode()))]
-        crawlers = crawlers_of(table, tests)
+        crawlers = _crawlers(events, cleaning, guard, tz_offset_hours)
         flags.append(("crawler", pl.col("user_id").is_in(crawlers["user_id"].implode())))
     abnormal_days = {}
     for w in cleaning.abnormal_windows:
@@ -190,22 +186,35 @@ def clean_events(events: pl.DataFrame, cleaning: Cleaning = Cleaning(), *, tz_of
         abnormal_days[w.name] = days.filter("abnormal")["date"].to_list()
         flags.append((f"abnormal_window:{w.name}", window_rows(w, days, tz_offset_hours=tz_offset_hours)))
     if cleaning.fake_orders.enabled:
-        table = fake_order_table(events, cleaning.fake_orders, start_ts=span.start_ts)
-        rows = {t: table.filter(t)["row"].to_numpy() for t in FAKE_TESTS}
-        index = pl.int_range(pl.len(), dtype=pl.UInt32)
-        mask = np.zeros(events.height, bool)
-        viewed_log = True  # unviewed buys are evidence only in a log that records views before its buys
-        for t in FAKE_TESTS:
-            if t == "burst" and not viewed_log:
-                allowed = guard.blind("fake_order:burst", len(rows[t]), "fake_order:no_view")
-            else:
-                allowed = guard.rows(f"fake_order:{t}", index.is_in(pl.Series(rows[t]).implode()))
-            if allowed:
-                mask[rows[t]] = True
-            elif t == "no_view":
-                viewed_log = False
-        flags.append(("fake_order", pl.lit(pl.Series(mask))))
+        flags.append(("fake_order", pl.lit(pl.Series(_fake_order_mask(events, cleaning, guard, span.start_ts)))))
     return _apply(events, flags, crawlers, guard.skipped, span, abnormal_days)
+
+
+def _crawlers(events: pl.DataFrame, cleaning: Cleaning, guard: Guard, tz_offset_hours: float) -> pl.DataFrame:
+    """The crawler users of the tests the guard lets through (`crawler_users` columns)."""
+    table, _ = crawler_table(events, cleaning.crawler, tz_offset_hours=tz_offset_hours)
+    tests = [t for t in CRAWLER_TESTS
+             if guard.rows(f"crawler:{t}", pl.col("user_id").is_in(table.filter(t)["user_id"].implode()))]
+    return crawlers_of(table, tests)
+
+
+def _fake_order_mask(events: pl.DataFrame, cleaning: Cleaning, guard: Guard, start_ts: int) -> np.ndarray:
+    """(n,) bool: the buys flagged by the fake-order tests the guard lets through."""
+    table = fake_order_table(events, cleaning.fake_orders, start_ts=start_ts)
+    index = pl.int_range(pl.len(), dtype=pl.UInt32)
+    mask = np.zeros(events.height, bool)
+    viewed_log = True  # unviewed buys are evidence only in a log that records views before its buys
+    for t in FAKE_TESTS:
+        rows = table.filter(t)["row"].to_numpy()
+        if t == "burst" and not viewed_log:
+            allowed = guard.blind("fake_order:burst", len(rows), "fake_order:no_view")
+        else:
+            allowed = guard.rows(f"fake_order:{t}", index.is_in(pl.Series(rows).implode()))
+        if allowed:
+            mask[rows] = True
+        elif t == "no_view":
+            viewed_log = False
+    return mask
 
 
 def _apply(events, flags, crawlers, skipped, span, abnormal_days) -> CleanResult:
