@@ -21,9 +21,9 @@ interests and the extra vectors also chase one-off exploration sessions.
 """
 from __future__ import annotations
 
-import contextlib
 import copy
 import json
+import logging
 from pathlib import Path
 
 import numpy as np
@@ -36,12 +36,16 @@ from homefeed.data.schema import BEHAVIORS
 from homefeed.data.user_state import UserState
 from homefeed.recall.ann import AnnIndex, search_candidates
 from homefeed.recall.base import Candidates, Recaller
-from homefeed.recall.graph.eges import side_information
+from homefeed.recall.graph.eges import SideInfo, side_information
 from homefeed.recall.mind.export import check_torchscript, export_torchscript, load_torchscript, trace
 from homefeed.recall.mind.model import MINDModel
 from homefeed.recall.mind.profile import ProfileVocab
 from homefeed.recall.mind.samples import NegativeSampler, build_sequences, check_behaviors, state_behaviors
 from homefeed.recall.mind.train import TrainSettings, train_mind
+from homefeed.recall.mind.validate import Validation, holdout_split
+from homefeed.threads import torch_threads
+
+log = logging.getLogger("homefeed.recall.mind")
 
 
 class ModelSettings(Section):
@@ -123,20 +127,51 @@ class MIND(Recaller):
                          hidden=tuple(m.hidden), iterations=m.iterations, sigma=m.routing_sigma, power=m.power, seed=m.seed)
 
     def fit(self, dataset: Dataset, *, progress=None) -> "MIND":
-        """Train on `dataset.events_in("train")`; `progress(step, done, total)` is called during training."""
+        """Train on `dataset.events_in("train")`, stopping on HitRate of the validation days (`validate.py`);
+        `progress(step, done, total)` is called during training.
+
+        Without validation days the last `train.holdout` of the training events pick the epoch count, then the
+        model is refitted on the whole training part for that many epochs."""
+        t = self.settings.train
+        if not t.early_stopping:
+            return self._fit(dataset, None, progress)
+        check = Validation.of(dataset, max_users=t.valid_users, k=t.valid_k, seed=t.seed)
+        if check is not None:
+            return self._fit(dataset, check, progress)
+        inner = holdout_split(dataset, t.holdout)
+        check = Validation.of(inner, max_users=t.valid_users, k=t.valid_k, seed=t.seed) if inner is not None else None
+        if check is None:
+            log.warning("%s: no user with a history acts in the validation part or the last %.0f%% of training; "
+                        "training a fixed %d epochs", self.name, 100 * t.holdout, t.epochs)
+            return self._fit(dataset, None, progress)
+        holdout_log = self._fit(inner, check, progress).log_
+        self._fit(dataset, None, progress, epochs=holdout_log["best_epoch"])
+        self.log_["holdout"] = holdout_log
+        return self
+
+    def _fit(self, dataset: Dataset, check: Validation | None, progress, *, epochs: int | None = None) -> "MIND":
+        """One training run on the training part: early stopping on `check` if given, else `epochs` (default: train.epochs)."""
         m, t = self.settings.model, self.settings.train
         seqs = build_sequences(dataset.events_in("train"), max_len=m.max_len, behaviors=tuple(m.behaviors),
                                max_samples_per_user=t.max_samples_per_user)
         n_items = dataset.n_items
-        side = side_information(dataset.items, n_items, fields=m.side_fields)
+        side = informative_sides(side_information(dataset.items, n_items, fields=m.side_fields))
         self.profiles_ = ProfileVocab.fit(dataset.users)
         self.model_ = self._build(n_items, side.codes, side.sizes, self.profiles_.sizes)
+        self.tower_ = self.model_.user  # the eager tower answers validation requests; traced once trained
         sampler = NegativeSampler(seqs.counts(n_items), kind=t.sampler, power=t.unigram_power)
         profiles = self.profiles_.encode_users(dataset.users, max(dataset.n_users, 1))
-        self.log_ = train_mind(self.model_, seqs, profiles, sampler, settings=t, progress=progress)
+        validate = (lambda: self._score(check)) if check is not None else None
+        settings = t if epochs is None else t.model_copy(update={"epochs": epochs})
+        self.log_ = train_mind(self.model_, seqs, profiles, sampler, settings=settings, progress=progress, validate=validate)
         self.tower_ = trace(self.model_.user, *example_inputs(self.model_.user, self.profiles_.sizes))
         self._index()
         return self
+
+    def _score(self, check: Validation) -> float:
+        """The validation score of the model as it is now: its item vectors indexed, its tower answering."""
+        self._index()
+        return check.score(self)
 
     def _index(self) -> None:
         self.vectors_ = self.model_.item_vectors()
@@ -158,7 +193,7 @@ class MIND(Recaller):
     def interests(self, state: UserState) -> tuple[np.ndarray, np.ndarray]:
         """(interest vectors (K'_u, D) float32, trigger (K'_u,) int32: the behaviour each drew most weight from, -1 if none)."""
         self._fitted()
-        with _threads(self.settings.serve.threads):  # one user's tensors are tiny: a parallel region costs more than it saves
+        with torch_threads(self.settings.serve.threads):  # one user's tensors are tiny: a parallel region costs more than it saves
             vectors, mask, triggers = self.tower_(*self.inputs(state))  # (1, K, D), (1, K), (1, K)
         k_u = int(mask.sum())
         triggers = triggers[0, :k_u].numpy().astype(np.int32)
@@ -237,17 +272,11 @@ class MIND1(MIND):
     Settings = MIND1Settings
 
 
-@contextlib.contextmanager
-def _threads(n: int | None):
-    """torch's thread count for the calling thread set to n inside the block, restored after (n None: unchanged)."""
-    before = torch.get_num_threads()
-    if n and n != before:
-        torch.set_num_threads(n)
-    try:
-        yield
-    finally:
-        if n and n != before:
-            torch.set_num_threads(before)
+def informative_sides(side: SideInfo) -> SideInfo:
+    """The side fields that tell items apart. A field with one value for every item (a log with no brands or
+    shops codes them all as one placeholder) would only add a shared vector to every item and dilute its id."""
+    keep = [j for j in range(len(side.names)) if np.unique(side.codes[:, j][side.codes[:, j] > 0]).size > 1]
+    return SideInfo(side.codes[:, keep], [side.sizes[j] for j in keep], [side.names[j] for j in keep])
 
 
 def example_inputs(tower, profile_sizes: list[int], n: int = 8, *, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:

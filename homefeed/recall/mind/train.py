@@ -1,18 +1,22 @@
-"""Training MIND: shuffled batches of samples, a batch of shared negatives per step, Adam, a line per epoch.
+"""Training MIND: shuffled batches of samples, a batch of shared negatives per step, Adam, early stopping.
 
 An epoch is one seeded permutation of the samples (`samples.Sequences`); each batch gathers its
 behaviour windows and profile codes, draws S negatives shared by the batch from the corpus
 (`samples.NegativeSampler`) and takes one Adam step on the sampled-softmax loss (`model.MINDModel.loss`).
 The embedding tables get sparse gradients and their own SparseAdam, so a step touches only the rows it
-looked up. Same seed and threads -> the same weights. Progress goes to the `homefeed.recall.mind` logger
-(one line per epoch: loss, samples/s) and to an optional `progress(step, done, total)` callback, the
-signature of the CLI's progress display.
+looked up. With a `validate()` callback (the channel's HitRate on validation days, `validate.py`) it is
+called after every epoch, training stops after `patience` epochs without a better score, and the best
+epoch's weights are kept; without one, exactly `epochs` epochs run. Same seed and threads -> the same
+weights. Progress goes to the `homefeed.recall.mind` logger (one line per epoch: loss, samples/s,
+validation score) and to an optional `progress(step, done, total)` callback, the signature of the
+CLI's progress display.
 
     >>> log = train_mind(model, seqs, profiles, sampler, settings=TrainSettings(epochs=2))   # doctest: +SKIP
     >>> log["epoch_loss"], log["samples_per_s"]                                               # doctest: +SKIP
 """
 from __future__ import annotations
 
+import copy
 import logging
 import time
 from collections.abc import Callable
@@ -24,6 +28,7 @@ from pydantic import Field
 from homefeed.config import Section
 from homefeed.recall.mind.model import MINDModel
 from homefeed.recall.mind.samples import NegativeSampler, Sampler, Sequences
+from homefeed.threads import torch_threads
 
 log = logging.getLogger("homefeed.recall.mind")
 
@@ -31,7 +36,12 @@ log = logging.getLogger("homefeed.recall.mind")
 class TrainSettings(Section):
     """MIND training knobs."""
 
-    epochs: int = Field(2, ge=1)
+    epochs: int = Field(100, ge=1)  # the most epochs; with validation, training usually stops long before
+    patience: int = Field(3, ge=1)  # stop after this many epochs without a better validation score
+    early_stopping: bool = True  # stop on validation HitRate (False: run exactly `epochs`)
+    valid_users: int = Field(2000, ge=1)  # validation users scored after each epoch (a seeded sample)
+    valid_k: int = Field(50, ge=1)  # the K of the validation HitRate@K
+    holdout: float = Field(0.1, ge=0, lt=1)  # share of training events held out when the dataset has no validation part
     batch_size: int = Field(512, ge=1)
     lr: float = Field(0.01, gt=0)  # Adam for the dense layers and SparseAdam for the tables
     negatives: int = Field(500, ge=1)  # S negatives per batch, shared by its samples
@@ -52,31 +62,29 @@ def _optimizers(model: MINDModel, lr: float) -> list[torch.optim.Optimizer]:
 
 
 def train_mind(model: MINDModel, sequences: Sequences, profiles: np.ndarray, sampler: NegativeSampler, *,
-               settings: TrainSettings | None = None, progress: Callable[[str, int, int], None] | None = None) -> dict:
-    """Train `model` in place; returns {"samples", "seconds", "samples_per_s", "epoch_loss"}.
+               settings: TrainSettings | None = None, progress: Callable[[str, int, int], None] | None = None,
+               validate: Callable[[], float] | None = None) -> dict:
+    """Train `model` in place; returns {"samples", "seconds", "samples_per_s", "epoch_loss", "valid", "best_epoch"}.
 
     Args:
         profiles: (n_users, F) int64 profile codes indexed by user code.
+        validate: called after each epoch with the model in eval mode; higher is better. None: no early stopping.
     """
     s = settings if settings is not None else TrainSettings()
     if len(sequences) == 0:
         raise ValueError("no training samples: every user has fewer than two behaviours in the training events")
-    threads = torch.get_num_threads()
-    if s.threads:
-        torch.set_num_threads(s.threads)
-    try:
-        return _fit(model, sequences, torch.from_numpy(np.asarray(profiles, np.int64)), sampler, s, progress)
-    finally:
-        torch.set_num_threads(threads)
+    with torch_threads(s.threads):
+        return _fit(model, sequences, torch.from_numpy(np.asarray(profiles, np.int64)), sampler, s, progress, validate)
 
 
 def _fit(model: MINDModel, seqs: Sequences, profiles: torch.Tensor, sampler: NegativeSampler, s: TrainSettings,
-         progress: Callable[[str, int, int], None] | None) -> dict:
+         progress: Callable[[str, int, int], None] | None, validate: Callable[[], float] | None) -> dict:
     torch.manual_seed(s.seed)  # routing logits are fresh draws from the global generator
     gen = torch.Generator().manual_seed(s.seed)
     opts = _optimizers(model, s.lr)
     model.train()
-    out = {"samples": 0, "seconds": 0.0, "epoch_loss": []}
+    out = {"samples": 0, "seconds": 0.0, "epoch_loss": [], "valid": [], "best_epoch": s.epochs}
+    best, best_state = -np.inf, None
     steps_per_epoch = -(-len(seqs) // s.batch_size)
     for epoch in range(s.epochs):
         t0, total = time.perf_counter(), 0.0
@@ -97,8 +105,18 @@ def _fit(model: MINDModel, seqs: Sequences, profiles: torch.Tensor, sampler: Neg
         out["seconds"] += seconds
         out["samples"] += len(seqs)
         out["epoch_loss"].append(total / len(seqs))
-        log.info("mind epoch %d/%d: loss %.4f, %d samples, %.0f samples/s", epoch + 1, s.epochs, out["epoch_loss"][-1],
-                 len(seqs), len(seqs) / max(seconds, 1e-9))
+        if validate is not None:
+            model.eval()
+            out["valid"].append(validate())
+            model.train()
+            if out["valid"][-1] > best:
+                best, best_state, out["best_epoch"] = out["valid"][-1], copy.deepcopy(model.state_dict()), epoch + 1
+        log.info("mind epoch %d/%d: loss %.4f, %d samples, %.0f samples/s%s", epoch + 1, s.epochs, out["epoch_loss"][-1],
+                 len(seqs), len(seqs) / max(seconds, 1e-9), f", valid {out['valid'][-1]:.4f}" if out["valid"] else "")
+        if validate is not None and epoch + 1 - out["best_epoch"] >= s.patience:
+            break
+    if best_state is not None:
+        model.load_state_dict(best_state)
     model.eval()
     out["samples_per_s"] = out["samples"] / max(out["seconds"], 1e-9)
     return out
