@@ -78,8 +78,8 @@ def evaluate_recall(dataset: Dataset, channels: dict[str, Recaller], merger: Mer
         behaviors: behaviours that make an item relevant.
         max_users: evaluate a seeded random sample of this many users (None = all).
         exclude_seen: the "drop everything seen" protocol: items the user acted on before the part are
-            removed from every list (each channel is asked for up to 2 max(ks) items to make up for them);
-            off, repeats stay ("keep repeat items").
+            removed from every list (each channel is asked for 2 max(ks) items to make up for them, as
+            when the merger drops seen items itself); off, repeats stay ("keep repeat items").
     """
     start, _ = dataset.split.bounds(part)
     if start is None:
@@ -93,7 +93,7 @@ def evaluate_recall(dataset: Dataset, channels: dict[str, Recaller], merger: Mer
     popularity = np.bincount(dataset.events_in("train")["item_id"].to_numpy(), minlength=dataset.n_items)
     n_items = dataset.items.height
     seen = [np.unique(s.items) for s in states]
-    ask = 2 * k if exclude_seen else k
+    ask = 2 * k if exclude_seen or (merger is not None and merger.seen_weight_ == 0) else k  # room for dropped items
     lists: dict[str, list[Candidates]] = {}
     result: dict = {"channels": {}}
     total_seconds = 0.0

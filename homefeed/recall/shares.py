@@ -111,6 +111,25 @@ def merged_hit_rates(r: Recalled, weights: np.ndarray, seen_weight: float, *, ks
     return {k: float((position < k).mean()) for k in ks}
 
 
+def duplicates(r: Recalled, *, overlap: float = 0.95) -> dict[str, str]:
+    """Channels whose lists are (almost) those of an earlier channel -> that channel.
+
+    Ranki2i without an exposure log re-scores nothing and returns Item-CF's lists: counting both
+    would give one list two shares. Two lists match where the same item sits at the same rank.
+    """
+    rows = r.inverse.astype(np.int64) * 1024 + np.minimum(r.rank, 1023)
+    per = [rows[r.channel == c] for c in range(len(r.names))]
+    out: dict[str, str] = {}
+    for c, name in enumerate(r.names):
+        for d in range(c):
+            if r.names[d] in out or per[c].size == 0:
+                continue
+            if np.isin(per[c], per[d]).sum() >= overlap * max(per[c].size, per[d].size):
+                out[name] = r.names[d]
+                break
+    return out
+
+
 def learn_merge(dataset: Dataset, channels: dict[str, Recaller], settings: MergeSettings | None = None, *,
                 ks: tuple[int, ...] = (10, 50, 200), behaviors: tuple[str, ...] = BEHAVIORS, max_users: int | None = 3000,
                 tol: float = 0.002, seed: int = 0, progress: Callable[[str], None] | None = None) -> Merger:
@@ -133,6 +152,7 @@ def learn_merge(dataset: Dataset, channels: dict[str, Recaller], settings: Merge
         w = bounded(raw, settings.min_share, settings.max_share) if floor else raw
         return merged_hit_rates(r, w, seen_weight, ks=ks, consensus=settings.consensus)
 
+    copies = duplicates(r)
     solo = {c: rates(np.eye(n)[i], 1.0, floor=False) for i, c in enumerate(names)}
     best_at = {k: max(max(s[k] for s in solo.values()), 1e-9) for k in ks}
 
@@ -141,14 +161,15 @@ def learn_merge(dataset: Dataset, channels: dict[str, Recaller], settings: Merge
         return float(np.mean([hr[k] / best_at[k] for k in ks]))
 
     say("search shares")
-    tol = tol + 0.5 / r.n_users  # less than half a user's hit is noise
+    tol = max(tol, 2.0 / (r.n_users * len(ks) * min(best_at.values())))  # a step must win two users' hits
     start = int(np.argmax([np.mean([solo[c][k] / best_at[k] for k in ks]) for c in names]))
     w = np.zeros(n)
     w[start] = 1.0
     seen_grid = SEEN_GRID if settings.seen_weight is None else (float(settings.seen_weight),)
     rho = 1.0 if settings.seen_weight is None else float(settings.seen_weight)
     current = objective(w, rho)
-    order = sorted(range(n), key=lambda i: -np.mean([solo[names[i]][k] / best_at[k] for k in ks]))
+    order = sorted((i for i in range(n) if names[i] not in copies),
+                   key=lambda i: -np.mean([solo[names[i]][k] / best_at[k] for k in ks]))
     for _ in range(3):
         changed = False
         for i in [*order, None]:  # None: the seen-item factor
@@ -172,9 +193,10 @@ def learn_merge(dataset: Dataset, channels: dict[str, Recaller], settings: Merge
         without[i] = 0.0
         marginal[c] = current - objective(without, rho) if without.sum() > 0 else current
     merged = rates(w, rho)
-    notes = [f"{c}: adds nothing on validation ({solo[c][max(ks)]:.3f} HR@{max(ks)} alone), floor share"
+    notes = [f"{c}: the same lists as {copies[c]}, floor share" if c in copies else
+             f"{c}: adds nothing on validation ({solo[c][max(ks)]:.3f} HR@{max(ks)} alone), floor share"
              for i, c in enumerate(names) if w[i] == 0]
-    learned = {"part": "valid", "users": r.n_users, "objective": current, "seen_weight": rho,
+    learned = {"part": "valid", "users": r.n_users, "objective": current, "seen_weight": rho, "duplicates": copies,
                "repeat_share": r.repeat_share, "solo": {c: _named(s) for c, s in solo.items()}, "merged": _named(merged),
                "equal_shares": _named(rates(np.ones(n), 1.0)), "marginal": marginal, "notes": notes}
     return merger.set_shares({c: float(max(w[i], 0.0)) for i, c in enumerate(names)}, seen_weight=rho, learned=learned)
