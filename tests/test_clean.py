@@ -440,7 +440,8 @@ def clean_real(name: str, fmt: str, behavior: str | None):
     config = Config()
     _, loaded, has_clock = load_source(DATA / name, fmt=fmt, config=config, behavior=behavior)
     cleaning = config.cleaning if has_clock else clockless_cleaning(config.cleaning)[0]
-    return conform_events(loaded.events), clean_events(loaded.events, cleaning, tz_offset_hours=config.ingest.tz_offset_hours)
+    res = clean_events(loaded.events, cleaning, tz_offset_hours=config.ingest.tz_offset_hours, clock=has_clock)
+    return conform_events(loaded.events), res
 
 
 @pytest.mark.parametrize("name, fmt, behavior", REAL_LOGS)
@@ -452,6 +453,8 @@ def test_cleaning_keeps_real_behaviour_on_the_shared_real_logs(name, fmt, behavi
     assert res.removed.height < 0.01 * events.height, f"{res.removed.height} of {events.height} rows removed: {res.counts}"
     assert all(days == [] for days in res.abnormal_days.values()), f"ordinary days cut: {res.abnormal_days}"
     assert res.kept.height + sum(res.counts.values()) == events.height
+    if fmt == "sequences":                                              # an ordinal clock: no day is an outlier
+        assert res.span.outliers == 0 and res.span.n_days >= 1
 
 
 def test_the_taobao_tail_reports_its_early_rows_and_why_a_rule_stopped():

@@ -163,15 +163,18 @@ def _check_names(cleaning: Cleaning) -> None:
 
 # --- all rules -------------------------------------------------------------------------------
 
-def clean_events(events: pl.DataFrame, cleaning: Cleaning = Cleaning(), *, tz_offset_hours: float) -> CleanResult:
+def clean_events(events: pl.DataFrame, cleaning: Cleaning = Cleaning(), *, tz_offset_hours: float,
+                 clock: bool = True) -> CleanResult:
     """Run the enabled rules in order (crawler, abnormal windows as listed, fake_order) under the guard.
 
-    `tz_offset_hours` is the logs' local time (`Ingest.tz_offset_hours`). Each removed row names
-    the first rule that flagged it in `removed["rule"]`; `counts` has one entry per rule that ran.
+    `tz_offset_hours` is the logs' local time (`Ingest.tz_offset_hours`); `clock=False` says the
+    times only encode each user's order (no outliers then: the log's days mean nothing). Each
+    removed row names the first rule that flagged it in `removed["rule"]`; `counts` has one entry
+    per rule that ran.
     """
     events = conform_events(events)
     _check_names(cleaning)
-    span = log_span(events, tz_offset_hours=tz_offset_hours, min_day_share=cleaning.outlier_day_share)
+    span = log_span(events, tz_offset_hours=tz_offset_hours, min_day_share=cleaning.outlier_day_share, clock=clock)
     guard = Guard(events, cleaning, span)
     flags: list[tuple[str, pl.Expr]] = []
     crawlers = pl.DataFrame()

@@ -87,16 +87,19 @@ class LogSpan:
         return out
 
 
-def log_span(events: pl.DataFrame, *, tz_offset_hours: float, min_day_share: float = 0.1) -> LogSpan:
+def log_span(events: pl.DataFrame, *, tz_offset_hours: float, min_day_share: float = 0.1, clock: bool = True) -> LogSpan:
     """The bulk of the log: the run of local days holding most rows, edge days of < min_day_share x the median trimmed.
 
-    Runs are split where no row falls for more than MAX_GAP_DAYS days. An empty log gives an empty
-    span (first_day > last_day) with no outliers.
+    Runs are split where no row falls for more than MAX_GAP_DAYS days. `clock=False` (a log whose
+    times only encode the order, `split.ordinal_ts`) takes every day as the bulk: its days say
+    nothing. An empty log gives an empty span (first_day > last_day) with no outliers.
     """
     day = (pl.col("ts") + tz_seconds(tz_offset_hours)) // DAY_S
     per_day = events.group_by(day.alias("day")).agg(n=pl.len(), lo=pl.col("ts").min()).sort("day")
     if per_day.height == 0:
         return LogSpan(0, -1, 0, 0, None, tz_offset_hours)
+    if not clock:
+        return LogSpan(int(per_day["day"][0]), int(per_day["day"][-1]), int(per_day["lo"][0]), 0, None, tz_offset_hours)
     run = (per_day["day"].diff().fill_null(1) > MAX_GAP_DAYS).cum_sum().alias("run")
     per_day = per_day.with_columns(run)
     best = per_day.group_by("run").agg(pl.col("n").sum()).sort("n", "run", descending=[True, False])["run"][0]
