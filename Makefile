@@ -5,14 +5,14 @@ PY := $(VENV)/bin/python
 TORCH_SPEC ?= torch==2.13.0
 DEMO_DIR ?= demo_out
 
-.PHONY: demo test venv bench clean redis
+.PHONY: demo test venv bench clean redis java
 
 $(VENV)/.installed: pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	# torch first, pinned, so pip takes the CPU wheel on disk instead of a multi-GB CUDA build.
 	$(PY) -m pip install -q "$(TORCH_SPEC)"
-	$(PY) -m pip install -q -e ".[test]"
+	$(PY) -m pip install -q -e ".[test,spark]"
 	touch $@
 
 venv: $(VENV)/.installed
@@ -25,7 +25,12 @@ redis:
 	@command -v redis-server >/dev/null 2>&1 || { (apt-get update -qq && apt-get install -y -qq redis-server) >/dev/null 2>&1 \
 	  || echo "redis-server could not be installed: the Redis tests will be skipped"; }
 
-test: venv redis
+# A Java runtime for the Spark tests (PySpark 4 runs on Java 17), from the distribution's packages.
+java:
+	@command -v java >/dev/null 2>&1 || { (apt-get update -qq && apt-get install -y -qq openjdk-17-jre-headless) >/dev/null 2>&1 \
+	  || echo "a Java runtime could not be installed: the Spark tests will be skipped"; }
+
+test: venv redis java
 	$(PY) -m pytest -q
 
 bench: venv
