@@ -10,7 +10,8 @@ from homefeed.data.loaders import (UNKNOWN_RAW, DataError, Loaded, detect_format
                                    load_taobao, load_world)
 from homefeed.data.schema import BEHAVIOR
 
-SLICE = Path("/work/shared/data/taobao_userbehavior_slice.csv")
+SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data"  # ../shared/data beside the project
+SLICE = SHARED / "taobao_userbehavior_slice.csv"
 GOOD = "1,10,100,pv,1511658000\n2,11,101,buy,1511658001\n1,11,101,cart,1511658002\n"
 
 

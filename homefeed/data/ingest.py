@@ -201,6 +201,7 @@ def ingest(src: str | Path, out: str | Path, config: Config | None = None, *, fm
 
     report = build_report(src=src, fmt=fmt, config=config, loaded=loaded, cleaned=cleaned,
                           exposures_removed=exposures_removed, dataset=dataset, timings=timings)
+    report["cleaning"] = cleaned.summary()
     report["clock"] = "logged" if has_clock else "ordinal"
     report["cleaning_off_without_clock"] = clock_rules_off
     report["split"].update(split_info)
