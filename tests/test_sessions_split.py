@@ -8,7 +8,7 @@ import pytest
 from homefeed.data.history import history_before, last_events
 from homefeed.data.schema import BEHAVIOR
 from homefeed.data.sessions import add_sessions, session_lengths
-from homefeed.data.split import time_split
+from homefeed.data.split import ORDINAL_END, leave_one_out, ordinal_ts, time_split
 
 DAY, H = 86_400, 3_600
 
@@ -92,6 +92,25 @@ def test_time_split_by_hour_for_short_logs():
     assert split.valid_end <= events["ts"].max() and split.train_end > events["ts"].min()
     with pytest.raises(ValueError, match="valid units: day, hour"):
         time_split(events, unit="week")
+
+
+# --- ordinal clock and leave-one-out ---------------------------------------------------------
+
+def test_ordinal_clock_ends_every_user_together_in_row_order():
+    df = pl.DataFrame({"user_id": [1, 2, 1, 1, 2], "item_id": [10, 20, 11, 12, 21]}).with_columns(ordinal_ts(step_s=60))
+    assert df["ts"].to_list() == [ORDINAL_END - 120, ORDINAL_END - 60, ORDINAL_END - 60, ORDINAL_END, ORDINAL_END]
+    with pytest.raises(ValueError, match="step_s"):
+        ordinal_ts(step_s=0)
+
+
+def test_leave_one_out_breaks_time_ties_by_input_order_and_needs_a_long_enough_user():
+    events = pl.DataFrame({"user_id": [1, 1, 1, 1, 2], "item_id": [10, 11, 12, 13, 20], "ts": [5, 9, 9, 1, 3]})
+    out, split, info = leave_one_out(events, step_s=60, ordinal=False)
+    parts = out.with_columns(split.expr().alias("part")).select("item_id", "part").rows()
+    assert parts == [(13, "train"), (10, "train"), (11, "valid"), (12, "test"), (20, "train")]
+    assert (split.train_end, split.valid_end) == (5 + 60, 5 + 120) and info["users_train_only"] == 1  # after the last train event
+    with pytest.raises(ValueError, match="at least 3 events"):
+        leave_one_out(events.filter(pl.col("user_id") == 2), step_s=60, ordinal=False)
 
 
 # --- point-in-time history -------------------------------------------------------------------

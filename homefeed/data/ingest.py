@@ -230,7 +230,8 @@ def split_events(events: pl.DataFrame, config: Config, *, method: str,
         split = time_split(events, valid_days=ing.valid_days, test_days=ing.test_days,
                            tz_offset_hours=ing.tz_offset_hours, unit=ing.split_unit)
     except ValueError as e:
-        raise IngestError(f"cannot split the cleaned log: {e}; or split per user with --split leave_one_out") from None
+        hint = "; or split per user with --split leave_one_out" if method == "time" else ""
+        raise IngestError(f"cannot split the cleaned log: {e}{hint}") from None
     return events, split, {"method": "time", "unit": ing.split_unit, "valid_days": ing.valid_days,
                            "test_days": ing.test_days}
 
