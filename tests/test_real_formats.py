@@ -15,26 +15,15 @@ from homefeed.cli import app
 from homefeed.config import Config, load_config
 from homefeed.data.dataset import Dataset
 from homefeed.data.ingest import IngestError, emptied_message, ingest
-from homefeed.data.loaders import UNKNOWN_RAW, DataError, Loaded, detect_format
+from homefeed.data.loaders import UNKNOWN_RAW, DataError, detect_format
 from homefeed.data.recbole import load_recbole
 from homefeed.data.schema import BEHAVIOR
 from homefeed.data.sequences import load_sequences
 from homefeed.data.session_logs import load_session_log
 from homefeed.data.split import ORDINAL_END
+from test_loaders import assert_accounted, write
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data"
-
-
-def write(path: Path, text: str | bytes) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_bytes(text if isinstance(text, bytes) else text.encode())
-    return path
-
-
-def assert_accounted(data: Loaded) -> None:
-    for table, n_in in data.input_rows.items():
-        assert n_in == data.counts[f"{table}.kept_rows"] + data.counts[f"{table}.quarantined_rows"], table
-    assert data.quarantine.height == sum(data.counts[f"{t}.quarantined_rows"] for t in data.input_rows)
 
 
 def assert_report_accounted(report: dict) -> None:
