@@ -73,3 +73,21 @@ def tiny_bundle(tiny_dataset_dir, tmp_path_factory):
     out = tmp_path_factory.mktemp("tiny_bundle")
     build_bundle(tiny_dataset_dir, out, load_config(overrides=FAST_BUILD))
     return out
+
+
+ALT_BUILD = ['recall.channels=["itemcf", "crowd", "retarget", "popular"]', 'rank.preset="deepfm"', 'rank.train={"epochs": 1}']
+
+
+@pytest.fixture(scope="session")
+def tiny_bundle_alt(tiny_bundle, tiny_dataset_dir, tmp_path_factory):
+    """A second, different bundle of the tiny shop (for reloads): the same mechanism and data parts, recall
+    refitted with fewer channels and the ranker retrained as another preset."""
+    import shutil
+
+    from homefeed.config import load_config
+    from homefeed.bundle import build_bundle
+
+    out = tmp_path_factory.mktemp("tiny_bundle_alt") / "bundle"
+    shutil.copytree(tiny_bundle, out)
+    build_bundle(tiny_dataset_dir, out, load_config(overrides=ALT_BUILD), parts=("recall", "rank"))
+    return out

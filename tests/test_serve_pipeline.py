@@ -1,4 +1,5 @@
 """The request path in process, on a real bundle of the tiny shop and a real SQLite state file."""
+import threading
 import time
 
 import numpy as np
@@ -127,6 +128,38 @@ def test_failing_or_slow_channel_still_gives_full_pages(bundle, tmp_path):
         bundle.channels = channels
 
 
+class Sleepy:
+    """A real channel's answer for one user, given after `delay_s`."""
+
+    def __init__(self, answer, delay_s: float):
+        self.answer, self.delay_s = answer, delay_s
+
+    def recall(self, state, k):
+        time.sleep(self.delay_s)
+        return self.answer
+
+
+def test_channel_pool_runs_every_admitted_request_at_once(bundle, tmp_path):
+    """serve.max_inflight requests run all their channels at once: none waits for a thread and misses the budget."""
+    cfg = Config.model_validate({"serve": {"max_inflight": 4, "recall_budget_ms": 700}})
+    user, now = active_user(bundle)
+    p = Pipeline(bundle, SQLiteStore(tmp_path / "s.db"), cfg)
+    state = p.user_state(user, now)
+    channels = dict(bundle.channels)
+    # 0.4 s each: with threads for fewer requests, a second wave would end at 0.8 s, past the 0.7 s budget
+    bundle.channels = {name: Sleepy(ch.recall(state, cfg.recall.k_per_channel), 0.4) for name, ch in channels.items()}
+    try:
+        degraded: list[list[str]] = [[] for _ in range(4)]
+        threads = [threading.Thread(target=p.recall, args=(state, d)) for d in degraded]
+        [t.start() for t in threads]
+        [t.join(30) for t in threads]
+        assert degraded == [[]] * 4, degraded
+        assert p.pool._max_workers == len(channels) * 4
+    finally:
+        bundle.channels = channels
+        p.close()
+
+
 def test_broken_ranker_keeps_recall_order(bundle, tmp_path):
     ranker = bundle.ranker
     assert ranker is not None, "the tiny bundle should carry a ranker"
@@ -202,3 +235,57 @@ def test_served_pages_are_logged_as_exposures_for_the_ranker(pipeline, bundle):
     on_page = np.isin(cands.items, codes)  # count code 1 = never shown; >= 2 = shown at least once
     assert on_page.any() and (batch["sparse"][on_page, shown_col] >= 2).all()
     assert (batch["sparse"][~on_page, shown_col] == 1).all()
+
+
+def bad_state_counts(pipeline) -> dict[str, float]:
+    """homefeed_bad_state_total by what was unreadable."""
+    return {s.labels["what"]: s.value for m in pipeline.metrics.bad_state.collect() for s in m.samples
+            if s.name.endswith("_total")}
+
+
+INT64_OVER = 2**63 + 5  # what `now=9223372036854775813` left in the exposure log before `now` was bounded
+
+
+def _exposed_ts(blob, ts):
+    return {**blob, "exposed": {"ts": [ts], "items": blob["exposed"]["items"][:1]}}
+
+
+@pytest.mark.parametrize("key, poison", [
+    ("templates", lambda blob: _exposed_ts(blob, INT64_OVER)),
+    ("templates", lambda blob: _exposed_ts(blob, -INT64_OVER)),
+    ("templates", lambda blob: {**blob, "state": {**blob["state"], "built_at": INT64_OVER}}),
+    ("templates", lambda blob: {**blob, "rows": [[[10**9, 0, 1.0, "itemcf", -1]]]}),  # no such item code
+    ("templates", lambda blob: {**blob, "rows": [[[1, 99, 1.0, "itemcf", -1]]]}),  # no such slot
+    ("templates", lambda blob: {**blob, "state": {**blob["state"], "templates": "abc"}}),
+    ("templates", lambda blob: {"from_a_newer_version": 1}),
+    ("purchase_filter", lambda blob: {"blocks": {str(2**70): [1, 0]}}),
+    ("purchase_filter", lambda blob: {"blocks": {"3": ["soon"]}}),
+], ids=["exposed-ts-over", "exposed-ts-under", "built-at-over", "row-item", "row-slot", "state-type", "unknown",
+        "purchase-key-over", "purchase-value"])
+def test_bad_stored_state_is_ignored_and_counted(pipeline, bundle, key, poison):
+    """A stored value the pipeline cannot use never breaks the user's pages: it is ignored (rebuilt) and counted."""
+    user, now = active_user(bundle)
+    pipeline.homepage(HomepageRequest(user_id=user, now=now))
+    pipeline.ingest([EventIn(event_id="b1", user_id=user, item_id=str(bundle.raw_item[1]), behavior="buy", ts=now - 5)])
+    blob = pipeline.store.get_blob(user, key)
+    pipeline.store.put_blob(user, key, poison(blob))
+    for i in range(2):
+        page = pipeline.homepage(HomepageRequest(user_id=user, now=now + 1 + i))
+        assert sum(len(v) for v in page.slots.values()) == sum(Config().serve.slots.values())
+    assert bad_state_counts(pipeline)[key] >= 1
+    assert pipeline.exposure_log(pipeline.store.get_blob(user, "templates"))["ts"][-1] == now + 2  # written afresh
+
+
+def test_unreadable_stored_events_and_profile_are_skipped_and_counted(pipeline, bundle):
+    import sqlite3
+
+    user, now = active_user(bundle)
+    with sqlite3.connect(pipeline.store.path) as c:
+        c.execute("INSERT INTO events VALUES ('bad-ts', ?, '1', 'click', 'soon')", (user,))
+        c.execute("INSERT INTO events VALUES ('bad-behavior', ?, '1', 'teleport', ?)", (user, now - 5))
+        c.execute("INSERT INTO profiles VALUES (?, 'not json')", (user,))
+    state = pipeline.user_state(user, now)
+    assert state.profile == bundle.profiles.get(bundle.user_code(user), {})
+    assert pipeline.homepage(HomepageRequest(user_id=user, now=now)).slots["recommended"]
+    counted = bad_state_counts(pipeline)
+    assert counted["events"] >= 2 and counted["profile"] >= 1

@@ -1,9 +1,10 @@
 """Both user-state backends pass the same tests: a real SQLite file and a real redis-server."""
+import sqlite3
 import threading
 
 import pytest
 
-from homefeed.serve.state import Event, RedisStore, SQLiteStore, open_store
+from homefeed.serve.state import UNREADABLE, Event, RedisStore, SQLiteStore, open_store
 
 
 @pytest.fixture(params=["sqlite", "redis"])
@@ -97,6 +98,26 @@ def test_update_blob_none_keeps_the_value_and_errors_change_nothing(store):
     with pytest.raises(RuntimeError, match="boom"):
         store.update_blob("u1", "k", broken)
     assert store.update_blob("u1", "k", lambda blob: {"a": blob["a"] + 1}) == {"a": 2}  # the store still works
+
+
+def test_undecodable_stored_values_read_as_unreadable_and_can_be_replaced(store):
+    """Values written behind the store's back (a corrupt row, an older format) never raise on the way out."""
+    if isinstance(store, SQLiteStore):
+        with sqlite3.connect(store.path) as c:
+            c.execute("INSERT INTO blobs VALUES ('u1', 'templates', '{not json')")
+            c.execute("INSERT INTO profiles VALUES ('u1', '[1, 2]')")
+            c.execute("INSERT INTO events VALUES ('bad', 'u1', 'i1', 'click', 'soon')")  # SQLite keeps the text
+    else:
+        store.r.hset(f"{store.prefix}blob:u1", "templates", "{not json")
+        store.r.hset(f"{store.prefix}profile", "u1", "[1, 2]")
+        store.r.zadd(f"{store.prefix}ev:u1", {"not an event": 1})
+    assert set(store.get_blob("u1", "templates")) == {UNREADABLE}
+    assert set(store.get_profile("u1")) == {UNREADABLE}
+    [bad] = store.recent_events("u1")
+    assert bad.behavior == UNREADABLE or not isinstance(bad.ts, int)
+    seen = []
+    assert store.update_blob("u1", "templates", lambda blob: seen.append(blob) or {"fresh": 1}) == {"fresh": 1}
+    assert UNREADABLE in seen[0] and store.get_blob("u1", "templates") == {"fresh": 1}
 
 
 def test_sqlite_survives_reopen(tmp_path):

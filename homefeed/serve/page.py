@@ -110,7 +110,7 @@ Row = Union[tuple[int, int, float, str, int], tuple[int, int, float, str, int, s
 class _TemplatesBlob(BaseModel):
     """The shape of the per-user templates blob (JSON in the state store)."""
 
-    model_config = ConfigDict(extra="ignore")
+    model_config = ConfigDict(extra="forbid")  # what the store could not decode reads as {"__unreadable__": ...}
     bundle: str | None = None  # version of the bundle whose item codes the rows and the log hold
     scene: str | None = None
     slots: dict[str, int] | None = None

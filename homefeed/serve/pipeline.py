@@ -45,7 +45,7 @@ from homefeed.serve.metrics import ServeMetrics
 from homefeed.serve.page import (INT64_MAX, INT64_MIN, PageRows, StoredTemplates, promotion_page, read_templates,
                                   reason_for, rows_to_slots)
 from homefeed.serve.schemas import EventIn, HomepageRequest, HomepageResponse, Item
-from homefeed.serve.state import Event, StateStore
+from homefeed.serve.state import UNREADABLE, Event, StateStore
 
 TEMPLATES = "templates"
 PURCHASE = "purchase_filter"
@@ -88,7 +88,11 @@ class Pipeline:
         behaviors = np.concatenate([past_behaviors[before],
                                     np.array([BEHAVIOR_CODE[e.behavior] for e in events], np.int8)[known]])[-n:]
         ts = np.concatenate([past_ts[before], np.array([e.ts for e in events], np.int64)[known]])[-n:]
-        profile = self.store.get_profile(user_id) or b.profiles.get(code, {})
+        profile = self.store.get_profile(user_id)
+        if UNREADABLE in profile:
+            self.metrics.bad_state.labels("profile").inc()
+            profile = {}
+        profile = profile or b.profiles.get(code, {})
         return UserState(user_id=code, now=now, items=items, behaviors=behaviors, ts=ts, profile=profile)
 
     # --- stages -----------------------------------------------------------------------------
@@ -220,6 +224,8 @@ class Pipeline:
     def _read_purchase(self, blob: dict | None, *, count: bool = True) -> PurchaseState:
         """The stored purchase filter, checked; empty when absent or bad (a bad one is counted)."""
         try:
+            if set(blob or {}) - {"blocks"}:
+                raise ValueError(f"unknown keys {sorted(blob)}")
             state = PurchaseState.from_dict(blob or {})
             if all(INT64_MIN <= v <= INT64_MAX for k, (until, clicks) in state.blocks.items() for v in (k, until, clicks)):
                 return state

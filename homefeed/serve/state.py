@@ -12,6 +12,10 @@ are the shop's raw ids as strings, so a newer bundle with new vocabularies reads
 - `RedisStore`: shared by many API replicas; the event append is one Lua script (atomic,
   idempotent on the event id); durability is the server's AOF setting (`appendfsync always`).
 
+A stored value that does not decode never raises on the way out: a blob or profile that is not a JSON
+object reads as `{UNREADABLE: <the start of the raw text>}`, an event row that does not decode as an
+event whose behavior is UNREADABLE, so the caller can skip it and count it.
+
     >>> store = open_store("sqlite:/tmp/state.db")          # doctest: +SKIP
     >>> store.append_events([Event("e1", "u1", "i9", "click", 1700000000)])   # doctest: +SKIP
     [Event(event_id='e1', ...)]
@@ -25,6 +29,8 @@ from abc import ABC, abstractmethod
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+
+UNREADABLE = "__unreadable__"
 
 
 @dataclass(frozen=True)
@@ -133,7 +139,7 @@ class SQLiteStore(StateStore):
 
     def get_profile(self, user_id: str) -> dict:
         row = self._conn().execute("SELECT profile FROM profiles WHERE user_id = ?", (str(user_id),)).fetchone()
-        return json.loads(row[0]) if row else {}
+        return _decode(row[0]) if row else {}
 
     def put_profiles(self, profiles: dict[str, dict]) -> None:
         conn = self._conn()
@@ -143,7 +149,7 @@ class SQLiteStore(StateStore):
 
     def get_blob(self, user_id: str, key: str) -> dict | None:
         row = self._conn().execute("SELECT value FROM blobs WHERE user_id = ? AND key = ?", (str(user_id), key)).fetchone()
-        return json.loads(row[0]) if row else None
+        return _decode(row[0]) if row else None
 
     def put_blob(self, user_id: str, key: str, value: dict) -> None:
         self._conn(blobs=True).execute("INSERT OR REPLACE INTO blobs VALUES (?, ?, ?)", (str(user_id), key, json.dumps(value)))
@@ -153,7 +159,7 @@ class SQLiteStore(StateStore):
         conn.execute("BEGIN IMMEDIATE")  # the write lock first: no other writer can slip in between read and write
         try:
             row = conn.execute("SELECT value FROM blobs WHERE user_id = ? AND key = ?", (str(user_id), key)).fetchone()
-            new = change(json.loads(row[0]) if row else None)
+            new = change(_decode(row[0]) if row else None)
             if new is not None:
                 conn.execute("INSERT OR REPLACE INTO blobs VALUES (?, ?, ?)", (str(user_id), key, json.dumps(new)))
             conn.execute("COMMIT")
@@ -220,11 +226,11 @@ class RedisStore(StateStore):
 
     def recent_events(self, user_id: str, n: int = 200) -> list[Event]:
         rows = self.r.zrange(f"{self.prefix}ev:{user_id}", -n, -1)
-        return [Event(*json.loads(r)) for r in rows]
+        return [_event(r, user_id) for r in rows]
 
     def get_profile(self, user_id: str) -> dict:
         raw = self.r.hget(f"{self.prefix}profile", str(user_id))
-        return json.loads(raw) if raw else {}
+        return _decode(raw) if raw else {}
 
     def put_profiles(self, profiles: dict[str, dict]) -> None:
         if profiles:
@@ -232,7 +238,7 @@ class RedisStore(StateStore):
 
     def get_blob(self, user_id: str, key: str) -> dict | None:
         raw = self.r.hget(f"{self.prefix}blob:{user_id}", key)
-        return json.loads(raw) if raw else None
+        return _decode(raw) if raw else None
 
     def put_blob(self, user_id: str, key: str, value: dict) -> None:
         self.r.hset(f"{self.prefix}blob:{user_id}", key, json.dumps(value))
@@ -246,7 +252,7 @@ class RedisStore(StateStore):
                 try:
                     pipe.watch(name)
                     raw = pipe.hget(name, key)
-                    new = change(json.loads(raw) if raw else None)
+                    new = change(_decode(raw) if raw else None)
                     pipe.multi()
                     if new is not None:
                         pipe.hset(name, key, json.dumps(new))
@@ -263,6 +269,23 @@ class RedisStore(StateStore):
 
     def close(self) -> None:
         self.r.close()
+
+
+def _decode(raw: str) -> dict:
+    """A stored JSON object; anything else (corrupt text, another type) as {UNREADABLE: the start of it}."""
+    try:
+        value = json.loads(raw)
+    except ValueError:
+        value = None
+    return value if isinstance(value, dict) else {UNREADABLE: str(raw)[:100]}
+
+
+def _event(raw: str, user_id: str) -> Event:
+    """A stored event row (a JSON list); one that does not decode as an event with behavior UNREADABLE."""
+    try:
+        return Event(*json.loads(raw))
+    except (TypeError, ValueError):
+        return Event("", str(user_id), "", UNREADABLE, 0)
 
 
 def open_store(spec: str) -> StateStore:
