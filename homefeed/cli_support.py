@@ -77,6 +77,13 @@ def print_report(console: Console, report: dict) -> None:
             why.add_row(name, "cleaning", rule, f"{n:,}")
     if why.row_count:
         out.print(why)
+    cleaning = report.get("cleaning", {})
+    for stop in cleaning.get("skipped", []):  # a rule the guard stopped before it deleted real behaviour
+        out.print(f"[yellow]cleaning rule {stop.get('rule')} stopped[/]: {stop.get('why', '')} "
+                  f"(force it with {stop.get('force', 'cleaning.force')})")
+    if cleaning.get("outliers"):
+        out.print(f"[yellow]outlier rows kept out of the day range[/]: {cleaning['outliers']}")
     s = report["split"]
     out.print(f"users {report['users']:,}  items {report['items']:,}  sessions {report['sessions']:,}  "
-              f"events train/valid/test {s['train']:,}/{s['valid']:,}/{s['test']:,}  in {report['timings']['total_s']:.1f}s")
+              f"events train/valid/test {s['train']:,}/{s['valid']:,}/{s['test']:,}  split {s.get('method', 'time')}  "
+              f"in {report['timings']['total_s']:.1f}s")

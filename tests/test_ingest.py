@@ -72,3 +72,18 @@ def test_cli_json_report_and_config_typo(tmp_path, tiny_world):
     done = subprocess.run([sys.executable, "-m", "homefeed.cli", "ingest", str(tiny_world), "--out", str(tmp_path / "ds"),
                            "--set", "ingest.sesion_gap_s=5"], capture_output=True, text=True)
     assert done.returncode == 2 and "sesion_gap_s" in done.stderr and "session_gap_s" in done.stderr
+
+
+def test_ingest_saves_the_cleaning_verdicts_that_ranking_reuses(tiny_dataset_dir):
+    import polars as pl
+
+    from homefeed.data.dataset import Dataset
+    from homefeed.rank.samples import SampleSettings, find_bad_users
+
+    report = json.loads((tiny_dataset_dir / "report.json").read_text())
+    verdicts = pl.read_parquet(tiny_dataset_dir / "cleaning_verdicts.parquet")
+    removed = report["cleaning"]["removed"]
+    assert int(verdicts["n"].sum()) == removed.get("crawler", 0) + removed.get("fake_order", 0) > 0
+    bad, info = find_bad_users(Dataset.load(tiny_dataset_dir), SampleSettings())
+    assert info["verdicts"] == "from ingest" and info["crawler_users"] > 0  # read from the folder
+    assert info["bad_users"] == bad.size

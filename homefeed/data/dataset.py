@@ -108,7 +108,8 @@ class Dataset:
         path = Path(path)
         if not (path / "events.parquet").exists():
             raise FileNotFoundError(f"{path} is not an ingested dataset (no events.parquet); run `homefeed ingest` first")
-        split = TimeSplit(**json.loads((path / "split.json").read_text()))
+        bounds = json.loads((path / "split.json").read_text())  # may also say how the split was made
+        split = TimeSplit(train_end=bounds["train_end"], valid_end=bounds["valid_end"])
         vocabs = {p.stem: Vocab.load(p) for p in sorted((path / "vocab").glob("*.parquet"))}
         exposures = path / "exposures.parquet"
         return cls(

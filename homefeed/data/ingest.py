@@ -34,7 +34,7 @@ import polars as pl
 
 from homefeed.config import Cleaning, Config
 from homefeed.data import loaders
-from homefeed.data.clean import clean_events
+from homefeed.data.clean import clean_events, save_verdicts
 from homefeed.data.dataset import Dataset, TimeSplit
 from homefeed.data.recbole import has_timestamps, load_recbole
 from homefeed.data.schema import EVENTS, EXPOSURES, ID_COLUMNS, ITEMS, USERS
@@ -99,13 +99,13 @@ def clockless_cleaning(cleaning: Cleaning) -> tuple[Cleaning, list[str]]:
     """The cleaning settings for a log on an ordinal clock: tests that read the clock are off.
 
     Rates per minute or day, daily time windows and buy bursts mean nothing when events are spaced
-    by a constant; the crawler's pv-only test and the fake-order view test still apply (order only).
+    by a constant; the fake-order view test still applies (it reads only the order).
     Returns the settings and the names of what was turned off.
     """
     never = {"max_pv_per_minute": 10**9, "max_pv_per_hour": 10**9, "daily_factor": float("inf"), "burst_buys": 10**9}
     crawler, orders = (rule.model_copy(update={k: v for k, v in never.items() if k in type(rule).model_fields})
                        for rule in (cleaning.crawler, cleaning.fake_orders))
-    off = ["crawler:pv_per_minute", "crawler:daily_volume", "fake_order:burst"]
+    off = ["crawler:pv_per_minute", "crawler:pv_per_hour", "crawler:daily_volume", "fake_order:burst"]
     off += [f"abnormal_window:{w.name}" for w in cleaning.abnormal_windows]
     return cleaning.model_copy(update={"crawler": crawler, "fake_orders": orders, "abnormal_windows": []}), off
 
@@ -169,7 +169,7 @@ def ingest(src: str | Path, out: str | Path, config: Config | None = None, *, fm
     say("clean")
     t = time.perf_counter()
     cleaning, clock_rules_off = (config.cleaning, []) if has_clock else clockless_cleaning(config.cleaning)
-    cleaned = clean_events(loaded.events, cleaning, tz_offset_hours=config.ingest.tz_offset_hours)
+    cleaned = clean_events(loaded.events, cleaning, tz_offset_hours=config.ingest.tz_offset_hours, clock=has_clock)
     if cleaned.kept.height == 0:
         raise IngestError(emptied_message(src, loaded.events, cleaned.counts))
     crawler_users = cleaned.removed.filter(pl.col("rule") == "crawler")["user_id"].unique()
@@ -195,6 +195,7 @@ def ingest(src: str | Path, out: str | Path, config: Config | None = None, *, fm
     dataset = Dataset(events=events, items=tables["items"], users=tables["users"], exposures=tables["exposures"],
                       split=split, vocabs=vocabs)
     dataset.save(out)
+    save_verdicts(cleaned, out)  # ranking reuses these verdicts instead of judging the log again
     loaded.quarantine.write_parquet(out / "quarantine.parquet")
     timings["write_s"] = time.perf_counter() - t
     timings["total_s"] = time.perf_counter() - t0
