@@ -6,12 +6,15 @@ import numpy as np
 import pytest
 from rich.console import Console
 
+from homefeed.data.ingest import ingest
 from homefeed.evaluate.report import format_value, metrics_table, to_json
 from homefeed.recall import CHANNELS, make_channel
-from homefeed.recall.evaluate import evaluate_recall, fit_channels, format_recall_table, relevant_items
+from homefeed.recall.evaluate import evaluate_recall, format_recall_table, relevant_items
+from homefeed.recall.part import fit_channels
 from homefeed.recall.merge import Merger, MergeSettings
 from homefeed.recall.popular import Popular
 from homefeed.recall.retarget import Retarget
+from homefeed.world import WorldSpec, generate
 from recall_contract import RecallerContract
 from recall_fixtures import synthetic_dataset, tiny_dataset
 
@@ -128,13 +131,9 @@ def test_merged_beats_every_channel_on_synthetic_users():
 
 @pytest.fixture(scope="module")
 def tiny_world(tmp_path_factory):
-    world = pytest.importorskip("homefeed.world")
-    ingest = pytest.importorskip("homefeed.data.ingest")
-    if not hasattr(world, "generate"):
-        pytest.skip("homefeed.world does not export generate yet")
     folder = tmp_path_factory.mktemp("world")
-    world.generate(world.WorldSpec.preset("tiny", seed=7), folder / "raw")
-    return ingest.ingest(folder / "raw", folder / "ds")[0]
+    generate(WorldSpec.preset("tiny", seed=7), folder / "raw")
+    return ingest(folder / "raw", folder / "ds")[0]
 
 
 def test_merged_beats_every_channel_on_the_tiny_shop(tiny_world):
