@@ -1,0 +1,79 @@
+"""Spark test fixtures: ONE local[2] session for the whole test run, and a hand-made log with hot items and
+heavy users (the cases the single-process jobs cap), for the Spark-vs-single-process equality tests.
+
+Import the fixtures into a test module with `from spark_fixtures import spark  # noqa: F401`. The session
+skips, with the reason, only when Java or pyspark is missing (`make test` installs both).
+"""
+from __future__ import annotations
+
+import importlib.util
+import shutil
+
+import numpy as np
+import pytest
+from recall_fixtures import DAY, T0, dataset_from
+
+from homefeed.data.schema import BEHAVIORS
+
+
+def spark_missing() -> str | None:
+    """Why Spark cannot run here, or None."""
+    if shutil.which("java") is None:
+        return "no Java runtime on PATH (make test installs openjdk-17-jre-headless with apt-get)"
+    if importlib.util.find_spec("pyspark") is None:
+        return "pyspark is not installed (make test installs the `spark` extra)"
+    return None
+
+
+@pytest.fixture(scope="session")
+def spark():
+    """The test run's one local[2] SparkSession (stopped at the end)."""
+    reason = spark_missing()
+    if reason:
+        pytest.skip(reason)
+    from homefeed.distributed.session import SparkSettings, spark_session
+
+    session = spark_session(SparkSettings(master="local[2]", shuffle_partitions=4, driver_memory="1g"))
+    yield session
+    session.stop()
+
+
+def hot_log(seed: int = 3, *, n_users: int = 70, n_items: int = 90):
+    """A Dataset whose log has what caps exist for: hot items most users touch, heavy users with far more
+    actions and items than the rest, events tied on the same second, and exposures with triggers.
+
+    Users 1-3 are heavy (~140 events over most items); items 1-3 are hot. Train days 0-3, valid 4, test 5.
+    """
+    rng = np.random.default_rng(seed)
+    rows = []
+    for u in range(1, n_users + 1):
+        heavy = u <= 3
+        n_events = int(rng.integers(120, 160)) if heavy else int(rng.integers(4, 30))
+        ts = T0 + np.sort(rng.integers(0, 6 * DAY, n_events)) // 600 * 600  # 10-minute clock: many ties
+        home = rng.integers(0, n_items // 10)  # a "category" of 10 consecutive items
+        for k in range(n_events):
+            r = rng.random()
+            if r < 0.2:
+                item = int(rng.integers(1, 4))  # hot
+            elif r < 0.75 or heavy:
+                item = int(home * 10 + rng.integers(0, 10)) + 1
+            else:
+                item = int(rng.integers(1, n_items + 1))
+            item = min(item, n_items)
+            behavior = BEHAVIORS[int(rng.choice(5, p=[0.55, 0.2, 0.1, 0.1, 0.05]))]
+            rows.append((u, item, behavior, int(ts[k])))
+    exposures = []
+    for request in range(1, 400):
+        u = int(rng.integers(1, n_users + 1))
+        ts = int(T0 + rng.integers(0, 4 * DAY))
+        trigger = int(rng.integers(1, n_items + 1))
+        for pos in range(4):
+            item = int(rng.integers(1, n_items + 1))
+            channel = ["itemcf", "swing", "popular", "crowd"][pos]
+            exposures.append((request, u, item, ts, pos, channel, trigger if pos < 2 else None,
+                              int(rng.random() < (0.4 if abs(item - trigger) < 10 else 0.08))))
+    cities = ["Hangzhou", "Shanghai", "Beijing"]
+    users = [(u, None if u % 11 == 0 else ["F", "M"][u % 2], None if u % 7 == 0 else int(18 + (u * 7) % 40),
+              cities[u % 3]) for u in range(1, n_users + 1)]
+    return dataset_from(rows, exposures=exposures, users=users, n_items=n_items,
+                        train_end=T0 + 4 * DAY, valid_end=T0 + 5 * DAY)
