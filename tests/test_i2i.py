@@ -23,7 +23,7 @@ def state(items, behaviors, ts, now=1000) -> UserState:
                      ts=np.array(ts, np.int64))
 
 
-FLAT = TriggerSettings(half_life_s=0, behavior_weights={"pv": 1.0, "cart": 3.0, "buy": 2.0})
+FLAT = TriggerSettings(half_life_s=0, half_life_events=0, behavior_weights={"pv": 1.0, "cart": 3.0, "buy": 2.0})
 
 
 # --- the table ---------------------------------------------------------------------------------
@@ -81,10 +81,19 @@ def test_discretize_into_equal_frequency_levels_keeps_row_order():
 # --- trigger expansion -------------------------------------------------------------------------
 
 def test_trigger_weights_sum_behaviour_weights_with_recency_decay():
-    s = TriggerSettings(half_life_s=1000, behavior_weights={"pv": 1.0, "cart": 3.0})
+    s = TriggerSettings(half_life_s=1000, half_life_events=0, behavior_weights={"pv": 1.0, "cart": 3.0})
     items, w = trigger_weights(state([4, 1, 4, 2], [PV, PV, CART, BUY], [0, 0, 1000, 1000]), s)
     # 4: pv aged 1000 s (0.5) + cart now (3); 1: pv aged 1000 (0.5); 2: buy has no weight here
     assert items.tolist() == [1, 4] and w.tolist() == pytest.approx([0.5, 3.5])
+    by_order = s.model_copy(update={"half_life_events": 2.0})  # each weight also halves every 2 later events
+    items, w = trigger_weights(state([4, 1, 4, 2], [PV, PV, CART, BUY], [0, 0, 1000, 1000]), by_order)
+    assert items.tolist() == [1, 4] and w.tolist() == pytest.approx([0.5 * 2 ** -1, 0.5 * 2 ** -1.5 + 3 * 2 ** -0.5])
+
+
+def test_the_event_order_alone_ranks_triggers_of_a_log_without_a_clock():
+    same_time = state([1, 4], [PV, PV], [1000, 1000])
+    items, w = trigger_weights(same_time, TriggerSettings())  # default: half-life of 5 events
+    assert items.tolist() == [1, 4] and w.tolist() == pytest.approx([2 ** -0.2, 1.0])
 
 
 def test_expand_sums_over_triggers_and_keeps_the_best_trigger():
@@ -103,7 +112,7 @@ def test_expand_options_per_trigger_n_triggers_and_recency():
     assert out.items.tolist() == [3, 2] and out.scores.tolist() == pytest.approx([2.0, 0.8])
     out = expand_triggers(table(), s, 10, settings=FLAT.model_copy(update={"n_triggers": 1}))  # only the cart on 4
     assert out.items.tolist() == [3, 5] and out.scores.tolist() == pytest.approx([1.5, 0.6])
-    decayed = TriggerSettings(half_life_s=500, behavior_weights={"pv": 1.0})
+    decayed = TriggerSettings(half_life_s=500, half_life_events=0, behavior_weights={"pv": 1.0})
     out = expand_triggers(table(), state([1, 4], [PV, PV], [0, 1000]), 10, settings=decayed)
     # trigger 1 aged 1000 s = 2 half-lives -> 0.25; trigger 4 -> 1
     assert dict(zip(out.items.tolist(), out.scores.tolist())) == pytest.approx({3: 0.6, 2: 0.2, 5: 0.2})

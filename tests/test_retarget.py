@@ -1,4 +1,4 @@
-"""Retargeting: recent click/fav/cart items not bought, weighted by recency, under a strict quota."""
+"""Retargeting: recent items not bought, weighted by recency from now or from the user's latest event, under a strict quota."""
 import numpy as np
 import pytest
 
@@ -18,19 +18,23 @@ def state(*events):
                      ts=np.array([NOW - a * DAY for a in ago], np.int64))
 
 
-USER = state(
+USER_EVENTS = (
     (9, "click", 5.0),   # outside the 3-day window
     (7, "cart", 2.0),
     (12, "cart", 1.0),   # bought afterwards: dropped
     (5, "click", 1.0),
     (12, "buy", 0.8),
     (5, "fav", 0.5),
-    (11, "pv", 0.1),     # a page view does not qualify by default
+    (11, "pv", 0.1),     # a page view does not qualify in CLASSIC
 )
+USER = state(*USER_EVENTS)
+# carts, favourites and clicks of the last 3 days, ages from now: the channel before real logs showed returns to viewed items
+CLASSIC = RetargetSettings(weights={"click": 1.0, "fav": 2.0, "cart": 3.0}, window_days=3, half_life_days=1, quota=10,
+                           from_latest=False)
 
 
 def test_hand_computed_scores_and_triggers():
-    got = Retarget().fit(None).recall(USER, 50)  # fit learns nothing
+    got = Retarget(settings=CLASSIC).fit(None).recall(USER, 50)  # fit learns nothing
     # item 5: click 1 day ago (w 1) + fav half a day ago (w 2), half-life 1 day; item 7: cart 2 days ago (w 3)
     np.testing.assert_array_equal(got.items, [5, 7])
     np.testing.assert_allclose(got.scores, [1 * 0.5 ** 1 + 2 * 0.5 ** 0.5, 3 * 0.5 ** 2], rtol=1e-6)
@@ -39,13 +43,13 @@ def test_hand_computed_scores_and_triggers():
 
 
 def test_quota_is_strict_whatever_k():
-    rec = Retarget(settings=RetargetSettings(quota=1))
+    rec = Retarget(settings=CLASSIC.model_copy(update={"quota": 1}))
     np.testing.assert_array_equal(rec.recall(USER, 50).items, [5])
     assert len(Retarget().recall(USER, 1)) == 1
 
 
 def test_window_and_behaviours_are_configurable():
-    wide = Retarget(settings=RetargetSettings(window_days=6, weights={"click": 1.0, "pv": 0.5})).recall(USER, 50)
+    wide = Retarget(settings=CLASSIC.model_copy(update={"window_days": 6, "weights": {"click": 1.0, "pv": 0.5}})).recall(USER, 50)
     # item 5: its click 1 day ago -> 0.5 (a fav no longer counts); item 11: pv 0.1 day ago -> 0.5 * 0.5 ** 0.1; item 9: click 5 days ago -> 0.5 ** 5
     np.testing.assert_array_equal(wide.items, [5, 11, 9])
     np.testing.assert_allclose(wide.scores, [0.5, 0.5 * 0.5 ** 0.1, 0.5 ** 5], rtol=1e-6)
@@ -53,12 +57,23 @@ def test_window_and_behaviours_are_configurable():
 
 def test_bought_items_kept_only_when_configured():
     keep = Retarget(settings=RetargetSettings(exclude_bought=False)).recall(USER, 50)
-    assert 12 in keep.items
+    assert 12 in keep.items and 12 not in Retarget().recall(USER, 50).items
+
+
+def test_defaults_count_views_and_ages_from_the_latest_event():
+    # the default counts page views too (pv 1, click 1, fav 2, cart 3), 30 days, half-life 3 days, from the latest event
+    got = Retarget().recall(USER, 50)
+    age = lambda days: 0.5 ** ((days - 0.1) / 3)  # the latest event is 0.1 days old
+    np.testing.assert_array_equal(got.items, [5, 7, 11, 9])  # 12 was bought
+    np.testing.assert_allclose(got.scores, [1 * age(1.0) + 2 * age(0.5), 3 * age(2.0), age(0.1), age(5.0)], rtol=1e-6)
+    back_later = state(*[(i, b, a + 60) for i, b, a in USER_EVENTS])  # the same user, back after two months
+    np.testing.assert_allclose(Retarget().recall(back_later, 50).scores, got.scores, rtol=1e-6)
+    assert len(Retarget(settings=RetargetSettings(from_latest=False)).recall(back_later, 50)) == 0  # all older than 30 days
 
 
 def test_no_qualifying_history_gives_an_empty_list():
     assert len(Retarget().recall(UserState(user_id=0, now=NOW), 10)) == 0
-    assert len(Retarget().recall(state((3, "pv", 0.1)), 10)) == 0
+    assert len(Retarget(settings=CLASSIC).recall(state((3, "pv", 0.1)), 10)) == 0
 
 
 def test_bad_settings_are_errors():

@@ -29,13 +29,27 @@ def rows(table) -> dict[int, dict[int, float]]:
             for i in range(table.n_items) if table.neighbors_of(i)[0].size}
 
 
-SMALL = SwingSettings(alpha1=1.0, alpha2=1.0, beta=0.5, min_user_items=1)
+SMALL = SwingSettings(alpha1=1.0, alpha2=1.0, beta=0.5, min_user_items=1, self_pairs=False)
 
 
-def test_defaults_are_flink_ml_s():
+def test_defaults_are_flink_ml_s_but_for_small_logs():
     s = SwingSettings()
-    assert (s.alpha1, s.alpha2, s.beta, s.min_user_items, s.max_user_items, s.max_users_per_item, s.top_n) == (
-        15, 0, 0.3, 10, 1000, 1000, 100)
+    assert (s.alpha1, s.alpha2, s.beta, s.max_user_items, s.max_users_per_item, s.top_n) == (15, 0, 0.3, 1000, 1000, 100)
+    assert (s.min_user_items, s.self_pairs) == (2, True)  # Flink ML drops users under 10 items and pairs only u != v
+
+
+def test_self_pairs_let_items_one_user_shares_pair_below_any_user_pair():
+    # A: {1, 2, 3}, B: {1, 2}, E: {4, 5} (E alone has 4 and 5); w = (|I| + 1)^-0.5, self term w_u^2 / (alpha2 + |I_u|)
+    baskets = {1: [1, 2, 3], 2: [1, 2], 5: [4, 5]}
+    s = SMALL.model_copy(update={"self_pairs": True})
+    got = rows(swing_table(events(baskets), 6, settings=s))
+    a, b, e = 0.5, 3 ** -0.5, 3 ** -0.5
+    assert got[4] == pytest.approx({5: e * e / (1 + 2)})
+    assert got[1] == pytest.approx({2: a * b / (1 + 2) + a * a / (1 + 3) + b * b / (1 + 2), 3: a * a / (1 + 3)})
+    assert got[1][2] > got[1][3]  # the item two users share comes first
+    without = rows(swing_table(events(baskets), 6, settings=SMALL))
+    assert 4 not in without and list(without[1]) == [2]
+    assert np.allclose(dense(got, 6), brute_force(baskets, s, n_items=6))
 
 
 def test_hand_computed_similarities():
@@ -53,7 +67,7 @@ def test_hand_computed_similarities():
 
 
 def test_tiny_docstring_example_and_a_pair_counts_once():
-    s = SwingSettings(alpha1=0, alpha2=0, beta=0, min_user_items=1)
+    s = SwingSettings(alpha1=0, alpha2=0, beta=0, min_user_items=1, self_pairs=False)
     assert rows(swing_table(events({1: [1, 2], 2: [1, 2], 3: [1, 3]}), 4, settings=s)) == {1: {2: 0.5}, 2: {1: 0.5}}
 
 
@@ -95,7 +109,9 @@ def brute_force(baskets: dict[int, list[int]], s: SwingSettings, n_items: int) -
     out = np.zeros((n_items, n_items))
     for i, us in users_of.items():
         us = sorted(sorted(us, key=lambda u: python_key(u, i, s.seed))[:s.max_users_per_item])
-        for u, v in itertools.combinations(us, 2):
+        for u, v in itertools.combinations_with_replacement(us, 2):
+            if u == v and not s.self_pairs:
+                continue
             common = items_of[u] & items_of[v]
             for j in common - {i}:
                 out[i, j] += w[u] * w[v] / (s.alpha2 + len(common))
@@ -114,10 +130,11 @@ def test_matches_brute_force_on_a_random_log_with_caps():
     rng = np.random.default_rng(5)
     p = np.r_[np.full(10, 0.06), np.full(30, 0.4 / 30)]  # ten popular items, thirty rare ones
     baskets = {u: sorted(set((1 + rng.choice(40, size=rng.integers(1, 25), p=p)).tolist())) for u in range(1, 80)}
-    s = SwingSettings(min_user_items=3, max_user_items=20, max_users_per_item=15, top_n=1000, seed=11)
-    got = swing_table(events(baskets), 41, settings=s).to_sparse().toarray()
-    want = brute_force(baskets, s, 41)
-    assert np.allclose(got, want, rtol=1e-5, atol=1e-12) and (want > 0).sum() > 100
+    for self_pairs in (False, True):
+        s = SwingSettings(min_user_items=3, max_user_items=20, max_users_per_item=15, top_n=1000, seed=11, self_pairs=self_pairs)
+        got = swing_table(events(baskets), 41, settings=s).to_sparse().toarray()
+        want = brute_force(baskets, s, 41)
+        assert np.allclose(got, want, rtol=1e-5, atol=1e-12) and (want > 0).sum() > 100
 
 
 def test_behaviour_filter_and_top_n():

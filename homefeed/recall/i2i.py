@@ -58,6 +58,7 @@ class TriggerSettings(Section):
     behavior_weights: dict[str, float] = Field(  # weight of a trigger by its behaviour type; 0 or absent = ignored
         default_factory=lambda: {"pv": 1.0, "click": 1.5, "fav": 2.0, "cart": 3.0, "buy": 2.0})
     half_life_s: float = Field(86_400.0, ge=0)  # trigger weight halves every this many seconds of age; 0 = no decay
+    half_life_events: float = Field(5.0, ge=0)  # ... and every this many later events of the user (what they did last counts most); 0 = off
     per_trigger: int = Field(50, ge=0)  # neighbours read per trigger; 0 = the whole row
     keep_bought: bool = False  # keep candidates the user has already bought (default: drop them)
     exclude_triggers: bool = False  # drop candidates that are themselves among the triggers
@@ -174,10 +175,13 @@ class I2ITable:
 def trigger_weights(state: UserState, settings: TriggerSettings) -> tuple[np.ndarray, np.ndarray]:
     """Distinct trigger items of a user and their weights, from the last `n_triggers` behaviours.
 
-    weight(t) = sum over the user's recent events e on t of behavior_weight(e) * 2^(-(latest - ts_e) / half_life),
-    where `latest` is the user's most recent trigger time: recency ranks triggers against each other, so a
-    user back after months still gets recommendations from what they did last (an absolute age would decay
-    every weight to zero). Returns (items (m,) int32 ascending, weights (m,) float64 > 0).
+    weight(t) = sum over the user's recent events e on t of
+                behavior_weight(e) * 2^(-(latest - ts_e) / half_life_s) * 2^(-later_e / half_life_events),
+    where `latest` is the user's most recent trigger time and `later_e` the number of the user's events
+    after e: recency ranks triggers against each other, so a user back after months still gets
+    recommendations from what they did last (an absolute age would decay every weight to zero), and
+    the event count keeps that order where the log has no clock. Returns (items (m,) int32 ascending,
+    weights (m,) float64 > 0).
     """
     n = settings.n_triggers
     items, beh, ts = state.items[-n:], state.behaviors[-n:], state.ts[-n:]
@@ -185,6 +189,8 @@ def trigger_weights(state: UserState, settings: TriggerSettings) -> tuple[np.nda
     if settings.half_life_s > 0 and len(ts):
         latest = min(int(ts.max()), int(state.now))
         w = w * np.exp2(-np.maximum(latest - ts, 0) / settings.half_life_s)
+    if settings.half_life_events > 0:
+        w = w * np.exp2(-np.arange(len(items) - 1, -1, -1) / settings.half_life_events)
     uniq, inv = np.unique(np.asarray(items, np.int32), return_inverse=True)
     total = np.bincount(inv, weights=w, minlength=uniq.size)
     keep = total > 0

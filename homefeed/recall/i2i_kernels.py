@@ -255,10 +255,11 @@ def itemcf_rows(rows, chunk_ptr, chunk_rows, item_ptr, item_pos, item_user,
 
 
 @njit(parallel=True, cache=True)
-def swing_rows(rows, chunk_ptr, chunk_rows, item_ptr, item_users, user_ptr, user_items, user_w,
+def swing_rows(rows, chunk_ptr, chunk_rows, item_ptr, item_users, user_ptr, user_items, user_w, self_w,
                alpha2, max_users, max_list, n_items, top_n, out_ptr, out_items, out_scores, out_len):
     """Swing rows: s(i, j) = sum over user pairs u < v of U_i with j in I_u and I_v of
-    user_w[u] * user_w[v] / (alpha2 + |I_u & I_v|).
+    user_w[u] * user_w[v] / (alpha2 + |I_u & I_v|), plus sum over users u of U_i with j in I_u of
+    self_w[u] (a user paired with themself; all zeros to leave it out).
 
     `item_users[item_ptr[i]:item_ptr[i+1]]` are i's (already capped) users, `user_items` each user's
     full item list. Per row, two passes over the lists L_j (the users of U_i who have j):
@@ -322,11 +323,12 @@ def swing_rows(rows, chunk_ptr, chunk_rows, item_ptr, item_users, user_ptr, user
             mk = 0
             for q in range(m):  # pass 2: sum pair terms over each L_j
                 j = touched[q]
-                if j != i and cnt[j] > 1:
+                if j != i and (cnt[j] > 1 or self_w[users[lists[start[j]]]] > 0.0):
                     e = start[j] + cnt[j]
                     total = 0.0
                     for x in range(start[j], e):
                         base = lists[x] * n
+                        total += self_w[users[lists[x]]]
                         for y in range(x + 1, e):
                             total += term[base + lists[y]]
                     sums[mk] = total

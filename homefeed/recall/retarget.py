@@ -1,13 +1,17 @@
-"""Retargeting: bring back what the user recently clicked, favoured or carted but has not bought.
+"""Retargeting: bring back what the user recently viewed, clicked, favoured or carted but has not bought.
 
-A cart left unpaid or a favourite not yet bought is the strongest purchase signal a shop has, so a
-homepage shows a few of them again ("you looked at this"). Only actions inside a time window count,
-an item the user has bought is dropped, and a strict quota caps how many are returned
-however large k is, because a feed full of things already seen feels stale.
+A cart left unpaid or a favourite not yet bought is the strongest purchase signal a shop has, and on
+many shops people come back to items they viewed (on the Taobao logs most next-day views are such
+returns; on review logs none are), so a homepage shows some of them again ("you looked at this").
+Only actions inside a time window count, an item the user has bought is dropped, and a strict quota
+caps how many are returned however large k is. How much of the page they get is the merge's call,
+learned per shop from validation (`recall.shares`): a feed full of things already seen feels stale
+where people do not return.
 
-    score(i) = sum over qualifying events e on i of  w[behavior_e] * 0.5 ** ((now - ts_e) / half_life)
+    score(i) = sum over qualifying events e on i of  w[behavior_e] * 0.5 ** ((t - ts_e) / half_life)
 
-The trigger of each candidate is the item itself (the reason shown: "you carted this").
+with t the user's latest event (`from_latest`, so a user back after a month sees what they were on)
+or the request time. The trigger of each candidate is the item itself ("you carted this").
 
     >>> Retarget(settings=RetargetSettings(quota=2)).recall(state, 50)   # doctest: +SKIP
     Candidates(items=[12, 7], ...)                                       # carted 12 today, faved 7 yesterday
@@ -27,15 +31,17 @@ from homefeed.recall.popular import check_behaviors
 
 
 class RetargetSettings(Section):
-    weights: dict[str, float] = Field(default_factory=lambda: {"click": 1.0, "fav": 2.0, "cart": 3.0})  # behaviours that qualify, and their weight
-    window_days: float = 3.0  # only actions at most this old count
-    half_life_days: float = 1.0  # recency decay of each action
-    quota: int = 10  # strict cap on candidates, whatever k is asked
+    weights: dict[str, float] = Field(  # behaviours that qualify, and their weight
+        default_factory=lambda: {"pv": 1.0, "click": 1.0, "fav": 2.0, "cart": 3.0})
+    window_days: float = 30.0  # only actions at most this old count
+    half_life_days: float = 3.0  # recency decay of each action
+    quota: int = 50  # strict cap on candidates, whatever k is asked
     exclude_bought: bool = True  # drop items the user has bought (anywhere in the state)
+    from_latest: bool = True  # ages count from the user's latest event, not from now (a user back after a month sees what they were on)
 
 
 class Retarget(Recaller):
-    """Recent click/fav/cart items not bought, scored by weighted recency, at most `quota`.
+    """Recent viewed/clicked/faved/carted items not bought, scored by weighted recency, at most `quota`.
 
     Nothing is learned: `fit` only checks the settings and returns self.
     """
@@ -72,11 +78,12 @@ class Retarget(Recaller):
     def recall(self, state: UserState, k: int) -> Candidates:
         s = self.settings
         w = self._weight_of_code[state.behaviors]
-        qualifies = (w > 0) & (state.ts >= state.now - s.window_days * 86400)
+        now = min(int(state.ts.max()), state.now) if s.from_latest and len(state.ts) else state.now
+        qualifies = (w > 0) & (state.ts >= now - s.window_days * 86400)
         if not qualifies.any():
             return Candidates.empty(self.name)
         items, ts = state.items[qualifies], state.ts[qualifies]
-        decay = np.power(0.5, (state.now - ts) / (s.half_life_days * 86400.0))
+        decay = np.power(0.5, (now - ts) / (s.half_life_days * 86400.0))
         uniq, inverse = np.unique(items, return_inverse=True)
         scores = np.bincount(inverse, weights=w[qualifies] * decay, minlength=uniq.size)
         if s.exclude_bought:

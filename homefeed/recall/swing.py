@@ -10,12 +10,22 @@ users, or a crawler pair, not a specific relation):
     w_u     = (|I_u| + alpha1) ^ -beta
 
 Each unordered pair counts once. Defaults follow Flink ML's `Swing`: alpha1 = 15, alpha2 = 0,
-beta = 0.3, users with 10 to 1000 distinct items, at most 1000 users per item (a pseudo-random but
+beta = 0.3, users with up to 1000 distinct items, at most 1000 users per item (a pseudo-random but
 deterministic sample of the item's users, by a hash of (user, item, seed)), top 100 per item.
 
-Tiny example (alpha1 = 0, alpha2 = 0, beta = 0, so w = 1): A: {1, 2}, B: {1, 2}, C: {1, 3}.
+Two defaults differ, so Swing does not collapse on a small user base (a real shop's first weeks, a
+log of a hundred users) where few item pairs are shared by two users at all: users need only 2
+items (Flink ML: 10), and a user also pairs with themself (`self_pairs`), adding
+
+    w_u^2 / (alpha2 + |I_u|)      for every u in U_i & U_j
+
+no more than a pair of two users like u adds (they share at most |I_u| items), so it mostly orders
+what no two users join.
+
+Tiny example (alpha1 = 0, alpha2 = 0, beta = 0, so w = 1, no self pairs): A: {1, 2}, B: {1, 2}, C: {1, 3}.
 U_1 = {A, B, C}; pair {A, B} shares {1, 2}: adds 1/2 to s(1, 2); pairs {A, C}, {B, C} share only
-item 1 and add nothing elsewhere. Row 1 = [2 (0.5)].
+item 1 and add nothing elsewhere. Row 1 = [2 (0.5)]. With self pairs, A and B each add 1/2 to
+s(1, 2) and C adds 1/2 to s(1, 3): row 1 = [2 (1.5), 3 (0.5)].
 
 The work runs in `i2i_kernels.swing_rows` (numba), items in parallel.
 """
@@ -42,7 +52,8 @@ class SwingSettings(Section):
     alpha2: float = Field(0.0, ge=0)  # smooths the pair term 1 / (alpha2 + |I_u & I_v|)
     beta: float = Field(0.3, ge=0)  # how strongly active users are down-weighted
     behaviors: list[str] = Field(default_factory=lambda: list(BEHAVIORS))  # events that count as acting on an item
-    min_user_items: int = Field(10, ge=1)  # users with fewer distinct items are left out
+    min_user_items: int = Field(2, ge=1)  # users with fewer distinct items are left out (Flink ML: 10, for logs of millions)
+    self_pairs: bool = True  # a user paired with themself adds w_u^2 / (alpha2 + |I_u|): items only one user shares still pair
     max_user_items: int = Field(1_000, ge=1, le=60_000)  # ... and users with more (crawlers, resellers)
     max_users_per_item: int = Field(1_000, ge=2, le=4_096)  # sample of an item's users (dense per-row matrix)
     top_n: int = Field(100, ge=1)  # neighbours kept per item
@@ -107,7 +118,9 @@ def swing_inputs(events: pl.DataFrame, n_items: int, settings: SwingSettings) ->
     kept = kept[np.lexsort((user[kept], -counts[user[kept]], item[kept]))]  # most active users first (cache locality)
     item_ptr = np.zeros(n_items + 1, np.int64)
     np.cumsum(np.bincount(item[kept], minlength=n_items), out=item_ptr[1:])
-    return {"user_ptr": user_ptr, "user_items": item.astype(np.int32), "user_w": (counts + s.alpha1) ** -s.beta,
+    user_w = (counts + s.alpha1) ** -s.beta
+    self_w = user_w ** 2 / (s.alpha2 + counts) if s.self_pairs else np.zeros(n_users)
+    return {"user_ptr": user_ptr, "user_items": item.astype(np.int32), "user_w": user_w, "self_w": self_w,
             "item_ptr": item_ptr, "item_users": user[kept]}
 
 
@@ -122,8 +135,9 @@ def swing_table(events: pl.DataFrame, n_items: int, *, settings: SwingSettings |
     s = settings if settings is not None else SwingSettings()
     x = swing_inputs(events, n_items, s)
     n_users_of = np.diff(x["item_ptr"])
-    rows = np.flatnonzero(n_users_of >= 2) if rows is None else np.unique(np.asarray(rows, np.int64))
-    rows = rows[n_users_of[rows] >= 2]
+    fewest = 1 if s.self_pairs else 2  # users an item needs for a row
+    rows = np.flatnonzero(n_users_of >= fewest) if rows is None else np.unique(np.asarray(rows, np.int64))
+    rows = rows[n_users_of[rows] >= fewest]
     if rows.size == 0:
         return I2ITable(np.zeros(n_items + 1, np.int64), np.zeros(0, np.int32), np.zeros(0, np.float32))
     list_len = np.diff(x["user_ptr"])[x["item_users"]]  # |I_u| for every (item, sampled user)
@@ -134,7 +148,7 @@ def swing_table(events: pl.DataFrame, n_items: int, *, settings: SwingSettings |
     max_users = int(n_users_of[rows].max())
     return kernels.run_rows(
         kernels.swing_rows, rows, cost, sum_lists[rows], s.top_n, n_items,  # how to run
-        x["item_ptr"], x["item_users"], x["user_ptr"], x["user_items"], x["user_w"], float(s.alpha2),
+        x["item_ptr"], x["item_users"], x["user_ptr"], x["user_items"], x["user_w"], x["self_w"], float(s.alpha2),
         max_users, int(sum_lists[rows].max()), n_items)  # the kernel's inputs
 
 
