@@ -8,10 +8,10 @@ written by another version, corrupted, or stored before a bound existed is refus
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Union
+from typing import Annotated, Union
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from homefeed.mechanism.exposure import ExposureState
 from homefeed.mechanism.purchase_filter import PurchaseState, allowed
@@ -104,7 +104,16 @@ def promotion_page(bundle: ServingBundle, cands: MergedCandidates, scores: np.nd
 
 # --- the stored templates blob -----------------------------------------------------------------
 INT64_MIN, INT64_MAX = -2**63, 2**63 - 1
-Row = Union[tuple[int, int, float, str, int], tuple[int, int, float, str, int, str]]
+Int64 = Annotated[int, Field(ge=INT64_MIN, le=INT64_MAX)]  # numpy's width for codes and times
+Row = Union[tuple[Int64, Int64, float, str, Int64], tuple[Int64, Int64, float, str, Int64, str]]
+
+
+class _Log(BaseModel):
+    """Pages served, for the ranker's item_shown_* counts: their times and item codes."""
+
+    model_config = ConfigDict(extra="forbid")
+    ts: list[Int64] = []
+    items: list[list[Int64]] = []
 
 
 class _TemplatesBlob(BaseModel):
@@ -116,10 +125,7 @@ class _TemplatesBlob(BaseModel):
     slots: dict[str, int] | None = None
     state: ExposureState = Field(default_factory=ExposureState)
     rows: list[list[Row]] = []  # per template, the page rows (see the module docstring)
-    exposed: dict[str, list] = {"ts": [], "items": []}  # pages served: {"ts": [t, ...], "items": [[codes], ...]}
-
-
-_LOG = TypeAdapter(tuple[list[int], list[list[int]]])
+    exposed: _Log = Field(default_factory=_Log)
 
 
 @dataclass
@@ -130,7 +136,7 @@ class StoredTemplates:
     scene: str | None
     slots: dict[str, int] | None
     state: ExposureState
-    rows: list[list[list]]
+    rows: list[list[list | tuple]]  # per template, its page rows
     exposed: dict[str, list]
 
     def serves(self, version: str, scene: str, slots: dict[str, int]) -> bool:
@@ -149,38 +155,30 @@ def read_templates(blob: dict | None, version: str, n_items: int) -> StoredTempl
     """
     if blob is None:
         return None
-    if not _int64_only(blob):
-        raise ValueError("an integer outside int64")
     try:
         b = _TemplatesBlob.model_validate(blob)
-        ts, items = _LOG.validate_python((b.exposed.get("ts", []), b.exposed.get("items", [])))
     except ValidationError as e:
-        raise ValueError(str(e).splitlines()[0] + ": " + "; ".join(
-            f"{'.'.join(map(str, err['loc']))}: {err['msg']}" for err in e.errors()[:3])) from None
-    if len(ts) != len(items):
-        raise ValueError(f"exposed: {len(ts)} times for {len(items)} pages")
-    rows = [[list(r) for r in page] for page in b.rows]
+        raise ValueError("; ".join(f"{'.'.join(map(str, err['loc']))}: {err['msg']}" for err in e.errors()[:3])) from None
+    scalars = [v for v in plain(b.state).values() if isinstance(v, int)]
+    if scalars and not INT64_MIN <= min(scalars) <= max(scalars) <= INT64_MAX:
+        raise ValueError("state: an integer outside int64")
+    if len(b.exposed.ts) != len(b.exposed.items):
+        raise ValueError(f"exposed: {len(b.exposed.ts)} times for {len(b.exposed.items)} pages")
     if b.bundle != version:  # another bundle's codes: keep only what does not depend on them
         return StoredTemplates(b.bundle, b.scene, b.slots, ExposureState(last_behavior_ts=b.state.last_behavior_ts), [],
                                {"ts": [], "items": []})
-    n_slots = len(b.slots or {})
-    codes = [c for t in b.state.templates for c in t] + b.state.shown + [c for page in items for c in page]
-    if any(not -1 <= c < n_items for c in codes):
+    codes = [*b.state.templates, b.state.shown, *b.exposed.items]
+    if any(c and not (-1 <= min(c) and max(c) < n_items) for c in codes):
         raise ValueError(f"an item code outside -1..{n_items - 1}")
-    if any(not (0 < r[0] < n_items and 0 <= r[1] < n_slots and r[4] < n_items) for page in rows for r in page):
-        raise ValueError(f"a row with an item code outside 1..{n_items - 1} or a slot outside 0..{n_slots - 1}")
-    return StoredTemplates(b.bundle, b.scene, b.slots, b.state, rows, {"ts": ts, "items": items})
-
-
-def _int64_only(value) -> bool:
-    """True when every integer in a JSON value fits int64 (numpy's width for codes and times)."""
-    if isinstance(value, int):
-        return INT64_MIN <= value <= INT64_MAX
-    if isinstance(value, list):
-        return all(_int64_only(v) for v in value)
-    if isinstance(value, dict):
-        return all(_int64_only(v) for v in value.values())
-    return True
+    n_slots = len(b.slots or {})
+    for page in b.rows:
+        if not page:
+            continue
+        columns = list(zip(*page))  # in C; a row may carry a reason as a sixth field
+        items, slots, triggers = columns[0], columns[1], columns[4]
+        if not (0 < min(items) and max(items) < n_items and 0 <= min(slots) and max(slots) < n_slots and max(triggers) < n_items):
+            raise ValueError(f"a row with an item code outside 1..{n_items - 1} or a slot outside 0..{n_slots - 1}")
+    return StoredTemplates(b.bundle, b.scene, b.slots, b.state, b.rows, {"ts": b.exposed.ts, "items": b.exposed.items})
 
 
 def plain(state) -> dict:

@@ -155,7 +155,8 @@ class Pipeline:
         state = self.user_state(req.user_id, now)
         timings["state"] = _ms(t0)
         slots = req.slots or (self.cfg.serve.slots if req.scene == "homepage" else self.cfg.serve.promotion_slots)
-        stored = self._read_templates(self.store.get_blob(req.user_id, TEMPLATES))
+        blob = self.store.get_blob(req.user_id, TEMPLATES)
+        stored = self._read_templates(blob)
         if stored is not None and stored.serves(self.bundle.version, req.scene, slots):
             exp, rows = stored.state, stored.rows
         else:  # none yet, or built by another bundle, for another scene or other slots
@@ -184,7 +185,8 @@ class Pipeline:
             current = (0, exp.templates[0])
         index = current[0]
         ours = StoredTemplates(self.bundle.version, req.scene, slots, exp, rows, shown)
-        self.store.update_blob(req.user_id, TEMPLATES, lambda blob: self._merged(blob, ours, rows[index], now))
+        self.store.update_blob(req.user_id, TEMPLATES, lambda latest: self._merged(
+            stored if latest == blob else self._read_templates(latest, count=False), ours, rows[index], now))
         page = rows_to_slots(self.bundle, rows[index], list(slots))
         timings["total"] = _ms(t0)
         for stage, ms in timings.items():
@@ -193,11 +195,10 @@ class Pipeline:
         return HomepageResponse(request_id=uuid.uuid4().hex, user_id=req.user_id, scene=req.scene, slots=page,
                                 template_index=index, degraded=degraded, timings_ms=timings, bundle=self.bundle.version)
 
-    def _merged(self, blob: dict | None, ours: StoredTemplates, page: list[list], now: int) -> dict:
-        """The templates blob to write: ours, merged with what was stored since we read it (run inside the
-        store's atomic update, maybe more than once). A behaviour marked meanwhile stays marked, so the
-        next request rebuilds; the page is appended to the latest exposure log, so none is lost."""
-        current = self._read_templates(blob, count=False)
+    def _merged(self, current: StoredTemplates | None, ours: StoredTemplates, page: list[list], now: int) -> dict:
+        """The templates blob to write: ours, merged with what is stored now (`current`: read inside the
+        store's atomic update, which may run this more than once). A behaviour marked since we read it stays
+        marked, so the next request rebuilds; the page is appended to the latest exposure log, so none is lost."""
         last = max(ours.state.last_behavior_ts, current.state.last_behavior_ts if current else 0)
         log = current.exposed if current else {"ts": [], "items": []}
         return replace(ours, state=replace(ours.state, last_behavior_ts=last),
