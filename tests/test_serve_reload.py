@@ -41,6 +41,11 @@ def test_a_request_holding_the_old_pipeline_finishes_on_it_after_a_reload(tiny_b
         with service.lease() as fresh:
             assert fresh.bundle.version == new_version and not fresh.closed
             assert fresh.homepage(HomepageRequest(user_id=user + "-new", now=now)).bundle == new_version
+        service.close()
+        assert fresh.closed
+        with pytest.raises(RuntimeError, match="closed"):
+            with service.lease():
+                pass
     finally:
         service.close()
 

@@ -72,7 +72,11 @@ class Service:
             new_path = Path(path) if path else self.bundle_path
             bundle = ServingBundle.load(new_path)  # verifies checksums; the old pipeline serves meanwhile
             fresh = Pipeline(bundle, self.store, self.config, metrics=self.metrics)
-            fresh.warm_up()
+            try:
+                fresh.warm_up()
+            except BaseException:
+                fresh.close()
+                raise
             old, self.pipeline = self.pipeline, fresh
             self.bundle_path = new_path
             old.retire()  # drained: requests already inside finish on it, then its pool closes
@@ -101,8 +105,11 @@ class Service:
         """The live pipeline, held for one request: a reload cannot close it under the request."""
         while True:
             pipeline = self.pipeline
-            if pipeline.hold():  # refused only by a pipeline retired after we read the reference: take the new one
+            if pipeline.hold():
                 break
+            if pipeline is self.pipeline:  # retired and not replaced: the service is closing
+                raise RuntimeError("the service is closed")
+            # else a reload retired it after we read the reference: take the new one
         try:
             yield pipeline
         finally:
