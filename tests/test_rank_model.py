@@ -27,17 +27,42 @@ BATCH = {  # 3 rows; sequences of length 1, 3, 3, right-padded with 0
 
 # logits of torch.manual_seed(0); build_model(tiny_spec(), preset, embed_dim=4, hidden=[8, 4]) on BATCH
 GOLDEN = {
-    "lr": [0.015115309, -0.060317826, -0.18996519],
-    "wdl": [0.21380003, 0.71472597, 0.92941517],
-    "deepfm": [0.20943823, 0.70714808, 0.92449093],
+    "lr": [0.0044933259, 0.010233496, -0.038966738],  # the wide dense weights start at 0
+    "wdl": [0.033731062, 0.047037352, 0.034639239],
+    "deepfm": [0.02936927, 0.039459459, 0.029715026],
     "pnn": [-0.085082963, -0.077635966, -0.052517388],
-    "nfm": [0.36811092, 0.87008202, 1.0832411],
+    "nfm": [0.18804197, 0.20239343, 0.1884651],
     "dcn": [-0.028943541, 0.10747753, 0.17161338],
     "dcnv2": [0.044669341, 0.06763912, 0.073942885],
     "deepresnet": [0.18933457, 0.17694744, 0.20333253],
     "din": [-0.00021097902, -0.00042450498, -0.0015204614],
     "bst": [0.0014651529, -0.00078508258, 0.0065073483],
 }
+
+
+def test_calibration_scales_and_shifts_the_logit_and_is_saved():
+    model = seeded("deepfm")
+    with torch.no_grad():
+        raw = model(BATCH)
+        model.calibration.copy_(torch.tensor([2.0, -0.5]))
+        assert torch.allclose(model(BATCH), 2.0 * raw - 0.5)
+    assert torch.equal(model.state_dict()["calibration"], torch.tensor([2.0, -0.5]))  # travels with checkpoints and exports
+
+
+def test_embedding_rows_are_the_rows_the_batch_reads():
+    model = seeded("din")
+    (table, rows), = model.embedding_rows(BATCH)  # din: one table, no wide weights
+    assert table is model.embedding.table
+    offsets = model.embedding.offsets
+    expected_sparse = (BATCH["sparse"] + offsets).reshape(-1)
+    real = BATCH["seq"][..., 0] > 0  # 7 real steps x 2 sequence fields
+    assert rows.numel() == expected_sparse.numel() + 2 * int(real.sum())
+    assert torch.equal(rows[: expected_sparse.numel()], expected_sparse)
+    assert int(rows[expected_sparse.numel()]) == int(offsets[1]) + 5  # row 0's first step: item 5 in item_id's rows
+    deepfm = seeded("deepfm")
+    tables = deepfm.embedding_rows(BATCH)  # field embeddings, then the wide weights (no sequence block)
+    assert [t for t, _ in tables] == [deepfm.embedding.table, deepfm.wide.weights.table]
+    assert torch.equal(tables[1][1], (BATCH["sparse"] + deepfm.wide.weights.offsets).reshape(-1))
 
 
 def seeded(preset: str, spec: FeatureSpec | None = None, **overrides) -> RankModel:

@@ -65,6 +65,8 @@ class Wide(nn.Module):
         super().__init__()
         self.weights = FieldEmbedding(vocab_sizes, 1, sparse=sparse, std=0.01)
         self.dense = nn.Linear(n_dense, 1, bias=False) if n_dense else None
+        if self.dense is not None:  # LR starts at the bias alone, as logistic regression does (not at a random tilt)
+            nn.init.zeros_(self.dense.weight)
 
     def forward(self, sparse: Tensor, dense: Tensor | None = None) -> Tensor:
         """sparse (B, F) int64, dense (B, Dn) float32 (None when Dn = 0) -> (B,)."""

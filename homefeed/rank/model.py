@@ -72,6 +72,7 @@ class RankModel(nn.Module):
         s     = sequence(target token, history tokens, gaps)       (B, E)   history: (B, L, S) or (1, L, S)
         x     = [flatten(e), dense, s]                             (B, K)
         logit = bias + wide(sparse, dense) + fm(e) + head([cross(x), deep([x, product(e), bi(e)])])
+        out   = logit * calibration[0] + calibration[1]                     (B,)  Platt scaling, fitted after training
 
     One user's request may pass its history once, `seq` (1, L, S) and `seq_gap` (1, L), for all B rows:
     in eval mode the user-side sequence work is then done once (same logits as the history repeated).
@@ -107,6 +108,9 @@ class RankModel(nn.Module):
         head_in = (self.cross.out_dim if self.cross else 0) + (self.deep.out_dim if self.deep else 0)
         self.head = nn.Linear(head_in, 1, bias=False) if head_in else None
         self.bias = nn.Parameter(torch.zeros(1))
+        # (scale, shift) applied to the final logit: identity while training, then fitted on the validation
+        # part (Platt scaling, `train.calibrate`) so predicted CTRs match observed rates; ranking is unchanged
+        self.register_buffer("calibration", torch.tensor([1.0, 0.0]))
         self.input_names = ["sparse"] + ["dense"] * (n_dense > 0) + ["seq"] * (c.sequence is not None) + ["seq_gap"] * (c.sequence == "bst")
 
     @staticmethod
@@ -126,11 +130,13 @@ class RankModel(nn.Module):
 
     def forward(self, batch: dict[str, Tensor]) -> Tensor:
         if self.embedding is None:  # LR
-            return self.bias + self.wide(batch["sparse"], *self._dense(batch))
-        e = self.embedding(batch["sparse"])  # (B, F, D)
-        x = torch.cat([e.flatten(1), *self._dense(batch), *self._pool_sequence(batch, e)], dim=1)  # (B, K)
-        terms = self._shallow(batch, e) + self._over(x, e)  # [(B,), ...]
-        return self.bias + torch.stack(terms).sum(dim=0)  # (B,)
+            logit = self.bias + self.wide(batch["sparse"], *self._dense(batch))
+        else:
+            e = self.embedding(batch["sparse"])  # (B, F, D)
+            x = torch.cat([e.flatten(1), *self._dense(batch), *self._pool_sequence(batch, e)], dim=1)  # (B, K)
+            terms = self._shallow(batch, e) + self._over(x, e)  # [(B,), ...]
+            logit = self.bias + torch.stack(terms).sum(dim=0)  # (B,)
+        return logit * self.calibration[0] + self.calibration[1]
 
     def _dense(self, batch: dict[str, Tensor]) -> list[Tensor]:
         return [batch["dense"]] if self.n_dense else []  # [(B, Dn)]
@@ -162,6 +168,23 @@ class RankModel(nn.Module):
             deep_in = [x] * self.config.deep_fields + [m(e) for m in (self.product, self.bi) if m is not None]
             parts.append(self.deep(torch.cat(deep_in, dim=1)))
         return [self.head(torch.cat(parts, dim=1)).squeeze(-1)] if parts else []
+
+    def embedding_rows(self, batch: dict[str, Tensor]) -> list[tuple[nn.Embedding, Tensor]]:
+        """[(table, rows)]: the rows of each embedding table this batch reads, repeats kept (M,) int64.
+
+        What `train.RowPenalty` regularises: field codes, the real sequence steps, the wide weights.
+        """
+        sparse = batch["sparse"]  # (B, F)
+        out = []
+        if self.embedding is not None:
+            rows = [(sparse + self.embedding.offsets).reshape(-1)]
+            if self.sequence is not None:
+                seq = batch["seq"]  # (B, L, S)
+                rows.append((seq + self.seq_offsets)[seq[..., 0] > 0].reshape(-1))
+            out.append((self.embedding.table, torch.cat(rows)))
+        if self.wide is not None:
+            out.append((self.wide.weights.table, (sparse + self.wide.weights.offsets).reshape(-1)))
+        return out
 
     def sparse_parameters(self) -> list[nn.Parameter]:
         """The embedding tables (sparse gradients when config.sparse_grad); the rest is `dense_parameters`."""

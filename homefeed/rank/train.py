@@ -1,10 +1,32 @@
-"""Training a ranking model: pre-tensorised batches, Adam, early stopping on valid AUC, checkpoints.
+"""Training a ranking model: pre-tensorised batches, Adam, regularisation, early stopping on valid, checkpoints.
 
 The samples arrive as whole tensors (`homefeed.rank.samples.Samples`), so an epoch is one random
 permutation gathered once, then batches are views: no per-sample Python, no DataLoader workers.
-Each epoch ends with the validation AUC; the best epoch's weights are kept (in memory and, with
-`checkpoint_dir`, as `best.npz` + `best.json`) and training stops after `patience` epochs
-without improvement. Same seed, same threads -> the same weights and the same AUC.
+
+Why the defaults are what they are: real logs are small and sparse next to the models (most item
+ids appear once or twice), so an unregularised deep model memorises its train days and ends
+worse than logistic regression, often with a test logloss above a constant predictor's. Hence:
+
+* **early stopping** on the validation part: each epoch ends with valid AUC and logloss (both in
+  `history`); the best epoch by `monitor` is kept (in memory and, with `checkpoint_dir`, as
+  `best.npz` + `best.json`) and training stops after `patience` epochs without improvement.
+  `monitor="auc"` by default: the ranking is what the model is for, and the calibration step
+  below then brings the kept epoch's logloss down (`"logloss"` picks by logloss instead);
+* **embedding L2** (`embedding_l2`): DIN's mini-batch aware regularisation (Zhou et al., KDD 2018,
+  4.3.1): each embedding row looked up in a batch is penalised in proportion to 1 / its train
+  frequency, so over an epoch every row pays the same `embedding_l2 * ||w||^2` whatever its
+  frequency, at the cost of the rows the batch reads (no step touches the whole table);
+* **weight decay** of the dense parameters (towers, attention, cross layers);
+* **calibration** (`calibrate`): the kept weights' logits get a scale and shift fitted on the
+  validation part (Platt scaling, Platt 1999; Guo et al. 2017 for neural nets), stored in the
+  model's `calibration` buffer and exported with it. Ranking (AUC) is unchanged, while the
+  predicted CTR matches the observed rate of the most recent days: an over-confident deep model
+  no longer pays for it in logloss, and a scale of 0 (a model that ranks no better than chance on
+  valid) falls back to the valid rate, a constant;
+* **a minimum of `min_steps_per_epoch` steps**: a small train set gets smaller batches, so a
+  few thousand samples still get enough updates (a 2,048 batch would make 5 steps an epoch).
+
+Same seed, same threads -> the same weights and the same metrics.
 
 Embedding tables may use their own optimiser: `embedding_optimizer="sparse_adam"` or `"adagrad"`
 switches the `nn.Embedding` modules to sparse gradients, so a step only touches the looked-up rows
@@ -13,36 +35,44 @@ forward pass under CPU bfloat16 autocast (AMX on recent Xeons); the loss stays f
 
     >>> torch.manual_seed(0); model = build_model(train.spec, "deepfm")                 # doctest: +SKIP
     >>> result = train(model, train, valid, TrainSettings(epochs=5))             # doctest: +SKIP
-    >>> result.best_valid_auc, predict(model, test)[:3]                                # doctest: +SKIP
+    >>> result.best_valid_logloss, result.best_valid_auc, predict(model, test)[:3]     # doctest: +SKIP
 """
 from __future__ import annotations
 
 import contextlib
 import copy
 import json
+import math
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from pydantic import Field
-from torch import nn
+from torch import Tensor, nn
 
 from homefeed.config import Section
-from homefeed.evaluate.metrics import auc
+from homefeed.evaluate.metrics import auc, logloss
 from homefeed.rank.samples import Samples
+from homefeed.threads import torch_threads
 
 
 class TrainSettings(Section):
-    epochs: int = Field(10, ge=1)
+    epochs: int = Field(30, ge=1, description="at most; early stopping usually ends sooner")
     batch_size: int = Field(2048, ge=1)
+    min_steps_per_epoch: int = Field(20, ge=1, description="smaller batches (down to 64) when the train set is small")
     lr: float = Field(1e-3, gt=0)
-    weight_decay: float = Field(0.0, ge=0, description="Adam weight decay of the dense parameters")
+    weight_decay: float = Field(1e-4, ge=0, description="Adam weight decay of the dense parameters")
+    embedding_l2: float = Field(1e-4, ge=0, description="mini-batch aware L2 of the embedding rows (DIN 4.3.1)")
     embedding_optimizer: Literal["adam", "sparse_adam", "adagrad"] = "adam"
     embedding_lr: float | None = Field(None, description="learning rate of the embeddings; None = lr (x10 for adagrad)")
-    patience: int = Field(2, ge=1, description="epochs without a better valid AUC before stopping")
+    monitor: Literal["auc", "logloss"] = Field("auc", description="valid metric that picks the best epoch")
+    calibrate: bool = Field(True, description="fit the logit's scale and shift on valid (Platt) after training")
+    patience: int = Field(2, ge=1, description="epochs without a better monitored valid metric before stopping")
     seed: int = 0
     bf16: bool = Field(False, description="bfloat16 autocast for the forward pass")
     threads: int | None = Field(None, description="torch CPU threads; None leaves torch's default")
@@ -53,10 +83,13 @@ class TrainSettings(Section):
 @dataclass
 class TrainResult:
     best_epoch: int
-    best_valid_auc: float
-    history: list[dict] = field(default_factory=list)  # per epoch: epoch, loss, valid_auc, seconds, samples_per_s
+    best_valid_auc: float  # at the best epoch
+    best_valid_logloss: float = float("inf")  # at the best epoch
+    history: list[dict] = field(default_factory=list)  # per epoch: epoch, loss, valid_auc, valid_logloss, seconds, samples_per_s
     train_seconds: float = 0.0
     samples_per_s: float = 0.0  # training throughput over all epochs
+    batch_size: int = 0  # the batch size used (see TrainSettings.min_steps_per_epoch)
+    calibration: tuple[float, float] = (1.0, 0.0)  # (scale, shift) of the logit fitted on valid; identity if not calibrated
     checkpoint: Path | None = None
 
 
@@ -65,12 +98,19 @@ def _autocast(enabled: bool):
 
 
 def _optimizers(model: nn.Module, settings: TrainSettings) -> list[torch.optim.Optimizer]:
-    """Adam for everything, or Adam for dense parameters + SparseAdam/Adagrad for the embeddings."""
+    """Adam for everything, or Adam for dense parameters + SparseAdam/Adagrad for the embeddings.
+
+    Embedding tables named by the model (`sparse_parameters`) get no weight decay: a decay of the
+    whole table each step would shrink rows no batch read; `embedding_l2` regularises them instead.
+    """
+    named = {id(p) for p in model.sparse_parameters()} if hasattr(model, "sparse_parameters") else set()
     if settings.embedding_optimizer == "adam":
-        return [torch.optim.Adam(model.parameters(), lr=settings.lr, weight_decay=settings.weight_decay)]
+        tables = [p for p in model.parameters() if id(p) in named]
+        dense = [p for p in model.parameters() if id(p) not in named]
+        groups = [{"params": dense, "weight_decay": settings.weight_decay}] + ([{"params": tables, "weight_decay": 0.0}] if tables else [])
+        return [torch.optim.Adam(groups, lr=settings.lr)]
     tables = [m for m in model.modules() if isinstance(m, nn.Embedding)]
-    if hasattr(model, "sparse_parameters"):  # the model names its big tables (RankModel does)
-        named = {id(p) for p in model.sparse_parameters()}
+    if named:  # the model names its big tables (RankModel does)
         tables = [m for m in tables if id(m.weight) in named]
     if not tables:
         raise ValueError(f"embedding_optimizer={settings.embedding_optimizer!r} needs nn.Embedding tables; "
@@ -87,68 +127,181 @@ def _optimizers(model: nn.Module, settings: TrainSettings) -> list[torch.optim.O
     return opts
 
 
+class RowPenalty:
+    """DIN's mini-batch aware L2: sum over the batch's looked-up rows r of ||w_r||^2 / n_r, scaled by N / B.
+
+    n_r is how often row r is read in the N train samples, so the penalty's expectation over
+    batches is l2 * sum_r ||w_r||^2 (every row with data, once): plain L2 on the tables, paid only
+    for the rows a batch reads. Works with any model that has `embedding_rows(batch)` ->
+    [(nn.Embedding, rows int64 tensor)] (RankModel does); other models get no penalty.
+    """
+
+    def __init__(self, model: nn.Module, train: Samples, l2: float, batch_size: int):
+        self.model, self.l2, self.n = model, l2, len(train)
+        self.inverse: list[Tensor] = []
+        if l2 <= 0 or not hasattr(model, "embedding_rows"):
+            return
+        counts: list[Tensor] | None = None
+        for batch in train.batches(max(batch_size, 16384)):
+            looked = model.embedding_rows(batch)
+            if counts is None:
+                counts = [torch.zeros(table.num_embeddings) for table, _ in looked]
+            for c, (table, rows) in zip(counts, looked):
+                c += torch.bincount(rows.reshape(-1), minlength=table.num_embeddings)
+        self.inverse = [1.0 / c.clamp(min=1.0) for c in counts or []]
+
+    def __call__(self, batch: dict[str, Tensor]) -> Tensor | None:
+        if not self.inverse:
+            return None
+        total = None
+        for inv, (table, rows) in zip(self.inverse, self.model.embedding_rows(batch)):
+            rows = rows.reshape(-1)
+            w = F.embedding(rows, table.weight, sparse=table.sparse)  # (M, D): gradients reach only these rows
+            term = (w.square().sum(dim=1) * inv[rows]).sum()
+            total = term if total is None else total + term
+        return self.l2 * self.n / len(batch["label"]) * total
+
+
 @torch.inference_mode()
-def predict(model: nn.Module, samples: Samples, *, batch_size: int = 16384, bf16: bool = False) -> np.ndarray:
-    """(N,) float64 click probabilities of every sample, in order."""
+def predict_logits(model: nn.Module, samples: Samples, *, batch_size: int = 16384, bf16: bool = False) -> np.ndarray:
+    """(N,) float64 logits of every sample, in order."""
     model.eval()
     out = []
     for batch in samples.batches(batch_size):
         with _autocast(bf16):
-            out.append(torch.sigmoid(model(batch).float()))
+            out.append(model(batch).float())
     return torch.cat(out).double().numpy() if out else np.zeros(0)
 
 
+def predict(model: nn.Module, samples: Samples, *, batch_size: int = 16384, bf16: bool = False) -> np.ndarray:
+    """(N,) float64 click probabilities of every sample, in order."""
+    return 1.0 / (1.0 + np.exp(-predict_logits(model, samples, batch_size=batch_size, bf16=bf16)))
+
+
+def fit_platt(logits: np.ndarray, y: np.ndarray, *, iterations: int = 100) -> tuple[float, float]:
+    """(scale a >= 0, shift b) minimising the logloss of sigmoid(a * logit + b) against labels y.
+
+    A two-parameter logistic regression on one feature: convex, solved by Newton steps with a
+    backtracking line search (never a step that raises the loss), from the constant predictor
+    (a = 0, b = the labels' log-odds). The scale is kept >= 0: a negative one would reverse the ranking.
+    """
+    z, y = np.asarray(logits, np.float64), np.asarray(y, np.float64)
+    if z.shape != y.shape or z.size == 0:
+        raise ValueError(f"fit_platt needs as many labels as logits (> 0); got {z.shape} and {y.shape}")
+    rate = float(np.clip(y.mean(), 1e-6, 1 - 1e-6))
+
+    def loss(a: float, b: float) -> float:
+        t = a * z + b
+        return float(np.mean(np.logaddexp(0.0, t) - y * t))  # logloss of sigmoid(t), stable for any t
+
+    a, b = 0.0, math.log(rate / (1 - rate))
+    current = loss(a, b)
+    for _ in range(iterations):
+        p = 0.5 * (1.0 + np.tanh(0.5 * (a * z + b)))  # sigmoid without overflow
+        w = np.maximum(p * (1 - p), 1e-12)
+        g = np.array([np.dot(p - y, z), np.sum(p - y)]) / z.size
+        h = np.array([[np.dot(w, z * z), np.dot(w, z)], [np.dot(w, z), w.sum()]]) / z.size + 1e-9 * np.eye(2)
+        step, t = np.linalg.solve(h, g), 1.0
+        while t > 1e-6:
+            a2, b2 = max(a - t * step[0], 0.0), b - t * step[1]
+            new = loss(a2, b2)
+            if new <= current:
+                break
+            t /= 2
+        if t <= 1e-6 or current - new < 1e-12:
+            break
+        a, b, current = a2, b2, new
+    return float(a), float(b)
+
+
+def calibrate(model: nn.Module, valid: Samples, *, batch_size: int = 16384, bf16: bool = False) -> tuple[float, float]:
+    """Fit the model's `calibration` buffer (logit scale, shift) on `valid`; returns (scale, shift)."""
+    buffer = getattr(model, "calibration", None)
+    if buffer is None:
+        raise ValueError(f"{type(model).__name__} has no `calibration` buffer to fit")
+    with torch.no_grad():
+        buffer.copy_(torch.tensor([1.0, 0.0]))
+        scale, shift = fit_platt(predict_logits(model, valid, batch_size=batch_size, bf16=bf16), valid.tensors["label"].numpy())
+        buffer.copy_(torch.tensor([scale, shift]))
+    return scale, shift
+
+
 def train(model: nn.Module, train_samples: Samples, valid_samples: Samples,
-          settings: TrainSettings = TrainSettings()) -> TrainResult:
-    """Fit `model` on the train samples, keep the epoch with the best valid AUC; the model ends with those weights."""
+          settings: TrainSettings = TrainSettings(), *, progress: Callable[[dict], None] | None = None) -> TrainResult:
+    """Fit `model` on the train samples, keep the epoch with the best valid `monitor`; the model ends with those weights.
+
+    `progress`, if given, receives each epoch's history row as it ends.
+    """
     train, valid = train_samples, valid_samples
     if len(train) == 0 or len(valid) == 0:
         raise ValueError(f"training needs samples in both parts; got {len(train)} train and {len(valid)} valid")
-    threads = torch.get_num_threads()
-    if settings.threads:
-        torch.set_num_threads(settings.threads)
-    try:
-        return _fit(model, train, valid, settings)
-    finally:
-        torch.set_num_threads(threads)
+    with torch_threads(settings.threads):
+        return _fit(model, train, valid, settings, progress or (lambda row: None))
 
 
-def _fit(model: nn.Module, train: Samples, valid: Samples, settings: TrainSettings) -> TrainResult:
+def batch_size_for(n: int, settings: TrainSettings) -> int:
+    """`batch_size`, made smaller (not under 64) so that an epoch of n samples takes `min_steps_per_epoch` steps."""
+    return max(1, min(settings.batch_size, max(64, math.ceil(n / settings.min_steps_per_epoch))))
+
+
+def _better(row: dict, best: TrainResult, monitor: str) -> bool:
+    if monitor == "auc":
+        return row["valid_auc"] > best.best_valid_auc
+    return row["valid_logloss"] < best.best_valid_logloss
+
+
+def _fit(model: nn.Module, train: Samples, valid: Samples, settings: TrainSettings,
+         progress: Callable[[dict], None]) -> TrainResult:
     torch.manual_seed(settings.seed)
     order_rng = torch.Generator().manual_seed(settings.seed)
+    if hasattr(model, "calibration"):  # train the raw logit; calibration is fitted afterwards
+        with torch.no_grad():
+            model.calibration.copy_(torch.tensor([1.0, 0.0]))
+    batch_size = batch_size_for(len(train), settings)
     opts = _optimizers(model, settings)
+    penalty = RowPenalty(model, train, settings.embedding_l2, batch_size)
     loss_fn = nn.BCEWithLogitsLoss()
-    best = TrainResult(best_epoch=-1, best_valid_auc=float("-inf"))
+    y_valid = valid.tensors["label"].numpy()
+    best = TrainResult(best_epoch=-1, best_valid_auc=float("-inf"), batch_size=batch_size)
     best_state, stale, seen, t_train = None, 0, 0, 0.0
     for epoch in range(settings.epochs):
         model.train()
         t0, total, steps = time.perf_counter(), 0.0, 0
-        for batch in train.batches(settings.batch_size, order=torch.randperm(len(train), generator=order_rng)):
+        for batch in train.batches(batch_size, order=torch.randperm(len(train), generator=order_rng)):
             with _autocast(settings.bf16):
                 logits = model(batch)
             loss = loss_fn(logits.float(), batch["label"])
+            reg = penalty(batch)
             for o in opts:
                 o.zero_grad(set_to_none=True)
-            loss.backward()
+            (loss if reg is None else loss + reg).backward()
             for o in opts:
                 o.step()
             total, steps = total + float(loss.detach()), steps + 1
         seconds = time.perf_counter() - t0
         t_train, seen = t_train + seconds, seen + len(train)
-        valid_auc = auc(valid.tensors["label"].numpy(), predict(model, valid, batch_size=settings.eval_batch_size, bf16=settings.bf16))
-        best.history.append({"epoch": epoch, "loss": total / max(steps, 1), "valid_auc": valid_auc,
-                             "seconds": seconds, "samples_per_s": len(train) / seconds})
-        if valid_auc > best.best_valid_auc:
-            best.best_epoch, best.best_valid_auc, stale = epoch, valid_auc, 0
+        p = predict(model, valid, batch_size=settings.eval_batch_size, bf16=settings.bf16)
+        row = {"epoch": epoch, "loss": total / max(steps, 1), "valid_auc": auc(y_valid, p),
+               "valid_logloss": logloss(y_valid, p), "seconds": seconds, "samples_per_s": len(train) / seconds}
+        best.history.append(row)
+        progress(row)
+        if best_state is None or _better(row, best, settings.monitor):
+            best.best_epoch, best.best_valid_auc, best.best_valid_logloss, stale = epoch, row["valid_auc"], row["valid_logloss"], 0
             best_state = copy.deepcopy(model.state_dict())
             if settings.checkpoint_dir:
-                best.checkpoint = save_checkpoint(model, Path(settings.checkpoint_dir) / "best", meta=best.history[-1])
+                best.checkpoint = save_checkpoint(model, Path(settings.checkpoint_dir) / "best", meta=row)
         else:
             stale += 1
             if stale >= settings.patience:
                 break
-    if best_state is not None:
-        model.load_state_dict(best_state)
+    model.load_state_dict(best_state)
+    if settings.calibrate and hasattr(model, "calibration"):
+        best.calibration = calibrate(model, valid, batch_size=settings.eval_batch_size, bf16=settings.bf16)
+        p = predict(model, valid, batch_size=settings.eval_batch_size, bf16=settings.bf16)
+        best.best_valid_logloss = logloss(y_valid, p)
+        if settings.checkpoint_dir:
+            best.checkpoint = save_checkpoint(model, Path(settings.checkpoint_dir) / "best",
+                                              meta=best.history[best.best_epoch] | {"calibration": list(best.calibration)})
     best.train_seconds, best.samples_per_s = t_train, seen / t_train if t_train else 0.0
     return best
 
