@@ -27,7 +27,7 @@ def events(log=LOG, behaviors=None) -> pl.DataFrame:
         "behavior": behaviors or ["pv"] * len(log)}, schema_overrides={"behavior": BEHAVIOR})
 
 
-PLAIN = ItemCFSettings(window="user", iuf=False, normalize="none", behavior_weights={"pv": 1.0, "buy": 4.0})
+PLAIN = ItemCFSettings(window="user", iuf=False, normalize="none", behavior_weights={"pv": 1.0, "buy": 4.0}, window_events=0)
 
 
 def rows(table: I2ITable) -> dict[int, dict[int, float]]:
@@ -57,6 +57,16 @@ def test_gap_window_is_inclusive_at_max_gap():
     # A: 1-2 100 s, 2-3 4900 s (kept at max_gap 4900), 1-3 5000 s (dropped)
     assert fit(window="gap", max_gap_s=4900) == {1: {2: 2}, 2: {1: 2, 3: 2}, 3: {2: 2}}
     assert fit(window="gap", max_gap_s=4899) == {1: {2: 2}, 2: {1: 2, 3: 1}, 3: {2: 1}}
+
+
+def test_sequence_neighbours_pair_however_far_apart_in_time():
+    # A review-like log: every event a day and a second after the previous one; A: 1 2 3, B: 1 2, C: 2 3
+    days = [(u, i, 86_401 * t) for u, i, t in [("A", 1, 0), ("A", 2, 1), ("A", 3, 2), ("B", 1, 0), ("B", 2, 1),
+                                                ("C", 2, 0), ("C", 3, 1)]]
+    assert fit(days, window="gap") == {} and fit(days, window="session") == {}  # nobody pairs: nothing to serve
+    assert fit(days, window="gap", window_events=1) == {1: {2: 2}, 2: {1: 2, 3: 2}, 3: {2: 2}}  # next neighbours only
+    assert fit(days, window="session", window_events=2) == fit(days, window="user")
+    assert ItemCFSettings().window_events == 5
 
 
 def test_pair_decay_halves_per_half_life_of_the_gap():
@@ -122,15 +132,17 @@ def test_top_n_levels_and_user_cap():
     assert fit(max_actions_per_user=2) == {1: {2: 1}, 2: {1: 1, 3: 2}, 3: {2: 2}}  # A keeps 2 @100 and 3 @5000
 
 
-def test_matches_a_brute_force_reference_on_a_random_log():
+@pytest.mark.parametrize("window_events", [0, 2])
+def test_matches_a_brute_force_reference_on_a_random_log(window_events):
     rng = np.random.default_rng(3)
     n = 400
     ev = pl.DataFrame({"user_id": rng.integers(1, 30, n), "item_id": rng.integers(1, 25, n),
-                       "ts": rng.integers(0, 20_000, n), "behavior": rng.choice(["pv", "fav", "buy"], n)},
+                       "ts": rng.permutation(20_000)[:n], "behavior": rng.choice(["pv", "fav", "buy"], n)},
                       schema_overrides={"behavior": BEHAVIOR})
     ev = ev.unique(["user_id", "item_id"], keep="first", maintain_order=True)
     s = ItemCFSettings(window="gap", max_gap_s=3000, pair_half_life_s=1000.0, age_half_life_s=5000.0,
-                       normalize="cosine", top_n=1000, behavior_weights={"pv": 1.0, "fav": 2.0, "buy": 4.0})
+                       normalize="cosine", top_n=1000, behavior_weights={"pv": 1.0, "fav": 2.0, "buy": 4.0},
+                       window_events=window_events)
     got = itemcf_table(ev, 25, settings=s, now=20_000).to_sparse().toarray()
     bw = s.behavior_weights
     recs = [(r["user_id"], r["item_id"], r["ts"], bw[r["behavior"]]) for r in ev.iter_rows(named=True)]
@@ -140,9 +152,10 @@ def test_matches_a_brute_force_reference_on_a_random_log():
     c, pop = np.zeros((25, 25)), np.zeros(25)
     for u, acts in by_user.items():
         iuf = 1 / math.log(1 + len(acts))
-        for i, ti, wi in acts:
-            for j, tj, wj in acts:
-                if i != j and abs(ti - tj) <= 3000:
+        acts = sorted(acts, key=lambda a: a[1])  # time order, for the sequence window
+        for x, (i, ti, wi) in enumerate(acts):
+            for y, (j, tj, wj) in enumerate(acts):
+                if i != j and (abs(ti - tj) <= 3000 or abs(x - y) <= window_events):
                     c[i, j] += iuf * wi * wj * 2 ** (-abs(ti - tj) / 1000)
     for u, i, t, b in recs:
         pop[i] += b * b

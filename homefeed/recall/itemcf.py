@@ -10,7 +10,10 @@ The classic item-based collaborative filtering (Sarwar et al., WWW 2001; Linden 
    With `age_half_life_s`, an action's weight also halves every that many seconds of age before
    `now` (the end of training): w = b * 2^(-(now - t) / age_half_life_s).
 2. Window. Two actions of a user form a pair only within the same session (`window="session"`),
-   within `max_gap_s` of each other (`"gap"`), or anywhere in the history (`"user"`).
+   within `max_gap_s` of each other (`"gap"`), or anywhere in the history (`"user"`). With
+   `window_events` = N, each action also pairs with the user's N previous and N next actions
+   whatever the time between them, so a log whose events are days apart (reviews, a sparse shop)
+   still pairs consecutive actions instead of serving nobody.
    With `pair_half_life_s` the pair's weight halves every that many seconds between the two.
    With `same_category` only items of one leaf (or standard) category pair up.
 3. Co-occurrence. c(i, j) = sum over users u of iuf(u) * max over u's pairs (a on i, p on j) of
@@ -52,6 +55,7 @@ class ItemCFSettings(Section):
         default_factory=lambda: {"pv": 1.0, "click": 1.0, "fav": 2.0, "cart": 3.0, "buy": 4.0})
     window: Literal["session", "gap", "user"] = "gap"  # which two actions of a user may form a pair
     max_gap_s: int = Field(86_400, ge=0)  # window="gap": at most this many seconds apart
+    window_events: int = Field(5, ge=0)  # "gap"/"session": the user's previous and next N actions pair too (sparse logs)
     session_gap_s: int = Field(1_800, ge=0)  # cuts sessions when the events carry no session_id
     pair_half_life_s: float = Field(0.0, ge=0)  # decay on the time between the two actions; 0 = off
     age_half_life_s: float = Field(0.0, ge=0)  # decay on each action's age at fit time; 0 = off
@@ -174,18 +178,26 @@ def partner_ranges(acts: Actions, settings: ItemCFSettings) -> tuple[np.ndarray,
     Sessions are taken to be time-contiguous within a user (as `add_sessions` makes them).
     """
     user, n = acts.user, acts.user.size
-    if settings.window in ("user", "session"):
-        change = user[1:] != user[:-1]
-        if settings.window == "session":
-            change |= acts.sess[1:] != acts.sess[:-1]
-        starts = np.flatnonzero(np.r_[True, change])
-        sizes = np.diff(np.r_[starts, n])
-        return np.repeat(starts, sizes).astype(np.int64), np.repeat(starts + sizes, sizes).astype(np.int64)
-    t = acts.t - (acts.t.min() if n else 0)
-    span = int(t.max(initial=0)) + 2 * settings.max_gap_s + 1
-    key = user * span + t + settings.max_gap_s  # ascending: sorted by (user, t)
-    return (np.searchsorted(key, key - settings.max_gap_s, "left").astype(np.int64),
-            np.searchsorted(key, key + settings.max_gap_s, "right").astype(np.int64))
+    first = np.flatnonzero(np.r_[True, user[1:] != user[:-1]]) if n else np.zeros(0, np.int64)
+    sizes = np.diff(np.r_[first, n])
+    user_lo, user_hi = np.repeat(first, sizes).astype(np.int64), np.repeat(first + sizes, sizes).astype(np.int64)
+    if settings.window == "user":
+        return user_lo, user_hi
+    if settings.window == "session":
+        starts = np.flatnonzero(np.r_[True, (user[1:] != user[:-1]) | (acts.sess[1:] != acts.sess[:-1])])
+        lens = np.diff(np.r_[starts, n])
+        lo, hi = np.repeat(starts, lens).astype(np.int64), np.repeat(starts + lens, lens).astype(np.int64)
+    else:
+        t = acts.t - (acts.t.min() if n else 0)
+        span = int(t.max(initial=0)) + 2 * settings.max_gap_s + 1
+        key = user * span + t + settings.max_gap_s  # ascending: sorted by (user, t)
+        lo = np.searchsorted(key, key - settings.max_gap_s, "left").astype(np.int64)
+        hi = np.searchsorted(key, key + settings.max_gap_s, "right").astype(np.int64)
+    if settings.window_events:  # the user's previous / next N actions pair too, however far apart in time
+        at = np.arange(n, dtype=np.int64)
+        lo = np.minimum(lo, np.maximum(at - settings.window_events, user_lo))
+        hi = np.maximum(hi, np.minimum(at + settings.window_events + 1, user_hi))
+    return lo, hi
 
 
 def unique_pairs(settings: ItemCFSettings) -> bool:
