@@ -28,7 +28,7 @@ import sys
 import tempfile
 import time
 import warnings
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -60,8 +60,8 @@ LOGS: dict[str, Log] = {
     "taobao_tail": Log(("taobao_userbehavior_tail.csv",), "taobao"),
     "toys": Log(("Toys_and_Games.txt",), "sequences", attributes="Toys_and_Games_item2attributes.json"),
     "video_games": Log(("amazon_video_games_sasrec.txt",), "sequences"),
-    "ml-100k": Log(("ml-100k.inter", "ml-100k.item", "ml-100k.user"), "recbole"),
-    "diginetica": Log(("diginetica_sample_train-item-views.csv",), "sessions"),
+    "ml-100k": Log(("ml-100k.inter", "ml-100k.item", "ml-100k.user"), "recbole", ("ingest.split=leave_one_out",)),
+    "diginetica": Log(("diginetica_sample_train-item-views.csv",), "sessions", ("ingest.split=leave_one_out",)),
 }
 
 
@@ -101,20 +101,7 @@ def load_log(name: str, log: Log, cache: Path):
     if log.attributes and (DATA / log.attributes).exists():
         kwargs["attributes"] = DATA / log.attributes
     say(f"{name}: ingest {src.name} ({log.fmt})")
-    try:
-        dataset, _ = ingest(src, folder, load_config(overrides=list(log.overrides)), **kwargs)
-    except (TypeError, ValueError) as e:
-        if "format" in str(e) or "attributes" in str(e):
-            return f"no loader for format {log.fmt!r} yet ({e})"
-        raise
-    return dataset
-
-
-def before_test(dataset):
-    """The same dataset with train = everything before the test part (what serving refits on)."""
-    from homefeed.data.dataset import TimeSplit
-
-    return replace(dataset, split=TimeSplit(train_end=dataset.split.valid_end, valid_end=dataset.split.valid_end))
+    return ingest(src, folder, load_config(overrides=list(log.overrides)), **kwargs)[0]
 
 
 # --- peers: implicit's models behind the recall contract -------------------------------------------
@@ -174,28 +161,23 @@ def make_peer(name: str):
 
 # --- one log --------------------------------------------------------------------------------------
 
-def fit_served(dataset, names: list[str], channel_settings: dict, merge_settings):
-    """Channels on train -> shares learned on valid -> channels refitted on train + valid (the served flow)."""
-    from homefeed.recall.part import fit_channels
-    from homefeed.recall.shares import learn_merge
+def recall_settings(names: list[str] | None):
+    """The configured `[recall]` section, typed, with `names` as the channels when given."""
+    from homefeed.config import Config
+    from homefeed.recall.part import RecallSettings
 
-    on_train = fit_channels(dataset, names, channel_settings)
-    merger = learn_merge(dataset, on_train, merge_settings)
-    served = before_test(dataset)
-    return fit_channels(served, names, channel_settings), merger, served
+    settings = RecallSettings.from_section(Config().recall)
+    return settings.model_copy(update={"channels": names}) if names else settings
 
 
 def evaluate_log(name: str, dataset, args) -> dict:
-    from homefeed.config import Config
     from homefeed.recall.evaluate import evaluate_recall
-    from homefeed.recall.merge import MergeSettings
+    from homefeed.recall.part import fit_recall
 
-    cfg = Config()
-    names = args.channels or list(cfg.recall.channels)
-    merge_settings = MergeSettings(**cfg.recall.merge)
+    settings = recall_settings(args.channels)
     t0 = time.perf_counter()
-    say(f"{name}: fit {', '.join(names)}; learn shares on valid; refit")
-    channels, merger, served = fit_served(dataset, names, cfg.recall.channel_settings, merge_settings)
+    say(f"{name}: fit {', '.join(settings.channels)}; learn shares on valid; refit (recall.part.fit_recall)")
+    channels, merger, served = fit_recall(dataset, settings, progress=lambda text: say(f"{name}: {text}"))
     peers = {}
     for peer in PEERS:
         say(f"{name}: fit {peer}")
@@ -215,20 +197,22 @@ def evaluate_log(name: str, dataset, args) -> dict:
               "shares": merger.shares_, "seen_weight": merger.seen_weight_, "learned": merger.learned_,
               "rows": rows, "fit_s": fit_s}
     if args.optional:
-        result["optional"] = evaluate_optional(name, dataset, names, cfg, merge_settings, args)
+        result["optional"] = evaluate_optional(name, dataset, settings, args)
     if args.rank:
         result["rank"] = evaluate_ranking(name, dataset)
     result["targets"] = targets(result)
     return result
 
 
-def evaluate_optional(name, dataset, names, cfg, merge_settings, args) -> dict:
+def evaluate_optional(name, dataset, settings, args) -> dict:
     """Merged HR with every optional channel added (each protocol)."""
     from homefeed.recall.evaluate import evaluate_recall
+    from homefeed.recall.part import fit_recall
 
-    extra = [c for c in OPTIONAL if c not in names]
+    extra = [c for c in OPTIONAL if c not in settings.channels]
     say(f"{name}: + {', '.join(extra)}")
-    channels, merger, served = fit_served(dataset, names + extra, cfg.recall.channel_settings, merge_settings)
+    channels, merger, served = fit_recall(dataset, settings.model_copy(update={"channels": settings.channels + extra}),
+                                          progress=lambda text: say(f"{name}: {text}"))
     out = {"shares": merger.shares_}
     for protocol, exclude in PROTOCOLS.items():
         r = evaluate_recall(served, channels, merger, ks=KS, max_users=args.max_users, exclude_seen=exclude)

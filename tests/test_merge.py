@@ -250,3 +250,17 @@ def test_repeat_consumption_is_learned_per_log(repeats):
     other = Merger(settings=MergeSettings(seen_weight=0.0 if repeats else 1.0)).set_shares(merger.shares_)
     learned_hr, other_hr = (evaluate_recall(ds, channels, m, ks=(10,))["merged"]["hitrate@10"] for m in (merger, other))
     assert learned_hr > other_hr + 0.1  # the wrong choice on test costs a lot
+
+
+def test_the_recall_part_learns_on_validation_then_refits_on_train_and_valid(tmp_path):
+    from homefeed.recall.part import RecallPart, RecallSettings
+
+    ds = tiny_dataset()  # validation day 2, exposures from the shop's channels
+    part = RecallPart().fit(ds, RecallSettings(channels=["itemcf", "retarget", "popular"]))
+    assert part.merger.learned_["users"] > 0 and set(part.merger.learned_["solo"]) == {"itemcf", "retarget", "popular"}
+    assert part.channels["popular"].t_end_ == ds.split.valid_end  # served from everything before the test day
+    assert "itemcf" in part.merger.ctr_  # the shop logs `itemcf`, mapped after learning
+    part.save(tmp_path / "recall")
+    assert RecallPart.load(tmp_path / "recall").merger.shares_ == pytest.approx(part.merger.shares_)
+    plain = RecallPart().fit(ds, RecallSettings(channels=["itemcf", "popular"], merge=MergeSettings(learn=False)))
+    assert plain.merger.learned_ == {} and plain.channels["popular"].t_end_ == ds.split.train_end

@@ -16,9 +16,9 @@ Where the shares come from:
 - configured base weights (`quotas`; empty = equal), bounded to [min_share, max_share];
 - without exposures, the hits each channel adds on the validation days (`recall.shares.learn_merge`,
   which also learns `seen_weight`): a channel whose hits are all covered by better ones falls to the floor;
-- with exposures, each channel's smoothed click-through rate, one bounded step per logged day, so
-  recent served pages count most (log channel names such as `itemcf_like` map to served channels
-  by alias, exact name or prefix; see `channel_map`):
+- with exposures, each channel's smoothed click-through rate: one bounded step from the training
+  log, then one per day of served pages (`update_daily`), so recent pages count most (log channel
+  names such as `itemcf_like` map to served channels by alias, exact name or prefix; `channel_map`):
 
     ctr_c    = (clicks_c + m * ctr_all) / (shown_c + m)                 Bayesian-smoothed CTR
     target_c ∝ share_c * (ctr_c / ctr_all) ** power                    channels not in the log keep ratio 1
@@ -213,14 +213,14 @@ class Merger:
         return self
 
     def fit(self, dataset: Dataset, *, served=None) -> "Merger":
-        """Base shares, then one CTR step per day of the training exposures (if the dataset has any).
+        """Base shares, then one CTR step from the training exposures (if the dataset has any).
 
         served: the channel names exposures map to (default: the configured quotas, else log names as they are).
         """
         self.reset()
         exposures = dataset.exposures_in("train")
         if exposures is not None and exposures.height and self.settings.adapt:
-            self.update_daily(exposures, served=served)
+            self.update(exposures, served=served)
         return self
 
     def set_shares(self, shares: dict[str, float], *, seen_weight: float | None = None, learned: dict | None = None) -> "Merger":
@@ -235,7 +235,8 @@ class Merger:
         return self
 
     def update_daily(self, exposures: pl.DataFrame, *, served=None, day_s: int = 86_400) -> "Merger":
-        """One `update` per day of served pages, oldest first: recent days weigh most."""
+        """One `update` per day of served pages (e.g. the pages the service logged since the last build),
+        oldest first: recent days weigh most, and shares keep moving as the channels' CTRs do."""
         day = (pl.col("ts") // day_s) if "ts" in exposures.columns else pl.lit(0)
         for _, part in exposures.with_columns(_day=day).sort("_day").group_by("_day", maintain_order=True):
             self.update(part.drop("_day"), served=served)

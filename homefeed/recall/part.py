@@ -1,9 +1,13 @@
 """The recall stage as one bundle part: the configured channels and their merger, fitted, saved, scored.
 
-`RecallPart.fit(dataset, settings)` fits every channel in `settings.channels` (`fit_channels`) and
-the `Merger` on the dataset's training part, then scores channels and merge on its test part with
-`evaluate_recall`, the same code `homefeed evaluate recall` runs: what is evaluated is what is served.
-The bundle passes a dataset whose training part is everything before the test days.
+`RecallPart.fit(dataset, settings)` runs `fit_recall`: when the dataset has validation days (and
+`merge.learn` is on), the channels in `settings.channels` are fitted on the training days, the
+merge shares and the seen-item factor are learned from their hits on the validation days
+(`recall.shares.learn_merge`), and the channels are refitted on train + valid, the data they serve
+from; without validation days the channels are fitted on the training part and the merger keeps
+its configured shares. Exposures in the log then move the shares toward measured CTRs. Channels and
+merge are scored on the test part with `evaluate_recall`, the same code `homefeed evaluate recall`
+runs: what is evaluated is what is served.
 
 `RecallSettings` is the `[recall]` section typed: channel names are checked against `CHANNELS`,
 each channel's knob table against that channel's settings class, and merge quotas against the
@@ -20,7 +24,7 @@ from pathlib import Path
 from pydantic import BaseModel, Field, field_validator, model_validator
 
 from homefeed.config import Section, typed
-from homefeed.data.dataset import Dataset
+from homefeed.data.dataset import Dataset, serving_dataset
 from homefeed.data.schema import BEHAVIORS
 from homefeed.recall import CHANNELS, Merger, MergeSettings, Recaller, make_channel
 
@@ -96,6 +100,32 @@ class RecallSettings(Section):
         return {name: s.model_dump(exclude_unset=True) for name, s in self.channel_settings.items()}
 
 
+def fit_recall(dataset: Dataset, settings: RecallSettings, *, progress=None) -> tuple[dict[str, Recaller], Merger, Dataset]:
+    """The served channels and merger: (channels, merger, the dataset the channels were last fitted on).
+
+    With validation days and `merge.learn`: channels on train -> shares learned on valid -> channels
+    refitted on train + valid. Otherwise: channels and merger on the training part. Either way the
+    training exposures then adapt the shares (one CTR step, log channel names mapped to these channels).
+    """
+    from homefeed.recall.shares import learn_merge
+
+    say = progress or (lambda text: None)
+    knobs = settings.knobs()
+    if not (settings.merge.learn and dataset.events_in("valid").height):
+        channels = fit_channels(dataset, settings.channels, knobs)
+        return channels, Merger(settings=settings.merge).fit(dataset, served=settings.channels), dataset
+    say(f"recall: fit {', '.join(settings.channels)} on the training days")
+    on_train = fit_channels(dataset, settings.channels, knobs)
+    merger = learn_merge(dataset, on_train, settings.merge, behaviors=tuple(settings.relevant_behaviors), progress=say)
+    dataset = serving_dataset(dataset)
+    say("recall: refit on train + valid")
+    channels = fit_channels(dataset, settings.channels, knobs)
+    exposures = dataset.exposures_in("train")
+    if exposures is not None and exposures.height and settings.merge.adapt:
+        merger.update(exposures, served=settings.channels)
+    return channels, merger, dataset
+
+
 class RecallPart:
     """The fitted channels and merger of one bundle, with their test metrics."""
 
@@ -106,16 +136,18 @@ class RecallPart:
         self.merger = merger
         self.metrics: dict = {}
 
-    def fit(self, dataset: Dataset, settings: RecallSettings = RecallSettings(), *, max_eval_users: int = 5000) -> "RecallPart":
-        """Fit channels and merger on `dataset`'s training part; score them on its test part."""
+    def fit(self, dataset: Dataset, settings: RecallSettings = RecallSettings(), *, max_eval_users: int = 5000,
+            progress=None) -> "RecallPart":
+        """Fit channels and merger (`fit_recall`: shares learned on the validation days when there are any);
+        score them on the test part."""
         from homefeed.recall.evaluate import evaluate_recall
 
-        self.channels = fit_channels(dataset, settings.channels, settings.knobs())
-        self.merger = Merger(settings=settings.merge).fit(dataset)
-        result = evaluate_recall(dataset, self.channels, self.merger, ks=(20, 50, 200), part="test",
+        self.channels, self.merger, served = fit_recall(dataset, settings, progress=progress)
+        result = evaluate_recall(served, self.channels, self.merger, ks=(20, 50, 200), part="test",
                                  behaviors=tuple(settings.relevant_behaviors), max_users=max_eval_users)
         self.metrics = {"merged": result.get("merged", {}), "channels": result["channels"],
-                        "shares": result["setup"]["shares"]}
+                        "shares": result["setup"]["shares"], "seen_weight": self.merger.seen_weight_,
+                        "learned": self.merger.learned_}
         return self
 
     def save(self, folder: str | Path) -> Path:
