@@ -1,4 +1,4 @@
-"""evaluate_rank: one row per preset with the test metrics; adapters of the shared public data sets."""
+"""evaluate_rank: the constant and LR baselines beside every preset, the checks against them, and real logs."""
 import json
 import math
 from pathlib import Path
@@ -6,41 +6,90 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from homefeed.evaluate.metrics import logloss
 from homefeed.evaluate.report import to_json
 from homefeed.rank.encoders import Encoders
-from homefeed.rank.evaluate import RankSettings, amazon_dataset, evaluate_rank, fit_preset, movielens_dataset, rank_table
+from homefeed.rank.evaluate import (AUC_MARGIN, RankSettings, check_baselines, constant_row, evaluate_rank, fit_preset,
+                                    rank_table)
 from homefeed.rank.samples import SampleSettings, build_all
 from homefeed.rank.train import TrainSettings, load_checkpoint, predict
 from test_rank_samples import toy_dataset
 
-SHARED = Path("/work/shared/data")
+SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 QUICK = RankSettings(samples=SampleSettings(drop_bots=False, active_min_actions=0),
-                     train=TrainSettings(epochs=2, batch_size=256, lr=0.01, threads=1),
+                     train=TrainSettings(epochs=3, batch_size=256, lr=0.01, threads=1),
                      model={"embed_dim": 4, "hidden": [16]})
 
 
-def test_evaluate_rank_reports_every_preset():
-    results = evaluate_rank(toy_dataset(n_users=100, days=5), ["lr", "din"], QUICK)
-    assert list(results) == ["lr", "din"]
-    for row in results.values():
-        assert 0.6 < row["auc"] <= 1 and 0.5 < row["gauc"] <= 1 and row["logloss"] > 0 and row["calibration"] > 0
+@pytest.fixture(scope="module")
+def toy_parts():
+    return build_all(toy_dataset(n_users=100, days=5), QUICK.samples)
+
+
+def test_evaluate_rank_reports_baselines_beside_every_preset(toy_parts):
+    results = evaluate_rank(None, ["din", "deepfm"], QUICK, samples=toy_parts)
+    assert list(results) == ["constant", "lr", "din", "deepfm"]  # baselines first, then the presets in order
+    for name, row in results.items():
+        assert 0 < row["logloss"] and row["calibration"] > 0 and 0 <= row["ece"] <= 1, name
+        assert row["observed_rate"] == pytest.approx(toy_parts["test"].tensors["label"].numpy().mean())
+    for name in ("lr", "din", "deepfm"):
+        row = results[name]
+        assert 0.6 < row["auc"] <= 1 and 0.5 < row["gauc"] <= 1 and row["best_epoch"] >= 0, name
+    assert results["lr"]["check"] == "baseline" and results["constant"]["check"] == "baseline"
+    flagged = {w.split(":")[1].strip() for w in results.meta["warnings"]}
+    assert flagged == {n for n in ("din", "deepfm") if results[n]["check"] != "ok"}
     assert results.meta["protocol"] == "exposures" and results.meta["samples"]["test"]["rows"] > 0
     assert json.loads(to_json(results))["din"]["auc"] == pytest.approx(results["din"]["auc"])
     table = rank_table(results)
-    assert table.row_count == 2 and "exposures" in table.title
+    assert table.row_count == 4 and "exposures" in table.title and [c.header for c in table.columns][-1] == "check"
 
 
-def test_fit_preset_saves_what_serving_needs(tmp_path):
-    from homefeed.rank.model import RankModel, ModelConfig
+def test_lr_among_the_presets_is_the_baseline_and_not_trained_twice(toy_parts):
+    results = evaluate_rank(None, ["din", "lr"], QUICK, samples=toy_parts)
+    assert list(results) == ["constant", "lr", "din"]
+    plain = evaluate_rank(None, ["din"], QUICK, samples=toy_parts, baselines=False)
+    assert list(plain) == ["din"] and plain.meta["warnings"] == [] and plain["din"]["auc"] == results["din"]["auc"]
+
+
+def test_constant_predictor_is_the_train_rate(toy_parts):
+    row = constant_row(toy_parts)
+    y_train, y_test = (toy_parts[p].tensors["label"].numpy().astype(np.float64) for p in ("train", "test"))
+    assert row["train_rate"] == pytest.approx(y_train.mean())
+    assert row["auc"] == 0.5 and row["logloss"] == pytest.approx(logloss(y_test, np.full(y_test.size, y_train.mean())))
+    assert row["calibration"] == pytest.approx(y_train.mean() / y_test.mean())
+    assert row["ece"] == pytest.approx(abs(y_train.mean() - y_test.mean()))
+
+
+def test_check_baselines_flags_logloss_above_constant_and_auc_below_lr():
+    rows = {"constant": {"auc": 0.5, "logloss": 0.69}, "lr": {"auc": 0.75, "logloss": 0.60},
+            "good": {"auc": 0.75 - AUC_MARGIN + 1e-6, "logloss": 0.69},
+            "overfit": {"auc": 0.76, "logloss": 0.71},
+            "weak": {"auc": 0.74, "logloss": 0.65},
+            "both": {"auc": 0.70, "logloss": 1.01}}
+    warnings = check_baselines(rows)
+    assert rows["good"]["check"] == "ok" and rows["lr"]["check"] == "baseline"
+    assert rows["overfit"]["check"] == "logloss > constant"
+    assert rows["weak"]["check"] == f"AUC < LR - {AUC_MARGIN}"
+    assert rows["both"]["check"] == f"logloss > constant, AUC < LR - {AUC_MARGIN}"
+    assert warnings == [
+        "warning: overfit: test logloss 0.7100 is above the constant predictor's 0.6900: it predicts worse than the train rate",
+        "warning: weak: test AUC 0.7400 is below LR's 0.7500 by more than 0.005",
+        "warning: both: test logloss 1.0100 is above the constant predictor's 0.6900: it predicts worse than the train rate",
+        "warning: both: test AUC 0.7000 is below LR's 0.7500 by more than 0.005",
+    ]
+
+
+def test_fit_preset_saves_what_serving_needs(tmp_path, toy_parts):
+    from homefeed.rank.model import ModelConfig, RankModel
     from homefeed.rank.spec import FeatureSpec
 
-    parts = build_all(toy_dataset(n_users=60, days=5), QUICK.samples)
-    model, fit = fit_preset("deepfm", parts, QUICK, out=tmp_path)
+    model, fit = fit_preset("deepfm", toy_parts, QUICK, out=tmp_path)
     meta = json.loads((tmp_path / "model.json").read_text())
     assert meta["preset"] == "deepfm" and meta["valid_auc"] == fit.best_valid_auc
-    assert Encoders.load(tmp_path).spec == parts["train"].spec == FeatureSpec(**meta["spec"])
+    assert meta["calibration"] == pytest.approx(model.calibration.tolist())
+    assert Encoders.load(tmp_path).spec == toy_parts["train"].spec == FeatureSpec(**meta["spec"])
     again = load_checkpoint(RankModel(FeatureSpec(**meta["spec"]), ModelConfig(**meta["config"])), tmp_path / "best.npz")
-    assert np.allclose(predict(again, parts["test"]), predict(model, parts["test"]), atol=1e-6)
+    assert np.allclose(predict(again, toy_parts["test"]), predict(model, toy_parts["test"]), atol=1e-6)
 
 
 def test_unknown_preset_lists_the_valid_ones():
@@ -48,23 +97,31 @@ def test_unknown_preset_lists_the_valid_ones():
         evaluate_rank(toy_dataset(n_users=20), ["dfm"], QUICK)
 
 
-@pytest.mark.skipif(not (SHARED / "ml-100k.inter").exists(), reason="shared MovieLens-100K not present")
-def test_movielens_adapter_and_din_protocol():
-    ds = movielens_dataset(SHARED)
-    assert ds.events.height == 100_000 and ds.users.height == 943 and ds.items.height == 1682
-    assert ds.exposures is None and ds.users["city"][0] == "857"          # user 1's zip 85711
-    assert ds.events_in("test").height == pytest.approx(10_000, rel=0.01)   # 80/10/10 by time
-    s = build_all(ds, SampleSettings(active_min_actions=0))
-    assert s["train"].protocol == "din"
-    assert int(s["test"].tensors["label"].sum()) == ds.events_in("test").height  # each rating a positive
-    assert len(s["test"]) >= 1.98 * ds.events_in("test").height                  # + ~1 negative each
+def _ingest(tmp_path, name, **kw):
+    from homefeed.data.ingest import ingest
+
+    dataset, _ = ingest(SHARED / name, tmp_path / "ds", **kw)
+    return dataset
 
 
-@pytest.mark.skipif(not (SHARED / "Toys_and_Games.txt").exists(), reason="shared Amazon Toys not present")
-def test_amazon_adapter_is_leave_one_out():
-    ds = amazon_dataset(SHARED)
-    assert ds.events.height == 167_597 and ds.users.height == 19_412 and ds.items.height == 11_924
-    assert ds.events_in("test").height == 19_412 and ds.events_in("valid").height == 19_412
-    first = ds.events.filter(ds.events["user_id"] == 1).sort("ts")["item_id"].to_list()
-    assert first == [1, 2, 3, 4, 5]                                              # line "1 1 2 3 4 5"
-    assert not math.isnan(ds.items["leaf_category"].cast(float).mean())
+@pytest.mark.skipif(not (SHARED / "taobao_userbehavior_tail.csv").exists(), reason="shared Taobao log not in ../shared/data")
+def test_real_taobao_log_deep_preset_beats_the_constant(tmp_path):
+    dataset = _ingest(tmp_path, "taobao_userbehavior_tail.csv", fmt="taobao")
+    settings = RankSettings(train=TrainSettings(threads=1), model={"embed_dim": 8, "hidden": [32]})
+    results = evaluate_rank(dataset, ["din"], settings)
+    assert results.meta["protocol"] == "din" and list(results) == ["constant", "lr", "din"]
+    assert results["lr"]["auc"] > 0.7 and results["din"]["auc"] > 0.7
+    assert results["din"]["logloss"] < results["constant"]["logloss"]  # calibrated on valid: never worse than the rate
+    assert abs(math.log(results["din"]["calibration"])) < 0.15
+
+
+@pytest.mark.skipif(not (SHARED / "Toys_and_Games.txt").exists(), reason="shared Amazon Toys not in ../shared/data")
+def test_real_sequence_log_gives_leave_one_out_samples(tmp_path):
+    dataset = _ingest(tmp_path, "Toys_and_Games.txt", fmt="sequences",
+                      attributes=SHARED / "Toys_and_Games_item2attributes.json")
+    test = build_all(dataset, SampleSettings())["test"]
+    assert test.protocol == "din"
+    users, labels = test.tensors["user"].numpy(), test.tensors["label"].numpy()
+    assert int(labels.sum()) == 19_412 and np.unique(users[labels == 1]).size == 19_412  # each user's last item
+    assert len(test) == 2 * 19_412                                                     # + one negative each
+    assert (test.tensors["seq"][..., 0] > 0).sum(1).min() >= 3  # every history holds the user's earlier items

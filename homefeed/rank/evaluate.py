@@ -1,22 +1,25 @@
-"""Rank evaluation: train every preset on the same samples and compare them on the test days.
+"""Rank evaluation: train every preset on the same samples and compare them on the test days, beside baselines.
 
 One set of samples (train/valid/test, encoders fitted on train) is built once; each preset is
-seeded, built with `homefeed.rank.model.build_model`, trained with early stopping on valid AUC and
-scored on test with the ONE metric module (`homefeed.evaluate.metrics`): AUC, GAUC (per-user AUC
-weighted by the user's rows, as in the DIN paper), logloss, calibration (predicted / actual CTR).
+seeded, built with `homefeed.rank.model.build_model`, trained with early stopping on valid (then
+calibrated there, `homefeed.rank.train`) and scored on test with the ONE metric module
+(`homefeed.evaluate.metrics`): AUC, GAUC (per-user AUC weighted by the user's rows, as in the DIN
+paper), logloss, and calibration (predicted mean / observed rate, and ECE).
 
-    >>> results = evaluate_rank(Dataset.load("out/small_ds"), ["lr", "deepfm", "din", "bst"])   # doctest: +SKIP
-    >>> print_table(rank_table(results))                                                       # doctest: +SKIP
-    >>> results.meta["protocol"]                                                                # doctest: +SKIP
-    'exposures'
+A deep model must earn its place, so every result carries two baselines trained and scored on the
+same samples: **constant**, the train part's positive rate for every row (the logloss any model
+must beat; AUC 0.5), and **lr**, logistic regression on the same features. `check_baselines`
+flags each preset whose test logloss is above the constant's or whose AUC is below LR's by more
+than `AUC_MARGIN`; the flags are in `results.meta["warnings"]` and in each row's `check`.
 
-Public data sets without an impression log use the DIN protocol automatically (see `samples`);
-`movielens_dataset` and `amazon_dataset` adapt the two sets in `../shared/data` to a Dataset:
-MovieLens-100K (each rating is a click; user gender, age, zip-3 region; first genre as leaf,
-genres as tags; split by time at the 80th/90th percentile) and the S3-Rec Amazon Toys sequences
-(no timestamps: each user's items are one hour apart and end together, so the last item of every
-user is test and the one before valid, the usual leave-one-out; attributes are brand, root,
-standard category, leaf category, then extra categories as tags).
+    >>> results = evaluate_rank(Dataset.load("out/small_ds"), ["deepfm", "din", "bst"])   # doctest: +SKIP
+    >>> list(results)                                                                     # doctest: +SKIP
+    ['constant', 'lr', 'deepfm', 'din', 'bst']
+    >>> print_table(rank_table(results)); results.meta["warnings"]                        # doctest: +SKIP
+    []
+
+Public logs without an impression log (`homefeed ingest --format sequences|recbole|taobao`) use the
+DIN protocol automatically (see `samples`).
 """
 from __future__ import annotations
 
@@ -27,18 +30,19 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import polars as pl
 import torch
 from pydantic import Field
 
 from homefeed.config import Section
-from homefeed.data.dataset import Dataset, TimeSplit
-from homefeed.data.schema import BEHAVIOR
+from homefeed.data.dataset import Dataset
 from homefeed.evaluate.metrics import ctr_metrics
 from homefeed.rank.samples import SampleSettings, Samples, build_all
 from homefeed.rank.train import TrainSettings, predict, train
 
-COLUMNS = ("auc", "gauc", "logloss", "calibration", "valid_auc", "best_epoch", "train_s", "samples_per_s")
+COLUMNS = ("auc", "gauc", "logloss", "calibration", "ece", "valid_auc", "best_epoch", "train_s", "check")
+METRICS = ("auc", "gauc", "logloss", "calibration", "ece", "predicted_mean", "observed_rate")
+BASELINES = ("constant", "lr")
+AUC_MARGIN = 0.005  # a preset more than this below LR's test AUC is flagged
 
 
 class RankSettings(Section):
@@ -50,7 +54,8 @@ class RankSettings(Section):
 
 
 class RankResults(dict):
-    """{preset: {"auc", "gauc", "logloss", "calibration", ...}} plus `meta` (protocol, sample counts)."""
+    """{row: {"auc", "gauc", "logloss", "calibration", "ece", ..., "check"}}: the baselines first, then the presets;
+    `meta` holds the protocol, sample counts and `warnings` (one line per flagged preset)."""
 
     def __init__(self, rows: dict, meta: dict):
         super().__init__(rows)
@@ -58,29 +63,83 @@ class RankResults(dict):
 
 
 def fit_preset(preset: str, parts: dict[str, Samples], settings: RankSettings = RankSettings(), *,
-               out: str | Path | None = None):
+               out: str | Path | None = None, progress: Callable[[dict], None] | None = None):
     """Seed, build and train one preset on prepared samples -> (model, TrainResult).
 
     With `out`, the folder gets everything serving needs: encoders.json/.npz (fitted on train),
-    model.json (preset, model config, feature spec, valid AUC) and best.npz/best.json (weights).
+    model.json (preset, model config, feature spec, valid AUC, calibration) and best.npz/best.json (weights).
+    `progress` receives each epoch's history row.
     """
     from homefeed.rank.model import build_model
 
     torch.manual_seed(settings.train.seed)
     model = build_model(parts["train"].spec, preset, **settings.model)
     train_settings = settings.train if out is None else settings.train.model_copy(update={"checkpoint_dir": str(out)})
-    fit = train(model, parts["train"], parts["valid"], train_settings)
+    fit = train(model, parts["train"], parts["valid"], train_settings, progress=progress)
     if out is not None:
         parts["train"].encoders.save(out)
         meta = {"preset": preset, "config": model.config.model_dump(), "spec": parts["train"].spec.model_dump(),
-                "valid_auc": fit.best_valid_auc, "best_epoch": fit.best_epoch, "protocol": parts["train"].protocol}
+                "valid_auc": fit.best_valid_auc, "valid_logloss": fit.best_valid_logloss, "best_epoch": fit.best_epoch,
+                "calibration": list(fit.calibration), "protocol": parts["train"].protocol}
         (Path(out) / "model.json").write_text(json.dumps(meta, indent=1))
     return model, fit
 
 
+def score(model, samples: Samples, settings: TrainSettings = TrainSettings()) -> dict[str, float]:
+    """The test metrics of a trained model on `samples` (the METRICS keys)."""
+    p = predict(model, samples, batch_size=settings.eval_batch_size, bf16=settings.bf16)
+    m = ctr_metrics(samples.tensors["label"].numpy(), p, samples.tensors["user"].numpy())
+    return {k: m[k] for k in METRICS}
+
+
+def constant_row(parts: dict[str, Samples]) -> dict[str, float]:
+    """The constant predictor: the train part's positive rate for every test row."""
+    rate = float(parts["train"].tensors["label"].double().mean())
+    test = parts["test"]
+    m = ctr_metrics(test.tensors["label"].numpy(), np.full(len(test), rate), test.tensors["user"].numpy())
+    return {k: m[k] for k in METRICS} | {"train_rate": rate}
+
+
+def _trained_row(preset: str, parts: dict[str, Samples], settings: RankSettings, say: Callable[[str], None]) -> dict:
+    say(f"train {preset}")
+    model, fit = fit_preset(preset, parts, settings, progress=lambda r: say(
+        f"train {preset}: epoch {r['epoch']} valid AUC {r['valid_auc']:.4f} logloss {r['valid_logloss']:.4f}"))
+    return score(model, parts["test"], settings.train) | {
+        "valid_auc": fit.best_valid_auc, "valid_logloss": fit.best_valid_logloss, "best_epoch": fit.best_epoch,
+        "calibration_scale": fit.calibration[0], "train_s": fit.train_seconds, "samples_per_s": fit.samples_per_s}
+
+
+def baseline_rows(parts: dict[str, Samples], settings: RankSettings = RankSettings(), *,
+                  progress: Callable[[str], None] | None = None) -> dict[str, dict]:
+    """{"constant": ..., "lr": ...} on prepared samples; LR is trained with `settings.train` and no model overrides."""
+    say = progress or (lambda text: None)
+    lr_settings = settings.model_copy(update={"model": {}})
+    return {"constant": constant_row(parts), "lr": _trained_row("lr", parts, lr_settings, say)}
+
+
+def check_baselines(rows: dict[str, dict], *, margin: float = AUC_MARGIN) -> list[str]:
+    """Set each non-baseline row's `check` ("ok", or what failed) against rows "constant" and "lr"; return warning lines."""
+    const, lr = rows.get("constant"), rows.get("lr")
+    warnings = []
+    for name, row in rows.items():
+        if name in BASELINES:
+            row["check"] = "baseline"
+            continue
+        failed = []
+        if const is not None and row["logloss"] > const["logloss"]:
+            failed.append(("logloss > constant", f"test logloss {row['logloss']:.4f} is above the constant predictor's "
+                                                 f"{const['logloss']:.4f}: it predicts worse than the train rate"))
+        if lr is not None and row["auc"] < lr["auc"] - margin:
+            failed.append((f"AUC < LR - {margin}", f"test AUC {row['auc']:.4f} is below LR's {lr['auc']:.4f} by more than {margin}"))
+        row["check"] = ", ".join(short for short, _ in failed) or "ok"
+        warnings += [f"warning: {name}: {text}" for _, text in failed]
+    return warnings
+
+
 def evaluate_rank(dataset: Dataset, presets: list[str], settings: RankSettings = RankSettings(), *,
-                  samples: dict[str, Samples] | None = None, progress: Callable[[str], None] | None = None) -> RankResults:
-    """Train and test each preset on one set of samples; rows keep the order of `presets`."""
+                  samples: dict[str, Samples] | None = None, progress: Callable[[str], None] | None = None,
+                  baselines: bool = True) -> RankResults:
+    """Train and test each preset on one set of samples; rows: the baselines (constant, lr), then `presets` in order."""
     from homefeed.rank.model import PRESETS
 
     unknown = [p for p in presets if p not in PRESETS]
@@ -90,17 +149,18 @@ def evaluate_rank(dataset: Dataset, presets: list[str], settings: RankSettings =
     t0 = time.perf_counter()
     parts = samples or build_all(dataset, settings.samples)
     build_s = time.perf_counter() - t0
-    test = parts["test"]
-    y, users = test.tensors["label"].numpy(), test.tensors["user"].numpy()
-    rows = {}
+    rows: dict[str, dict] = {}
+    if baselines:
+        rows["constant"] = constant_row(parts)
+        if "lr" not in presets:
+            rows |= {"lr": baseline_rows(parts, settings, progress=say)["lr"]}
     for preset in presets:
-        say(f"train {preset}")
-        model, fit = fit_preset(preset, parts, settings)
-        m = ctr_metrics(y, predict(model, test, batch_size=settings.train.eval_batch_size, bf16=settings.train.bf16), users)
-        rows[preset] = {"auc": m["auc"], "gauc": m["gauc"], "logloss": m["logloss"], "calibration": m["calibration"],
-                        "valid_auc": fit.best_valid_auc, "best_epoch": fit.best_epoch, "train_s": fit.train_seconds,
-                        "samples_per_s": fit.samples_per_s}
-    meta = {"protocol": test.protocol, "why": test.report.get("why"), "build_samples_s": build_s,
+        rows[preset] = _trained_row(preset, parts, settings, say)
+    if "lr" in rows:  # baselines first, whatever the order of `presets`
+        rows = {name: rows[name] for name in [n for n in BASELINES if n in rows] + [n for n in rows if n not in BASELINES]}
+    warnings = check_baselines(rows) if baselines else []
+    test = parts["test"]
+    meta = {"protocol": test.protocol, "why": test.report.get("why"), "build_samples_s": build_s, "warnings": warnings,
             "samples": {p: {k: s.report.get(k) for k in ("rows", "positives", "ctr", "removed")} for p, s in parts.items()},
             "fields": {"sparse": len(test.spec.sparse), "dense": len(test.spec.dense), "max_len": test.spec.max_len}}
     return RankResults(rows, meta)
@@ -113,50 +173,3 @@ def rank_table(results: RankResults, *, title: str | None = None):
     protocol = getattr(results, "meta", {}).get("protocol")
     title = title or (f"rank: test metrics ({protocol} protocol)" if protocol else "rank: test metrics")
     return metrics_table(results, title=title, columns=COLUMNS, name_header="model")
-
-
-# --- the shared public data sets -------------------------------------------------------------
-
-def _split_at(ts: pl.Series, train_q: float, valid_q: float) -> TimeSplit:
-    return TimeSplit(train_end=int(ts.quantile(train_q, "lower")) + 1, valid_end=int(ts.quantile(valid_q, "lower")) + 1)
-
-
-def movielens_dataset(folder: str | Path = "/work/shared/data") -> Dataset:
-    """MovieLens-100K (RecBole atomic files ml-100k.inter/.user/.item) as an encoded Dataset, no exposures."""
-    folder = Path(folder)
-    read = lambda name: pl.read_csv(folder / name, separator="\t", quote_char=None, infer_schema=False).rename(lambda c: c.split(":")[0])
-    inter, users, items = read("ml-100k.inter"), read("ml-100k.user"), read("ml-100k.item")
-    events = inter.select(pl.col("user_id").cast(pl.Int32), pl.col("item_id").cast(pl.Int32),
-                          pl.lit("click").cast(BEHAVIOR).alias("behavior"),
-                          pl.col("timestamp").cast(pl.Float64).cast(pl.Int64).alias("ts")).sort("ts", "user_id")
-    genres = pl.col("class").str.split(" ")
-    genre_codes = {g: i + 1 for i, g in enumerate(sorted(set(items["class"].str.split(" ").explode().to_list())))}
-    items = items.select(pl.col("item_id").cast(pl.Int32),
-                         genres.list.first().replace_strict(genre_codes, return_dtype=pl.Int32).alias("leaf_category"),
-                         pl.lit(0, pl.Int32).alias("brand"), pl.lit(0, pl.Int32).alias("shop"),
-                         pl.lit(None, pl.Float64).alias("price"), genres.alias("tags"))
-    users = users.select(pl.col("user_id").cast(pl.Int32), pl.col("gender"), pl.col("age").cast(pl.Int32),
-                         pl.col("zip_code").str.slice(0, 3).alias("city"))
-    return Dataset(events=events, items=items, users=users, split=_split_at(events["ts"], 0.8, 0.9))
-
-
-def amazon_dataset(folder: str | Path = "/work/shared/data", *, name: str = "Toys_and_Games") -> Dataset:
-    """S3-Rec Amazon sequences (`<name>.txt` + `<name>_item2attributes.json`) as a Dataset, no exposures."""
-    folder = Path(folder)
-    lines = (folder / f"{name}.txt").read_text().split("\n")
-    seqs = [np.array(line.split(), dtype=np.int64) for line in lines if line.strip()]
-    lengths = np.array([s.size - 1 for s in seqs])
-    user = np.repeat(np.array([s[0] for s in seqs]), lengths)
-    item = np.concatenate([s[1:] for s in seqs])
-    back = np.concatenate([np.arange(n - 1, -1, -1) for n in lengths])  # steps before the user's last item
-    end = 1_400_000_000
-    events = pl.DataFrame({"user_id": user.astype(np.int32), "item_id": item.astype(np.int32),
-                           "behavior": pl.Series(["click"] * item.size).cast(BEHAVIOR), "ts": end - 3600 * back}).sort("ts", "user_id")
-    attrs = json.loads((folder / f"{name}_item2attributes.json").read_text())
-    ids = np.array([int(k) for k in attrs], np.int32)
-    pick = lambda i, fallback: [v[i] if len(v) > i else (v[fallback] if len(v) > fallback else 0) for v in attrs.values()]
-    items = pl.DataFrame({"item_id": ids, "brand": np.array(pick(0, 0), np.int32), "standard_category": np.array(pick(2, 1)),
-                          "leaf_category": np.array(pick(3, 2), np.int32), "shop": np.zeros(ids.size, np.int32),
-                          "price": np.full(ids.size, np.nan), "tags": [[str(a) for a in v[4:]] for v in attrs.values()]})
-    users = pl.DataFrame({"user_id": np.unique(user).astype(np.int32)})
-    return Dataset(events=events, items=items, users=users, split=TimeSplit(train_end=end - 3600, valid_end=end))
