@@ -19,7 +19,12 @@ Everything else (overall HitRate/Recall@K, the merged list) is `homefeed.recall.
 """
 from __future__ import annotations
 
+from typing import Literal
+
 import numpy as np
+import scipy.sparse as sp
+from numba import njit
+from scipy.sparse.csgraph import minimum_spanning_tree
 from rich.table import Table
 
 from homefeed.data.dataset import Dataset
@@ -34,27 +39,97 @@ from homefeed.recall.graph.embed import PartitionSettings, embed_graph
 from homefeed.recall.graph.graph import ItemGraph, build_graph
 
 METHODS = MODES  # "deepwalk", "ges", "eges"
+Negatives = Literal["degree", "uniform"]
+NEGATIVES: tuple[str, ...] = ("degree", "uniform")
+Keep = Literal["connected", "endpoints"]
+KEEPS: tuple[str, ...] = ("connected", "endpoints")
 
 
-def holdout_edges(graph: ItemGraph, *, share: float = 1 / 3, seed: int = 0) -> tuple[ItemGraph, np.ndarray, np.ndarray]:
-    """Hold out `share` of the unordered edges {i, j} (both directions go); pair them with as many random node pairs.
+@njit(cache=True)
+def _greedy_holdout(a, b, degree, target, held):
+    """Walk the edges (a[e], b[e]) in the given order and hold one out while both its ends keep another edge."""
+    n_held = 0
+    for e in range(a.size):
+        if n_held >= target:
+            break
+        if degree[a[e]] > 1 and degree[b[e]] > 1:
+            degree[a[e]] -= 1
+            degree[b[e]] -= 1
+            held[e] = True
+            n_held += 1
 
-    Returns (training graph, pairs (2 n, 2) int64, labels (2 n,) 1 = held-out edge, 0 = random pair).
-    Random pairs are drawn among the graph's nodes with an edge, and are never edges of the full graph.
+
+def _negative_pairs(candidates_a: np.ndarray, candidates_b: np.ndarray, edge_keys: np.ndarray, n: int, count: int,
+                    rng: np.random.Generator) -> np.ndarray:
+    """(count, 2) int64 pairs {a, b}, a drawn from `candidates_a` and b from `candidates_b`, never an edge nor a loop."""
+    out = np.zeros((0, 2), np.int64)
+    for _ in range(50):
+        if len(out) >= count:
+            break
+        a, b = rng.choice(candidates_a, 2 * count + 16), rng.choice(candidates_b, 2 * count + 16)
+        key = np.minimum(a, b) * n + np.maximum(a, b)
+        fresh = (a != b) & ~np.isin(key, edge_keys)
+        out = np.r_[out, np.stack([a[fresh], b[fresh]], 1)]
+    return out[:count]
+
+
+def spanning_forest(a: np.ndarray, b: np.ndarray, n: int, rng: np.random.Generator) -> np.ndarray:
+    """(E,) bool: the edges {a[e], b[e]} of a random spanning forest (Kruskal on random weights)."""
+    if a.size == 0:
+        return np.zeros(0, bool)
+    weight = rng.random(a.size) + 1.0  # distinct positive weights: every edge is stored
+    forest = minimum_spanning_tree(sp.coo_matrix((weight, (a, b)), shape=(n, n)).tocsr()).tocoo()
+    chosen = np.isin(weight, forest.data)
+    return chosen
+
+
+def holdout_edges(graph: ItemGraph, *, share: float = 1 / 3, seed: int = 0, negatives: Negatives = "degree",
+                  keep: Keep = "connected") -> tuple[ItemGraph, np.ndarray, np.ndarray]:
+    """Hold out up to `share` of the unordered edges {i, j} (both directions go), each only while i and j keep
+    another training edge; pair them with as many node pairs that are not edges of the full graph.
+
+    So every held-out edge joins two nodes with a trained vector: no pair is scored against an empty vector
+    (the old protocol held out 48% of edges touching a node left without an edge on a sparse shop log,
+    against 27% of random pairs, and ranked DeepWalk below chance). On a tree-like graph fewer than
+    `share` edges can go; the count is in the returned labels.
+
+    negatives: "degree" draws each end of a negative pair from the ends of the held-out edges (the same
+    nodes, as often as they occur in positives: popularity alone cannot separate the two sides);
+    "uniform" draws both ends uniformly among nodes with a training edge (the EGES paper's random pairs).
+
+    Returns (training graph, pairs (2 n, 2) int64, labels (2 n,) 1 = held-out edge, 0 = negative pair).
     """
+    if not 0 < share < 1:
+        raise ValueError(f"share must lie in (0, 1), got {share}")
+    if keep not in KEEPS:
+        raise ValueError(f"unknown keep {keep!r}; valid: {', '.join(KEEPS)}")
+    if negatives not in NEGATIVES:
+        raise ValueError(f"unknown negatives {negatives!r}; valid: {', '.join(NEGATIVES)}")
     rng = np.random.default_rng(seed)
     src, dst, w = graph.edges()
     n = graph.n_nodes
     lo, hi = np.minimum(src, dst), np.maximum(src, dst)
     keys = np.unique(lo * n + hi)
-    held = keys[rng.random(keys.size) < share]
+    keys = keys[rng.permutation(keys.size)]
+    a, b = keys // n, keys % n
+    target = int(round(share * keys.size))
+    if keep == "connected":
+        free = np.flatnonzero(~spanning_forest(a, b, n, rng))  # already in random order
+        held_mask = np.zeros(keys.size, bool)
+        held_mask[free[:target]] = True
+    else:
+        degree = np.bincount(np.r_[a, b], minlength=n).astype(np.int64)
+        held_mask = np.zeros(keys.size, bool)
+        _greedy_holdout(a, b, degree, target, held_mask)
+    held = keys[held_mask]
     out = np.isin(lo * n + hi, held)
     train = ItemGraph.from_edges(src[~out], dst[~out], w[~out], n)
-    nodes = np.flatnonzero(graph.active())
-    a, b = rng.choice(nodes, 2 * held.size + 16), rng.choice(nodes, 2 * held.size + 16)
-    fresh = (a != b) & ~np.isin(np.minimum(a, b) * n + np.maximum(a, b), keys)
-    neg = np.stack([a[fresh], b[fresh]], 1)[:held.size]
     pos = np.stack([held // n, held % n], 1)
+    if negatives == "degree":
+        neg = _negative_pairs(pos.ravel(), pos.ravel(), keys, n, len(pos), rng)
+    else:
+        nodes = np.flatnonzero(train.active())
+        neg = _negative_pairs(nodes, nodes, keys, n, len(pos), rng)
     return train, np.r_[pos, neg], np.r_[np.ones(len(pos)), np.zeros(len(neg))]
 
 

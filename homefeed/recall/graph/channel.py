@@ -31,6 +31,7 @@ from pydantic import Field
 
 from homefeed.config import Section
 from homefeed.data.dataset import Dataset
+from homefeed.data.loaded import UNKNOWN_RAW
 from homefeed.recall.ann import AnnIndex, i2i_table
 from homefeed.recall.graph.eges import Mode, side_information
 from homefeed.recall.graph.embed import Embedding, PartitionSettings, embed_graph
@@ -181,5 +182,16 @@ class EGES(DeepWalk):
             codes = np.asarray(self.standard_categories, np.int64)
             ids = items["item_id"].to_numpy()
             items = items.with_columns(standard_category=pl.Series(np.where(ids < codes.size, codes[np.minimum(ids, codes.size - 1)], 0)))
-        return side_information(items, dataset.n_items, fields=self.settings.side_fields,
+        return side_information(unknown_as_zero(items, dataset), dataset.n_items, fields=self.settings.side_fields,
                                 n_price_bands=self.settings.price_bands)
+
+
+def unknown_as_zero(items: pl.DataFrame, dataset: Dataset) -> pl.DataFrame:
+    """`items` with the code of the raw "not recorded" id (UNKNOWN_RAW: a log without brands or shops) set to 0,
+    so side information treats it as unknown rather than as one brand shared by every such item."""
+    out = []
+    for name, vocab in dataset.vocabs.items():
+        code = vocab.code_of(UNKNOWN_RAW) if name in items.columns and name != "item_id" else 0
+        if code > 0:
+            out.append(pl.when(pl.col(name) == code).then(0).otherwise(pl.col(name)).cast(items[name].dtype).alias(name))
+    return items.with_columns(out) if out else items

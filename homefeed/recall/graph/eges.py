@@ -7,11 +7,14 @@ has m + 1 attention logits a_v. The item's vector is the softmax-weighted mix
 
     H_v = sum_{j=0..m} exp(a_v^j) W^j[s_j(v)] / sum_j exp(a_v^j)        (j = 0 is the id itself)
 
+where a field whose value is unknown for v (code 0) is left out of both sums: a shared "unknown"
+vector would pull every item without a brand towards one point.
+
 and H_v is the centre vector of skip-gram over the walks (`skipgram.py`). Three modes, as in the
 paper's comparison:
 
     "deepwalk"  H_v = W^0[v]                  (BGE: no side information)
-    "ges"       H_v = mean_j W^j[s_j(v)]      (equal weights)
+    "ges"       H_v = mean_j W^j[s_j(v)]      (equal weights over the known fields)
     "eges"      the softmax mix above         (weights learned per item)
 
 A cold-start item (never in a walk) has no trained id vector, so its vector comes from side
@@ -82,6 +85,8 @@ def side_information(items: pl.DataFrame, n_items: int, *, fields: list[str] | N
 
     Default fields: leaf_category, standard_category (when the items table has it), brand, shop, price_band.
     Any other integer column of `items` (e.g. venue) may be named. Item codes missing from `items` get 0s.
+    Code 0 is unknown (it adds nothing to an item's vector). A field with fewer than two known values says
+    nothing about any item (a log without brands, without prices) and is left out.
     """
     explicit = fields is not None
     fields = list(fields) if explicit else [f for f in AUTO_FIELDS if f == "price_band" or f in items.columns]
@@ -100,7 +105,10 @@ def side_information(items: pl.DataFrame, n_items: int, *, fields: list[str] | N
         if values.size and values.min() < 0:
             raise ValueError(f"side-information field {name!r} has negative code {values.min()}")
         codes[ids[inside], j] = values[inside]
-    return SideInfo(codes, [int(codes[:, j].max(initial=0)) + 1 for j in range(len(fields))], fields)
+    informative = [j for j in range(len(fields)) if np.unique(codes[:, j][codes[:, j] > 0]).size >= 2]
+    codes = np.ascontiguousarray(codes[:, informative])
+    return SideInfo(codes, [int(codes[:, j].max(initial=0)) + 1 for j in range(codes.shape[1])],
+                    [fields[j] for j in informative])
 
 
 def _uniform(rows: int, dim: int, gen: torch.Generator) -> torch.Tensor:
@@ -134,6 +142,7 @@ class EGESModel:
         self.attention = torch.zeros(n_items, 1 + side.n_fields)
         self.context = torch.zeros(n_items, dim)
         self.codes = torch.from_numpy(np.ascontiguousarray(side.codes, np.int64))
+        self.known = self.codes > 0  # (N, m) bool: code 0 is an unknown value and adds nothing
 
     def tables(self) -> list[torch.Tensor]:
         """Every trainable table (for sharing between processes)."""
@@ -143,7 +152,16 @@ class EGESModel:
         for t in self.tables():
             t.share_memory_()
         self.codes.share_memory_()
+        self.known.share_memory_()
         return self
+
+    def _mix_weights(self, items: torch.Tensor) -> torch.Tensor:
+        """(B, 1 + m) weights of the id and each side field for `items`: 0 where a field is unknown (code 0),
+        else equal (GES) or the softmax of the item's logits over its known fields (EGES)."""
+        known = torch.cat([torch.ones(items.numel(), 1, dtype=torch.bool), self.known.index_select(0, items)], 1)
+        if self.mode == "ges":
+            return known.float() / known.sum(1, keepdim=True)
+        return torch.softmax(self.attention.index_select(0, items).masked_fill(~known, -torch.inf), 1)
 
     def encode(self, items: torch.Tensor) -> tuple[torch.Tensor, tuple]:
         """(h (B, D), saved): the centre vectors of `items` (B,) and what `backward` needs."""
@@ -152,9 +170,7 @@ class EGESModel:
         rows = self.codes.index_select(0, items).T.contiguous().unbind(0)  # m x (B,)
         parts = torch.stack([self.ids.index_select(0, items), *(t.index_select(0, r) for t, r in zip(self.sides, rows))],
                             1)  # (B, 1 + m, D)
-        if self.mode == "ges":
-            return parts.mean(1), (items, rows, parts, None)
-        alpha = torch.softmax(self.attention.index_select(0, items), 1)  # (B, 1 + m)
+        alpha = self._mix_weights(items)  # (B, 1 + m)
         return (alpha.unsqueeze(2) * parts).sum(1), (items, rows, parts, alpha)  # (bmm is ~2x slower for m ~ 5)
 
     def backward(self, saved: tuple, grad_h: torch.Tensor) -> list[RowGrad]:
@@ -167,28 +183,27 @@ class EGESModel:
         if self.mode == "deepwalk":
             return [RowGrad(self.ids, items, grad_h, 1.0, False)]
         _, rows, parts, alpha = saved
-        weights = alpha if alpha is not None else torch.full(parts.shape[:2], 1.0 / parts.shape[1])
-        grad_parts = weights.T.unsqueeze(2) * grad_h.unsqueeze(0)  # (1 + m, B, D): each field's rows contiguous,
+        grad_parts = alpha.T.unsqueeze(2) * grad_h.unsqueeze(0)  # (1 + m, B, D): each field's rows contiguous,
         out = [RowGrad(self.ids, items, grad_parts[0], 1.0, False)]  # which index_add_ needs to be fast
         out += [RowGrad(t, r, grad_parts[j + 1], 1.0, True) for j, (t, r) in enumerate(zip(self.sides, rows))]
-        if alpha is not None:
+        if self.mode == "eges":
             g_alpha = torch.bmm(parts, grad_h.unsqueeze(2)).squeeze(2)  # (B, 1 + m)
             g_logits = alpha * (g_alpha - (alpha * g_alpha).sum(1, keepdim=True))
             out.append(RowGrad(self.attention, items, g_logits, self.attention_lr, False))
         return out
 
     def field_weights(self, items: np.ndarray | None = None) -> np.ndarray:
-        """(len(items), 1 + m) float32 mixing weights per item (id first); all items by default."""
+        """(len(items), 1 + m) float32 mixing weights per item (id first; 0 for an unknown field); all items by default."""
         idx = torch.arange(self.ids.shape[0]) if items is None else torch.as_tensor(items, dtype=torch.int64)
-        m1 = 1 + self.side.n_fields
-        if self.mode == "eges":
-            return torch.softmax(self.attention[idx], 1).numpy()
-        return np.full((idx.numel(), m1), 1.0 / m1, np.float32)
+        if self.mode == "deepwalk":
+            return np.ones((idx.numel(), 1), np.float32)
+        return self._mix_weights(idx).numpy()
 
     def side_only(self, items: np.ndarray, warm: np.ndarray | None = None) -> np.ndarray:
         """(len(items), D) float32 cold-start vectors from side information alone (zeros in deepwalk mode).
 
-        Field weights: softmax of the mean side logits over `warm` items (bool (N,)) in eges mode, equal otherwise.
+        Field weights: softmax of the mean side logits over `warm` items (bool (N,)) in eges mode, equal otherwise,
+        renormalised over each item's known fields (an item with none gets a zero vector).
         """
         idx = torch.as_tensor(np.asarray(items), dtype=torch.int64)
         if self.mode == "deepwalk" or not self.sides:
@@ -197,8 +212,10 @@ class EGESModel:
             beta = torch.softmax(self.attention[torch.from_numpy(np.flatnonzero(warm)), 1:].mean(0), 0)
         else:
             beta = torch.full((len(self.sides),), 1.0 / len(self.sides))
+        beta = beta[None, :] * self.known[idx].float()  # (B, m)
+        beta = beta / beta.sum(1, keepdim=True).clamp(min=1e-12)
         parts = torch.stack([t[self.codes[idx, j]] for j, t in enumerate(self.sides)], 1)  # (B, m, D)
-        return (beta[None, :, None] * parts).sum(1).numpy()
+        return (beta[:, :, None] * parts).sum(1).numpy()
 
     @torch.no_grad()
     def item_vectors(self, warm: np.ndarray | None = None) -> np.ndarray:

@@ -6,7 +6,8 @@
 
 Items that appear in the walks are *warm* and get their trained vector H_v; every other item is
 *cold* and gets the side-information vector (EGES, GES) or none at all (DeepWalk: a zero row, never
-indexed). With `partitions > 1` the graph is cut into parts trained apart (`parallel.py`).
+indexed); with no informative side field at all, GES and EGES train as DeepWalk. With
+`partitions > 1` the graph is cut into parts trained apart (`parallel.py`).
 """
 from __future__ import annotations
 
@@ -97,6 +98,8 @@ def embed_graph(graph: ItemGraph, side: SideInfo | None, *, mode: Mode = "eges",
     walks = walks or WalkSettings()
     train = train or TrainSettings()
     partition = partition or PartitionSettings()
+    if mode != "deepwalk" and (side is None or side.n_fields == 0):
+        mode = "deepwalk"  # no informative side information (e.g. a log without item attributes): ids alone
     model = EGESModel(graph.n_nodes, side, dim=train.dim, mode=mode, attention_lr=train.attention_lr, seed=train.seed)
     with tempfile.TemporaryDirectory(dir=workdir) as tmp:
         if partition.parts > 1:

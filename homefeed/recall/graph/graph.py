@@ -6,9 +6,12 @@ session are related, and the edge weight counts how often the transition was see
 graph follows the shop's real paths (with the sparse, long-tail items linked in through them).
 
 Steps (all vectorised; no Python loop over events):
-1. Sessions: events carry `session_id` (ingest adds it; else they are cut at `session_gap_s`).
+1. Sequences: events carry `session_id` (ingest adds it; else they are cut at `session_gap_s`).
    Sessions that look like crawlers (more than `max_session_events` events, or more than
-   `max_events_per_minute` on average) are dropped.
+   `max_events_per_minute` on average) are dropped. When sessions link almost nothing (fewer than
+   `min_linked_share` of a user's consecutive events share a session: a log without a real clock,
+   or one whose events lie days apart, such as reviews), each user's whole stream in order is the
+   sequence instead (`sequences="users"`), with no clock-based crawler test.
 2. Runs: consecutive events on the same item collapse into one step whose weight is the strongest
    behaviour's weight (`behavior_weights`; pv 1, click 1, fav 2, cart 3, buy 4 by default).
 3. Edges: each pair of consecutive steps (i, j) adds weight(j) to edge i -> j; self loops vanish in 2.
@@ -22,6 +25,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 import polars as pl
@@ -43,6 +47,11 @@ class GraphSettings(Section):
     max_session_events: int = Field(500, ge=2)  # longer sessions are crawler-like and dropped
     max_events_per_minute: float = Field(30.0, gt=0)  # sessions faster than this on average are dropped
     undirected: bool = False  # add j -> i for every i -> j (walks then never dead-end)
+    # what one walked sequence is: "sessions", "users" (each user's stream in order, whatever the gaps), or
+    # "auto": sessions, unless under min_linked_share of a user's consecutive events share a session (and the log
+    # has at least MIN_USER_PAIRS such pairs to tell)
+    sequences: Literal["auto", "sessions", "users"] = "auto"
+    min_linked_share: float = Field(0.05, ge=0, le=1)
 
     @field_validator("behavior_weights")
     @classmethod
@@ -138,21 +147,51 @@ class ItemGraph:
             return cls(z["indptr"], z["indices"], z["weights"])
 
 
+MIN_USER_PAIRS = 50  # "auto" trusts the sessions of a log with fewer consecutive same-user events than this
+
+
+def linked_share(events: pl.DataFrame) -> tuple[float, int]:
+    """(share, pairs): of a user's consecutive events (in time order), how many pairs there are and which share
+    falls in one session (1.0 when there is no such pair)."""
+    ev = events.select("user_id", "ts", "session_id").sort("user_id", "ts", maintain_order=True)
+    same_user = ev["user_id"].to_numpy()[1:] == ev["user_id"].to_numpy()[:-1]
+    same_session = ev["session_id"].to_numpy()[1:] == ev["session_id"].to_numpy()[:-1]
+    pairs = int(same_user.sum())
+    return (float(same_session[same_user].mean()) if pairs else 1.0), pairs
+
+
+def sequence_unit(events: pl.DataFrame, settings: GraphSettings) -> str:
+    """"sessions" or "users": what `session_steps` walks for these events under `settings.sequences`."""
+    if settings.sequences != "auto":
+        return settings.sequences
+    if "session_id" not in events.columns:
+        events = add_sessions(events, gap_s=settings.session_gap_s)
+    share, pairs = linked_share(events)
+    return "users" if share < settings.min_linked_share and pairs >= MIN_USER_PAIRS else "sessions"
+
+
 def session_steps(events: pl.DataFrame, settings: GraphSettings) -> pl.DataFrame:
-    """Events -> steps (session_id, item_id, w) in time order, runs on one item collapsed, crawler sessions dropped."""
+    """Events -> steps (session_id, item_id, w) in time order, runs on one item collapsed, crawler sessions dropped.
+
+    With `sequence_unit` "users" the session_id of a step is its user's id (one sequence per user, no crawler test).
+    """
     missing = [c for c in ("user_id", "item_id", "behavior", "ts") if c not in events.columns]
     if missing:
         raise ValueError(f"events lack column(s) {missing}; columns: {', '.join(events.columns)}")
     if "session_id" not in events.columns:
         events = add_sessions(events, gap_s=settings.session_gap_s)
+    by_user = sequence_unit(events, settings) == "users"
+    if by_user:
+        events = events.with_columns(session_id=pl.col("user_id").rank("dense").cast(pl.Int64))
     bw = behavior_weight_array(settings.behavior_weights)
     ev = (events.select("session_id", "item_id", "ts", w=pl.lit(pl.Series(bw)).gather(pl.col("behavior").to_physical()))
           .filter((pl.col("w") > 0) & (pl.col("item_id") > 0))
           .sort("session_id", "ts", maintain_order=True))
-    minutes = ((pl.col("ts").max() - pl.col("ts").min()) / 60.0).over("session_id")
-    size = pl.len().over("session_id")
-    ev = ev.filter((size <= settings.max_session_events)
-                   & ((size <= 2) | (size <= settings.max_events_per_minute * pl.max_horizontal(minutes, 1.0))))
+    if not by_user:
+        minutes = ((pl.col("ts").max() - pl.col("ts").min()) / 60.0).over("session_id")
+        size = pl.len().over("session_id")
+        ev = ev.filter((size <= settings.max_session_events)
+                       & ((size <= 2) | (size <= settings.max_events_per_minute * pl.max_horizontal(minutes, 1.0))))
     sid, item = pl.col("session_id"), pl.col("item_id")
     run = ((sid != sid.shift()) | (item != item.shift())).fill_null(True).cum_sum()
     return (ev.with_columns(run=run).group_by("run", maintain_order=True)

@@ -53,11 +53,12 @@ def _train_parts(model: EGESModel, paths: list[str], counts: list[np.ndarray], t
     from homefeed.recall.graph.embed import hard_miner
 
     train = TrainSettings.model_validate_json(train_json)
+    total = np.sum(counts, axis=0)
     for p in mine:
         if counts[p].sum() == 0:
             continue
         settings = train.model_copy(update={"seed": train.seed * 1_000 + p})
-        train_skipgram(model, WalkCorpus(paths[p]), settings=settings, counts=counts[p],
+        train_skipgram(model, WalkCorpus(paths[p]), settings=settings, counts=counts[p], negative_counts=total,
                        hard_miner=hard_miner if train.hard_negatives > 0 else None)
 
 

@@ -216,19 +216,21 @@ class TrainLog:
 
 
 def train_skipgram(model: Encoder, corpus: WalkCorpus, *, settings: TrainSettings | None = None,
-                   counts: np.ndarray | None = None,
+                   counts: np.ndarray | None = None, negative_counts: np.ndarray | None = None,
                    hard_miner: Callable[[np.ndarray, int], np.ndarray] | None = None) -> TrainLog:
     """Train `model` in place on the walks of `corpus`; returns a TrainLog.
 
     Parameters:
-        counts: (N,) node counts in the corpus (default: counted here); they set negatives and down-sampling.
+        counts: (N,) node counts in the corpus (default: counted here); they set down-sampling and, unless
+            `negative_counts` is given, the negatives.
+        negative_counts: (N,) counts the negatives are drawn by (e.g. the whole graph's, when the corpus is one part).
         hard_miner: (vectors (N, D), pool) -> (N, pool) int64 near neighbours (-1 = none); needed when
             `hard_negatives > 0`.
     """
     s = settings if settings is not None else TrainSettings()
     n_nodes = model.context.shape[0]
     counts = corpus.counts(n_nodes) if counts is None else counts
-    table = unigram_table(counts, power=s.negative_power)
+    table = unigram_table(counts if negative_counts is None else negative_counts, power=s.negative_power)
     keep = keep_probability(counts, s.subsample)
     if s.threads:
         torch.set_num_threads(s.threads)
