@@ -12,6 +12,8 @@ import pytest
 from recall_fixtures import tiny_dataset
 from spark_fixtures import hot_log, spark  # noqa: F401
 
+pytestmark = pytest.mark.filterwarnings("ignore:PySpark does not yet fully support pandas:FutureWarning")
+
 from homefeed.recall.crowd import Crowd, CrowdSettings
 from homefeed.recall.graph.graph import GraphSettings, build_graph
 from homefeed.recall.popular import Popular, PopularSettings
@@ -81,7 +83,7 @@ def test_session_graph_equals_single_process_bitwise(hot, hot_sds, settings):
 
     local = build_graph(hot.events_in("train").drop("session_id", strict=False), hot.n_items, settings=settings)
     dist = session_graph(hot_sds, settings)
-    assert local.nnz > 100
+    assert local.nnz > 30  # the crawler caps of "float-weights" drop most sessions, not all
     np.testing.assert_array_equal(dist.indptr, local.indptr)
     np.testing.assert_array_equal(dist.indices, local.indices)
     np.testing.assert_array_equal(dist.weights, local.weights)
