@@ -180,7 +180,8 @@ def evaluate_rank_cmd(
     config: ConfigOpt = None,
     set_: SetOpt = None,
 ):
-    """Train each ranking preset on the same samples (train days), early-stop on valid, and score on test."""
+    """Train each ranking preset on the same samples (train days), early-stop on valid, and score on test beside
+    the constant-predictor and LR baselines; a warning line for each preset worse than them."""
     from homefeed.data.dataset import Dataset
     from homefeed.evaluate.report import print_json
     from homefeed.rank.evaluate import evaluate_rank, rank_table
@@ -191,14 +192,18 @@ def evaluate_rank_cmd(
     try:
         with steps(console, "rank") as progress:
             progress("samples + " + ", ".join(presets))
-            results = evaluate_rank(Dataset.load(dataset), presets, RankPartSettings.from_section(cfg.rank).rank_settings())
+            results = evaluate_rank(Dataset.load(dataset), presets, RankPartSettings.from_section(cfg.rank).rank_settings(),
+                                    progress=progress)
     except (ValueError, KeyError) as e:
         fail(str(e))
     if json_:
-        print_json({name: dict(row) for name, row in results.items()})
-    else:
-        stdout_console().print(rank_table(results))
-        stdout_console().print(f"protocol: {results.meta['protocol']}  {results.meta.get('why') or ''}")
+        print_json({"rows": dict(results), "protocol": results.meta["protocol"], "warnings": results.meta["warnings"]})
+        return
+    out = stdout_console()
+    out.print(rank_table(results))
+    out.print(f"protocol: {results.meta['protocol']}  {results.meta.get('why') or ''}", highlight=False)
+    for line in results.meta["warnings"]:
+        out.print(line, style="bold yellow", highlight=False)
 
 
 @evaluate_app.command("mechanism")
@@ -238,26 +243,36 @@ def train(
     config: ConfigOpt = None,
     set_: SetOpt = None,
 ):
-    """Train one ranking preset, report test metrics, export TorchScript (+ int8): the bundle's rank part alone."""
+    """Train one ranking preset, report test metrics beside the constant and LR baselines, export TorchScript
+    (+ int8): the bundle's rank part alone."""
     from homefeed.data.dataset import Dataset
+    from homefeed.rank.evaluate import RankResults, baseline_rows, check_baselines, rank_table
     from homefeed.rank.part import RankPart, RankPartSettings
+    from homefeed.rank.samples import build_all
 
     overrides = list(set_ or []) + ([f'rank.preset="{model}"'] if model else [])
     cfg = get_config(config, overrides)
     ds = Dataset.load(dataset)
     try:
+        settings = RankPartSettings.from_section(cfg.rank)
         with steps(console, f"training {cfg.rank.preset}") as progress:
             progress("samples, training, export")
-            part = RankPart().fit(ds, RankPartSettings.from_section(cfg.rank))
+            part = RankPart().fit(ds, settings)
             part.save(out)
             metrics = part.metrics
+            baselines = metrics.get("baselines")
+            if baselines is None:  # a part that did not score them: the same samples again, LR on them
+                progress("baselines: constant, lr")
+                rank = settings.rank_settings()
+                baselines = baseline_rows(build_all(ds, rank.samples), rank, progress=progress)
     except (ValueError, KeyError) as e:
         fail(str(e))
-    from homefeed.evaluate.report import metrics_table
-
-    stdout_console().print(metrics_table({cfg.rank.preset: {k: v for k, v in metrics.items() if not isinstance(v, str)}},
-                                         title=f"test metrics ({metrics['protocol']} protocol), served {metrics['served']}",
-                                         name_header="model"))
+    rows = dict(baselines) | {cfg.rank.preset: {k: v for k, v in metrics.items() if not isinstance(v, (str, dict))}}
+    results = RankResults(rows, {"protocol": metrics["protocol"], "warnings": check_baselines(rows)})
+    stdout = stdout_console()
+    stdout.print(rank_table(results, title=f"test metrics ({metrics['protocol']} protocol), served {metrics['served']}"))
+    for line in results.meta["warnings"]:
+        stdout.print(line, style="bold yellow", highlight=False)
 
 
 BundleArg = Annotated[Path, typer.Argument(help="A bundle folder written by `homefeed build`.")]
