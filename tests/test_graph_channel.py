@@ -1,12 +1,16 @@
 """The `deepwalk` and `eges` recall channels: the recall contract, save/load, cold items, evaluation on the tiny shop."""
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
+import polars as pl
 import pytest
 
 from homefeed.data.dataset import Dataset
 from homefeed.data.user_state import states_at
 from homefeed.recall.graph.channel import EGES, DeepWalk, DeepWalkSettings, EGESSettings
+from homefeed.recall.evaluate import relevant_items
 from homefeed.recall.graph_evaluate import cold_items, evaluate_graph
 from recall_contract import RecallerContract
 
@@ -104,12 +108,45 @@ def test_save_load_round_trip(tmp_path, tiny, fitted):
 
 
 def test_evaluate_graph_on_the_tiny_shop(tiny, fitted):
-    s = EGESSettings(**{**FAST, "walks": {"walks_per_node": 2, "length": 10}})
+    s = EGESSettings(**{**FAST, "walks": {"walks_per_node": 5, "length": 20}})
     result = evaluate_graph(tiny, settings=s, methods=("deepwalk", "eges"), baselines={"itemcf_like": fitted["deepwalk"]},
                             fitted=fitted, k=50)
-    assert set(result["auc"]) == {"deepwalk", "eges"}
-    assert all(0.5 < v <= 1.0 for v in result["auc"].values()), result["auc"]
+    auc = result["auc"]
+    assert set(auc) == {"deepwalk", "eges"}
+    # measured over holdout seeds 0-2: DeepWalk 0.95-0.96, EGES 0.946-0.956 (at most 0.007 below DeepWalk)
+    assert all(0.9 < v <= 1.0 for v in auc.values()), auc
+    assert auc["eges"] >= auc["deepwalk"] - 0.02, auc
     hr = result["cold_start_hitrate@50"]
     assert set(hr) == {"deepwalk", "eges", "eges_cosine", "itemcf_like"}
     assert hr["deepwalk"] == hr["eges"] == hr["itemcf_like"] == 0.0  # no context vector, no recall of cold items
     assert result["setup"]["cold_items"] > 0
+
+
+def made_cold(ds: Dataset, n: int, *, seed: int = 0) -> Dataset:
+    """`ds` with every event before the test days removed for n random items acted on in the test days."""
+    test_items = np.unique(ds.events_in("test")["item_id"].to_numpy())
+    pick = np.random.default_rng(seed).choice(test_items, n, replace=False)
+    before_test = pl.col("ts") < ds.split.valid_end
+    return dataclasses.replace(ds, events=ds.events.filter(~(pl.col("item_id").is_in(pick.tolist()) & before_test)))
+
+
+def test_eges_recalls_cold_items_better_than_chance(tiny):
+    """The tiny shop has 26 cold items and 6 users acting on them in test: too few to tell. So 150 items acted on
+    in test lose every earlier event; EGES (cosine twin) knows them only by leaf, brand, shop and price band.
+    Each user's hit is compared with the chance that the same number of cold items, drawn at random, hits.
+    Measured: 94 hits for 433 users against 24.4 by chance (item seeds 1, 2: 78 against 20.5, 69 against 16.5);
+    with the side codes shuffled across items, 26 hits against 23.4."""
+    ds = made_cold(tiny, 150)
+    cold = cold_items(ds)
+    cold[0] = False
+    rec = fast(EGES).fit(ds).with_similarity("cosine")
+    users, relevant = relevant_items(ds, "test")
+    keep = [i for i, r in enumerate(relevant) if cold[r].any()]
+    n_cold, hits, chance = int(cold.sum()), 0, 0.0
+    for state, i in zip(states_at(ds.events, ds.users, ds.split.valid_end, user_ids=users[keep]), keep):
+        wanted = np.unique(relevant[i][cold[relevant[i]]])
+        got = rec.recall(state, 50).items
+        picked = int(cold[got].sum())
+        hits += bool(np.isin(wanted, got).any())
+        chance += 1 - np.prod([(n_cold - wanted.size - j) / (n_cold - j) for j in range(picked)])
+    assert len(keep) > 200 and hits > 2.5 * chance, (len(keep), hits, chance)
