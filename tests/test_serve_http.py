@@ -134,36 +134,3 @@ def test_kill_9_during_ingestion_loses_no_acked_event(tiny_bundle, tmp_path, req
     store = open_store(state)
     missing = [e for e in acked if not store.has_event(e)]
     assert not missing, f"{len(missing)} acknowledged events lost, e.g. {missing[:3]}"
-
-
-def test_two_workers_share_state_and_follow_a_reload(tiny_bundle, tmp_path):
-    """`--workers 2`: templates, idempotency and reloads hold whichever worker a request reaches."""
-    import shutil
-
-    moved = shutil.copytree(tiny_bundle, tmp_path / "moved_bundle")
-    proc, url = serve_process(tiny_bundle, port=free_port(), state=f"sqlite:{tmp_path / 'w.db'}",
-                              settings=(f'serve.admin_token="{TOKEN}"',), quiet=True, workers=2)
-    try:
-        assert len({httpx.get(url + "/readyz").json()["pid"] for _ in range(40)}) == 2  # a new connection each: both answer
-        user = known_user(tiny_bundle)
-        last = httpx.post(url + "/v1/homepage", json={"user_id": user, "now": 1512230000}, timeout=30).json()
-        for step in (1, 2):  # each request may land on either worker: the rotation lives in the shared store
-            page = httpx.post(url + "/v1/homepage", json={"user_id": user, "now": 1512230000 + step,
-                                                           "template_index": last["template_index"]}, timeout=30).json()
-            assert page["template_index"] == last["template_index"] + 1 and "recall" not in page["timings_ms"]
-            last = page
-        event = {"event_id": "w2-1", "user_id": user, "item_id": "1", "behavior": "click", "ts": 1512230003}
-        stored = [httpx.post(url + "/v1/events", json={"events": [event]}).json()["stored"] for _ in range(6)]
-        assert sum(stored) == 1
-        r = httpx.post(url + "/admin/reload", json={"bundle": str(moved)}, headers={"X-Admin-Token": TOKEN}, timeout=120)
-        assert r.status_code == 200
-        deadline, paths = time.monotonic() + 60, set()
-        while time.monotonic() < deadline:
-            paths = {httpx.get(url + "/readyz").json()["path"] for _ in range(20)}
-            if paths == {str(moved)}:
-                break
-            time.sleep(0.5)
-        assert paths == {str(moved)}, f"a worker still serves another bundle: {paths}"
-    finally:
-        proc.terminate()
-        proc.wait(30)

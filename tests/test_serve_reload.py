@@ -1,8 +1,9 @@
 """Reloading to another bundle under traffic: the old pipeline is drained, never closed under a request.
 
 In process, a request holding the old pipeline across a reload finishes on it; over real HTTP on 127.0.0.1,
-two uvicorn workers serve many distinct users (full rebuilds) and their template pages while the bundle
-is swapped back and forth between two different bundles, and every response is a 200.
+two uvicorn workers (sharing one state store: rotation and idempotency hold whichever answers) serve many
+distinct users (full rebuilds) and their template pages while the bundle is swapped back and forth between
+two different bundles, the other worker following each announcement, and every response is a 200.
 """
 import threading
 import time
@@ -50,6 +51,19 @@ def test_a_request_holding_the_old_pipeline_finishes_on_it_after_a_reload(tiny_b
         service.close()
 
 
+def rotation_and_idempotency_hold_across_workers(url: str, user: str) -> None:
+    """Each request may land on either worker: the template rotation and the event ids live in the shared store."""
+    last = httpx.post(url + "/v1/homepage", json={"user_id": user, "now": 1512230000}, timeout=30).json()
+    for step in (1, 2):
+        page = httpx.post(url + "/v1/homepage", json={"user_id": user, "now": 1512230000 + step,
+                                                       "template_index": last["template_index"]}, timeout=30).json()
+        assert page["template_index"] == last["template_index"] + 1 and "recall" not in page["timings_ms"]
+        last = page
+    event = {"event_id": "w2-1", "user_id": user, "item_id": "1", "behavior": "click", "ts": 1512230003}
+    stored = [httpx.post(url + "/v1/events", json={"events": [event]}).json()["stored"] for _ in range(6)]
+    assert sum(stored) == 1
+
+
 def test_reload_to_another_bundle_under_traffic_on_two_workers(tiny_bundle, tiny_bundle_alt, tmp_path):
     proc, url = start_server(tiny_bundle, port=free_port(), state=f"sqlite:{tmp_path / 'state.db'}",
                              settings=(f'serve.admin_token="{TOKEN}"', "serve.max_inflight=8"), quiet=True, workers=2)
@@ -85,6 +99,8 @@ def test_reload_to_another_bundle_under_traffic_on_two_workers(tiny_bundle, tiny
 
     threads = [threading.Thread(target=traffic, args=(w,)) for w in range(8)]
     try:
+        assert len({httpx.get(url + "/readyz").json()["pid"] for _ in range(40)}) == 2  # a new connection each: both answer
+        rotation_and_idempotency_hold_across_workers(url, users[0])
         first = served_versions()
         [t.start() for t in threads]
         time.sleep(2)
