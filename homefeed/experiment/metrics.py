@@ -65,13 +65,14 @@ def summarise(pages: pl.DataFrame, shown: pl.DataFrame, *, arms: list[str], cont
     """Every metric per arm (all days, and per day) with 95% bootstrap intervals, and each arm against `control`.
 
     Returns {"metrics": {arm: {metric: {value, low, high}}}, "daily": {arm: {metric: [{day, value, low, high}]}},
-             "vs_control": {arm: {metric: {value, low, high, significant}}}, "users": {arm: n}}.
+             "vs_control": {arm: {metric: {value, low, high, significant}}},
+             "active_users": {arm: users with a page}}.
     """
     if control is not None and control not in arms:
         raise ValueError(f"control arm {control!r} is not among the arms {arms}")
     metrics = tuple(m for m in METRICS if with_gmv or m != "gmv_per_visit")
     rng = np.random.default_rng([seed, 2])
-    out: dict = {"metrics": {}, "daily": {}, "vs_control": {}, "users": {}}
+    out: dict = {"metrics": {}, "daily": {}, "vs_control": {}, "active_users": {}}
     reps_all: dict[str, tuple[dict, dict]] = {}
     days = sorted(pages["day"].unique().to_list())
     for arm in arms:
@@ -80,7 +81,7 @@ def summarise(pages: pl.DataFrame, shown: pl.DataFrame, *, arms: list[str], cont
             raise ValueError(f"arm {arm!r} served no page (too few users or days?)")
         points, reps, n_users = _scope_replicates(p, s, n_items, n_boot, rng, metrics)
         reps_all[arm] = (points, reps)
-        out["users"][arm] = n_users
+        out["active_users"][arm] = n_users
         out["metrics"][arm] = {m: interval(points[m], reps[m]) for m in metrics}
         out["daily"][arm] = {m: [] for m in metrics}
         for d in days:

@@ -193,6 +193,10 @@ retrain {html.escape(result['retrain'])}, seed {result['seed']}, control <b>{htm
 <p class="note">{html.escape(result['note'])}</p>
 {tables_html(result)}
 {imgs}
+<script>/* for headless checks: how many figures decoded */ window.addEventListener("load", () => {{
+  const imgs = Array.from(document.images);
+  document.body.dataset.loaded = imgs.filter(i => i.complete && i.naturalWidth > 0).length + "/" + imgs.length; }});
+</script>
 </body></html>"""
     out.write_text(page)
     return out

@@ -34,12 +34,16 @@ def ratio_replicates(num: np.ndarray, den: np.ndarray, w: np.ndarray) -> np.ndar
 
 
 def coverage_replicates(user_items: sparse.csr_matrix, n_items: int, w: np.ndarray) -> np.ndarray:
-    """(B,) replicates of the share of the catalogue shown to the resampled users.
+    """(B,) replicates of the share of the catalogue shown to the resampled users, bias-corrected.
 
-    user_items: (U, I) indicator of the items each user was shown.
+    user_items: (U, I) indicator of the items each user was shown. Coverage is a union over users,
+    not a sum: a resample holds only ~63% distinct users, so its replicates sit below the point
+    value. They are shifted by that bias (point - mean of the replicates), which keeps their spread.
     """
     shown = sparse.csr_matrix((w > 0).astype(np.float64)) @ user_items  # (B, I): how often each item was shown
-    return np.asarray((shown > 0).sum(axis=1)).ravel() / max(n_items, 1)
+    reps = np.asarray((shown > 0).sum(axis=1)).ravel() / max(n_items, 1)
+    point = (np.asarray(user_items.sum(axis=0)).ravel() > 0).sum() / max(n_items, 1)
+    return reps + (point - reps.mean())
 
 
 def interval(point: float, reps: np.ndarray, *, level: float = LEVEL) -> dict:
