@@ -300,8 +300,8 @@ def serving(model, data, test_idx, scores, args) -> dict:
     import torch
 
     from homefeed.evaluate.metrics import auc
-    from homefeed.rank.export import export_torchscript, load_torchscript, quantize_dynamic
-    int8 = quantize_dynamic(model)
+    from homefeed.rank.export import export_torchscript, load_torchscript, quantize_int8
+    int8 = quantize_int8(model)
     labels = data["label"][test_idx].numpy()
     q_scores, _ = predict(int8, data, test_idx, lambda b: b, lambda o: o, contextlib.nullcontext, args.batch)
     rows = test_idx[:500]  # one user (row 0's profile and history) against 500 candidate items
