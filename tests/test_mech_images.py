@@ -56,8 +56,12 @@ def test_training_learns_leaves_from_pixels():
     images[leaf == 0, :, :, 0] = 200
     images[leaf == 1, :, :, 2] = 200
     images = np.clip(images + rng.integers(0, 40, images.shape), 0, 255).astype(np.uint8)
-    cfg = im.ImageConfig(steps=20, batch_size=32, width=4, colours=4, hidden=8, leaf_weight=1.0, threads=1)
-    model = im.train_cnn(images, leaf, config=cfg)
+    before = torch.get_num_threads()
+    threads = 2 if before != 2 else 1
+    seen = []
+    cfg = im.ImageConfig(steps=20, batch_size=32, width=4, colours=4, hidden=8, leaf_weight=1.0, threads=threads)
+    model = im.train_cnn(images, leaf, config=cfg, on_step=lambda step, m: seen.append(torch.get_num_threads()))
+    assert set(seen) == {threads} and torch.get_num_threads() == before  # the setting is the run's, not the process's
     assert im.leaf_accuracy(model, images, leaf) == 1.0
     assert im.embed(model, images).shape == (128, 8)
 
