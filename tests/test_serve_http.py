@@ -60,6 +60,8 @@ def test_homepage_events_similar_health_metrics(server, tiny_bundle):
     ({"scene": "homepage"}, "user_id"),
     ({"user_id": "u", "scene": "checkout"}, "scene"),
     ({"user_id": "u", "slots": {"recommended": 1000}}, "slots"),
+    ({"user_id": "u", "slots": {"recommended": 4, "flash_sael": 2}}, "slots"),  # no such material pool
+    ({"user_id": "u", "slots": {f"s{i}": 1 for i in range(17)}}, "slots"),  # bounded number of slots
     ({"user_id": "u", "colour": "red"}, "colour"),
 ])
 def test_bad_homepage_requests_name_the_field(server, payload, field):

@@ -289,3 +289,16 @@ def test_unreadable_stored_events_and_profile_are_skipped_and_counted(pipeline, 
     assert pipeline.homepage(HomepageRequest(user_id=user, now=now)).slots["recommended"]
     counted = bad_state_counts(pipeline)
     assert counted["events"] >= 2 and counted["profile"] >= 1
+
+
+def test_slots_that_match_no_material_pool_are_refused(bundle, tmp_path):
+    from homefeed.config import ConfigError
+
+    bad = Config.model_validate({"serve": {"slots": {"recommended": 8, "flash_sael": 4}}})
+    with pytest.raises(ConfigError, match="flash_sael.*valid slots"):
+        Pipeline(bundle, SQLiteStore(tmp_path / "s.db"), bad)
+    p = Pipeline(bundle, SQLiteStore(tmp_path / "s2.db"), Config())
+    with pytest.raises(ConfigError, match="grup_buy"):
+        p.homepage(HomepageRequest(user_id="u1", slots={"grup_buy": 3}))
+    page = p.homepage(HomepageRequest(user_id="u1", slots={"group_buy": 3}))
+    assert all(bundle.pool_mask["group_buy"][bundle.item_code(it.item_id)] for it in page.slots["group_buy"])

@@ -22,9 +22,9 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, PlainTextResponse, Response
 from pydantic import BaseModel
 
-from homefeed.config import Config, load_config
-from homefeed.serve.artefacts import ServingBundle
 from homefeed.bundle.manifest import BundleError
+from homefeed.config import Config, ConfigError, load_config
+from homefeed.serve.artefacts import ServingBundle
 from homefeed.serve.metrics import ServeMetrics
 from homefeed.serve.pipeline import Pipeline
 from homefeed.serve.schemas import EventsRequest, EventsResponse, HomepageRequest, HomepageResponse, SimilarResponse
@@ -135,8 +135,12 @@ def create_app(bundle: str | Path, config: Config | None = None, *, state: str |
 
     @app.post("/v1/homepage", response_model=HomepageResponse)
     def homepage(req: HomepageRequest) -> Response:
-        with service.gate, service.lease() as pipeline:
-            page = pipeline.homepage(req)
+        try:
+            with service.gate, service.lease() as pipeline:
+                page = pipeline.homepage(req)
+        except ConfigError as e:  # slots that match no material pool of the bundle
+            service.metrics.http.labels("/v1/homepage", "422").inc()
+            return JSONResponse(status_code=422, content={"detail": [{"field": "slots", "problem": str(e)}]})
         service.metrics.http.labels("/v1/homepage", "200").inc()
         return _json(page)
 

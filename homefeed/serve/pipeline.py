@@ -33,6 +33,7 @@ from dataclasses import replace
 
 import numpy as np
 
+from homefeed.bundle.settings import check_slots
 from homefeed.config import Config
 from homefeed.data.user_state import BEHAVIOR_CODE, UserState
 from homefeed.mechanism import exposure
@@ -58,6 +59,7 @@ class Pipeline:
     def __init__(self, bundle: ServingBundle, store: StateStore, config: Config | None = None, *,
                  metrics: ServeMetrics | None = None):
         self.bundle, self.store, self.cfg = bundle, store, config or Config()
+        check_slots(self.cfg.serve.slots, set(bundle.pool_mask))  # a misspelt slot would show any item
         m = self.cfg.mechanism
         self.exposure_cfg = ExposureConfig(**m.exposure)
         self.scatter_cfg = ScatterConfig(**m.scatter)
@@ -155,6 +157,8 @@ class Pipeline:
         state = self.user_state(req.user_id, now)
         timings["state"] = _ms(t0)
         slots = req.slots or (self.cfg.serve.slots if req.scene == "homepage" else self.cfg.serve.promotion_slots)
+        if req.slots and req.scene == "homepage":
+            check_slots(req.slots, set(self.bundle.pool_mask), key="slots")
         blob = self.store.get_blob(req.user_id, TEMPLATES)
         stored = self._read_templates(blob)
         if stored is not None and stored.serves(self.bundle.version, req.scene, slots):

@@ -23,7 +23,7 @@ class HomepageRequest(Strict):
     user_id: str = Field(min_length=1, max_length=128)
     scene: Literal["homepage", "promotion"] = "homepage"
     slots: dict[str, int] | None = Field(
-        default=None, description="items wanted per slot, e.g. {'recommended': 10, 'flash_sale': 4}; default from config")
+        default=None, max_length=16, description="items wanted per slot, e.g. {'recommended': 10, 'flash_sale': 4}; default from config")
     template_index: int | None = Field(default=None, ge=0, description="index of the template the client showed last")
     context: dict[str, str | int | float] = Field(default_factory=dict, description="page, hour, platform...")
     now: int | None = Field(default=None, ge=TS_MIN, lt=TS_MAX,
