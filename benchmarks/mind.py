@@ -1,4 +1,18 @@
-"""Benchmark: MIND training throughput, and the request-time cost of interest extraction plus K ANN queries.
+"""Benchmark: MIND on the real public logs against ALS and popularity; its training throughput and request cost.
+
+With --real, for every log of `benchmarks/real_logs.py` present in ../shared/data (ingested and cached
+by that script's `load_log`; a missing log is skipped with the reason): `mind` (K = --interests) and
+`mind1` fitted on the training part (each stopping on its HitRate@50 on the validation part),
+`popular` on the training part, and implicit's ALS (64 factors, the peer of `real_logs.py`) on train +
+valid (it has no use for a validation part, so it gets those events as training data). All are scored
+on the test part by `evaluate_recall`, HitRate@10/50, in both protocols ("keep": repeat items stay in
+the lists; "drop": everything the user acted on before is removed). --sample-users keeps a seeded
+sample of each log's users (their events only) to bound the CPU time.
+
+    python benchmarks/mind.py --real --logs taobao_tail,ml-100k,toys --sample-users 4000
+    python benchmarks/mind.py --real --json
+
+Without --real, the speed benchmark:
 
 A synthetic shop of --items items (default 200k) in categories, and users who browse 2-4 categories,
 is generated in memory (seeded). Two measurements:
@@ -16,7 +30,11 @@ is generated in memory (seeded). Two measurements:
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import sys
+import tempfile
 import time
+from pathlib import Path
 
 import faiss
 import numpy as np
@@ -99,6 +117,72 @@ def time_requests(rec, states, k: int) -> dict[str, np.ndarray]:
     return out
 
 
+def sample_users(ds, n: int | None, seed: int = 0):
+    """The dataset with only a seeded sample of n users' events (all of them when n is None or larger)."""
+    users = np.unique(ds.events["user_id"].to_numpy())
+    if n is None or users.size <= n:
+        return ds
+    keep = np.random.default_rng(seed).choice(users, n, replace=False)
+    return dataclasses.replace(ds, events=ds.events.filter(pl.col("user_id").is_in(keep.tolist())))
+
+
+def real_log(ds, interests: int) -> dict:
+    """{protocol: {list: {hitrate@10, hitrate@50}}}, plus fit seconds and MIND's stopping epochs, for one dataset."""
+    from real_logs import make_peer  # the peer exactly as the real-logs benchmark fits it
+
+    from homefeed.data.dataset import TimeSplit
+    from homefeed.recall.evaluate import evaluate_recall
+    from homefeed.recall.part import fit_channels
+
+    settings = {"mind": {"model": {"interests": interests}}}
+    fitted, fit_s = {}, {}
+    for name in ("mind", "mind1", "popular"):
+        t0 = time.process_time()
+        fitted.update(fit_channels(ds, [name], settings))
+        fit_s[name] = time.process_time() - t0
+    served = dataclasses.replace(ds, split=TimeSplit(ds.split.valid_end, ds.split.valid_end))  # train + valid
+    t0 = time.process_time()
+    fitted["implicit_als"] = make_peer("implicit_als").fit(served)
+    fit_s["implicit_als"] = time.process_time() - t0
+    out = {"users": 0, "fit_cpu_s": fit_s, "best_epoch": {n: fitted[n].log_.get("best_epoch") for n in ("mind", "mind1")}}
+    for protocol, drop in {"keep": False, "drop": True}.items():
+        r = evaluate_recall(ds, fitted, None, ks=(10, 50), exclude_seen=drop)
+        out["users"] = r["setup"]["users"]
+        out[protocol] = {n: {k: row[k] for k in ("hitrate@10", "hitrate@50")} for n, row in r["channels"].items()}
+    return out
+
+
+def real_logs_main(args) -> None:
+    """--real: the table of mind / mind1 / ALS / popular on every shared log."""
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from real_logs import LOGS, load_log
+
+    from homefeed.evaluate.report import metrics_table, print_json, print_table
+
+    names = args.logs.split(",") if args.logs else list(LOGS)
+    unknown = [n for n in names if n not in LOGS]
+    if unknown:
+        raise SystemExit(f"unknown log(s) {unknown}; valid: {', '.join(LOGS)}")
+    results = {}
+    for name in names:
+        ds = load_log(name, LOGS[name], args.cache)
+        if isinstance(ds, str):
+            results[name] = f"skipped: {ds}"
+            continue
+        print(f"[mind] {name}: fit mind, mind1, popular, implicit_als", file=sys.stderr, flush=True)
+        results[name] = real_log(sample_users(ds, args.sample_users), args.interests)
+    if args.json:
+        print_json({"logs": results, "setup": {"interests": args.interests, "sample_users": args.sample_users}})
+        return
+    for name, r in results.items():
+        if isinstance(r, str):
+            print(f"{name}: {r}")
+            continue
+        rows = {n: {f"{p}:{m}": r[p][n][m] for p in ("keep", "drop") for m in ("hitrate@10", "hitrate@50")} for n in r["keep"]}
+        print_table(metrics_table(rows, title=f"{name}: test HitRate, {r['users']} users; MIND stopped at epochs {r['best_epoch']}",
+                                  name_header="list", digits=3))
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--items", type=int, default=200_000)
@@ -108,7 +192,15 @@ def main() -> None:
     ap.add_argument("--dim", type=int, default=64)
     ap.add_argument("--k", type=int, default=200, help="candidates per request")
     ap.add_argument("--json", action="store_true", help="print one JSON object instead of the table")
+    ap.add_argument("--real", action="store_true", help="quality on the shared real logs instead of speed")
+    ap.add_argument("--logs", default=None, help="with --real: comma-separated logs of benchmarks/real_logs.py (default: all)")
+    ap.add_argument("--sample-users", type=int, default=None, help="with --real: keep a seeded sample of this many users per log")
+    ap.add_argument("--cache", type=Path, default=Path(tempfile.gettempdir()) / "homefeed_real_logs",
+                    help="with --real: where ingested logs are cached (shared with real_logs.py)")
     args = ap.parse_args()
+    if args.real:
+        torch.set_num_threads(1)
+        return real_logs_main(args)
 
     from homefeed.data.user_state import states_at
     from homefeed.evaluate.report import metrics_table, print_json, print_table

@@ -25,6 +25,7 @@ import copy
 import json
 import logging
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 import torch
@@ -46,6 +47,7 @@ from homefeed.recall.mind.validate import Validation, holdout_split
 from homefeed.threads import torch_threads
 
 log = logging.getLogger("homefeed.recall.mind")
+InterestMerge = Literal["max", "unit", "rank"]
 
 
 class ModelSettings(Section):
@@ -61,6 +63,7 @@ class ModelSettings(Section):
     iterations: int = Field(3, ge=1)  # routing iterations
     routing_sigma: float = Field(1.0, gt=0)  # std of the initial routing logits
     power: float = Field(2.0, ge=0)  # p of label-aware attention: 0 averages the interests, large picks one
+    attend_negatives: bool = True  # score negatives by their own label-aware attention (False: the target's, the paper)
     seed: int = 0
 
     @field_validator("behaviors")
@@ -77,6 +80,7 @@ class ServeSettings(Section):
     ann_params: str = ""  # faiss search parameters, e.g. "efSearch=128"
     keep_bought: bool = False  # keep items the user already bought (default: drop them)
     exclude_history: bool = False  # drop every item in the user's behaviour list
+    interest_merge: InterestMerge = "max"  # how the interests' lists become one (see `merge_interests`)
     threads: int | None = Field(1, ge=1)  # torch threads of the calling thread during one request's forward pass; None = as is
 
 
@@ -124,7 +128,8 @@ class MIND(Recaller):
         torch.manual_seed(m.seed)
         return MINDModel(n_items=n_items, side_codes=side_codes, side_sizes=side_sizes, profile_sizes=profile_sizes,
                          dim=m.dim, interests=m.interests, max_len=m.max_len, profile_dim=m.profile_dim,
-                         hidden=tuple(m.hidden), iterations=m.iterations, sigma=m.routing_sigma, power=m.power, seed=m.seed)
+                         hidden=tuple(m.hidden), iterations=m.iterations, sigma=m.routing_sigma, power=m.power,
+                         attend_negatives=m.attend_negatives, seed=m.seed)
 
     def fit(self, dataset: Dataset, *, progress=None) -> "MIND":
         """Train on `dataset.events_in("train")`, stopping on HitRate of the validation days (`validate.py`);
@@ -207,7 +212,7 @@ class MIND(Recaller):
         if self.settings.serve.exclude_history:
             exclude.append(state.items)
         exclude = np.unique(np.concatenate(exclude)) if exclude else None
-        rows = search_candidates(self.index_, vectors, k, channel=self.name, exclude=exclude)
+        rows = merge_interests(self.index_, vectors, k, channel=self.name, exclude=exclude, how=self.settings.serve.interest_merge)
         if len(rows) == 0:
             return rows, np.zeros(0, np.int64)
         interest = (self.vectors_[rows.items] @ vectors.T).argmax(1)  # (n,)
@@ -270,6 +275,34 @@ class MIND1(MIND):
 
     name = "mind1"
     Settings = MIND1Settings
+
+
+def merge_interests(index: AnnIndex, vectors: np.ndarray, k: int, *, channel: str, exclude: np.ndarray | None,
+                    how: InterestMerge = "max") -> Candidates:
+    """One list from K'_u interest queries (K'_u, D): every interest searches the index, then
+        "max"   an item's score is its best inner product with any interest (the paper)
+        "unit"  the same with each interest scaled to unit length, so a long vector cannot fill the list alone
+        "rank"  an item's score is 1 / (1 + its best rank in any interest's own list): the lists interleaved
+    """
+    if how == "unit":
+        norms = np.linalg.norm(vectors, axis=1)
+        return search_candidates(index, vectors, k, channel=channel, exclude=exclude,
+                                 query_weights=1.0 / np.maximum(norms, 1e-12))
+    if how == "max":
+        return search_candidates(index, vectors, k, channel=channel, exclude=exclude)
+    if how != "rank":
+        raise ValueError(f"unknown interest merge {how!r}; valid: max, unit, rank")
+    exclude = np.zeros(0, np.int64) if exclude is None else np.asarray(exclude, np.int64)
+    if k <= 0 or len(vectors) == 0:
+        return Candidates.empty(channel)
+    scores, items = index.search(vectors, min(k + exclude.size + 1, max(len(index), 1)))  # (K', k') each
+    keep = (items > 0) & np.isfinite(scores) & ~np.isin(items, exclude)
+    rank = np.cumsum(keep, axis=1) - 1  # (K', k'): rank among the interest's kept items
+    items, scores = items[keep], 1.0 / (1.0 + rank[keep])
+    order = np.lexsort((-scores, items))  # by item, best rank first
+    items, scores = items[order], scores[order]
+    first = np.r_[True, items[1:] != items[:-1]]
+    return Candidates.top(items[first], scores[first], k, channel)
 
 
 def informative_sides(side: SideInfo) -> SideInfo:

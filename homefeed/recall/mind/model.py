@@ -13,6 +13,12 @@ Li et al., "Multi-Interest Network with Dynamic Routing for Recommendation at Tm
                  products: p -> 0 averages the interests, p -> inf picks the best one.)
                  loss = sampled softmax of v_u . e_t against S negatives drawn from the item corpus, each
                  logit corrected by - log Q(item) (Jean et al. 2015; the TensorFlow sampled_softmax_loss).
+                 With `attend_negatives` (the default) every negative c is scored the same way, by the
+                 user vector its own attention builds, V_u softmax(p * V_u^T e_c) . e_c. The paper scores
+                 the negatives with the target's v_u, so an interest the target did not pick is never
+                 told to keep away from negatives; yet serving takes every item's best interest, and
+                 those unchecked interests fill the list with junk. Attending the negatives makes the
+                 training logits the serving scores (exactly so as p grows). K = 1 is unchanged.
     serving      V_u in one forward pass; each interest queries the item index by inner product.
 
 The item tower is used for the behaviours, the targets, the negatives and the index alike: one
@@ -119,6 +125,14 @@ def label_aware_attention(interests: Tensor, mask: Tensor, target: Tensor, power
     return torch.bmm(weights.unsqueeze(1), interests).squeeze(1)
 
 
+def attended_scores(interests: Tensor, mask: Tensor, candidates: Tensor, power: float) -> Tensor:
+    """(B, C) label-aware scores of C candidates (C, D) shared by the batch: each candidate is scored by the user
+    vector its own attention builds, softmax(power * V_u^T e_c) . V_u^T e_c (power -> inf: the best interest's score)."""
+    scores = torch.einsum("bkd,cd->bkc", interests, candidates)  # (B, K, C)
+    weights = torch.softmax((power * scores).masked_fill(~mask.unsqueeze(2), float("-inf")), dim=1)  # (B, K, C)
+    return (weights * scores).sum(1)
+
+
 def sampled_softmax_loss(user: Tensor, target: Tensor, target_ids: Tensor, target_logq: Tensor,
                          negatives: Tensor, negative_ids: Tensor, negative_logq: Tensor) -> Tensor:
     """Mean sampled-softmax cross entropy with the log Q correction and accidental hits removed.
@@ -127,8 +141,15 @@ def sampled_softmax_loss(user: Tensor, target: Tensor, target_ids: Tensor, targe
         user: (B, D) user vectors; target: (B, D) target item vectors; target_ids, target_logq: (B,).
         negatives: (S, D) vectors of S negatives shared by the batch; negative_ids, negative_logq: (S,).
     """
-    pos = (user * target).sum(1) - target_logq  # (B,)
-    neg = user @ negatives.T - negative_logq.unsqueeze(0)  # (B, S)
+    return sampled_softmax_from_scores((user * target).sum(1), target_ids, target_logq, user @ negatives.T,
+                                       negative_ids, negative_logq)
+
+
+def sampled_softmax_from_scores(pos: Tensor, target_ids: Tensor, target_logq: Tensor, neg: Tensor,
+                                negative_ids: Tensor, negative_logq: Tensor) -> Tensor:
+    """The same loss from the scores: pos (B,) of the targets, neg (B, S) of the shared negatives."""
+    pos = pos - target_logq  # (B,)
+    neg = neg - negative_logq.unsqueeze(0)  # (B, S)
     neg = neg.masked_fill(negative_ids.unsqueeze(0) == target_ids.unsqueeze(1), float("-inf"))
     logits = torch.cat([pos.unsqueeze(1), neg], 1)  # (B, 1 + S)
     return F.cross_entropy(logits, torch.zeros(logits.shape[0], dtype=torch.int64))
@@ -145,11 +166,11 @@ class MINDModel(nn.Module):
     def __init__(self, *, n_items: int, side_codes: np.ndarray, side_sizes: list[int], profile_sizes: list[int],
                  dim: int = 64, interests: int = 4, max_len: int = 30, profile_dim: int = 8,
                  hidden: tuple[int, ...] = (128,), iterations: int = 3, sigma: float = 1.0, power: float = 2.0,
-                 seed: int = 0):
+                 attend_negatives: bool = True, seed: int = 0):
         super().__init__()
         if power < 0:
             raise ValueError(f"label-aware attention power must be >= 0, got {power}")
-        self.power = power
+        self.power, self.attend_negatives = power, attend_negatives
         self.items = ItemTower(n_items, side_codes, side_sizes, dim)
         self.user = UserTower(self.items, profile_sizes, dim=dim, interests=interests, max_len=max_len,
                               profile_dim=profile_dim, hidden=tuple(hidden), iterations=iterations, sigma=sigma, seed=seed)
@@ -160,7 +181,10 @@ class MINDModel(nn.Module):
         interests, _, mask = self.user.encode(behaviors, profile)  # (B, K, D), (B, K)
         target = self.items(targets)  # (B, D)
         user = label_aware_attention(interests, mask, target, self.power)  # (B, D)
-        return sampled_softmax_loss(user, target, targets, target_logq, self.items(negatives), negatives, negative_logq)
+        if not self.attend_negatives:  # the paper: negatives scored by the user vector the target's attention built
+            return sampled_softmax_loss(user, target, targets, target_logq, self.items(negatives), negatives, negative_logq)
+        neg = attended_scores(interests, mask, self.items(negatives), self.power)  # (B, S)
+        return sampled_softmax_from_scores((user * target).sum(1), targets, target_logq, neg, negatives, negative_logq)
 
     @torch.no_grad()
     def item_vectors(self, *, batch: int = 65_536) -> np.ndarray:

@@ -5,8 +5,9 @@ behaviour windows and profile codes, draws S negatives shared by the batch from 
 (`samples.NegativeSampler`) and takes one Adam step on the sampled-softmax loss (`model.MINDModel.loss`).
 The embedding tables get sparse gradients and their own SparseAdam, so a step touches only the rows it
 looked up. With a `validate()` callback (the channel's HitRate on validation days, `validate.py`) it is
-called after every epoch, training stops after `patience` epochs without a better score, and the best
-epoch's weights are kept; without one, exactly `epochs` epochs run. Same seed and threads -> the same
+called after every epoch that ends at least `check_steps` optimizer steps after the last call (every
+epoch on a large log, every 8th on a log of 13 batches), training stops after `patience` calls without
+a better score, and the best checked epoch's weights are kept; without one, exactly `epochs` epochs run. Same seed and threads -> the same
 weights. Progress goes to the `homefeed.recall.mind` logger (one line per epoch: loss, samples/s,
 validation score) and to an optional `progress(step, done, total)` callback, the signature of the
 CLI's progress display.
@@ -37,7 +38,8 @@ class TrainSettings(Section):
     """MIND training knobs."""
 
     epochs: int = Field(100, ge=1)  # the most epochs; with validation, training usually stops long before
-    patience: int = Field(3, ge=1)  # stop after this many epochs without a better validation score
+    patience: int = Field(3, ge=1)  # stop after this many validations without a better score
+    check_steps: int = Field(100, ge=1)  # validate after the first epoch that ends this many steps after the last check
     early_stopping: bool = True  # stop on validation HitRate (False: run exactly `epochs`)
     valid_users: int = Field(2000, ge=1)  # validation users scored after each epoch (a seeded sample)
     valid_k: int = Field(50, ge=1)  # the K of the validation HitRate@K
@@ -83,40 +85,51 @@ def _fit(model: MINDModel, seqs: Sequences, profiles: torch.Tensor, sampler: Neg
     gen = torch.Generator().manual_seed(s.seed)
     opts = _optimizers(model, s.lr)
     model.train()
-    out = {"samples": 0, "seconds": 0.0, "epoch_loss": [], "valid": [], "best_epoch": s.epochs}
+    out = {"samples": 0, "seconds": 0.0, "epoch_loss": [], "valid": [], "valid_epochs": [], "best_epoch": s.epochs}
     best, best_state = -np.inf, None
     steps_per_epoch = -(-len(seqs) // s.batch_size)
+    every = -(-s.check_steps // steps_per_epoch)  # epochs between validations: a small log learns little per epoch
     for epoch in range(s.epochs):
-        t0, total = time.perf_counter(), 0.0
-        order = torch.randperm(len(seqs), generator=gen).numpy()
-        for step, lo in enumerate(range(0, len(seqs), s.batch_size)):
-            behaviors, targets, users = seqs.batch(order[lo:lo + s.batch_size])
-            negatives = sampler.draw(s.negatives, gen)
-            loss = model.loss(behaviors, profiles[users], targets, sampler.log_q(targets), negatives, sampler.log_q(negatives))
-            for o in opts:
-                o.zero_grad(set_to_none=True)
-            loss.backward()
-            for o in opts:
-                o.step()
-            total += float(loss.detach()) * targets.numel()
-            if progress is not None and step % 50 == 0:
-                progress(f"mind epoch {epoch + 1}/{s.epochs}", epoch * steps_per_epoch + step, s.epochs * steps_per_epoch)
+        t0 = time.perf_counter()
+        tick = None if progress is None else (
+            lambda step: progress(f"mind epoch {epoch + 1}/{s.epochs}", epoch * steps_per_epoch + step, s.epochs * steps_per_epoch))
+        out["epoch_loss"].append(_epoch(model, seqs, profiles, sampler, opts, s, gen, tick))
         seconds = time.perf_counter() - t0
         out["seconds"] += seconds
         out["samples"] += len(seqs)
-        out["epoch_loss"].append(total / len(seqs))
-        if validate is not None:
+        if validate is not None and ((epoch + 1) % every == 0 or epoch + 1 == s.epochs):
             model.eval()
             out["valid"].append(validate())
+            out["valid_epochs"].append(epoch + 1)
             model.train()
             if out["valid"][-1] > best:
                 best, best_state, out["best_epoch"] = out["valid"][-1], copy.deepcopy(model.state_dict()), epoch + 1
         log.info("mind epoch %d/%d: loss %.4f, %d samples, %.0f samples/s%s", epoch + 1, s.epochs, out["epoch_loss"][-1],
                  len(seqs), len(seqs) / max(seconds, 1e-9), f", valid {out['valid'][-1]:.4f}" if out["valid"] else "")
-        if validate is not None and epoch + 1 - out["best_epoch"] >= s.patience:
+        if validate is not None and epoch + 1 - out["best_epoch"] >= s.patience * every:
             break
     if best_state is not None:
         model.load_state_dict(best_state)
     model.eval()
     out["samples_per_s"] = out["samples"] / max(out["seconds"], 1e-9)
     return out
+
+
+def _epoch(model: MINDModel, seqs: Sequences, profiles: torch.Tensor, sampler: NegativeSampler,
+           opts: list[torch.optim.Optimizer], s: TrainSettings, gen: torch.Generator, tick: Callable[[int], None] | None) -> float:
+    """One pass over the samples in a seeded order; returns the mean loss."""
+    total = 0.0
+    order = torch.randperm(len(seqs), generator=gen).numpy()
+    for step, lo in enumerate(range(0, len(seqs), s.batch_size)):
+        behaviors, targets, users = seqs.batch(order[lo:lo + s.batch_size])
+        negatives = sampler.draw(s.negatives, gen)
+        loss = model.loss(behaviors, profiles[users], targets, sampler.log_q(targets), negatives, sampler.log_q(negatives))
+        for o in opts:
+            o.zero_grad(set_to_none=True)
+        loss.backward()
+        for o in opts:
+            o.step()
+        total += float(loss.detach()) * targets.numel()
+        if tick is not None and step % 50 == 0:
+            tick(step)
+    return total / len(seqs)
