@@ -70,3 +70,22 @@ def test_two_ranks_match_each_other_and_one_process(tmp_path):
         np.testing.assert_allclose(ranks[0][name], value.detach().numpy(), rtol=0, atol=1e-5, err_msg=name)
     moved = [n for n, v in single.state_dict().items() if v.is_floating_point() and np.abs(v.numpy()).max() > 0]
     assert len(moved) > 3  # real weights were compared, not empty tables
+
+
+def test_cli_path_writes_the_single_process_artefact(tiny_dataset_dir, tmp_path):
+    """`homefeed train --nproc 2` (torchrun, 2 ranks) on the tiny shop: same files, test AUC within 0.005."""
+    from homefeed.data.dataset import Dataset
+    from homefeed.distributed.launch import train_distributed
+    from homefeed.rank.part import RankPart, RankPartSettings
+
+    settings = RankPartSettings(preset="bst", train=TrainSettings(epochs=2))  # the defaults, two epochs for time
+    ddp = train_distributed(tiny_dataset_dir, tmp_path / "ddp", settings, nproc=2)
+    single = RankPart().fit(Dataset.load(tiny_dataset_dir), settings)
+    single.save(tmp_path / "single")
+    names = lambda folder: sorted(p.name for p in folder.iterdir())  # noqa: E731
+    assert names(tmp_path / "ddp") == names(tmp_path / "single")
+    served = [json.loads((tmp_path / f / "served.json").read_text()) for f in ("ddp", "single")]
+    assert served[0]["inputs"] == served[1]["inputs"] and served[0]["preset"] == "bst"
+    assert ddp["train_rows"] == single.metrics["train_rows"] and ddp["rows"] == single.metrics["rows"]
+    assert ddp["auc"] > 0.7
+    assert abs(ddp["auc"] - single.metrics["auc"]) < 0.005, (ddp["auc"], single.metrics["auc"])

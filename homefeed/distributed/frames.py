@@ -134,6 +134,22 @@ def read_dataset(spark, path: str) -> SparkDataset:
                         TimeSplit(int(split["train_end"]), int(split["valid_end"])), int(n_items))
 
 
+def with_sessions(events, gap_s: int):
+    """Events with a session key (_s1, _s2) ordered as global session ids: ingest's `session_id`, else
+    (user_id, the user's session number) cut after gaps longer than `gap_s`, as `add_sessions`."""
+    from pyspark.sql import Window
+    from pyspark.sql import functions as F
+
+    if "session_id" in events.columns:
+        return events.withColumn("_s1", F.col("session_id")).withColumn("_s2", F.lit(0).cast("long"))
+    by_time = Window.partitionBy("user_id").orderBy("ts", "_row")
+    prev = F.lag("ts").over(by_time)
+    start = (prev.isNull() | ((F.col("ts") - prev) > gap_s)).cast("long")
+    return (events.withColumn("_start", start)
+            .withColumn("_s2", F.sum("_start").over(by_time.rowsBetween(Window.unboundedPreceding, 0)))
+            .withColumn("_s1", F.col("user_id")).drop("_start"))
+
+
 def ordered_sum(value, order: list[str]):
     """Aggregate: the float sum of `value` over a group, added left to right in ascending `order` (column
     names), starting at 0.0: what a sequential loop gives, whatever the shuffle order."""

@@ -12,25 +12,10 @@ Edge weights are sums of behaviour weights: exact in any order when the weights 
 """
 from __future__ import annotations
 
-from homefeed.distributed.frames import SparkDataset, check_max_item, collect_numpy, integral, ordered_sum, weight_of
+from homefeed.distributed.frames import (SparkDataset, check_max_item, collect_numpy, integral, ordered_sum, weight_of,
+                                         with_sessions)
 from homefeed.recall.graph.graph import MIN_USER_PAIRS, GraphSettings, ItemGraph
 from homefeed.recall.i2i import behavior_weight_array
-
-
-def with_sessions(events, gap_s: int):
-    """Events with a session key (_s1, _s2) ordered as global session ids: ingest's `session_id`, else
-    (user_id, the user's session number) cut after gaps longer than `gap_s`, as `add_sessions`."""
-    from pyspark.sql import Window
-    from pyspark.sql import functions as F
-
-    if "session_id" in events.columns:
-        return events.withColumn("_s1", F.col("session_id")).withColumn("_s2", F.lit(0).cast("long"))
-    by_time = Window.partitionBy("user_id").orderBy("ts", "_row")
-    prev = F.lag("ts").over(by_time)
-    start = (prev.isNull() | ((F.col("ts") - prev) > gap_s)).cast("long")
-    return (events.withColumn("_start", start)
-            .withColumn("_s2", F.sum("_start").over(by_time.rowsBetween(Window.unboundedPreceding, 0)))
-            .withColumn("_s1", F.col("user_id")).drop("_start"))
 
 
 def linked_share(events) -> tuple[float, int]:
