@@ -1,5 +1,7 @@
-"""MIND: routing shapes, masking and K'_u, the random routing logits, the loss, samples, export equality,
-and the `mind`/`mind1` channels under the recall contract with fast settings, save/load and settings."""
+"""MIND: routing shapes, masking and K'_u, the random routing logits, the loss (negatives attended too), samples,
+export equality, early stopping on validation HitRate (and the holdout without validation days), side fields
+that tell items apart, the interest merges, and the `mind`/`mind1` channels under the recall contract with fast
+settings, save/load and settings."""
 from __future__ import annotations
 
 import math
@@ -12,15 +14,20 @@ import torch
 from homefeed.data.user_state import UserState, states_at
 from homefeed.recall import CHANNELS, make_channel
 from homefeed.recall.mind import MIND, MIND1, MINDSettings
-from homefeed.recall.mind.channel import example_inputs
+from homefeed.recall.ann import AnnIndex
+from homefeed.recall.graph.eges import SideInfo
+from homefeed.recall.mind.channel import example_inputs, informative_sides, merge_interests
 from homefeed.recall.mind.evaluate import category_diversity
 from homefeed.recall.mind.export import ExportMismatch, check_onnx, export_onnx, export_torchscript, load_torchscript
-from homefeed.recall.mind.model import MINDModel, label_aware_attention, sampled_softmax_loss
+from homefeed.recall.mind.model import MINDModel, attended_scores, label_aware_attention, sampled_softmax_loss
 from homefeed.recall.mind.profile import ProfileVocab
 from homefeed.recall.mind.routing import CapsuleRouting, interest_count, squash
 from homefeed.recall.mind.samples import NegativeSampler, build_sequences, state_behaviors
+from homefeed.recall.mind.train import TrainSettings, train_mind
+from homefeed.recall.mind.validate import Validation, holdout_split
+from homefeed.recall.popular import Popular
 from recall_contract import RecallerContract
-from recall_fixtures import dataset_from, t, tiny_dataset
+from recall_fixtures import DAY, T0, dataset_from, t, tiny_dataset
 
 FAST = {"model": {"dim": 16, "max_len": 10, "hidden": [16]}, "train": {"epochs": 1, "negatives": 50, "batch_size": 256, "threads": 1}}
 
@@ -265,3 +272,122 @@ def test_training_reports_progress_and_restores_threads(caplog):
     assert seen and seen[0][0] == "mind epoch 1/2" and seen[-1][0] == "mind epoch 2/2" and seen[-1][2] == 2
     assert len(rec.log_["epoch_loss"]) == 2 and rec.log_["samples"] == 2 * len(build_sequences(
         tiny_dataset().events_in("train"), max_len=10, max_samples_per_user=30))
+
+
+def test_attended_scores_score_each_candidate_by_its_own_interest():
+    torch.manual_seed(0)
+    interests, candidates = torch.randn(3, 4, 8), torch.randn(5, 8)
+    mask = torch.tensor([[True, True, False, False], [True] * 4, [True, False, False, False]])
+    for power in (0.0, 2.0):
+        got = attended_scores(interests, mask, candidates, power)  # (3, 5)
+        for c in range(5):  # one candidate at a time, as the target is attended
+            user = label_aware_attention(interests, mask, candidates[c].expand(3, 8), power)
+            assert torch.allclose(got[:, c], (user * candidates[c]).sum(1), atol=1e-5)
+    hard = attended_scores(interests, mask, candidates, 200.0)
+    best = torch.einsum("bkd,cd->bkc", interests, candidates).masked_fill(~mask.unsqueeze(2), -1e9).max(1).values
+    assert torch.allclose(hard, best, atol=1e-3)  # large p: each candidate's best open interest, as served
+
+
+def test_attending_negatives_changes_k_gt_1_only():
+    torch.manual_seed(0)
+    args = dict(n_items=40, side_codes=np.zeros((40, 0), np.int64), side_sizes=[], profile_sizes=[2], dim=8, max_len=10)
+    behaviors, profile = torch.randint(1, 40, (6, 10)), torch.zeros(6, 1, dtype=torch.int64)
+    targets, negatives, logq = torch.randint(1, 40, (6,)), torch.randint(1, 40, (20,)), torch.zeros(20)
+    losses = {}
+    for k in (1, 3):
+        for attend in (True, False):
+            torch.manual_seed(1)
+            model = MINDModel(interests=k, attend_negatives=attend, power=5.0, **args).eval()  # eval: one routing draw
+            with torch.no_grad():
+                model.items.ids.weight.mul_(40)  # scores far from 0: the attention no longer averages the interests
+                losses[k, attend] = float(model.loss(behaviors, profile, targets, logq[:6], negatives, logq))
+    assert losses[1, True] == pytest.approx(losses[1, False], rel=1e-6)
+    assert losses[3, True] != pytest.approx(losses[3, False], rel=1e-3)
+
+
+def _tiny_training(ds):
+    seqs = build_sequences(ds.events_in("train"), max_len=10)
+    model = MINDModel(n_items=ds.n_items, side_codes=np.zeros((ds.n_items, 0), np.int64), side_sizes=[],
+                      profile_sizes=[1], dim=8, interests=2, max_len=10, hidden=(8,))
+    return model, seqs, np.zeros((ds.n_users, 1), np.int64), NegativeSampler(seqs.counts(ds.n_items))
+
+
+def test_early_stopping_keeps_the_best_checked_epoch():
+    model, seqs, profiles, sampler = _tiny_training(tiny_dataset())
+    scores, seen = iter([0.1, 0.3, 0.2, 0.25, 0.2, 0.9]), []
+
+    def validate():
+        assert not model.training  # scored as served
+        seen.append(model.items.ids.weight.detach().clone())
+        return next(scores)
+
+    log = train_mind(model, seqs, profiles, sampler, settings=TrainSettings(epochs=10, patience=3, check_steps=1, threads=1),
+                     validate=validate)
+    assert log["valid_epochs"] == [1, 2, 3, 4, 5] and log["best_epoch"] == 2  # 3 checks without a better score
+    assert len(log["epoch_loss"]) == 5 and torch.equal(model.items.ids.weight, seen[1])
+    assert not torch.equal(seen[1], seen[4])
+
+
+def test_small_logs_are_checked_every_few_epochs():
+    model, seqs, profiles, sampler = _tiny_training(tiny_dataset())
+    steps = -(-len(seqs) // 512)
+    log = train_mind(model, seqs, profiles, sampler, validate=lambda: 0.5,
+                     settings=TrainSettings(epochs=7, patience=5, check_steps=2 * steps + 1, threads=1))
+    assert log["valid_epochs"] == [3, 6, 7] and log["best_epoch"] == 3  # every 3rd epoch, and the last
+
+
+def test_validation_scores_the_channel_on_users_with_a_history():
+    ds = tiny_dataset()
+    check = Validation.of(ds, max_users=100, k=3)
+    users, _ = (ds.events_in("valid")["user_id"].unique().sort().to_numpy(), None)
+    history = set(ds.events_in("train")["user_id"].to_list())
+    assert [s.user_id for s in check.states] == [u for u in users if u in history]
+    assert all(s.now == ds.split.train_end and s.items.size for s in check.states)
+    pop = Popular().fit(ds)
+    expected = np.mean([np.isin(rel, pop.recall(s, 3).items).any() for s, rel in zip(check.states, check.relevant)])
+    assert check.score(pop) == pytest.approx(expected)
+    assert len(Validation.of(ds, max_users=1, k=3).states) == 1
+    nothing = dataset_from([(1, 1, "pv", t(0)), (1, 2, "pv", t(0, 1))], n_items=3)  # no valid events
+    assert Validation.of(nothing, max_users=10, k=3) is None
+
+
+def test_holdout_split_moves_the_last_training_events_to_validation():
+    ds = tiny_dataset()
+    inner = holdout_split(ds, 0.25)
+    train = ds.events_in("train")["ts"].to_numpy()
+    assert inner.split.valid_end == ds.split.train_end and inner.events is ds.events
+    assert inner.events_in("valid").height == pytest.approx(0.25 * train.size, abs=2)
+    assert inner.events_in("train")["ts"].max() < inner.events_in("valid")["ts"].min()
+    assert holdout_split(ds, 0.0) is None
+
+
+def test_fit_without_validation_days_picks_epochs_on_a_holdout_and_refits():
+    rng = np.random.default_rng(0)
+    rows = [(u, int(i), "pv", T0 + d * DAY + h * 600) for u in range(1, 41) for d in range(4)
+            for h, i in enumerate(rng.integers(1, 30, 3))]
+    ds = dataset_from(rows, n_items=30, train_end=T0 + 4 * DAY, valid_end=T0 + 4 * DAY)  # everything is training
+    rec = MIND(settings=MINDSettings(**{**FAST, "train": {**FAST["train"], "epochs": 4, "check_steps": 1}})).fit(ds)
+    inner = rec.log_["holdout"]
+    assert inner["valid_epochs"] and 1 <= inner["best_epoch"] <= 4
+    assert len(rec.log_["epoch_loss"]) == inner["best_epoch"] and rec.log_["valid"] == []  # refit: that many epochs
+    assert rec.log_["samples"] > inner["samples"] / max(len(inner["epoch_loss"]), 1) * inner["best_epoch"] - 1
+
+
+def test_constant_side_fields_are_dropped():
+    codes = np.array([[0, 0, 0], [3, 1, 0], [4, 1, 2], [3, 1, 0]])  # field 1: one placeholder for all; field 2 tells 2 apart
+    side = informative_sides(SideInfo(codes, [5, 2, 3], ["leaf", "brand", "shop"]))
+    assert side.names == ["leaf"] and side.sizes == [5] and side.codes.tolist() == [[0], [3], [4], [3]]
+
+
+def test_interest_merges():
+    vectors = np.array([[0, 0], [10, 0], [9, 0], [8, 0], [0, 1], [0, 0.9]], np.float32)
+    index = AnnIndex.build(vectors[1:], ids=np.arange(1, 6), spec="Flat")
+    queries = np.array([[1, 0], [0, 1]], np.float32)  # a strong interest (scores 8-10) and a weak one (about 1)
+    best = merge_interests(index, queries, 3, channel="mind", exclude=None, how="max")
+    assert best.items.tolist() == [1, 2, 3]  # the long vector fills the list
+    ranked = merge_interests(index, queries, 4, channel="mind", exclude=np.array([1]), how="rank")
+    assert ranked.items.tolist() == [2, 4, 3, 5]  # interleaved: each interest's first, then each one's second
+    unit = merge_interests(index, queries * np.array([[1], [20]], np.float32), 3, channel="mind", exclude=None, how="unit")
+    assert unit.items.tolist() == [1, 2, 3]  # the length of a query no longer decides
+    with pytest.raises(ValueError, match="valid: max, unit, rank"):
+        merge_interests(index, queries, 3, channel="mind", exclude=None, how="mean")
