@@ -72,19 +72,19 @@ def _users(rng, n, ctr):
 def test_bootstrap_interval_covers_a_known_difference_about_95_percent_of_the_time():
     rng = np.random.default_rng(0)
     covered = excluded_zero = aa_covered = 0
-    reps = 100
+    reps = 50
     for _ in range(reps):
         (ca, sa), (cb, sb), (cc, sc) = _users(rng, 2000, 0.05), _users(rng, 2000, 0.06), _users(rng, 2000, 0.05)
-        wa, wb, wc = (weights(2000, 400, rng) for _ in range(3))
+        wa, wb, wc = (weights(2000, 200, rng) for _ in range(3))
         ra, rb, rc = ratio_replicates(ca, sa, wa), ratio_replicates(cb, sb, wb), ratio_replicates(cc, sc, wc)
         d = relative_difference(cb.sum() / sb.sum(), ca.sum() / sa.sum(), rb, ra)
         covered += d["low"] <= 0.2 <= d["high"]
         excluded_zero += d["significant"]
         aa = relative_difference(cc.sum() / sc.sum(), ca.sum() / sa.sum(), rc, ra)
         aa_covered += aa["low"] <= 0 <= aa["high"]
-    assert 0.88 <= covered / reps <= 1.0
+    assert 0.84 <= covered / reps <= 1.0
     assert excluded_zero / reps > 0.9  # +20% CTR on 2,000 users a side is detected
-    assert 0.88 <= aa_covered / reps <= 1.0  # identical arms: the interval covers 0 about 95% of the time
+    assert 0.84 <= aa_covered / reps <= 1.0  # identical arms: the interval covers 0 about 95% of the time
 
 
 # --- the population and its visits ------------------------------------------------------------------

@@ -36,12 +36,15 @@ def print_tables(result: dict, console: Console) -> None:
     for arm, vals in result["metrics"].items():
         t.add_row(arm, *[f"{_fmt(vals[m]['value'])} [{_fmt(vals[m]['low'])}, {_fmt(vals[m]['high'])}]" for m in metrics])
     console.print(t)
-    if result["vs_control"]:
-        t = Table(title=f"relative difference against {result['control']} (* = the interval excludes 0)")
+    for title, rows in ((f"relative difference against {result['control']}", result["vs_control"]),
+                        ("relative difference between compared arms", result.get("pairs", {}))):
+        if not rows:
+            continue
+        t = Table(title=f"{title} (* = the interval excludes 0)")
         t.add_column("arm", style="bold")
         for m in metrics:
             t.add_column(m, justify="right")
-        for arm, d in result["vs_control"].items():
+        for arm, d in rows.items():
             t.add_row(arm, *[f"{'*' if d[m]['significant'] else ''}{_fmt(d[m]['value'], True)} "
                              f"[{_fmt(d[m]['low'], True)}, {_fmt(d[m]['high'], True)}]" for m in metrics])
         console.print(t)
@@ -73,6 +76,7 @@ def experiment(
     seed: Annotated[int, typer.Option(help="Seed of the population, visits, simulator and bootstrap.")] = 0,
     control: Annotated[Optional[str], typer.Option(help="The arm others are compared with (default: the first).")] = None,
     work: Annotated[Path, typer.Option(help="Folder for the dataset, bundles and state stores (reused across runs).")] = Path("out/experiment"),
+    compare: Annotated[Optional[list[str]], typer.Option(help="Also compare two arms, ARM:OTHER, e.g. full:full_no_mechanism (repeatable).")] = None,
     boot: Annotated[int, typer.Option(help="Bootstrap replicates.")] = 1000,
     report: Annotated[Optional[Path], typer.Option(help="Write the HTML report here.")] = None,
     json_: Annotated[bool, typer.Option("--json", help="Print one JSON object instead of tables.")] = False,
@@ -89,6 +93,10 @@ def experiment(
         err.print(f"[red]error:[/] {world} is not a generated shop with its truth (run `homefeed generate --out {world}`)")
         raise typer.Exit(2)
     base = list(set_ or [])
+    pairs = [tuple(c.split(":", 1)) for c in compare or []]
+    if any(len(p) != 2 for p in pairs):
+        err.print(f"[red]error:[/] --compare takes ARM:OTHER, got {compare}")
+        raise typer.Exit(2)
     try:
         if config is not None:
             import tomllib
@@ -109,7 +117,7 @@ def experiment(
 
         try:
             result = run_experiment(world, loaded, days=days, work=work, n_users=users, retrain=retrain, seed=seed,
-                                    control=control, n_boot=boot, progress=progress)
+                                    control=control, n_boot=boot, pairs=pairs, progress=progress)
         except ValueError as e:
             err.print(f"[red]error:[/] {e}")
             raise typer.Exit(2)

@@ -61,18 +61,20 @@ def _scope_replicates(pages: pl.DataFrame, shown: pl.DataFrame, n_items: int, n_
 
 
 def summarise(pages: pl.DataFrame, shown: pl.DataFrame, *, arms: list[str], control: str | None, n_items: int,
-              n_boot: int = 1000, seed: int = 0, with_gmv: bool = True) -> dict:
-    """Every metric per arm (all days, and per day) with 95% bootstrap intervals, and each arm against `control`.
+              n_boot: int = 1000, seed: int = 0, with_gmv: bool = True, pairs: tuple[tuple[str, str], ...] = ()) -> dict:
+    """Every metric per arm (all days, and per day) with 95% bootstrap intervals, each arm against `control`,
+    and each (arm, other) of `pairs` likewise (under "pairs", keyed "arm vs other").
 
     Returns {"metrics": {arm: {metric: {value, low, high}}}, "daily": {arm: {metric: [{day, value, low, high}]}},
              "vs_control": {arm: {metric: {value, low, high, significant}}},
              "active_users": {arm: users with a page}}.
     """
-    if control is not None and control not in arms:
-        raise ValueError(f"control arm {control!r} is not among the arms {arms}")
+    for name in [control, *(n for pair in pairs for n in pair)]:
+        if name is not None and name not in arms:
+            raise ValueError(f"arm {name!r} (control or compared) is not among the arms {arms}")
     metrics = tuple(m for m in METRICS if with_gmv or m != "gmv_per_visit")
     rng = np.random.default_rng([seed, 2])
-    out: dict = {"metrics": {}, "daily": {}, "vs_control": {}, "active_users": {}}
+    out: dict = {"metrics": {}, "daily": {}, "vs_control": {}, "pairs": {}, "active_users": {}}
     reps_all: dict[str, tuple[dict, dict]] = {}
     days = sorted(pages["day"].unique().to_list())
     for arm in arms:
@@ -91,11 +93,11 @@ def summarise(pages: pl.DataFrame, shown: pl.DataFrame, *, arms: list[str], cont
             dp, dr, _ = _scope_replicates(pd_, sd, n_items, n_boot, rng, metrics)
             for m in metrics:
                 out["daily"][arm][m].append({"day": int(d), **interval(dp[m], dr[m])})
+    def versus(arm: str, other: str) -> dict:
+        (ap, ar), (op, orr) = reps_all[arm], reps_all[other]
+        return {m: relative_difference(ap[m], op[m], ar[m], orr[m]) for m in metrics}
+
     if control is not None:
-        cp, cr = reps_all[control]
-        for arm in arms:
-            if arm == control:
-                continue
-            ap, ar = reps_all[arm]
-            out["vs_control"][arm] = {m: relative_difference(ap[m], cp[m], ar[m], cr[m]) for m in metrics}
+        out["vs_control"] = {arm: versus(arm, control) for arm in arms if arm != control}
+    out["pairs"] = {f"{a} vs {b}": versus(a, b) for a, b in pairs}
     return out

@@ -36,6 +36,14 @@ def _plt():
     return plt
 
 
+def _horizontal() -> dict:
+    """Horizontal boxplots: `orientation` since matplotlib 3.10, `vert` before."""
+    import matplotlib
+
+    major, minor = (int(x) for x in matplotlib.__version__.split(".")[:2])
+    return {"orientation": "horizontal"} if (major, minor) >= (3, 10) else {"vert": False}
+
+
 def _png(fig) -> str:
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=90, bbox_inches="tight")
@@ -99,7 +107,7 @@ def latency_figure(result: dict) -> str:
     fig, axes = _grid(len(stages), cols=len(stages))
     for ax, s in zip(axes, stages):
         arms = [a for a in lat if s in lat[a]]
-        ax.boxplot([np.maximum(lat[a][s]["values"], 1e-3) for a in arms], vert=False, showfliers=False)
+        ax.boxplot([np.maximum(lat[a][s]["values"], 1e-3) for a in arms], showfliers=False, **_horizontal())
         ax.set_yticks(range(1, len(arms) + 1), arms, fontsize=8)
         ax.set_xscale("log")
         ax.set_title(f"{s} (ms)", fontsize=10)
@@ -158,12 +166,14 @@ def tables_html(result: dict) -> str:
     rows = [[html.escape(a)] + [f"{_fmt(v[m]['value'])} <small>[{_fmt(v[m]['low'])}, {_fmt(v[m]['high'])}]</small>"
                                 for m in metrics] for a, v in result["metrics"].items()]
     out = "<h2>Metrics (95% bootstrap interval over users)</h2>" + _table(["arm", *metrics], rows)
-    if result.get("vs_control"):
+    for title, diffs in ((f"Against {result['control']}", result.get("vs_control")),
+                         ("Compared arms", result.get("pairs"))):
+        if not diffs:
+            continue
         rows = [[html.escape(a)] + [f"{'<b>' if d[m]['significant'] else ''}{_fmt(d[m]['value'], True)}"
                                     f"{'</b>' if d[m]['significant'] else ''} <small>[{_fmt(d[m]['low'], True)}, "
-                                    f"{_fmt(d[m]['high'], True)}]</small>" for m in metrics]
-                for a, d in result["vs_control"].items()]
-        out += (f"<h2>Against {html.escape(result['control'])} (relative; bold: the interval excludes 0)</h2>"
+                                    f"{_fmt(d[m]['high'], True)}]</small>" for m in metrics] for a, d in diffs.items()]
+        out += (f"<h2>{html.escape(title)} (relative; bold: the interval excludes 0)</h2>"
                 + _table(["arm", *metrics], rows))
     rows = [[html.escape(a), str(v["users"]), str(v["visits"]), str(v["pages"]), f"{v['visits_per_s']:.1f}",
              html.escape(v["description"])] for a, v in result["arms"].items()]

@@ -60,10 +60,17 @@ def _check_arms(arms: list[Arm], control: str | None) -> None:
 
 def run_experiment(world: str | Path, arms: list[Arm], *, days: int, work: str | Path, n_users: int | None = None,
                    retrain: Literal["never", "daily"] = "never", seed: int = 0, control: str | None = None,
-                   n_boot: int = 1000, progress: Progress | None = None) -> dict:
-    """Run the arms side by side for `days` simulated days; return the results (one JSON-able dict)."""
+                   n_boot: int = 1000, pairs: tuple[tuple[str, str], ...] = (), progress: Progress | None = None) -> dict:
+    """Run the arms side by side for `days` simulated days; return the results (one JSON-able dict).
+
+    pairs: (arm, other) comparisons besides each arm against `control` (e.g. ("full", "full_no_mechanism")).
+    """
     world, work = Path(world), Path(work)
     _check_arms(arms, control)
+    names = {a.name for a in arms}
+    unknown = [n for pair in pairs for n in pair if n not in names]
+    if unknown:
+        raise ValueError(f"compared arm(s) {unknown} are not among the arms: {', '.join(sorted(names))}")
     if days < 1:
         raise ValueError(f"days must be >= 1, got {days}")
     if retrain not in ("never", "daily"):
@@ -104,7 +111,7 @@ def run_experiment(world: str | Path, arms: list[Arm], *, days: int, work: str |
                 retrain_s += time.perf_counter() - t
         say("bootstrap intervals", 0, 0)
         return _results(world, runs, pop, days=days, retrain=retrain, seed=seed, control=control, n_boot=n_boot,
-                        has_prices=has_prices, seconds={"setup": build_s, "retrain": retrain_s,
+                        has_prices=has_prices, pairs=tuple(pairs), seconds={"setup": build_s, "retrain": retrain_s,
                                                         "total": time.perf_counter() - t_start})
     finally:
         for run in runs:
@@ -122,13 +129,13 @@ def _latency(timings: list[dict]) -> dict:
 
 
 def _results(world: Path, runs: list[ArmRun], pop: Population, *, days: int, retrain: str, seed: int, control: str,
-             n_boot: int, has_prices: bool, seconds: dict) -> dict:
+             n_boot: int, has_prices: bool, pairs: tuple[tuple[str, str], ...], seconds: dict) -> dict:
     pages = pl.DataFrame([row for r in runs for row in r.pages], schema=list(PAGE_COLUMNS), orient="row")
     shown = pl.DataFrame([(r.arm.name, *row) for r in runs for row in r.shown], schema=["arm", "day", "user", "item"],
                          orient="row")
     n_items = len(runs[0].sim.item_std) - 1
     summary = summarise(pages, shown, arms=[r.arm.name for r in runs], control=control, n_items=n_items,
-                        n_boot=n_boot, seed=seed, with_gmv=has_prices)
+                        n_boot=n_boot, seed=seed, with_gmv=has_prices, pairs=pairs)
     arms = {}
     for r in runs:
         p = pages.filter(pl.col("arm") == r.arm.name)
