@@ -7,7 +7,6 @@ or one JSON object with `--json`, and writes the HTML report with `--report`.
 from __future__ import annotations
 
 import json
-import math
 import sys
 from pathlib import Path
 from typing import Annotated, Optional
@@ -18,12 +17,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn
 from rich.table import Table
 
 from homefeed.config import ConfigError
-
-
-def _fmt(v, pct: bool = False) -> str:
-    if v is None or (isinstance(v, float) and math.isnan(v)):
-        return "-"
-    return f"{v * 100:+.1f}%" if pct else f"{v:.4g}"
+from homefeed.experiment.report import fmt
 
 
 def print_tables(result: dict, console: Console) -> None:
@@ -34,7 +28,7 @@ def print_tables(result: dict, console: Console) -> None:
     for m in metrics:
         t.add_column(m, justify="right")
     for arm, vals in result["metrics"].items():
-        t.add_row(arm, *[f"{_fmt(vals[m]['value'])} [{_fmt(vals[m]['low'])}, {_fmt(vals[m]['high'])}]" for m in metrics])
+        t.add_row(arm, *[f"{fmt(vals[m]['value'])} [{fmt(vals[m]['low'])}, {fmt(vals[m]['high'])}]" for m in metrics])
     console.print(t)
     for title, rows in ((f"relative difference against {result['control']}", result["vs_control"]),
                         ("relative difference between compared arms", result.get("pairs", {}))):
@@ -45,8 +39,8 @@ def print_tables(result: dict, console: Console) -> None:
         for m in metrics:
             t.add_column(m, justify="right")
         for arm, d in rows.items():
-            t.add_row(arm, *[f"{'*' if d[m]['significant'] else ''}{_fmt(d[m]['value'], True)} "
-                             f"[{_fmt(d[m]['low'], True)}, {_fmt(d[m]['high'], True)}]" for m in metrics])
+            t.add_row(arm, *[f"{'*' if d[m]['significant'] else ''}{fmt(d[m]['value'], True)} "
+                             f"[{fmt(d[m]['low'], True)}, {fmt(d[m]['high'], True)}]" for m in metrics])
         console.print(t)
     t = Table(title="traffic and speed (in process)")
     for c in ("arm", "users", "visits", "pages", "visits/s", "serve s", "simulate s", "events s", "p50 total ms", "p99 total ms"):

@@ -149,7 +149,8 @@ def example_figure(arm: str, examples: list[dict], world: Path) -> str | None:
     return _png(fig)
 
 
-def _fmt(v: float, pct: bool = False) -> str:
+def fmt(v: float, pct: bool = False) -> str:
+    """A value for a table: 4 significant digits, or a signed percentage; '-' for none."""
     if v is None or (isinstance(v, float) and math.isnan(v)):
         return "-"
     return f"{v * 100:+.1f}%" if pct else f"{v:.4g}"
@@ -163,16 +164,16 @@ def _table(header: list[str], rows: list[list[str]]) -> str:
 
 def tables_html(result: dict) -> str:
     metrics = _metrics_of(result)
-    rows = [[html.escape(a)] + [f"{_fmt(v[m]['value'])} <small>[{_fmt(v[m]['low'])}, {_fmt(v[m]['high'])}]</small>"
+    rows = [[html.escape(a)] + [f"{fmt(v[m]['value'])} <small>[{fmt(v[m]['low'])}, {fmt(v[m]['high'])}]</small>"
                                 for m in metrics] for a, v in result["metrics"].items()]
     out = "<h2>Metrics (95% bootstrap interval over users)</h2>" + _table(["arm", *metrics], rows)
     for title, diffs in ((f"Against {result['control']}", result.get("vs_control")),
                          ("Compared arms", result.get("pairs"))):
         if not diffs:
             continue
-        rows = [[html.escape(a)] + [f"{'<b>' if d[m]['significant'] else ''}{_fmt(d[m]['value'], True)}"
-                                    f"{'</b>' if d[m]['significant'] else ''} <small>[{_fmt(d[m]['low'], True)}, "
-                                    f"{_fmt(d[m]['high'], True)}]</small>" for m in metrics] for a, d in diffs.items()]
+        rows = [[html.escape(a)] + [f"{'<b>' if d[m]['significant'] else ''}{fmt(d[m]['value'], True)}"
+                                    f"{'</b>' if d[m]['significant'] else ''} <small>[{fmt(d[m]['low'], True)}, "
+                                    f"{fmt(d[m]['high'], True)}]</small>" for m in metrics] for a, d in diffs.items()]
         out += (f"<h2>{html.escape(title)} (relative; bold: the interval excludes 0)</h2>"
                 + _table(["arm", *metrics], rows))
     rows = [[html.escape(a), str(v["users"]), str(v["visits"]), str(v["pages"]), f"{v['visits_per_s']:.1f}",
