@@ -161,12 +161,12 @@ def make_peer(name: str):
 
 # --- one log --------------------------------------------------------------------------------------
 
-def recall_settings(names: list[str] | None):
-    """The configured `[recall]` section, typed, with `names` as the channels when given."""
-    from homefeed.config import Config
+def recall_settings(names: list[str] | None, overrides: list[str]):
+    """The configured `[recall]` section (with `--set` overrides), typed, with `names` as the channels when given."""
+    from homefeed.config import load_config
     from homefeed.recall.part import RecallSettings
 
-    settings = RecallSettings.from_section(Config().recall)
+    settings = RecallSettings.from_section(load_config(overrides=overrides).recall)
     return settings.model_copy(update={"channels": names}) if names else settings
 
 
@@ -174,7 +174,7 @@ def evaluate_log(name: str, dataset, args) -> dict:
     from homefeed.recall.evaluate import evaluate_recall
     from homefeed.recall.part import fit_recall
 
-    settings = recall_settings(args.channels)
+    settings = recall_settings(args.channels, args.set)
     t0 = time.perf_counter()
     say(f"{name}: fit {', '.join(settings.channels)}; learn shares on valid; refit (recall.part.fit_recall)")
     channels, merger, served = fit_recall(dataset, settings, progress=lambda text: say(f"{name}: {text}"))
@@ -289,6 +289,8 @@ def main(argv=None) -> int:
     parser.add_argument("--logs", default=",".join(LOGS), help=f"comma-separated, of: {', '.join(LOGS)}")
     parser.add_argument("--max-users", type=int, default=None, help="score a seeded sample of this many test users")
     parser.add_argument("--channels", default=None, help="comma-separated channels (default: the configured ones)")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                        help="config override for the recall stage, e.g. recall.channel_settings.retarget.quota=20")
     parser.add_argument("--optional", action="store_true", help=f"also merge with {', '.join(OPTIONAL)}")
     parser.add_argument("--rank", action="store_true", help="also compare the ranking presets (slow on CPU)")
     parser.add_argument("--cache", type=Path, default=Path(tempfile.gettempdir()) / "homefeed_real_logs")

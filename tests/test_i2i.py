@@ -92,8 +92,8 @@ def test_trigger_weights_sum_behaviour_weights_with_recency_decay():
 
 def test_the_event_order_alone_ranks_triggers_of_a_log_without_a_clock():
     same_time = state([1, 4], [PV, PV], [1000, 1000])
-    items, w = trigger_weights(same_time, TriggerSettings())  # default: half-life of 5 events
-    assert items.tolist() == [1, 4] and w.tolist() == pytest.approx([2 ** -0.2, 1.0])
+    items, w = trigger_weights(same_time, TriggerSettings())  # default: half-life of 10 events
+    assert items.tolist() == [1, 4] and w.tolist() == pytest.approx([2 ** -0.1, 1.0])
 
 
 def test_expand_sums_over_triggers_and_keeps_the_best_trigger():

@@ -58,7 +58,7 @@ class TriggerSettings(Section):
     behavior_weights: dict[str, float] = Field(  # weight of a trigger by its behaviour type; 0 or absent = ignored
         default_factory=lambda: {"pv": 1.0, "click": 1.5, "fav": 2.0, "cart": 3.0, "buy": 2.0})
     half_life_s: float = Field(86_400.0, ge=0)  # trigger weight halves every this many seconds of age; 0 = no decay
-    half_life_events: float = Field(5.0, ge=0)  # ... and every this many later events of the user (what they did last counts most); 0 = off
+    half_life_events: float = Field(10.0, ge=0)  # ... and every this many later events of the user (what they did last counts most); 0 = off
     per_trigger: int = Field(50, ge=0)  # neighbours read per trigger; 0 = the whole row
     keep_bought: bool = False  # keep candidates the user has already bought (default: drop them)
     exclude_triggers: bool = False  # drop candidates that are themselves among the triggers
