@@ -132,6 +132,7 @@ def test_log_channel_names_map_to_served_channels():
     s = MergeSettings(quotas={"itemcf": 1, "popular": 1, "crowd": 1}, prior_strength=0.0, learning_rate=1.0)
     merger = Merger(settings=s).update(log(itemcf_like=(100, 20), popular=(100, 4)))
     assert set(merger.ctr_) == {"itemcf", "popular"} and merger.ctr_["itemcf"]["log_names"] == ["itemcf_like"]
+    assert merger.mapped_ == {"itemcf_like": "itemcf", "popular": "popular"}  # reported, and saved with the merger
     # crowd was not in the log: ratio 1; overall CTR 12%: itemcf 20/12, popular 4/12
     w = np.array([1 / 3, 1 / 3 * 20 / 12, 1 / 3 * 4 / 12])
     assert [merger.shares_[c] for c in ("crowd", "itemcf", "popular")] == pytest.approx(list(w / w.sum()))

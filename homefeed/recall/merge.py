@@ -192,6 +192,7 @@ class Merger:
         shares_: dict channel -> share of the merged list (sums to 1 over the known channels).
         seen_weight_: factor on already-seen items (settings.seen_weight, else learned, else 1).
         ctr_: dict channel -> measured CTR figures from the last `update` (empty before).
+        mapped_: dict log channel name -> the served channel it counted for (None: unmatched), from the last `update`.
         learned_: what `learn_merge` measured on validation (empty when shares were not learned).
     """
 
@@ -208,7 +209,7 @@ class Merger:
         w = bounded(np.array([s.quotas[c] for c in names]), s.min_share, s.max_share)
         self.shares_ = dict(zip(names, w.tolist()))
         self.seen_weight_ = 1.0 if s.seen_weight is None else float(s.seen_weight)
-        self.ctr_, self.learned_ = {}, {}
+        self.ctr_, self.learned_, self.mapped_ = {}, {}, {}
         self._cache: dict[tuple[str, ...], np.ndarray] = {}
         return self
 
@@ -247,6 +248,8 @@ class Merger:
         s = self.settings
         served = served if served is not None else (sorted(s.quotas) or sorted(self.shares_) or None)
         self.ctr_ = channel_ctr(exposures, prior_strength=s.prior_strength, aliases=s.aliases, served=served)
+        log_names = exposures["channel"].unique().sort().to_list()
+        self.mapped_ = channel_map(log_names, served, s.aliases) if served is not None else {n: s.aliases.get(n, n) for n in log_names}
         names = sorted(s.quotas) if s.quotas else sorted(set(self.shares_) | set(self.ctr_) | set(served or ()))
         share = self._weights(names)
         ratio = np.array([self.ctr_[c]["smoothed_ctr"] / max(self.ctr_[c]["overall_ctr"], 1e-12) if c in self.ctr_ else 1.0
@@ -308,7 +311,8 @@ class Merger:
 
     def save(self, path: Path) -> None:
         Path(path).write_text(json.dumps({"settings": self.settings.model_dump(), "shares": self.shares_,
-                                          "seen_weight": self.seen_weight_, "ctr": self.ctr_, "learned": self.learned_}, indent=1))
+                                          "seen_weight": self.seen_weight_, "ctr": self.ctr_, "mapped": self.mapped_,
+                                          "learned": self.learned_}, indent=1))
 
     @classmethod
     def load(cls, path: Path) -> "Merger":
@@ -316,4 +320,5 @@ class Merger:
         merger = cls(settings=MergeSettings.model_validate(meta["settings"]))
         merger.shares_, merger.ctr_, merger._cache = meta["shares"], meta["ctr"], {}
         merger.seen_weight_, merger.learned_ = float(meta.get("seen_weight", 1.0)), meta.get("learned", {})
+        merger.mapped_ = meta.get("mapped", {})
         return merger
