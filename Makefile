@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 TORCH_SPEC ?= torch==2.13.0
 DEMO_DIR ?= demo_out
 
-.PHONY: demo test venv bench clean redis java
+.PHONY: demo test venv bench clean redis java chromium
 
 $(VENV)/.installed: pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -30,7 +30,12 @@ java:
 	@command -v java >/dev/null 2>&1 || { (apt-get update -qq && apt-get install -y -qq openjdk-17-jre-headless) >/dev/null 2>&1 \
 	  || echo "a Java runtime could not be installed: the Spark tests will be skipped"; }
 
-test: venv redis java
+# Headless Chromium and its driver for the console's browser tests, from the distribution's packages.
+chromium:
+	@command -v chromedriver >/dev/null 2>&1 || { (apt-get update -qq && apt-get install -y -qq chromium chromium-driver) >/dev/null 2>&1 \
+	  || echo "chromium could not be installed: the browser tests will be skipped"; }
+
+test: venv redis java chromium
 	$(PY) -m pytest -q
 
 bench: venv

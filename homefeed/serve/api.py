@@ -29,6 +29,7 @@ from homefeed.serve.metrics import ServeMetrics
 from homefeed.serve.pipeline import Pipeline
 from homefeed.serve.schemas import EventsRequest, EventsResponse, HomepageRequest, HomepageResponse, SimilarResponse
 from homefeed.serve.state import open_store
+from homefeed.serve.ui import ui_router
 
 
 ANNOUNCE = ("__homefeed_service__", "bundle")  # (user id, blob key) in the state store: the last reload
@@ -126,6 +127,7 @@ def create_app(bundle: str | Path, config: Config | None = None, *, state: str |
     app = FastAPI(title="homefeed", version="0.1.0",
                   description="E-commerce homepage feed: recall -> rank -> mechanism, with real-time user state.")
     app.state.service = service
+    app.include_router(ui_router(service))  # the console at /ui (serve/ui.py)
 
     @app.exception_handler(RequestValidationError)
     async def _bad_request(request: Request, exc: RequestValidationError):
