@@ -68,11 +68,10 @@ def test_mind2_recovers_both_planted_interests_and_mind1_does_not(world):
         mind1 = MIND1(settings=MIND1.Settings(**SETTINGS)).fit(ds)
     rec2, purity2 = recovery(mind2, ds, interests)
     _, purity1 = recovery(mind1, ds, interests)
-    assert rec2 >= 0.8, (rec2, purity2)  # measured 0.94 (0.93 on seed 1)
+    assert rec2 >= 0.8, (rec2, purity2)  # measured 0.93
     assert purity1 < purity2 - 0.1, (purity1, purity2)  # measured 0.80 against 0.99
-    # 20 nearest items with >= 8 of each interest: measured 0.94 of users for MIND-2 against 0.20 for MIND-1
-    # (seed 1: 0.93 against 0.28); MIND-1 run with two interests, or MIND-2 collapsed to one, fails here
+    # 20 nearest items with >= 8 of each interest: measured 0.93 of users for MIND-2 against 0.24 for MIND-1;
+    # MIND-1 run with two interests (0.96), or MIND-2 collapsed to one, fails here. (Training losses are not
+    # compared: each negative is scored by its own label-aware attention, so K = 2 meets harder negatives.)
     both2, both1 = both_covered(mind2, ds, interests), both_covered(mind1, ds, interests)
     assert both2 >= 0.8 and both1 <= 0.5, (both2, both1)
-    # multi-interest explains the data better: a lower training loss from the same code and budget
-    assert mind2.log_["epoch_loss"][-1] < mind1.log_["epoch_loss"][-1]
