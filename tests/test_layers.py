@@ -19,7 +19,7 @@ ALLOWED = {
     "bundle": STAGE | {"recall", "rank", "mechanism"},  # the build loop composes the stages' parts
     "serve": STAGE | {"recall", "rank", "mechanism", "bundle"},  # loads parts and answers; fits nothing
 }
-OFFLINE_NAMES = ("fit_channels", "build_all", "fit_preset", "train", "build_bundle", "export_torchscript", "quantize_dynamic",
+OFFLINE_NAMES = ("fit_channels", "build_all", "fit_preset", "train", "build_bundle", "export_torchscript", "quantize_int8",
                  "fit_standard_categories", "fit_image_groups", "estimate_blocking_periods")
 
 
@@ -44,7 +44,7 @@ def test_imports_flow_one_way():
     bad = []
     for path in ROOT.rglob("*.py"):
         layer = layer_of(path)
-        if layer not in ALLOWED:  # cli, cli_support, demo, distributed sit on top
+        if layer not in ALLOWED:  # cli, cli_support, demo, distributed, experiment sit on top
             continue
         for target in imported_layers(path) - ALLOWED[layer] - {layer}:
             bad.append(f"{path.relative_to(ROOT)} imports homefeed.{target}")
@@ -54,9 +54,18 @@ def test_imports_flow_one_way():
 def test_nothing_imports_serve_cli_or_distributed():
     for path in ROOT.rglob("*.py"):
         layer = layer_of(path)
-        if layer in ("serve", "cli", "cli_support", "demo", "distributed"):
+        if layer in ("serve", "cli", "cli_support", "demo", "distributed", "experiment"):
             continue
-        assert not imported_layers(path) & {"serve", "cli", "cli_support", "distributed"}, path
+        assert not imported_layers(path) & {"serve", "cli", "cli_support", "distributed", "experiment"}, path
+
+
+def test_only_the_command_line_uses_the_top_layers():
+    """distributed and experiment are entry points: only cli/demo (and themselves) import them."""
+    for path in ROOT.rglob("*.py"):
+        layer = layer_of(path)
+        for top in ("distributed", "experiment"):
+            if layer not in (top, "cli", "cli_support", "demo"):
+                assert top not in imported_layers(path), f"{path.relative_to(ROOT)} imports homefeed.{top}"
 
 
 def test_world_is_imported_by_no_product_stage():

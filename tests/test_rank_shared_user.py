@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from homefeed.rank.blocks_sequence import BST, TargetAttention, TransformerLayer
-from homefeed.rank.export import export_torchscript, load_torchscript, one_user_batch, quantize_dynamic, random_batch
+from homefeed.rank.export import export_torchscript, load_torchscript, one_user_batch, quantize_int8, random_batch
 from homefeed.rank.model import PRESETS, ModelConfig, RankModel
 from homefeed.rank.online import _window_matches
 from homefeed.rank.spec import DenseField, FeatureSpec, SequenceField, SparseField
@@ -114,7 +114,7 @@ def test_exported_models_broadcast_the_history(name, tmp_path):
     once, repeated = one_user(300, seed=5, user_row=7)
     inputs = lambda b: {k: b[k] for k in m.input_names}  # noqa: E731
     loaded = load_torchscript(export_torchscript(m, example, tmp_path / "m.pt"))
-    quant = quantize_dynamic(m)
+    quant = quantize_int8(m)
     loaded_q = load_torchscript(export_torchscript(quant, example, tmp_path / "q.pt"))
     with torch.no_grad():
         fp32 = m(repeated)

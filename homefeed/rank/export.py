@@ -204,5 +204,3 @@ def quantize_int8(model: nn.Module) -> nn.Module:
                 setattr(parent, name, Int8Linear(child))
     return quantized
 
-
-quantize_dynamic = quantize_int8  # the old name, until rank/part.py, benchmarks/rank.py and test_rank_shared_user.py switch

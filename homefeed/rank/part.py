@@ -24,7 +24,7 @@ from homefeed.config import Section, typed
 from homefeed.data.dataset import Dataset
 from homefeed.evaluate.metrics import auc, ctr_metrics
 from homefeed.rank.evaluate import RankSettings, fit_preset
-from homefeed.rank.export import export_torchscript, quantize_dynamic
+from homefeed.rank.export import export_torchscript, quantize_int8
 from homefeed.rank.features import FeatureSettings
 from homefeed.rank.samples import SampleSettings, build_all
 from homefeed.rank.train import TrainSettings, predict
@@ -99,7 +99,7 @@ class RankPart:
         example = parts["train"].take(torch.arange(min(64, len(parts["train"]))))
         export_torchscript(model, example, self._folder / "model.pt")
         if settings.quantize:
-            quant = quantize_dynamic(model)
+            quant = quantize_int8(model)
             metrics["int8_valid_auc_loss"] = auc(y_valid, predict(model, valid)) - auc(y_valid, predict(quant, valid))
             if metrics["int8_valid_auc_loss"] <= settings.max_quant_auc_loss:  # chosen on valid, never on test
                 export_torchscript(quant, example, self._folder / "model_int8.pt")

@@ -13,7 +13,6 @@ are live online as they were in training.
 from __future__ import annotations
 
 import json
-import warnings
 from pathlib import Path
 
 import numpy as np
@@ -123,7 +122,6 @@ class ServedRanker:
         """(n,) sigmoid of the model's logits on one batch (the calling thread's torch pool capped at `threads`)."""
         if self.threads and torch.get_num_threads() != self.threads:
             torch.set_num_threads(self.threads)
-        with torch.inference_mode(), warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # int8 kernels warn that torch.ao quantization is deprecated
+        with torch.inference_mode():
             logits = self.model({k: batch[k] for k in self.inputs})
         return torch.sigmoid(logits).numpy()
