@@ -101,7 +101,7 @@ def bar_chart(bars: list[tuple[str, float]], *, title: str, y_label: str = "", y
     bars = [(name, v) for name, v in bars if v is not None and math.isfinite(v)]
     if not bars:
         return empty_chart(title, "no values recorded", label=label)
-    top = y_max if y_max is not None else _nice_max(max(v for _, v in bars))
+    top = y_max if y_max is not None else _nice_max(1.1 * max(v for _, v in bars))  # room for the value labels
     body = _axes("", y_label, top)
     step = (W - LEFT - RIGHT) / len(bars)
     for i, (name, v) in enumerate(bars):

@@ -25,13 +25,14 @@ import time
 import uuid
 from datetime import datetime, timezone
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 import polars as pl
-from fastapi import APIRouter, Header, HTTPException, Request
+from fastapi import APIRouter, Depends, Header, HTTPException
 from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
 from jinja2 import Environment, FileSystemLoader, select_autoescape
-from pydantic import ValidationError
+from pydantic import BaseModel, ConfigDict, ValidationError
 
 from homefeed.data.schema import BEHAVIORS
 from homefeed.serve import plots
@@ -42,6 +43,15 @@ HERE = Path(__file__).parent
 ACTIONS = {"view": "click", "cart": "cart", "buy": "buy"}  # button -> behaviour posted (opening an item is a click)
 HISTORY_SHOWN = 12
 STATIC_TYPES = {".css": "text/css; charset=utf-8", ".js": "text/javascript; charset=utf-8"}
+
+
+class Action(BaseModel):
+    """A console button: act as `user_id` on `item_id`."""
+
+    model_config = ConfigDict(extra="forbid")
+    user_id: str
+    item_id: str
+    action: Literal["view", "cart", "buy"]
 
 
 class Catalog:
@@ -175,21 +185,21 @@ def ui_router(service) -> APIRouter:
             user = _pick_user(pipeline.bundle, kind)
         return RedirectResponse(f"/ui?user_id={user}", status_code=303)
 
-    @router.post("/ui/events")
-    async def act(request: Request, x_admin_token: str | None = Header(default=None)) -> JSONResponse:
+    def admin(x_admin_token: str | None = Header(default=None)) -> None:
+        """Actions need `serve.admin_token` in X-Admin-Token when one is set (checked before the body is)."""
         token = service.config.serve.admin_token
         if token and x_admin_token != token:
             service.metrics.http.labels("/ui/events", "401").inc()
-            return JSONResponse({"detail": "actions need the admin token: enter it at the top of the page"}, 401)
-        body = await request.json()
-        if not isinstance(body, dict) or body.get("action") not in ACTIONS:
-            raise HTTPException(422, detail=f"action must be one of {', '.join(ACTIONS)}; got {body!r:.80}")
-        try:  # ts one second back: the next page, asked for at the same second, counts it (events strictly before now)
-            event = EventIn(event_id=f"ui-{uuid.uuid4().hex}", user_id=str(body.get("user_id", "")),
-                            item_id=str(body.get("item_id", "")), behavior=ACTIONS[body["action"]], ts=int(time.time()) - 1)
+            raise HTTPException(401, detail="actions need the admin token: enter it at the top of the page")
+
+    @router.post("/ui/events", dependencies=[Depends(admin)])
+    def act(body: Action) -> JSONResponse:
+        try:  # ts one second back: the next page, asked for within the same second, counts it (events before `now`)
+            event = EventIn(event_id=f"ui-{uuid.uuid4().hex}", user_id=body.user_id, item_id=body.item_id,
+                            behavior=ACTIONS[body.action], ts=int(time.time()) - 1)
         except ValidationError as e:
             raise HTTPException(422, detail="; ".join(f"{err['loc'][0]}: {err['msg']}" for err in e.errors())) from None
-        with service.lease() as pipeline:
+        with service.lease() as pipeline:  # the same ingestion as /v1/events
             received, stored = pipeline.ingest([event])
         service.metrics.http.labels("/ui/events", "200").inc()
         return JSONResponse({"received": received, "stored": stored, "event_id": event.event_id,
