@@ -19,6 +19,7 @@ from homefeed.recall.graph.graph import GraphSettings, build_graph
 from homefeed.recall.itemcf import ItemCF, ItemCFSettings
 from homefeed.recall.popular import Popular, PopularSettings
 from homefeed.recall.ranki2i import RankI2ISettings, smoothed_ctr
+from homefeed.recall.swing import Swing, SwingSettings
 
 
 @pytest.fixture(scope="module")
@@ -106,7 +107,7 @@ ITEMCF = {
                                           same_category="leaf", normalize="asymmetric", popularity_exponent=0.8,
                                           behavior_weights={"pv": 0.3, "click": 1.1, "cart": 2.7, "buy": 4.2},
                                           max_actions_per_user=12, top_n=7),
-    "gap-standard": ItemCFSettings(max_gap_s=1200, window_events=0, session_gap_s=600, same_category="standard",
+    "gap-standard": ItemCFSettings(max_gap_s=3600, window_events=0, session_gap_s=600, same_category="standard",
                                    normalize="asymmetric", popularity_exponent=0.5),
     "user-max": ItemCFSettings(window="user", pair_half_life_s=7200, max_actions_per_user=10, window_events=2),
 }
@@ -120,6 +121,22 @@ def test_itemcf_table_equals_single_process_bitwise(hot, hot_sds, name):
     standard = (np.arange(hot.n_items) % 4).astype(np.int64)  # any item -> category array works
     local = ItemCF(settings=settings, standard_categories=standard).fit(hot).table_
     dist = fit_itemcf(hot_sds, settings, standard_categories=standard).table_
+    assert local.nnz > 50
+    np.testing.assert_array_equal(dist.indptr, local.indptr)
+    np.testing.assert_array_equal(dist.neighbors, local.neighbors)
+    np.testing.assert_array_equal(dist.scores, local.scores)
+
+
+SWING = {"defaults": SwingSettings(),
+         "capped": SwingSettings(self_pairs=False, min_user_items=3, max_user_items=50, max_users_per_item=8, alpha2=1.0,
+                                 beta=0.5, behaviors=["pv", "click", "cart"], top_n=5, seed=11)}
+
+
+@pytest.mark.parametrize("name", list(SWING))
+def test_swing_table_equals_single_process_bitwise(hot, hot_sds, name):
+    from homefeed.distributed.swing import fit_swing
+
+    local, dist = Swing(settings=SWING[name]).fit(hot).table_, fit_swing(hot_sds, SWING[name]).table_
     assert local.nnz > 50
     np.testing.assert_array_equal(dist.indptr, local.indptr)
     np.testing.assert_array_equal(dist.neighbors, local.neighbors)

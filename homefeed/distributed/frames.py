@@ -25,6 +25,7 @@ import polars as pl
 
 from homefeed.data.dataset import Dataset, TimeSplit
 from homefeed.data.schema import BEHAVIORS
+from homefeed.recall.i2i import I2ITable
 
 
 def _functions():
@@ -182,3 +183,11 @@ def collect_numpy(df, columns: list[str]) -> dict[str, np.ndarray]:
     """Columns of a (small) Spark result as numpy arrays, via Arrow."""
     table = df.select(*columns).toArrow()
     return {c: table.column(c).to_numpy() for c in columns}
+
+
+def table_from_top(top, n_items: int) -> I2ITable:
+    """Collect (i, j, score, rank) into an I2ITable, rows in rank order, scores as float32."""
+    got = collect_numpy(top.orderBy("i", "rank"), ["i", "j", "score"])
+    indptr = np.zeros(n_items + 1, np.int64)
+    np.cumsum(np.bincount(got["i"].astype(np.int64), minlength=n_items), out=indptr[1:])
+    return I2ITable(indptr, got["j"].astype(np.int32), got["score"].astype(np.float32))

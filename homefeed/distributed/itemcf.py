@@ -27,8 +27,8 @@ import numpy as np
 import pandas as pd  # pandas UDF type hints are resolved in this module's globals
 from numba import njit
 
-from homefeed.distributed.frames import SparkDataset, check_max_item, collect_numpy, integral, ordered_sum, weight_of
-from homefeed.distributed.frames import with_sessions
+from homefeed.distributed.frames import (SparkDataset, check_max_item, integral, ordered_sum, table_from_top, weight_of,
+                                         with_sessions)
 from homefeed.recall.i2i import I2ITable, behavior_weight_array
 from homefeed.recall.itemcf import ItemCF, ItemCFSettings, item_categories, normalizers, unique_pairs
 
@@ -169,14 +169,6 @@ def itemcf_scores(events, n_items: int, *, settings: ItemCFSettings | None = Non
     best = Window.partitionBy("i").orderBy(F.col("score").desc(), F.col("j").asc())
     top = scores.withColumn("rank", F.row_number().over(best)).filter(F.col("rank") <= s.top_n)
     return top, [cached, acts]
-
-
-def table_from_top(top, n_items: int) -> I2ITable:
-    """Collect (i, j, score, rank) into an I2ITable, rows in rank order, scores as float32."""
-    got = collect_numpy(top.orderBy("i", "rank"), ["i", "j", "score"])
-    indptr = np.zeros(n_items + 1, np.int64)
-    np.cumsum(np.bincount(got["i"].astype(np.int64), minlength=n_items), out=indptr[1:])
-    return I2ITable(indptr, got["j"].astype(np.int32), got["score"].astype(np.float32))
 
 
 def itemcf_table_spark(events, n_items: int, *, settings: ItemCFSettings | None = None,
