@@ -2,6 +2,7 @@
 
     .venv/bin/python benchmarks/graph_embedding.py --dataset /tmp/hf_small_ds --skip walks,speed   # AUCs, partitions
     .venv/bin/python benchmarks/graph_embedding.py --synthetic 200000 --skip training --json     # scale: 200k nodes
+    .venv/bin/python benchmarks/graph_embedding.py --real-logs all                                # link AUC per real log
 
 What it measures, all in one run on the same walks (so speeds are comparable even on a busy machine):
 - graph build seconds; walk steps/s of the numba walker and of a vectorised numpy walker (reference);
@@ -12,7 +13,10 @@ What it measures, all in one run on the same walks (so speeds are comparable eve
   gensim on the same walks, and for EGES trained on P parts (cut share, AUC lost);
 - the EGES channel's whole fit from the graph (walks, training, ANN index, i2i table) in seconds;
 - faiss: QPS and recall@50 of HNSW and IVF against exact search over the item vectors;
-- peak memory (max RSS).
+- peak memory (max RSS);
+- with --real-logs: link-prediction AUC of DeepWalk, GES and EGES on every shared real log (../shared/data,
+  ingested and cached as `benchmarks/real_logs.py` does; a missing log is skipped), by the default
+  `LinkProtocol` and, with --directed, also walking the training graph one way as the channel does.
 
 Progress goes to stderr; stdout gets one table per section, or one JSON object with --json.
 """
@@ -21,6 +25,7 @@ from __future__ import annotations
 import argparse
 import resource
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -31,13 +36,13 @@ from homefeed.evaluate.report import format_value, metrics_table, to_json
 
 from homefeed.recall.ann import AnnIndex, normalize, resolve_spec
 from homefeed.recall.graph.channel import EGES, EGESSettings
-from homefeed.recall.graph.eges import SideInfo, side_information
+from homefeed.recall.graph.eges import SideInfo
 from homefeed.recall.graph.embed import PartitionSettings, embed_graph
-from homefeed.recall.graph.graph import GraphSettings, ItemGraph, build_graph
+from homefeed.recall.graph.graph import GraphSettings, ItemGraph, build_graph, sequence_unit
 from homefeed.recall.graph.partition import has_metis
 from homefeed.recall.graph.skipgram import TrainSettings
 from homefeed.recall.graph.walks import WalkSettings, alias_tables, random_walks
-from homefeed.recall.graph_evaluate import holdout_edges, pair_auc
+from homefeed.recall.graph_evaluate import LinkProtocol, link_prediction, link_split, pair_auc
 
 
 def note(*parts) -> None:
@@ -187,7 +192,7 @@ def bench_speed(graph: ItemGraph, side: SideInfo, walks: WalkSettings, train: Tr
 
 def bench_training(graph: ItemGraph, side: SideInfo, walks: WalkSettings, train: TrainSettings, parts: list[int],
                    gensim_workers: list[int]) -> dict:
-    train_graph, pairs, labels = holdout_edges(graph, share=1 / 3, seed=0)
+    train_graph, pairs, labels = link_split(graph, LinkProtocol())
     out = {}
     runs = [("deepwalk", "deepwalk", train), ("ges", "ges", train), ("eges", "eges", train),
             ("eges_bf16", "eges", train.model_copy(update={"bf16": True})),
@@ -245,11 +250,53 @@ def bench_channel(graph: ItemGraph, side: SideInfo, walks: WalkSettings, train: 
             "walk_seconds": emb.log.get("walk_seconds"), "words_per_s": emb.log.get("words_per_s"), "vectors": emb.vectors}
 
 
+def real_log_aucs(names: list[str], walks: WalkSettings, train: TrainSettings, *, directed: bool, cache: Path) -> dict:
+    """Per shared real log: link-prediction AUC of each method (the log's train part, default `LinkProtocol`)."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("real_logs", Path(__file__).with_name("real_logs.py"))
+    real_logs = importlib.util.module_from_spec(spec)
+    sys.modules["real_logs"] = real_logs
+    spec.loader.exec_module(real_logs)
+    names = list(real_logs.LOGS) if names == ["all"] else names
+    unknown = [n for n in names if n not in real_logs.LOGS]
+    if unknown:
+        raise SystemExit(f"unknown log(s) {unknown}; valid: all, {', '.join(real_logs.LOGS)}")
+    cache.mkdir(parents=True, exist_ok=True)
+    settings = EGESSettings(walks=walks, train=train)
+    out: dict[str, dict] = {}
+    for name in names:
+        ds = real_logs.load_log(name, real_logs.LOGS[name], cache)
+        if isinstance(ds, str):
+            note(f"{name}: skipped ({ds})")
+            continue
+        events = ds.events_in("train")
+        graph = build_graph(events, ds.n_items, settings=settings.graph)
+        side = EGES(settings=settings)._side(ds)
+        for label, protocol in [("", LinkProtocol())] + ([("_directed", LinkProtocol(undirected=False))] if directed else []):
+            t0 = time.perf_counter()
+            try:
+                link = link_prediction(graph, side, settings=settings, protocol=protocol)
+            except ValueError as e:  # e.g. a forest: no edge can be held out with its ends still connected
+                note(f"{name}{label}: {e}")
+                continue
+            out[name + label] = {**link["auc"], "held_out_edges": link["pairs"], "nodes": int(graph.active().sum()),
+                                 "edges": graph.nnz, "walked_by": sequence_unit(events, settings.graph),
+                                 "side_fields": ",".join(side.names) or "-", "seconds": time.perf_counter() - t0}
+            note(name + label, out[name + label])
+    return out
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     src = ap.add_mutually_exclusive_group(required=True)
     src.add_argument("--dataset", type=Path, help="an ingested dataset folder (training part is used)")
     src.add_argument("--synthetic", type=int, help="nodes of a random community graph instead")
+    src.add_argument("--real-logs", help="comma-separated shared logs (or 'all', as in benchmarks/real_logs.py): "
+                                         "link-prediction AUC per log only")
+    ap.add_argument("--directed", action="store_true", help="with --real-logs: also train on the one-way graph")
+    ap.add_argument("--cache", type=Path, default=Path(tempfile.gettempdir()) / "homefeed_real_logs",
+                    help="ingested real logs (shared with benchmarks/real_logs.py)")
     ap.add_argument("--walks-per-node", type=int, default=5)
     ap.add_argument("--length", type=int, default=20)
     ap.add_argument("--epochs", type=int, default=2)
@@ -264,18 +311,23 @@ def main() -> None:
     args = ap.parse_args()
     skip = set(filter(None, args.skip.split(",")))
     t0 = time.perf_counter()
+    walks = WalkSettings(walks_per_node=args.walks_per_node, length=args.length)
+    train = TrainSettings(dim=args.dim, epochs=args.epochs, batch_size=args.batch)
+    if args.real_logs:
+        result = {"link_auc": real_log_aucs(args.real_logs.split(","), walks, train, directed=args.directed,
+                                            cache=args.cache), "peak_mb": peak_mb()}
+        print(to_json(result)) if args.json else print_tables(result)
+        return
     if args.dataset:
         from homefeed.data.dataset import Dataset
 
         ds = Dataset.load(args.dataset)
         graph = build_graph(ds.events_in("train"), ds.n_items, settings=GraphSettings())
-        side = side_information(ds.items, ds.n_items)
+        side = EGES()._side(ds)  # unknown brands/shops as 0, constant fields left out, as the channel does
     else:
         graph, side = synthetic_graph(args.synthetic)
     result: dict = {"graph": {"nodes": int(graph.active().sum()), "edges": graph.nnz, "seconds": time.perf_counter() - t0}}
     note(result)
-    walks = WalkSettings(walks_per_node=args.walks_per_node, length=args.length)
-    train = TrainSettings(dim=args.dim, epochs=args.epochs, batch_size=args.batch)
     if "walks" not in skip:
         result["walks"] = bench_walks(graph, WalkSettings(walks_per_node=10, length=40))
         note(result["walks"])

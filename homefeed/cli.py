@@ -146,25 +146,30 @@ def evaluate_graph_cmd(
     k: Annotated[int, typer.Option(help="Cut-off K for the cold-start HitRate/Recall@K.")] = 50,
     part: Annotated[str, typer.Option(help="Split part to score cold-start recall on: test or valid.")] = "test",
     max_users: Annotated[Optional[int], typer.Option(help="Score a seeded sample of this many cold-start users (default: all).")] = None,
+    keep: Annotated[str, typer.Option(help="Held-out edges: connected (their ends stay connected in training) or endpoints (each end keeps an edge).")] = "connected",
+    negatives: Annotated[str, typer.Option(help="Negative pairs: degree (ends of held-out edges) or uniform (any node with a training edge).")] = "degree",
+    directed: Annotated[bool, typer.Option(help="Train link prediction on the one-way graph, as the channel walks it (default: both ways).")] = False,
+    cold_start: Annotated[bool, typer.Option(help="Also fit the channels and score cold-start recall.")] = True,
     json_: JsonOpt = False,
     config: ConfigOpt = None,
     set_: SetOpt = None,
 ):
-    """Link-prediction AUC of DeepWalk, GES and EGES (a third of the edges held out), and cold-start HitRate@K
+    """Link-prediction AUC of DeepWalk, GES and EGES (up to a third of the edges held out), and cold-start HitRate@K
     against Item-CF and Swing. Graph settings: recall.channel_settings.eges."""
     from homefeed.data.dataset import Dataset
     from homefeed.evaluate.report import print_json
-    from homefeed.recall.graph_evaluate import evaluate_graph_dataset, format_graph_table
+    from homefeed.recall.graph_evaluate import LinkProtocol, evaluate_graph_dataset, format_graph_table
 
     cfg = get_config(config, set_)
     names = tuple(m.strip() for m in methods.split(",") if m.strip())
     ds = Dataset.load(dataset)
     try:
+        protocol = LinkProtocol(keep=keep, negatives=negatives, undirected=not directed)
         with steps(console, "graph") as progress:
-            progress("link prediction + channels: " + ", ".join(names))
+            progress("link prediction" + (" + channels" if cold_start else "") + ": " + ", ".join(names))
             result = evaluate_graph_dataset(ds, cfg.recall.channel_settings, methods=names, k=k, part=part,
-                                            max_users=max_users)
-    except ValueError as e:
+                                            max_users=max_users, protocol=protocol, cold_start=cold_start)
+    except ValueError as e:  # pydantic.ValidationError (a bad --keep or --negatives) is one too
         fail(str(e))
     if json_:
         print_json(result)

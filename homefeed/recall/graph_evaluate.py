@@ -1,11 +1,19 @@
 """Evaluating graph embeddings: link-prediction AUC (the EGES paper's test) and cold-start HitRate.
 
-1. Link prediction (Wang et al., KDD 2018, section 4.1): a third of the graph's edges (as unordered
-   pairs) are held out, vectors are trained on the rest, and each held-out pair must score higher
-   (cosine of the two vectors) than random node pairs, as many as there are held-out edges.
-   AUC = P(score(held-out edge) > score(random pair)), by `homefeed.evaluate.metrics.auc`. An item
-   whose edges were all held out has no walk; only side information can place it (GES, EGES).
-   The paper (Amazon): BGE 0.9327 < GES 0.9575 < EGES 0.9700.
+1. Link prediction (Wang et al., KDD 2018, section 4.1): up to a third of the graph's edges (as
+   unordered pairs) are held out, vectors are trained on the rest, and each held-out pair must score
+   higher (cosine of the two vectors) than pairs that are not edges, as many as there are held-out
+   edges. AUC = P(score(held-out edge) > score(negative pair)), by `homefeed.evaluate.metrics.auc`.
+   The paper (Amazon): BGE 0.9327 < GES 0.9575 < EGES 0.9700. `LinkProtocol` says how:
+   - keep "connected" (node2vec, Grover & Leskovec, KDD 2016): a random spanning forest is never held
+     out, so every held-out edge joins two nodes the training graph still connects; "endpoints": both
+     ends keep some training edge. Either way no held-out pair scores against an empty vector. (Holding
+     out edges at random left 48% of the held-out pairs of a sparse shop log touching an item with no
+     training edge, against 27% of the random pairs, and ranked DeepWalk below chance.)
+   - negatives "degree": both ends drawn from the held-out edges' ends, so popularity cannot tell the
+     sides apart; "uniform": among nodes with a training edge (the paper's random pairs).
+   - undirected (default): the training graph is walked both ways, since a held-out pair is unordered;
+     off, it is walked as the channel walks it (sparse directed session graphs dead-end quickly).
 2. Cold-start recall: the users of the test part who acted on *cold* items (no training event at
    all); relevant = those cold items; HitRate@K of each channel's list. Item-CF and Swing cannot
    recall an item nobody touched, nor can a table by skip-gram context scores (a cold item has no
@@ -24,9 +32,11 @@ from typing import Literal
 import numpy as np
 import scipy.sparse as sp
 from numba import njit
-from scipy.sparse.csgraph import minimum_spanning_tree
+from pydantic import Field
 from rich.table import Table
+from scipy.sparse.csgraph import minimum_spanning_tree
 
+from homefeed.config import Section
 from homefeed.data.dataset import Dataset
 from homefeed.data.user_state import states_at
 from homefeed.evaluate.metrics import auc, topk_metrics
@@ -36,7 +46,7 @@ from homefeed.recall.evaluate import as_matrix, relevant_items
 from homefeed.recall.graph.channel import EGES, DeepWalk, EGESSettings
 from homefeed.recall.graph.eges import MODES, SideInfo
 from homefeed.recall.graph.embed import PartitionSettings, embed_graph
-from homefeed.recall.graph.graph import ItemGraph, build_graph
+from homefeed.recall.graph.graph import ItemGraph, build_graph, sequence_unit
 
 METHODS = MODES  # "deepwalk", "ges", "eges"
 Negatives = Literal["degree", "uniform"]
@@ -122,6 +132,10 @@ def holdout_edges(graph: ItemGraph, *, share: float = 1 / 3, seed: int = 0, nega
         held_mask = np.zeros(keys.size, bool)
         _greedy_holdout(a, b, degree, target, held_mask)
     held = keys[held_mask]
+    if held.size == 0:
+        raise ValueError(f"no edge of the graph ({keys.size} unordered edges) can be held out with keep={keep!r}: "
+                         + ("every edge is a bridge (the graph is a forest); try keep='endpoints'" if keep == "connected"
+                            else "no edge has both ends on another edge"))
     out = np.isin(lo * n + hi, held)
     train = ItemGraph.from_edges(src[~out], dst[~out], w[~out], n)
     pos = np.stack([held // n, held % n], 1)
@@ -146,14 +160,35 @@ def check_methods(methods: tuple[str, ...]) -> None:
         raise ValueError(f"unknown method(s) {unknown or 'none given'}; valid methods: {', '.join(METHODS)}")
 
 
+class LinkProtocol(Section):
+    """How link prediction holds out edges, draws negatives and trains (see the module docstring)."""
+
+    share: float = Field(1 / 3, gt=0, lt=1)  # most edges held out (fewer where the graph is tree-like)
+    keep: Keep = "connected"  # "connected": held-out ends stay connected; "endpoints": each keeps an edge
+    negatives: Negatives = "degree"  # "degree": ends of held-out edges; "uniform": any node with a training edge
+    undirected: bool = True  # train on the training graph walked both ways (a held-out pair is unordered)
+    seed: int = 0
+
+
+def link_split(graph: ItemGraph, protocol: LinkProtocol) -> tuple[ItemGraph, np.ndarray, np.ndarray]:
+    """`holdout_edges` under `protocol`; the training graph made two-way when `protocol.undirected`."""
+    p = protocol
+    train_graph, pairs, labels = holdout_edges(graph, share=p.share, seed=p.seed, keep=p.keep, negatives=p.negatives)
+    if p.undirected:
+        src, dst, w = train_graph.edges()
+        train_graph = ItemGraph.from_edges(src, dst, w, train_graph.n_nodes, undirected=True)
+    return train_graph, pairs, labels
+
+
 def link_prediction(graph: ItemGraph, side: SideInfo | None, *, settings: EGESSettings | None = None,
-                    methods: tuple[str, ...] = METHODS, share: float = 1 / 3, seed: int = 0,
-                    partition: PartitionSettings | None = None) -> dict[str, float]:
-    """Link-prediction AUC per method; with `partition` (parts > 1) also "<method>_p<P>" trained partitioned."""
+                    methods: tuple[str, ...] = METHODS, protocol: LinkProtocol | None = None,
+                    partition: PartitionSettings | None = None) -> dict:
+    """`{"auc": {method: AUC}, "pairs": held-out edges scored}`; with `partition` (parts > 1) also AUCs of
+    "<method>_p<P>" trained partitioned."""
     s = settings or EGESSettings()
-    train_graph, pairs, labels = holdout_edges(graph, share=share, seed=seed)
-    out: dict[str, float] = {}
     check_methods(methods)
+    train_graph, pairs, labels = link_split(graph, protocol or LinkProtocol())
+    out: dict[str, float] = {}
     for method in methods:
         runs = {method: PartitionSettings()}
         if partition is not None and partition.parts > 1:
@@ -161,7 +196,7 @@ def link_prediction(graph: ItemGraph, side: SideInfo | None, *, settings: EGESSe
         for name, part in runs.items():
             emb = embed_graph(train_graph, side, mode=method, walks=s.walks, train=s.train, partition=part)
             out[name] = pair_auc(emb.vectors, pairs, labels)
-    return out
+    return {"auc": out, "pairs": int(labels.sum())}
 
 
 def cold_items(dataset: Dataset) -> np.ndarray:
@@ -211,21 +246,30 @@ def graph_channels(settings: EGESSettings | None = None, methods: tuple[str, ...
 def evaluate_graph(dataset: Dataset, *, settings: EGESSettings | None = None, methods: tuple[str, ...] = METHODS,
                    baselines: dict[str, Recaller] | None = None, fitted: dict[str, Recaller] | None = None,
                    k: int = 50, part: str = "test", max_users: int | None = None, seed: int = 0,
-                   partitions: int = 1) -> dict:
+                   partitions: int = 1, protocol: LinkProtocol | None = None, cold_start: bool = True) -> dict:
     """`{"auc": {method: AUC}, "cold_start_hitrate@k": {channel: HR}, "cold_start": {channel: {...}}, "setup": {...}}`.
 
     Parameters:
         baselines: fitted channels scored on cold-start too (e.g. fitted Item-CF and Swing).
         fitted: graph channels already fitted on `dataset`, by method name (the others are fitted here).
         partitions: > 1 adds "<method>_p<P>" link-prediction AUCs with sub-graph training.
+        protocol: how link prediction holds out edges (default `LinkProtocol(seed=seed)`).
+        cold_start: False skips the cold-start recall (no channel is fitted; its entries are empty).
     """
     check_methods(methods)
     part_start(dataset, part)
     s = settings or EGESSettings()
-    graph = build_graph(dataset.events_in("train"), dataset.n_items, settings=s.graph)
+    events = dataset.events_in("train")
+    graph = build_graph(events, dataset.n_items, settings=s.graph)
     side = EGES(settings=s)._side(dataset)
     part_settings = s.partition.model_copy(update={"parts": partitions}) if partitions > 1 else None
-    aucs = link_prediction(graph, side, settings=s, methods=methods, seed=seed, partition=part_settings)
+    protocol = protocol or LinkProtocol(seed=seed)
+    link = link_prediction(graph, side, settings=s, methods=methods, protocol=protocol, partition=part_settings)
+    setup = {"part": part, "k": k, "graph_nodes": int(graph.active().sum()), "graph_edges": graph.nnz,
+             "sequences": sequence_unit(events, s.graph), "link_pairs": link["pairs"], "link_protocol": protocol.model_dump(),
+             "cold_items": int(cold_items(dataset)[1:].sum()), "side_fields": side.names}
+    if not cold_start:
+        return {"auc": link["auc"], f"cold_start_hitrate@{k}": {}, "cold_start": {}, "setup": setup}
     fitted = fitted or {}
     channels = {name: fitted[name] if name in fitted else ch.fit(dataset)
                 for name, ch in graph_channels(s, methods).items()}
@@ -233,10 +277,8 @@ def evaluate_graph(dataset: Dataset, *, settings: EGESSettings | None = None, me
         channels.update({f"{m}_cosine": channels[m].with_similarity("cosine") for m in methods if m != "deepwalk"})
     channels.update(baselines or {})
     cold = cold_start_hitrate(dataset, channels, k=k, part=part, max_users=max_users, seed=seed)
-    return {"auc": aucs, f"cold_start_hitrate@{k}": {n: v[f"hitrate@{k}"] for n, v in cold.items()},
-            "cold_start": cold,
-            "setup": {"part": part, "k": k, "graph_nodes": int(graph.active().sum()), "graph_edges": graph.nnz,
-                      "cold_items": int(cold_items(dataset)[1:].sum()), "side_fields": side.names}}
+    return {"auc": link["auc"], f"cold_start_hitrate@{k}": {n: v[f"hitrate@{k}"] for n, v in cold.items()},
+            "cold_start": cold, "setup": setup}
 
 
 def evaluate_graph_dataset(dataset: Dataset, channel_settings: dict[str, dict] | None = None, *,
@@ -249,7 +291,8 @@ def evaluate_graph_dataset(dataset: Dataset, channel_settings: dict[str, dict] |
     part_start(dataset, options.get("part", "test"))
     channel_settings = channel_settings or {}
     settings = EGESSettings(**channel_settings.get("eges", {}))
-    fitted = fit_channels(dataset, list(baselines), channel_settings) if baselines else {}
+    cold_start = options.get("cold_start", True)
+    fitted = fit_channels(dataset, list(baselines), channel_settings) if baselines and cold_start else {}
     return evaluate_graph(dataset, settings=settings, baselines=fitted, **options)
 
 
@@ -260,8 +303,10 @@ def format_graph_table(result: dict) -> Table:
         rows.setdefault(name, {})["link_auc"] = value
     for name, metrics in result["cold_start"].items():
         rows.setdefault(name, {}).update({f"cold_{m}": v for m, v in metrics.items()})
-    return metrics_table(rows, title=f"graph embeddings ({result['setup']['graph_nodes']} nodes, "
-                                     f"{result['setup']['cold_items']} cold items)", name_header="method")
+    setup = result["setup"]
+    return metrics_table(rows, title=f"graph embeddings ({setup['graph_nodes']} nodes walked by {setup['sequences']}, "
+                                     f"{setup['link_pairs']} held-out edges, {setup['cold_items']} cold items)",
+                         name_header="method")
 
 
 def cold_share(dataset: Dataset, part: str = "test") -> float:
@@ -271,5 +316,5 @@ def cold_share(dataset: Dataset, part: str = "test") -> float:
     return float(cold[items].mean()) if items.size else 0.0
 
 
-__all__ = ["cold_items", "cold_share", "cold_start_hitrate", "evaluate_graph", "evaluate_graph_dataset", "format_graph_table",
-           "graph_channels", "holdout_edges", "link_prediction", "pair_auc"]
+__all__ = ["LinkProtocol", "cold_items", "cold_share", "cold_start_hitrate", "evaluate_graph", "evaluate_graph_dataset", "format_graph_table",
+           "graph_channels", "holdout_edges", "link_prediction", "link_split", "pair_auc"]

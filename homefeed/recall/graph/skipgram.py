@@ -50,7 +50,7 @@ class TrainSettings(Section):
     window: int = Field(5, ge=1)  # largest distance between centre and context
     negatives: int = Field(5, ge=1)  # K negatives per pair
     epochs: int = Field(2, ge=1)  # passes over the walk corpus (see WalkSettings for the token budget)
-    batch_size: int = Field(1024, ge=1)  # centres per SGD step (each with up to 2 window contexts)
+    batch_size: int = Field(1024, ge=1)  # centres per SGD step (each with up to 2 window contexts); at most half the nodes
     lr: float = Field(0.025, gt=0)  # start rate; falls linearly to lr * 1e-4
     attention_lr: float = Field(1.0, gt=0)  # multiplier of lr for the EGES attention logits
     subsample: float = Field(1e-3, ge=0)  # frequent-node down-sampling threshold s; 0 = off
@@ -236,6 +236,9 @@ def train_skipgram(model: Encoder, corpus: WalkCorpus, *, settings: TrainSetting
         torch.set_num_threads(s.threads)
     if s.hard_negatives > 0 and hard_miner is None:
         raise ValueError("hard_negatives > 0 needs a hard_miner (near neighbours of every node)")
+    # Hogwild needs sparse updates: a batch of more centres than the corpus has nodes adds dozens of gradients,
+    # all taken at the same point, into each row at once, and a small graph diverges; cap it
+    batch_size = min(s.batch_size, max(8, int(np.count_nonzero(counts)) // 2))
     log, total = TrainLog(), s.epochs * max(len(corpus), 1)
     start = time.perf_counter()
     hard = None
@@ -249,10 +252,10 @@ def train_skipgram(model: Encoder, corpus: WalkCorpus, *, settings: TrainSetting
             centers, contexts = window_contexts(walks, window=s.window, keep=keep, seed=(s.seed + 7919 * replay) * 100_003 + c)
             order = torch.randperm(centers.size, generator=gen)
             centers, contexts = torch.from_numpy(centers).index_select(0, order), torch.from_numpy(contexts).index_select(0, order)
-            for lo in range(0, centers.numel(), s.batch_size):
+            for lo in range(0, centers.numel(), batch_size):
                 progress = (epoch * len(corpus) + done + walks.shape[0] * lo / max(centers.numel(), 1)) / total
                 lr = s.lr * max(1.0 - progress, 1e-4)
-                cb, xb = centers[lo:lo + s.batch_size], contexts[lo:lo + s.batch_size]
+                cb, xb = centers[lo:lo + batch_size], contexts[lo:lo + batch_size]
                 neg = draw_negatives(table, cb, s.negatives, gen, hard=hard, hard_share=s.hard_negatives)
                 loss_sum += sgd_step(model, cb, xb, neg, lr, bf16=s.bf16)
             done += walks.shape[0]
