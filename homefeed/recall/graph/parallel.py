@@ -30,6 +30,7 @@ from homefeed.recall.graph.graph import ItemGraph
 from homefeed.recall.graph.partition import cut_share, partition_graph
 from homefeed.recall.graph.skipgram import TrainSettings, train_skipgram
 from homefeed.recall.graph.walks import WalkCorpus, WalkSettings, random_walks
+from homefeed.threads import torch_threads
 
 if TYPE_CHECKING:
     from homefeed.recall.graph.embed import PartitionSettings
@@ -63,8 +64,8 @@ def _train_parts(model: EGESModel, paths: list[str], counts: list[np.ndarray], t
 
 
 def _worker(rank: int, model: EGESModel, paths: list[str], counts: list[np.ndarray], train_json: str, workers: int):
-    torch.set_num_threads(1)
-    _train_parts(model, paths, counts, train_json, list(range(rank, len(paths), workers)))
+    with torch_threads(1):
+        _train_parts(model, paths, counts, train_json, list(range(rank, len(paths), workers)))
 
 
 def train_partitioned(model: EGESModel, graph: ItemGraph, *, walks: WalkSettings, train: TrainSettings,

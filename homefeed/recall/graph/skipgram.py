@@ -41,6 +41,7 @@ from pydantic import Field
 
 from homefeed.config import Section
 from homefeed.recall.graph.walks import PAD, WalkCorpus, splitmix, uniform
+from homefeed.threads import torch_threads
 
 
 class TrainSettings(Section):
@@ -60,7 +61,7 @@ class TrainSettings(Section):
     hard_pool: int = Field(20, ge=1)  # near neighbours kept per node for hard negatives
     bf16: bool = False  # run the dot products under bf16 autocast (AMX on recent Xeons)
     chunk_walks: int = Field(8192, ge=1)  # walks read from the corpus at a time
-    threads: int = Field(1, ge=0)  # torch intra-op threads (1: parallelism comes from workers); 0 = leave as is
+    threads: int = Field(1, ge=0)  # torch intra-op threads while training, restored after (1: parallelism from workers); 0 = as is
     seed: int = 0
 
 
@@ -232,10 +233,15 @@ def train_skipgram(model: Encoder, corpus: WalkCorpus, *, settings: TrainSetting
     counts = corpus.counts(n_nodes) if counts is None else counts
     table = unigram_table(counts if negative_counts is None else negative_counts, power=s.negative_power)
     keep = keep_probability(counts, s.subsample)
-    if s.threads:
-        torch.set_num_threads(s.threads)
     if s.hard_negatives > 0 and hard_miner is None:
         raise ValueError("hard_negatives > 0 needs a hard_miner (near neighbours of every node)")
+    with torch_threads(s.threads):
+        return _epochs(model, corpus, s, table, keep, counts, hard_miner)
+
+
+def _epochs(model: Encoder, corpus: WalkCorpus, s: TrainSettings, table: torch.Tensor, keep: np.ndarray,
+            counts: np.ndarray, hard_miner) -> TrainLog:
+    """The training loop of `train_skipgram`: every epoch over the corpus, in shuffled centre-major batches."""
     # Hogwild needs sparse updates: a batch of more centres than the corpus has nodes adds dozens of gradients,
     # all taken at the same point, into each row at once, and a small graph diverges; cap it
     batch_size = min(s.batch_size, max(8, int(np.count_nonzero(counts)) // 2))
