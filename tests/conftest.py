@@ -1,4 +1,5 @@
-"""Shared fixtures: a real redis-server started for the session (skipped with a reason when absent)."""
+"""Shared fixtures: a real redis-server and a real 3-node Redis Cluster started for the session (skipped with a
+reason when redis-server is absent), and the tiny shop's dataset and bundles."""
 import shutil
 import socket
 import subprocess
@@ -19,25 +20,57 @@ def redis_url(tmp_path_factory):
     if exe is None:
         pytest.skip("redis-server is not installed (make test installs it with apt-get where it can)")
     pytest.importorskip("redis")
+    proc, port = _start_redis(exe, tmp_path_factory.mktemp("redis"))
+    yield f"redis://127.0.0.1:{port}/0"
+    proc.terminate()
+    proc.wait(10)
+
+
+def _start_redis(exe: str, folder, *args: str) -> tuple[subprocess.Popen, int]:
+    """One redis-server on a free loopback port, AOF with fsync on every write; returns (process, port) once it answers."""
     import redis
 
     port = free_port()
-    folder = tmp_path_factory.mktemp("redis")
+    folder.mkdir(parents=True, exist_ok=True)
     proc = subprocess.Popen([exe, "--port", str(port), "--bind", "127.0.0.1", "--dir", str(folder), "--appendonly", "yes",
-                             "--appendfsync", "always", "--save", ""], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                             "--appendfsync", "always", "--save", "", *args], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     client = redis.Redis(port=port)
     for _ in range(100):
         try:
             client.ping()
-            break
+            return proc, port
         except redis.ConnectionError:
             time.sleep(0.05)
-    else:
-        proc.kill()
-        pytest.fail("redis-server did not start")
-    yield f"redis://127.0.0.1:{port}/0"
-    proc.terminate()
-    proc.wait(10)
+    proc.kill()
+    pytest.fail(f"redis-server {' '.join(args)} did not start")
+
+
+@pytest.fixture(scope="session")
+def redis_cluster_url(tmp_path_factory):
+    """A real Redis Cluster of 3 masters on loopback ports (`redis-cli --cluster create`): keys of different users land
+    on different nodes, so a script touching an undeclared key or keys of two hash slots fails as in production."""
+    exe, cli = shutil.which("redis-server"), shutil.which("redis-cli")
+    if exe is None or cli is None:
+        pytest.skip("redis-server or redis-cli is not installed (make test installs them with apt-get where it can)")
+    pytest.importorskip("redis")
+    from redis.cluster import RedisCluster
+
+    folder = tmp_path_factory.mktemp("redis_cluster")
+    nodes = [_start_redis(exe, folder / str(i), "--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf",
+                          "--cluster-port", str(free_port())) for i in range(3)]  # the bus port: not port + 10000
+    try:
+        subprocess.run([cli, "--cluster", "create", *(f"127.0.0.1:{port}" for _, port in nodes), "--cluster-replicas", "0",
+                        "--cluster-yes"], check=True, capture_output=True, timeout=60)
+        for _ in range(200):  # the nodes agree on the slot map within a second or two
+            if b"cluster_state:ok" in subprocess.run([cli, "-p", str(nodes[0][1]), "cluster", "info"], capture_output=True).stdout:
+                break
+            time.sleep(0.05)
+        RedisCluster(host="127.0.0.1", port=nodes[0][1]).ping()
+        yield f"redis+cluster://127.0.0.1:{nodes[0][1]}"
+    finally:
+        for proc, _ in nodes:
+            proc.terminate()
+            proc.wait(10)
 
 
 @pytest.fixture(scope="session")

@@ -1,19 +1,22 @@
-"""Both user-state backends pass the same tests: a real SQLite file and a real redis-server."""
+"""Every user-state backend passes the same tests: a real SQLite file, a real redis-server, a real Redis Cluster."""
+import re
 import sqlite3
 import threading
 
 import pytest
 
-from homefeed.serve.state import UNREADABLE, Event, RedisStore, SQLiteStore, open_store
+from homefeed.serve.state import COMMIT_LUA, UNREADABLE, USER_KEYS, Event, RedisStore, SQLiteStore, StoreError, open_store
 
 
-@pytest.fixture(params=["sqlite", "redis"])
+@pytest.fixture(params=["sqlite", "redis", "redis-cluster"])
 def store(request, tmp_path):
     if request.param == "sqlite":
         s = SQLiteStore(tmp_path / "state.db")
-    else:
-        url = request.getfixturevalue("redis_url")
-        s = RedisStore(url, prefix=f"t{abs(hash(request.node.name))}:")
+    elif request.param == "redis":
+        s = RedisStore(request.getfixturevalue("redis_url"), prefix=f"t{abs(hash(request.node.name))}:")
+    else:  # three masters: users' keys spread over nodes, so an undeclared or cross-slot key fails
+        url = request.getfixturevalue("redis_cluster_url").replace("redis+cluster://", "redis://")
+        s = RedisStore(url, prefix=f"t{abs(hash(request.node.name))}:", cluster=True)
     yield s
     s.close()
 
@@ -26,7 +29,7 @@ def test_append_is_idempotent_on_event_id(store):
     assert [e.event_id for e in store.append_events([ev(1), ev(2, ts=101)])] == ["e1", "e2"]
     assert [e.event_id for e in store.append_events([ev(2, ts=101), ev(3, ts=102), ev(3, ts=102)])] == ["e3"]
     assert [e.event_id for e in store.recent_events("u1")] == ["e1", "e2", "e3"]
-    assert store.has_event("e3") and not store.has_event("e9")
+    assert store.has_event("e3", "u1") and not store.has_event("e9", "u1")
     assert store.count_events() == 3
 
 
@@ -62,12 +65,12 @@ def test_concurrent_writers_lose_nothing(store):
 
 def _twin(store):
     """A second client of the same state (another worker process would hold one)."""
-    return SQLiteStore(store.path) if isinstance(store, SQLiteStore) else RedisStore(_url(store), prefix=store.prefix)
-
-
-def _url(store):
-    kw = store.r.connection_pool.connection_kwargs
-    return f"redis://{kw['host']}:{kw['port']}/{kw.get('db', 0)}"
+    if isinstance(store, SQLiteStore):
+        return SQLiteStore(store.path)
+    cluster = not hasattr(store.r, "connection_pool")
+    kw = store.r.get_default_node().redis_connection.connection_pool.connection_kwargs if cluster \
+        else store.r.connection_pool.connection_kwargs
+    return RedisStore(f"redis://{kw['host']}:{kw['port']}/{kw.get('db', 0)}", prefix=store.prefix, cluster=cluster)
 
 
 def test_update_blob_is_atomic_across_threads_and_clients(store):
@@ -108,9 +111,10 @@ def test_undecodable_stored_values_read_as_unreadable_and_can_be_replaced(store)
             c.execute("INSERT INTO profiles VALUES ('u1', '[1, 2]')")
             c.execute("INSERT INTO events VALUES ('bad', 'u1', 'i1', 'click', 'soon')")  # SQLite keeps the text
     else:
-        store.r.hset(f"{store.prefix}blob:u1", "templates", "{not json")
+        events, _, _, blobs = store.keys_of("u1")
+        store.r.hset(blobs, "templates", "{not json")
         store.r.hset(f"{store.prefix}profile", "u1", "[1, 2]")
-        store.r.zadd(f"{store.prefix}ev:u1", {"not an event": 1})
+        store.r.zadd(events, {"not an event": 1})
     assert set(store.get_blob("u1", "templates")) == {UNREADABLE}
     assert set(store.get_profile("u1")) == {UNREADABLE}
     [bad] = store.recent_events("u1")
@@ -127,3 +131,104 @@ def test_sqlite_survives_reopen(tmp_path):
     assert [e.event_id for e in open_store(f"sqlite:{tmp_path / 's.db'}").recent_events("u1")] == ["e1"]
     with pytest.raises(ValueError, match="sqlite:PATH"):
         open_store("mongo://x")
+
+
+def test_events_and_their_fold_commit_together(store):
+    """The fold's blob changes land with the events or not at all, and a retry of stored events folds nothing."""
+    def count(user, evs):
+        return [("seen", lambda blob: {"n": (blob or {"n": 0})["n"] + len(evs), "users": user}),
+                ("last", lambda blob: {"ts": max(e.ts for e in evs)})]
+
+    assert len(store.append_events([ev(1), ev(2, ts=105), ev(3, user="u2", ts=90)], fold=count)) == 3
+    assert store.get_blob("u1", "seen") == {"n": 2, "users": "u1"} and store.get_blob("u2", "seen")["n"] == 1
+    assert store.get_blob("u1", "last") == {"ts": 105}
+    assert store.append_events([ev(1), ev(2, ts=105), ev(4, ts=106)], fold=count) == [ev(4, ts=106)]
+    assert store.get_blob("u1", "seen")["n"] == 3  # the duplicates were not folded again
+
+    def broken(user, evs):
+        return [("seen", lambda blob: {"n": 99}), ("last", lambda blob: 1 / 0)]
+
+    with pytest.raises(ZeroDivisionError):
+        store.append_events([ev(5, ts=107)], fold=broken)
+    assert not store.has_event("e5", "u1") and store.get_blob("u1", "seen")["n"] == 3  # neither the event nor a blob
+    assert store.append_events([ev(5, ts=107)], fold=count) == [ev(5, ts=107)]  # a retry then stores and folds it
+    assert store.get_blob("u1", "seen")["n"] == 4
+
+
+def test_concurrent_folds_of_one_user_lose_nothing(store):
+    twin = _twin(store)
+
+    def bump(user, evs):
+        return [("n", lambda blob: {"n": (blob or {"n": 0})["n"] + len(evs)})]
+
+    def work(s, t):
+        for i in range(25):
+            s.append_events([ev(f"{t}-{i}", ts=i)], fold=bump)
+
+    threads = [threading.Thread(target=work, args=(s, t)) for t, s in enumerate((store, store, twin, twin))]
+    [t.start() for t in threads]
+    [t.join() for t in threads]
+    assert store.get_blob("u1", "n") == {"n": 100}
+    twin.close()
+
+
+def test_check_is_a_round_trip(store):
+    store.check()
+    store.check()
+
+
+def test_redis_keeps_each_users_last_events_and_ids(redis_url):
+    s = RedisStore(redis_url, prefix="trim:", max_events=5, max_ids=8)
+    for i in range(12):
+        s.append_events([ev(i, ts=1000 + i)])
+    assert [e.event_id for e in s.recent_events("u1", 100)] == [f"e{i}" for i in range(7, 12)]
+    events, ids, _, _ = s.keys_of("u1")
+    assert s.r.zcard(events) == 5 and s.r.zcard(ids) == 8
+    assert s.append_events([ev(11, ts=1011), ev(4, ts=1004)]) == []  # ids of trimmed events still deduplicate
+    s.close()
+
+
+def test_redis_keys_of_a_user_share_one_hash_tag_and_the_script_declares_them(redis_url):
+    """Every key the store writes for a user carries the `{user}` hash tag, and the Lua script touches only KEYS."""
+    s = RedisStore(redis_url, prefix="tags:")
+    s.append_events([ev(1, user="a}b{c"), ev(2, user="u:2")], fold=lambda user, evs: [("k", lambda blob: {"v": 1})])
+    s.put_blob("u:3", "x", {"v": 1})
+    s.put_profiles({"u:2": {"age": 3}})
+    for key in s.r.scan_iter("tags:*"):
+        assert key == "tags:profile" or re.fullmatch(r"tags:\{[^}]*\}.*", key), key
+    tags = {re.match(r"tags:\{([^}]*)\}", k).group(1) for k in s.r.scan_iter("tags:{*")}
+    assert tags == {"a", "u:2", "u:3"}  # 'a}b{c': its hash tag ends at the first brace, the same for all its keys
+    assert set(re.findall(r"redis\.call\('\w+', (\w+)", COMMIT_LUA)) == {"KEYS"}  # no key built inside the script
+    assert len(USER_KEYS) == max(int(i) for i in re.findall(r"KEYS\[(\d)\]", COMMIT_LUA))
+    s.close()
+
+
+def test_sqlite_refuses_a_deleted_or_corrupt_file(tmp_path):
+    path = tmp_path / "s.db"
+    s = SQLiteStore(path)
+    s.append_events([ev(1)])
+    path.unlink()
+    with pytest.raises(StoreError, match="deleted or replaced"):
+        s.append_events([ev(2)])
+    with pytest.raises(StoreError, match="deleted or replaced"):
+        s.check()
+    assert not path.exists()  # no fresh empty file was created in its place
+    s.close()
+    healthy = SQLiteStore(tmp_path / "h.db")
+    healthy.append_events([ev(i, user=f"u{i}") for i in range(2000)])
+    healthy.close()
+    data = bytearray((tmp_path / "h.db").read_bytes())
+    data[4096 * 3: 4096 * 3 + 2000] = b"\xff" * 2000  # a damaged page in the middle of the file
+    (tmp_path / "c.db").write_bytes(bytes(data))
+    with pytest.raises(StoreError, match="integrity check"):
+        SQLiteStore(tmp_path / "c.db")
+    (tmp_path / "n.db").write_bytes(b"this is not a database" * 100)
+    with pytest.raises(StoreError, match="not a database"):
+        SQLiteStore(tmp_path / "n.db")
+
+
+def test_redis_down_is_a_store_error():
+    s = RedisStore("redis://127.0.0.1:1/0")
+    for call in (lambda: s.append_events([ev(1)]), s.check, lambda: s.get_blob("u1", "k"), lambda: s.recent_events("u1")):
+        with pytest.raises(StoreError, match="Redis state store"):
+            call()

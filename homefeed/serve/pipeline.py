@@ -28,6 +28,7 @@ import gc
 import threading
 import time
 import uuid
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor, wait
 from dataclasses import replace
 
@@ -258,19 +259,18 @@ class Pipeline:
         return {"ts": [t for t, _ in kept], "items": [page for _, page in kept]}
 
     def ingest(self, events: list[EventIn]) -> tuple[int, int]:
-        """Store events durably (idempotent on event_id), then fold the new ones into each user's mechanism state."""
-        new = self.store.append_events([Event(e.event_id, e.user_id, e.item_id, e.behavior, e.ts) for e in events])
-        by_user: dict[str, list[Event]] = {}
-        for e in new:
-            by_user.setdefault(e.user_id, []).append(e)
-        for user, evs in by_user.items():
-            self._apply(user, sorted(evs, key=lambda e: e.ts))
+        """Store events durably (idempotent on event_id), each user's new ones folded into their mechanism state
+        in the same atomic commit: a process killed at any point leaves an event folded or not stored at all."""
+        new = self.store.append_events([Event(e.event_id, e.user_id, e.item_id, e.behavior, e.ts) for e in events],
+                                       fold=self._folds)
         self.metrics.events.inc(len(new))
         return len(events), len(new)
 
-    def _apply(self, user: str, events: list[Event]) -> None:
-        """Fold new events into the user's mechanism state, each blob in one atomic read-modify-write, so two
-        event batches of one user posted at once (threads or workers) cannot lose each other's update."""
+    def _folds(self, user: str, events: list[Event]) -> list[tuple[str, Callable]]:
+        """The blob changes a user's new events make: the purchase filter, and the templates marked stale. Each
+        is a pure function of the stored blob (the store may run it again when another writer got there first)."""
+        events = sorted(events, key=lambda e: e.ts)
+
         def fold_purchase(blob: dict | None) -> dict:
             purchase = self._read_purchase(blob, count=False)
             for e in events:
@@ -280,18 +280,17 @@ class Pipeline:
                                     periods=self.bundle.periods, config=self.purchase_cfg)
             return purchase.to_dict()
 
-        self.store.update_blob(user, PURCHASE, fold_purchase)
         acted = [e.ts for e in events if e.behavior != "pv"]
-        if acted:
-            def mark_behavior(blob: dict | None) -> dict:
-                """Templates stale: marked even when none are stored yet (a homepage request may be building
-                them right now from state read before these events), and even for a late event whose ts is
-                older than what the templates reflect (they were built without it)."""
-                stored = self._read_templates(blob, count=False) or StoredTemplates(None, None, None, ExposureState(), [], {})
-                ts = max(max(acted), stored.state.built_behavior_ts + 1)
-                return replace(stored, state=exposure.on_behavior(stored.state, ts)).to_dict()
 
-            self.store.update_blob(user, TEMPLATES, mark_behavior)
+        def mark_behavior(blob: dict | None) -> dict:
+            """Templates stale: marked even when none are stored yet (a homepage request may be building
+            them right now from state read before these events), and even for a late event whose ts is
+            older than what the templates reflect (they were built without it)."""
+            stored = self._read_templates(blob, count=False) or StoredTemplates(None, None, None, ExposureState(), [], {})
+            ts = max(max(acted), stored.state.built_behavior_ts + 1)
+            return replace(stored, state=exposure.on_behavior(stored.state, ts)).to_dict()
+
+        return [(PURCHASE, fold_purchase)] + ([(TEMPLATES, mark_behavior)] if acted else [])
 
     def warm_up(self) -> None:
         """Run recall, rank and the page mechanism once on a made-up user, so that the first real request pays
