@@ -17,11 +17,12 @@ from html import escape
 
 W, H = 360, 220  # viewBox; the page scales it to the column width
 LEFT, RIGHT, TOP, BOTTOM = 44, 12, 26, 34
+LEGEND_COLUMNS = 4
 COLOURS = ("#2f6db5", "#d9622b", "#3a9a5b", "#b23a48", "#7a5cb8", "#c49a1a", "#3c8d93", "#8a6d3b", "#5f6b7a", "#d0569b")
 
 
-def _svg(body: list[str], title: str, label: str) -> str:
-    return (f'<svg class="chart" data-chart="{escape(label)}" viewBox="0 0 {W} {H}" role="img" '
+def _svg(body: list[str], title: str, label: str, extra_h: int = 0) -> str:
+    return (f'<svg class="chart" data-chart="{escape(label)}" viewBox="0 0 {W} {H + extra_h}" role="img" '
             f'xmlns="http://www.w3.org/2000/svg"><title>{escape(title)}</title>'
             f'<text x="{W / 2}" y="16" class="chart-title" text-anchor="middle">{escape(title)}</text>{"".join(body)}</svg>')
 
@@ -90,9 +91,10 @@ def line_chart(series: dict[str, list[tuple[float, float]]], *, title: str, x_la
         body.append(f'<polyline points="{coords}" fill="none" stroke="{colour}" stroke-width="1.8" class="series"/>')
         body += [f'<circle cx="{px(x):.1f}" cy="{_y(min(y, top), top):.1f}" r="2.4" fill="{colour}">'
                  f'<title>{escape(name)}: {_fmt(x)} -&gt; {y:.4f}</title></circle>' for x, y in pts]
-        body.append(f'<text x="{LEFT + 6 + (i % 3) * 102}" y="{TOP + 10 + (i // 3) * 11}" class="legend" '
-                    f'fill="{colour}">{escape(name)}</text>')
-    return _svg(body, title, label or title)
+        body.append(f'<text x="{LEFT + (i % LEGEND_COLUMNS) * 78}" y="{H + 8 + (i // LEGEND_COLUMNS) * 12}" '
+                    f'class="legend" fill="{colour}">&#9632; {escape(name)}</text>')
+    rows = -(-len(series) // LEGEND_COLUMNS) if len(series) > 1 else 0  # a legend under the chart when it has lines to tell apart
+    return _svg(body if rows else [b for b in body if 'class="legend"' not in b], title, label or title, 12 * rows)
 
 
 def bar_chart(bars: list[tuple[str, float]], *, title: str, y_label: str = "", y_max: float | None = None,
