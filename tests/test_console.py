@@ -205,7 +205,11 @@ def test_buttons_work_without_a_token_when_none_is_configured(tiny_bundle, tmp_p
     app = create_app(tiny_bundle, state=f"sqlite:{tmp_path / 'state.db'}")
     with TestClient(app) as client:
         item = str(client.get("/ui/pick?kind=known").text.split('data-item="')[1].split('"')[0])
-        r = client.post("/ui/events", json={"user_id": "someone", "item_id": item, "action": "view"})
+        def act(item_id, action):
+            return client.post("/ui/events", json={"user_id": "someone", "item_id": item_id, "action": action})
+
+        r = act(item, "view")
         assert r.status_code == 200 and r.json()["behavior"] == "click"
-        assert client.post("/ui/events", json={"user_id": "someone", "item_id": item, "action": "steal"}).status_code == 422
+        assert act(item, "steal").status_code == 422
+        assert act("no-such-item", "buy").status_code == 404
     app.state.service.close()

@@ -93,7 +93,7 @@ def line_chart(series: dict[str, list[tuple[float, float]]], *, title: str, x_la
                  f'<title>{escape(name)}: {_fmt(x)} -&gt; {y:.4f}</title></circle>' for x, y in pts]
         body.append(f'<text x="{LEFT + (i % LEGEND_COLUMNS) * 78}" y="{H + 8 + (i // LEGEND_COLUMNS) * 12}" '
                     f'class="legend" fill="{colour}">&#9632; {escape(name)}</text>')
-    rows = -(-len(series) // LEGEND_COLUMNS) if len(series) > 1 else 0  # a legend under the chart when it has lines to tell apart
+    rows = -(-len(series) // LEGEND_COLUMNS) if len(series) > 1 else 0  # a legend only when there are lines to tell apart
     return _svg(body if rows else [b for b in body if 'class="legend"' not in b], title, label or title, 12 * rows)
 
 

@@ -63,7 +63,9 @@ class Catalog:
         codes = items["item_id"].to_numpy()
         self.row_of = np.full(n, -1, np.int64)
         self.row_of[codes] = np.arange(len(codes))
-        leaf = bundle.vocabs["leaf_category"].decode(items["leaf_category"]) if "leaf_category" in bundle.vocabs else items["leaf_category"]
+        leaf = items["leaf_category"]
+        if "leaf_category" in bundle.vocabs:
+            leaf = bundle.vocabs["leaf_category"].decode(leaf)
         self.leaf = [str(v) for v in leaf.to_list()]
         self.title = items["title"].to_list() if "title" in items.columns else [None] * len(codes)
         self.price = items["price"].to_list()
@@ -111,8 +113,8 @@ def recalled_by(bundle, code: int, limit: int = 8) -> list[dict]:
             rows = np.searchsorted(table.indptr, pos, side="right") - 1
             best = np.argsort(-table.scores[pos], kind="stable")[:limit]
             triggers = [(str(bundle.raw_item[rows[i]]), float(table.scores[pos[i]])) for i in best]
-            out.append({"channel": name, "triggers": triggers,
-                        "note": f"in the neighbour lists of {len(pos)} trigger items" if len(pos) else "in no item's neighbour list"})
+            note = f"in the neighbour lists of {len(pos)} trigger items" if len(pos) else "in no item's neighbour list"
+            out.append({"channel": name, "triggers": triggers, "note": note})
         elif items is not None and getattr(ch, "indptr_", None) is None:  # one global list (popular)
             at = np.flatnonzero(items == code)
             out.append({"channel": name, "triggers": [],
@@ -124,6 +126,10 @@ def recalled_by(bundle, code: int, limit: int = 8) -> list[dict]:
         else:
             out.append({"channel": name, "triggers": [], "note": "depends on the user's own recent behaviour"})
     return out
+
+
+def _problems(e: ValidationError) -> str:
+    return "; ".join(f"{err['loc'][0]}: {err['msg']}" for err in e.errors())
 
 
 def _when(ts: int) -> str:
@@ -162,7 +168,7 @@ def ui_router(service) -> APIRouter:
         try:
             req = HomepageRequest(user_id=user_id, template_index=shown)
         except ValidationError as e:
-            return render("home.html", 400, page=None, user_id=user_id[:128], error=e.errors()[0]["msg"])
+            return render("home.html", 400, page=None, user_id=user_id[:128], error=_problems(e))
         with service.gate, service.lease() as pipeline:
             page = pipeline.homepage(req)
             t1 = time.perf_counter()
@@ -176,7 +182,8 @@ def ui_router(service) -> APIRouter:
         html = render("home.html", page=page, slots=slots, user_id=user_id, history=history, stages=stages, total=total,
                       known=bundle.user_code(user_id) > 0, done=done, n_events=len(state.items))
         service.metrics.http.labels("/ui", "200").inc()
-        html.headers["Server-Timing"] = f"pipeline;dur={(t1 - t0) * 1000:.2f}, view;dur={(time.perf_counter() - t1) * 1000:.2f}"
+        view_ms = (time.perf_counter() - t1) * 1000
+        html.headers["Server-Timing"] = f"pipeline;dur={(t1 - t0) * 1000:.2f}, view;dur={view_ms:.2f}"
         return html
 
     @router.get("/ui/pick")
@@ -198,8 +205,10 @@ def ui_router(service) -> APIRouter:
             event = EventIn(event_id=f"ui-{uuid.uuid4().hex}", user_id=body.user_id, item_id=body.item_id,
                             behavior=ACTIONS[body.action], ts=int(time.time()) - 1)
         except ValidationError as e:
-            raise HTTPException(422, detail="; ".join(f"{err['loc'][0]}: {err['msg']}" for err in e.errors())) from None
+            raise HTTPException(422, detail=_problems(e)) from None
         with service.lease() as pipeline:  # the same ingestion as /v1/events
+            if pipeline.bundle.item_code(body.item_id) == 0:
+                raise HTTPException(404, detail=f"item_id {body.item_id!r} is not in the bundle")
             received, stored = pipeline.ingest([event])
         service.metrics.http.labels("/ui/events", "200").inc()
         return JSONResponse({"received": received, "stored": stored, "event_id": event.event_id,
