@@ -34,8 +34,9 @@ def pick_user(bundle: Path) -> tuple[str, int]:
     return str(busiest), int(recent["ts"].max()) + 60
 
 
-def serve_and_ask(bundle: Path, user: str, now: int, state: Path) -> None:
-    """Start `homefeed serve`, ask for a homepage, send a purchase, ask again, stop the server."""
+def serve_and_ask(bundle: Path, user: str, now: int, state: Path, *, wait: bool = True) -> None:
+    """Start `homefeed serve`, ask for a homepage, send a purchase, ask again; then keep the server up
+    for the console until Ctrl-C (`wait`), or stop it."""
     import httpx
 
     from homefeed.serve.process import start_server
@@ -54,6 +55,13 @@ def serve_and_ask(bundle: Path, user: str, now: int, state: Path) -> None:
         again = httpx.post(url + "/v1/homepage", json={"user_id": user, "now": now + 2}, timeout=30).json()
         shown = [it["item_id"] for v in again["slots"].values() for it in v]
         print(f"POST /v1/homepage again: template {again['template_index']}, bought item shown again: {first['item_id'] in shown}")
+        print(f"\nconsole: {url}/ui?user_id={user}   (the page, its reasons, buttons that post events)")
+        if wait:
+            print("the server stays up until Ctrl-C (run with --no-wait to stop here)", flush=True)
+            try:
+                proc.wait()
+            except KeyboardInterrupt:
+                pass
     finally:
         proc.terminate()
         proc.wait(10)
@@ -63,6 +71,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", type=Path, default=Path("demo_out"), help="working folder (default demo_out)")
     parser.add_argument("--size", default="small", choices=["tiny", "small", "large"], help="synthetic shop size")
+    parser.add_argument("--no-wait", action="store_true", help="stop the server at the end instead of keeping the console up")
     a = parser.parse_args()
     world, dataset, bundle = a.out / "world", a.out / "dataset", a.out / "bundle"
     if (world / "world.json").exists() and f'"size": "{a.size}"' in (world / "world.json").read_text():
@@ -79,7 +88,7 @@ def main() -> None:
     state = a.out / "state.db"
     state.unlink(missing_ok=True)
     run(["recommend", str(bundle), "--user", user, "--now", str(now), "--state", f"sqlite:{state}"])
-    serve_and_ask(bundle, user, now + 3600, a.out / "serve_state.db")
+    serve_and_ask(bundle, user, now + 3600, a.out / "serve_state.db", wait=not a.no_wait)
     print("\ndemo finished.")
 
 

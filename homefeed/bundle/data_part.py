@@ -7,11 +7,13 @@ events before the test days seed the state store, so a known user's first reques
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import polars as pl
 
 from homefeed.data.dataset import RECENT_EVENTS, Dataset
+from homefeed.mechanism.part import image_root
 
 
 class DataPart:
@@ -47,4 +49,7 @@ class DataPart:
         ds.users.write_parquet(folder / "users.parquet")
         self._recent.write_parquet(folder / "recent_events.parquet")
         (folder / "split.json").write_text(json.dumps({"train_end": ds.split.train_end, "valid_end": ds.split.valid_end}))
+        root = image_root(ds)
+        if root is not None and (root / "images.npy").exists():  # the bundle carries its pictures (the console shows them)
+            shutil.copy2(root / "images.npy", folder / "images.npy")
         return folder

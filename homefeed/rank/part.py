@@ -17,12 +17,13 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from pydantic import Field, field_validator, model_validator
 
 from homefeed.config import Section, typed
 from homefeed.data.dataset import Dataset
-from homefeed.evaluate.metrics import auc, ctr_metrics
+from homefeed.evaluate.metrics import auc, calibration_bins, ctr_metrics, logloss
 from homefeed.rank.evaluate import RankSettings, fit_preset
 from homefeed.rank.export import export_torchscript, quantize_int8
 from homefeed.rank.features import FeatureSettings
@@ -104,8 +105,12 @@ class RankPart:
             if metrics["int8_valid_auc_loss"] <= settings.max_quant_auc_loss:  # chosen on valid, never on test
                 export_torchscript(quant, example, self._folder / "model_int8.pt")
                 served, chosen = "model_int8.pt", quant
-        y = test.tensors["label"].numpy()
-        metrics |= ctr_metrics(y, predict(chosen, test), test.tensors["user"].numpy())
+        y, p = test.tensors["label"].numpy(), predict(chosen, test)
+        metrics |= ctr_metrics(y, p, test.tensors["user"].numpy())
+        bins = calibration_bins(y, p)  # the reliability diagram, for the console's bundle view
+        metrics["calibration_bins"] = {k: [None if v != v else float(v) for v in a] for k, a in bins.items()}
+        rate = float(parts["train"].tensors["label"].numpy().mean())  # the constant predictor: train CTR
+        metrics["baselines"] = {"constant": {"auc": 0.5, "logloss": logloss(y, np.full(y.shape, rate))}}
         metrics["served"] = served
         # exported by this code, the model takes one user's history once for all rows (checked by the export)
         (self._folder / "served.json").write_text(json.dumps({
