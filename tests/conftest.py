@@ -73,14 +73,33 @@ def redis_cluster_url(tmp_path_factory):
             proc.wait(10)
 
 
+def _made_once(tmp_path_factory, name: str, make) -> "Path":
+    """A fresh folder made by `make(folder)` for this session; with HOMEFEED_TEST_CACHE=DIR (opt-in, for local
+    iteration on a slow machine) the folder is kept in DIR/name and reused by later sessions once complete.
+    Delete DIR after changing how the shop, the dataset or a bundle is built."""
+    import os
+    from pathlib import Path
+
+    cache = os.environ.get("HOMEFEED_TEST_CACHE")
+    if not cache:
+        out = tmp_path_factory.mktemp(name)
+        make(out)
+        return out
+    out = Path(cache) / name
+    if not (out / ".complete").exists():
+        shutil.rmtree(out, ignore_errors=True)
+        out.mkdir(parents=True)
+        make(out)
+        (out / ".complete").touch()
+    return out
+
+
 @pytest.fixture(scope="session")
 def tiny_world(tmp_path_factory):
     """The tiny synthetic shop, generated once per test session (seed 7)."""
     from homefeed.world import WorldSpec, generate
 
-    out = tmp_path_factory.mktemp("tiny_world")
-    generate(WorldSpec.preset("tiny", seed=7), out)
-    return out
+    return _made_once(tmp_path_factory, "tiny_world", lambda out: generate(WorldSpec.preset("tiny", seed=7), out))
 
 
 @pytest.fixture(scope="session")
@@ -89,9 +108,7 @@ def tiny_dataset_dir(tiny_world, tmp_path_factory):
     from homefeed.config import Config
     from homefeed.data.ingest import ingest
 
-    out = tmp_path_factory.mktemp("tiny_dataset")
-    ingest(tiny_world, out, Config())
-    return out
+    return _made_once(tmp_path_factory, "tiny_dataset", lambda out: ingest(tiny_world, out, Config()))
 
 
 FAST_BUILD = ['mechanism.images={"steps": 30}', 'rank.preset="din"', 'rank.train={"epochs": 2}']
@@ -103,9 +120,8 @@ def tiny_bundle(tiny_dataset_dir, tmp_path_factory):
     from homefeed.config import load_config
     from homefeed.bundle import build_bundle
 
-    out = tmp_path_factory.mktemp("tiny_bundle")
-    build_bundle(tiny_dataset_dir, out, load_config(overrides=FAST_BUILD))
-    return out
+    return _made_once(tmp_path_factory, "tiny_bundle",
+                      lambda out: build_bundle(tiny_dataset_dir, out, load_config(overrides=FAST_BUILD)))
 
 
 ALT_BUILD = ['recall.channels=["itemcf", "crowd", "retarget", "popular"]', 'rank.preset="deepfm"', 'rank.train={"epochs": 1}']
@@ -120,7 +136,8 @@ def tiny_bundle_alt(tiny_bundle, tiny_dataset_dir, tmp_path_factory):
     from homefeed.config import load_config
     from homefeed.bundle import build_bundle
 
-    out = tmp_path_factory.mktemp("tiny_bundle_alt") / "bundle"
-    shutil.copytree(tiny_bundle, out)
-    build_bundle(tiny_dataset_dir, out, load_config(overrides=ALT_BUILD), parts=("recall", "rank"))
-    return out
+    def make(out):
+        shutil.copytree(tiny_bundle, out / "bundle", ignore=shutil.ignore_patterns(".complete"))
+        build_bundle(tiny_dataset_dir, out / "bundle", load_config(overrides=ALT_BUILD), parts=("recall", "rank"))
+
+    return _made_once(tmp_path_factory, "tiny_bundle_alt", make) / "bundle"

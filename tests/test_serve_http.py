@@ -119,7 +119,7 @@ def test_kill_9_during_ingestion_loses_no_acked_event(tiny_bundle, tmp_path, req
                           "ts": 1512230000 + i} for j in range(5)]
                 try:
                     if c.post(url + "/v1/events", json={"events": batch}).status_code == 200:
-                        acked.extend(e["event_id"] for e in batch)
+                        acked.extend((e["event_id"], e["user_id"]) for e in batch)
                 except httpx.TransportError:
                     return
 
@@ -134,5 +134,5 @@ def test_kill_9_during_ingestion_loses_no_acked_event(tiny_bundle, tmp_path, req
     from homefeed.serve.state import open_store
 
     store = open_store(state)
-    missing = [e for e in acked if not store.has_event(e)]
+    missing = [e for e, user in acked if not store.has_event(e, user)]
     assert not missing, f"{len(missing)} acknowledged events lost, e.g. {missing[:3]}"

@@ -99,7 +99,7 @@ def test_reload_to_another_bundle_under_traffic_on_two_workers(tiny_bundle, tiny
 
     threads = [threading.Thread(target=traffic, args=(w,)) for w in range(8)]
     try:
-        assert len({httpx.get(url + "/readyz").json()["pid"] for _ in range(40)}) == 2  # a new connection each: both answer
+        assert len({httpx.get(url + "/readyz").json()["worker"] for _ in range(40)}) == 2  # a new connection each: both answer
         rotation_and_idempotency_hold_across_workers(url, users[0])
         first = served_versions()
         [t.start() for t in threads]

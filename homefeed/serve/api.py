@@ -7,13 +7,26 @@
     POST /admin/reload         swap to a new bundle without dropping requests (X-Admin-Token)
 
     uvicorn --factory "homefeed.serve.api:app_from_env"      # or: homefeed serve BUNDLE
+
+Bounded and honest under abuse: bodies are read whole under a size and time limit before any handler
+runs (413, 408); a state-store fault is a 503 naming it, never a 200 or a bare 500; /healthz and
+/metrics run on the event loop and /readyz on its own thread, so a saturated pipeline never delays
+them; /readyz writes and reads the store; /metrics labels responses by route template, so its size
+does not grow with the URLs clients make up. The admin token is compared in constant time and can
+come from a file (HOMEFEED_ADMIN_TOKEN_FILE) so it never shows in `ps` or a worker's environment.
 """
 from __future__ import annotations
 
+import asyncio
+import hmac
+import json
 import os
+import sys
 import threading
 import time
+import uuid
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -21,23 +34,31 @@ from fastapi import FastAPI, Header, HTTPException, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, PlainTextResponse, Response
 from pydantic import BaseModel
+from starlette.concurrency import run_in_threadpool
+from starlette.routing import Match, Router
 
-from homefeed.bundle.manifest import BundleError
 from homefeed.config import Config, ConfigError, load_config
 from homefeed.serve.artefacts import ServingBundle
 from homefeed.serve.metrics import ServeMetrics
 from homefeed.serve.pipeline import Pipeline
 from homefeed.serve.schemas import EventsRequest, EventsResponse, HomepageRequest, HomepageResponse, SimilarResponse
-from homefeed.serve.state import open_store
+from homefeed.serve.state import StoreError, open_store
 from homefeed.serve.ui import ui_router
-
 
 ANNOUNCE = ("__homefeed_service__", "bundle")  # (user id, blob key) in the state store: the last reload
 FOLLOW_S = 1.0
+BODY_LIMITS = {"/v1/events": 8 << 20}  # bytes per request body; 10,000 events fit in 8 MiB
+BODY_LIMIT = 64 << 10  # every other route: a homepage request is well under 1 KiB
+BODY_TIMEOUT_S = 10.0  # a body not fully received by then is a 408 (a slow or half-sent upload)
+READY_TIMEOUT_S = 2.0  # /readyz: a store round trip slower than this is not ready
 
 
 class ReloadRequest(BaseModel):
     bundle: str | None = None  # folder of the new bundle; default: reload the current path
+
+
+class ServiceClosed(RuntimeError):
+    """The service is shutting down and takes no more requests."""
 
 
 class Service:
@@ -50,13 +71,16 @@ class Service:
     templates, purchase filter) already lives in the store, so workers need no other coordination.
     """
 
-    def __init__(self, bundle_path: str | Path, config: Config, state: str | None = None, *, follow_s: float = FOLLOW_S):
+    def __init__(self, bundle_path: str | Path, config: Config, state: str | None = None, *, follow_s: float = FOLLOW_S,
+                 admin_token: str | None = None):
         self.config = config
+        self.admin_token = config.serve.admin_token if admin_token is None else admin_token
         # Admission: past a few requests in flight a CPU-bound pipeline only gets slower per request, and
         # queueing inside it would eat the recall budget (channels dropped under load). Waiting here does not.
         self.gate = threading.BoundedSemaphore(config.serve.max_inflight)
         self.metrics = ServeMetrics()
-        self.store = open_store(state or config.serve.state)
+        self.worker = uuid.uuid4().hex[:8]  # tells workers apart in /readyz without revealing pids
+        self.store = open_store(state or config.serve.state, max_events=config.serve.history_len)
         self.bundle_path = Path(bundle_path)
         bundle = ServingBundle.load(self.bundle_path)
         self.pipeline = Pipeline(bundle, self.store, config, metrics=self.metrics)
@@ -65,8 +89,21 @@ class Service:
         self.started = time.time()
         self._followed = self.started  # announcements at or before this time are handled
         self._stop = threading.Event()
+        self.probes = ThreadPoolExecutor(max_workers=1, thread_name_prefix="readyz")  # never behind the pipeline
         if follow_s > 0:
             threading.Thread(target=self._follow, args=(follow_s,), daemon=True, name="homefeed-follow").start()
+
+    def token_ok(self, given: str | None) -> bool:
+        """`given` equals the admin token (compared in constant time); False when reload is disabled."""
+        return bool(self.admin_token) and given is not None and hmac.compare_digest(given.encode(), self.admin_token.encode())
+
+    def not_ready(self) -> str | None:
+        """Why this worker cannot serve (the state store's round trip failed), or None when it can."""
+        try:
+            self.store.check()
+        except StoreError as e:
+            return str(e)
+        return None
 
     def reload(self, path: str | Path | None, *, announce: bool = True) -> str:
         with self._reload_lock:
@@ -109,86 +146,199 @@ class Service:
             if pipeline.hold():
                 break
             if pipeline is self.pipeline:  # retired and not replaced: the service is closing
-                raise RuntimeError("the service is closed")
+                raise ServiceClosed("the service is closed")
             # else a reload retired it after we read the reference: take the new one
         try:
             yield pipeline
         finally:
             pipeline.release()
 
+    def homepage(self, req: HomepageRequest) -> HomepageResponse:
+        with self.gate, self.lease() as pipeline:
+            return pipeline.homepage(req)
+
     def close(self) -> None:
         self._stop.set()
+        self.probes.shutdown(wait=False)
         self.pipeline.retire()
 
 
-def create_app(bundle: str | Path, config: Config | None = None, *, state: str | None = None) -> FastAPI:
+class Guard:
+    """ASGI middleware around every request: reads a body whole under a size and a time limit (413, 408) before
+    any handler sees it, and counts each response by route template and status (`homefeed_http_responses`)."""
+
+    def __init__(self, app, *, router: Router, metrics: ServeMetrics):
+        self.app, self.router, self.metrics = app, router, metrics
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        status = 500  # what an exception escaping the app becomes
+
+        async def counted(message):
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        try:
+            if scope["method"] in ("POST", "PUT", "PATCH"):
+                body, refusal = await self._read(scope, receive)
+                if refusal is not None:
+                    return await _send_json(counted, *refusal)
+                scope["homefeed.body"] = body  # for the invalid-JSON message's line and column
+                receive = _replay(body, receive)
+            await self.app(scope, receive, counted)
+        finally:
+            self.metrics.http.labels(self._template(scope), str(status)).inc()
+
+    async def _read(self, scope, receive) -> tuple[bytes, tuple[int, str] | None]:
+        limit = BODY_LIMITS.get(scope["path"], BODY_LIMIT)
+        declared = dict(scope["headers"]).get(b"content-length")
+        if declared is not None and declared.isdigit() and int(declared) > limit:
+            return b"", (413, f"request body of {int(declared)} bytes; this endpoint takes at most {limit}")
+        chunks, size = [], 0
+        try:
+            async with asyncio.timeout(BODY_TIMEOUT_S):
+                while True:
+                    message = await receive()
+                    if message["type"] == "http.disconnect":
+                        return b"", (400, "the client disconnected before sending the whole body")
+                    chunks.append(message.get("body", b""))
+                    size += len(chunks[-1])
+                    if size > limit:
+                        return b"", (413, f"request body over {limit} bytes, the most this endpoint takes")
+                    if not message.get("more_body", False):
+                        return b"".join(chunks), None
+        except TimeoutError:
+            return b"", (408, f"the request body was not received within {BODY_TIMEOUT_S:g} s")
+
+    def _template(self, scope) -> str:
+        """The route's path template (`/v1/items/{item_id}/similar`), never the raw path; 'unmatched' for none."""
+        route = scope.get("route")
+        if route is None:
+            route = next((r for r in self.router.routes if r.matches(scope)[0] != Match.NONE), None)
+        return getattr(route, "path", None) or "unmatched"
+
+
+def _replay(body: bytes, receive):
+    """A `receive` that hands the app the body already read, then passes on to the client's (disconnect)."""
+    sent = False
+
+    async def replayed():
+        nonlocal sent
+        if not sent:
+            sent = True
+            return {"type": "http.request", "body": body, "more_body": False}
+        return await receive()
+    return replayed
+
+
+async def _send_json(send, status: int, detail: str) -> None:
+    body = json.dumps({"detail": detail}).encode()
+    await send({"type": "http.response.start", "status": status,
+                "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
+                            (b"connection", b"close")]})
+    await send({"type": "http.response.body", "body": body})
+
+
+def create_app(bundle: str | Path, config: Config | None = None, *, state: str | None = None,
+               admin_token: str | None = None, docs: bool = True) -> FastAPI:
+    """The app over one bundle. admin_token: overrides `serve.admin_token`; docs=False drops /docs and /openapi.json."""
     cfg = config or Config()
-    service = Service(bundle, cfg, state)
+    service = Service(bundle, cfg, state, admin_token=admin_token)
     app = FastAPI(title="homefeed", version="0.1.0",
-                  description="E-commerce homepage feed: recall -> rank -> mechanism, with real-time user state.")
+                  description="E-commerce homepage feed: recall -> rank -> mechanism, with real-time user state.",
+                  docs_url="/docs" if docs else None, redoc_url="/redoc" if docs else None,
+                  openapi_url="/openapi.json" if docs else None)
     app.state.service = service
+    app.add_middleware(Guard, router=app.router, metrics=service.metrics)
     app.include_router(ui_router(service))  # the console at /ui (serve/ui.py)
+    admission = asyncio.Semaphore(cfg.serve.max_inflight)  # waiting homepage requests hold no thread
 
     @app.exception_handler(RequestValidationError)
     async def _bad_request(request: Request, exc: RequestValidationError):
-        errors = [{"field": ".".join(str(p) for p in e["loc"] if p != "body"), "problem": e["msg"]} for e in exc.errors()]
-        service.metrics.http.labels(request.url.path, "422").inc()
-        return JSONResponse(status_code=422, content={"detail": errors})
+        return JSONResponse(status_code=422, content={"detail": [_problem(e, request.scope) for e in exc.errors()]})
+
+    @app.exception_handler(StoreError)
+    async def _store_down(request: Request, exc: StoreError):
+        print(f"homefeed: state store fault on {request.url.path}: {exc}", file=sys.stderr, flush=True)
+        return JSONResponse(status_code=503, content={"detail": f"state store unavailable: {exc}"})
+
+    @app.exception_handler(ServiceClosed)
+    async def _closing(request: Request, exc: ServiceClosed):
+        return JSONResponse(status_code=503, content={"detail": str(exc)})
 
     @app.post("/v1/homepage", response_model=HomepageResponse)
-    def homepage(req: HomepageRequest) -> Response:
+    async def homepage(req: HomepageRequest) -> Response:
         try:
-            with service.gate, service.lease() as pipeline:
-                page = pipeline.homepage(req)
+            async with admission:
+                page = await run_in_threadpool(service.homepage, req)
         except ConfigError as e:  # slots that match no material pool of the bundle
-            service.metrics.http.labels("/v1/homepage", "422").inc()
             return JSONResponse(status_code=422, content={"detail": [{"field": "slots", "problem": str(e)}]})
-        service.metrics.http.labels("/v1/homepage", "200").inc()
         return _json(page)
 
     @app.post("/v1/events", response_model=EventsResponse)
     def events(req: EventsRequest) -> Response:
         with service.lease() as pipeline:
             received, stored = pipeline.ingest(req.events)
-        service.metrics.http.labels("/v1/events", "200").inc()
         return _json(EventsResponse(received=received, stored=stored))
 
     @app.get("/v1/items/{item_id}/similar", response_model=SimilarResponse)
     def similar(item_id: str, k: int = 20) -> SimilarResponse:
         with service.lease() as pipeline:
             if pipeline.bundle.item_code(item_id) == 0:
-                raise HTTPException(404, detail=f"unknown item_id {item_id!r}")
+                raise HTTPException(404, detail=f"unknown item_id {item_id[:128]!r}")
             return SimilarResponse(item_id=item_id, similar=pipeline.similar(item_id, min(max(k, 1), 200)))
 
     @app.get("/healthz")
-    def healthz() -> dict:
+    async def healthz() -> dict:
         return {"status": "ok", "uptime_s": round(time.time() - service.started, 1)}
 
     @app.get("/readyz")
-    def readyz() -> dict:
+    async def readyz() -> Response:
+        try:
+            reason = await asyncio.wait_for(asyncio.wrap_future(service.probes.submit(service.not_ready)), READY_TIMEOUT_S)
+        except TimeoutError:
+            reason = f"the state store did not answer a write and read within {READY_TIMEOUT_S:g} s"
+        if reason is not None:
+            return JSONResponse(status_code=503, content={"ready": False, "reason": reason, "worker": service.worker})
         p = service.pipeline
-        return {"ready": True, "bundle": p.bundle.version, "path": str(service.bundle_path), "pid": os.getpid(),
-                "channels": list(p.bundle.channels), "ranker": p.bundle.ranker is not None}
+        return JSONResponse({"ready": True, "bundle": p.bundle.version, "worker": service.worker,
+                             "channels": list(p.bundle.channels), "ranker": p.bundle.ranker is not None})
 
     @app.get("/metrics", response_class=PlainTextResponse)
-    def metrics() -> PlainTextResponse:
+    async def metrics() -> PlainTextResponse:
         return PlainTextResponse(service.metrics.render().decode(), media_type="text/plain; version=0.0.4")
 
     @app.post("/admin/reload")
     def reload(req: ReloadRequest, x_admin_token: str | None = Header(default=None)) -> dict:
-        if not cfg.serve.admin_token:
-            raise HTTPException(403, detail="reload is disabled: set serve.admin_token to enable it")
-        if x_admin_token != cfg.serve.admin_token:
+        if not service.admin_token:
+            raise HTTPException(403, detail="reload is disabled: set serve.admin_token or HOMEFEED_ADMIN_TOKEN_FILE")
+        if not service.token_ok(x_admin_token):
             raise HTTPException(401, detail="missing or wrong X-Admin-Token")
         try:
             version = service.reload(req.bundle)
-        except (BundleError, FileNotFoundError) as e:
+        except StoreError:
+            raise
+        except Exception as e:  # any bundle that does not load: the old one keeps serving
             service.metrics.reloads.labels("refused").inc()
             raise HTTPException(409, detail=f"reload refused, still serving the old bundle: {e}") from None
         service.metrics.reloads.labels("ok").inc()
         return {"reloaded": True, "bundle": version}
 
     return app
+
+
+def _problem(error: dict, scope: dict) -> dict:
+    """One validation error as {field, problem}; invalid JSON says where, by line and column."""
+    if error["type"] == "json_invalid":
+        at = int(error["loc"][-1]) if str(error["loc"][-1]).isdigit() else 0
+        text = scope.get("homefeed.body", b"")[:at].decode("utf-8", "replace")
+        line, column = text.count("\n") + 1, at - (text.rfind("\n") + 1) + 1
+        reason = (error.get("ctx") or {}).get("error", "not JSON")
+        return {"field": "body", "problem": f"invalid JSON at line {line}, column {column} (character {at}): {reason}"}
+    return {"field": ".".join(str(p) for p in error["loc"] if p != "body"), "problem": error["msg"]}
 
 
 def _json(body: BaseModel) -> Response:
@@ -198,8 +348,32 @@ def _json(body: BaseModel) -> Response:
     return Response(content=body.model_dump_json(), media_type="application/json")
 
 
+def admin_token_from_env() -> str | None:
+    """The admin token from the file named by HOMEFEED_ADMIN_TOKEN_FILE (its first line), else HOMEFEED_ADMIN_TOKEN,
+    else None (then `serve.admin_token` holds). Any string is a token; no message ever shows any of it."""
+    path = os.environ.get("HOMEFEED_ADMIN_TOKEN_FILE")
+    if path:
+        try:
+            lines = Path(path).read_text().splitlines()
+        except OSError as e:
+            raise ConfigError(f"HOMEFEED_ADMIN_TOKEN_FILE: cannot read {path}: {e.strerror}") from None
+        if not lines or not lines[0]:
+            raise ConfigError(f"HOMEFEED_ADMIN_TOKEN_FILE: {path} is empty; put the token on its first line")
+        return lines[0]
+    return os.environ.get("HOMEFEED_ADMIN_TOKEN") or None
+
+
+def settings_from_env() -> list[str]:
+    """HOMEFEED_SET: `--set` overrides as a JSON list, or (older launchers) joined by ';'."""
+    raw = os.environ.get("HOMEFEED_SET", "")
+    if raw.startswith("["):
+        return [str(s) for s in json.loads(raw)]
+    return [s for s in raw.split(";") if s]
+
+
 def app_from_env() -> FastAPI:
-    """Factory for `uvicorn --factory`: HOMEFEED_BUNDLE, HOMEFEED_CONFIG, HOMEFEED_STATE from the environment."""
-    cfg = load_config(os.environ.get("HOMEFEED_CONFIG") or None,
-                      [s for s in os.environ.get("HOMEFEED_SET", "").split(";") if s])
-    return create_app(os.environ["HOMEFEED_BUNDLE"], cfg, state=os.environ.get("HOMEFEED_STATE"))
+    """Factory for `uvicorn --factory`: HOMEFEED_BUNDLE, HOMEFEED_CONFIG, HOMEFEED_SET, HOMEFEED_STATE, the admin token
+    (see `admin_token_from_env`) and HOMEFEED_DOCS=0 (no /docs or /openapi.json) from the environment."""
+    cfg = load_config(os.environ.get("HOMEFEED_CONFIG") or None, settings_from_env())
+    return create_app(os.environ["HOMEFEED_BUNDLE"], cfg, state=os.environ.get("HOMEFEED_STATE"),
+                      admin_token=admin_token_from_env(), docs=os.environ.get("HOMEFEED_DOCS", "1") != "0")

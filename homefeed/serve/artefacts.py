@@ -1,11 +1,20 @@
 """A bundle loaded into memory: what one request needs, ready to use (no disk access per request).
 
-Loading verifies every checksum first (`bundle.verify`), so a half-copied bundle never serves.
+Loading trusts nothing in the folder it is pointed at. Before any file is opened, the manifest is read
+under a size limit and every entry checked: a path leaving the bundle folder, a link, or anything but a
+regular file is refused (without looking at what it names), each part's folder must list every file it
+holds and hold the files serving reads. Then every checksum is verified (`bundle.manifest.verify`), so a
+half-copied bundle never serves, and any part that still fails to load is a `BundleError` naming it.
 """
 from __future__ import annotations
 
+import json
+import os
+import stat
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
 import numpy as np
 import polars as pl
@@ -16,7 +25,72 @@ from homefeed.mechanism.purchase_filter import BlockingPeriods
 from homefeed.mechanism.scatter import DIMENSIONS, ItemAttributes
 from homefeed.recall import Merger, Recaller
 from homefeed.recall.part import RecallPart
-from homefeed.bundle.manifest import verify
+from homefeed.bundle.manifest import BundleError, verify
+
+PARTS = ("mechanism", "data", "recall")  # every bundle has these; `rank` is optional
+EXPECTED = {  # the files serving opens directly; a part's own loader reads what its folder lists
+    "data": ("data/items.parquet", "data/users.parquet", "data/recent_events.parquet", "data/vocab/item.parquet",
+             "data/vocab/user.parquet"),
+    "mechanism": ("mechanism/blocking_periods.parquet",),
+    "recall": ("recall/channels.json",),
+}
+MAX_MANIFEST_BYTES = 16 << 20
+
+
+def check_manifest(bundle: Path) -> dict:
+    """The bundle's manifest, refused (BundleError) unless every entry is a regular file inside the bundle folder,
+    every file in a part's folder is listed, and the files serving reads are there; checksums are `verify`'s job."""
+    path = bundle / "manifest.json"
+    try:
+        with open(path, "rb") as f:
+            raw = f.read(MAX_MANIFEST_BYTES + 1)
+        if len(raw) > MAX_MANIFEST_BYTES:
+            raise BundleError(f"{bundle}: manifest.json is over {MAX_MANIFEST_BYTES} bytes")
+        manifest = json.loads(raw)
+        parts = manifest["parts"]
+        listed = {part: set(parts[part]["files"]) for part in parts}
+    except FileNotFoundError:
+        raise BundleError(f"{bundle} is not a bundle (no manifest.json); build one with `homefeed build DATASET --out {bundle}`") from None
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise BundleError(f"{bundle}: manifest.json does not read as a bundle manifest ({type(e).__name__}: {e})") from None
+    for part, files in listed.items():
+        for rel in files:
+            _check_entry(bundle, part, rel)
+    for part in {*PARTS, *listed}:
+        missing = [rel for rel in EXPECTED.get(part, ()) if rel not in listed.get(part, ())]
+        unlisted = sorted(str(p.relative_to(bundle)) for p in (bundle / part).rglob("*")
+                          if (p.is_symlink() or not p.is_dir()) and str(p.relative_to(bundle)) not in listed.get(part, ()))
+        if not listed.get(part):
+            raise BundleError(f"{bundle}: part {part!r} lists none of its files in manifest.json")
+        if missing or unlisted:
+            raise BundleError(f"{bundle}: part {part!r} does not list {', '.join((missing + unlisted)[:3])} in manifest.json")
+    return manifest
+
+
+def _check_entry(bundle: Path, part: str, rel: str) -> None:
+    """One manifest entry: a plain relative path under the part's folder, naming a regular file (not a link)."""
+    pure = PurePosixPath(rel)
+    if pure.is_absolute() or ".." in pure.parts or "\\" in rel or pure.parts[:1] != (part,) or len(pure.parts) < 2:
+        raise BundleError(f"{bundle}: manifest entry {rel[:200]!r} (part {part}) is not a path inside the part's folder")
+    if not os.path.realpath((bundle / rel).parent).startswith(os.path.realpath(bundle) + os.sep):  # a linked folder
+        raise BundleError(f"{bundle}: manifest entry {rel[:200]!r} (part {part}) leads out of the bundle folder")
+    try:
+        mode = os.lstat(bundle / rel).st_mode
+    except FileNotFoundError:
+        raise BundleError(f"{bundle}: {rel} (part {part}) is missing") from None
+    if not stat.S_ISREG(mode):
+        raise BundleError(f"{bundle}: {rel} (part {part}) is not a regular file")
+
+
+@contextmanager
+def loading(part: str, bundle: Path) -> Iterator[None]:
+    """Any failure while loading `part` becomes a BundleError naming it (the caller keeps the old bundle)."""
+    try:
+        yield
+    except BundleError:
+        raise
+    except Exception as e:
+        raise BundleError(f"{bundle}: part {part!r} does not load: {type(e).__name__}: {str(e)[:300]}") from e
 
 
 def load_history(path: Path, vocabs: dict[str, Vocab]) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
@@ -70,7 +144,25 @@ class ServingBundle:
     @classmethod
     def load(cls, path: str | Path) -> "ServingBundle":
         path = Path(path)
-        manifest = verify(path, parts=("mechanism", "data", "recall"))
+        check_manifest(path)  # before any listed file is opened, even to hash it
+        manifest = verify(path, parts=PARTS)
+        with loading("data", path):
+            bundle = cls._load_data(path, manifest)
+        with loading("recall", path):
+            recall = RecallPart.load(path / "recall")
+            bundle.channels, bundle.merger = recall.channels, recall.merger
+        with loading("mechanism", path):
+            bundle.periods = BlockingPeriods.load(path / "mechanism" / "blocking_periods.parquet")
+        if (path / "rank").exists() and "rank" in manifest["parts"]:
+            from homefeed.serve.ranker import ServedRanker
+
+            with loading("rank", path):
+                bundle.ranker = ServedRanker.load(path / "rank", items=bundle.items, users=bundle.users, vocabs=bundle.vocabs)
+        return bundle
+
+    @classmethod
+    def _load_data(cls, path: Path, manifest: dict) -> "ServingBundle":
+        """The data part: vocabularies, items with their pools, users, recent history (stages filled in by `load`)."""
         vocabs = {p.stem: Vocab.load(p) for p in sorted((path / "data" / "vocab").glob("*.parquet"))}
         items = pl.read_parquet(path / "data" / "items.parquet")
         items = items.with_columns([pl.lit(None, pl.Int64).alias(d) for d in DIMENSIONS if d not in items.columns])
@@ -91,19 +183,12 @@ class ServingBundle:
                 mask = np.zeros(n, bool)
                 mask[group["item_id"].to_numpy()] = True
                 pool_mask[str(pool[0])] = mask
-        recall = RecallPart.load(path / "recall")
-        bundle = cls(path=path, manifest=manifest, vocabs=vocabs, items=items, users=users, channels=recall.channels,
-                     merger=recall.merger,
-                     attributes=ItemAttributes.from_items(items),
-                     periods=BlockingPeriods.load(path / "mechanism" / "blocking_periods.parquet"),
+        bundle = cls(path=path, manifest=manifest, vocabs=vocabs, items=items, users=users, channels={}, merger=None,
+                     attributes=ItemAttributes.from_items(items), periods=None,
                      standard_of=standard_of, venue_of=venue_of, raw_item=raw_item, pool_mask=pool_mask)
         bundle.history = load_history(path / "data" / "recent_events.parquet", vocabs)
         cols = [c for c in ("gender", "age", "city", "purchase_power") if c in users.columns]
         bundle.profiles = {row.pop("user_id"): row for row in users.select("user_id", *cols).iter_rows(named=True)}
-        if (path / "rank").exists() and "rank" in manifest["parts"]:
-            from homefeed.serve.ranker import ServedRanker
-
-            bundle.ranker = ServedRanker.load(path / "rank", items=items, users=users, vocabs=vocabs)
         return bundle
 
     def past(self, user_code: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

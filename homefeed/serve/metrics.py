@@ -13,7 +13,8 @@ class ServeMetrics:
     def __init__(self):
         self.registry = CollectorRegistry()
         self.requests = Counter("homefeed_requests", "Homepage requests served", ["scene"], registry=self.registry)
-        self.http = Counter("homefeed_http_responses", "HTTP responses", ["path", "status"], registry=self.registry)
+        self.http = Counter("homefeed_http_responses", "HTTP responses by route template (never the raw path) and status",
+                            ["path", "status"], registry=self.registry)
         self.stage_latency = Histogram("homefeed_stage_seconds", "Latency per pipeline stage", ["stage"],
                                        buckets=BUCKETS, registry=self.registry)
         self.channel_errors = Counter("homefeed_channel_errors", "Recall channels or stages dropped from a page",

@@ -1,18 +1,24 @@
 """Request and response bodies of the HTTP API (pydantic): the documented contract clients code against.
 
-Unknown fields are rejected so a misspelt field is a 422 naming it, not a silently ignored knob.
+Unknown fields are rejected so a misspelt field is a 422 naming it, not a silently ignored knob. Every
+size is bounded (slots, context, ids, batch), and integers are strict: "1512230000" is not a time.
 """
 from __future__ import annotations
 
-from typing import Literal
+from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, StrictInt, StringConstraints, field_validator
 
 from homefeed.data.schema import BEHAVIORS
 
 # Every time a client sends (event ts, request now), in unix seconds: 1995-01-01 <= t < 2100-01-01, the range
 # ingest accepts by default (`ingest.ts_min`, `ingest.ts_max`); far inside int64, so it is safe to store.
 TS_MIN, TS_MAX = 788_918_400, 4_102_444_800
+MAX_SLOTS = 16
+MAX_CONTEXT = 32  # context entries per request; keys up to 64 characters, text values up to 256
+
+ContextKey = Annotated[str, StringConstraints(min_length=1, max_length=64)]
+ContextValue = Annotated[str, StringConstraints(max_length=256)] | StrictInt | float
 
 
 class Strict(BaseModel):
@@ -22,12 +28,14 @@ class Strict(BaseModel):
 class HomepageRequest(Strict):
     user_id: str = Field(min_length=1, max_length=128)
     scene: Literal["homepage", "promotion"] = "homepage"
-    slots: dict[str, int] | None = Field(
-        default=None, max_length=16, description="items wanted per slot, e.g. {'recommended': 10, 'flash_sale': 4}; default from config")
-    template_index: int | None = Field(default=None, ge=0, description="index of the template the client showed last")
-    context: dict[str, str | int | float] = Field(default_factory=dict, description="page, hour, platform...")
-    now: int | None = Field(default=None, ge=TS_MIN, lt=TS_MAX,
-                            description="request time (unix s); default: the server's clock (for replays)")
+    slots: dict[Annotated[str, StringConstraints(max_length=64)], StrictInt] | None = Field(
+        default=None, max_length=MAX_SLOTS,
+        description="items wanted per slot, e.g. {'recommended': 10, 'flash_sale': 4}; default from config")
+    template_index: StrictInt | None = Field(default=None, ge=0, description="index of the template the client showed last")
+    context: dict[ContextKey, ContextValue] = Field(default_factory=dict, max_length=MAX_CONTEXT,
+                                                    description="page, hour, platform...")
+    now: StrictInt | None = Field(default=None, ge=TS_MIN, lt=TS_MAX,
+                                  description="request time (unix s); default: the server's clock (for replays)")
 
     @field_validator("slots")
     @classmethod
@@ -63,7 +71,7 @@ class EventIn(Strict):
     user_id: str = Field(min_length=1, max_length=128)
     item_id: str = Field(min_length=1, max_length=128)
     behavior: str
-    ts: int = Field(ge=TS_MIN, lt=TS_MAX, description="unix seconds")
+    ts: StrictInt = Field(ge=TS_MIN, lt=TS_MAX, description="unix seconds")
 
     @field_validator("behavior")
     @classmethod

@@ -1,0 +1,366 @@
+"""Issue 15 against the real server on 127.0.0.1: kills between writes, state-store faults, bounded requests,
+route-labelled metrics, health under load, the admin token, tampered bundles. Real SQLite, real redis-server."""
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+
+import httpx
+import polars as pl
+import pytest
+
+from conftest import free_port
+
+from homefeed.bundle.manifest import BundleError, write_part
+from homefeed.mechanism.purchase_filter import BlockingPeriods, PurchaseState, on_event
+from homefeed.serve.artefacts import ServingBundle
+from homefeed.serve.process import start_server
+from homefeed.serve.state import open_store
+
+TOKEN = "12;34 x"  # any string is a token: a ';' that `HOMEFEED_SET` once split on, digits that JSON would parse
+NOW = 1512230000
+
+
+def serve(bundle, state, *, env=None, wait_ready=True, settings=()):
+    return start_server(bundle, port=free_port(), state=state, settings=settings, quiet=True, env=env,
+                        wait_ready=wait_ready)
+
+
+def stop(proc):
+    if proc.poll() is None:
+        proc.terminate()
+        proc.wait(30)
+
+
+def known_user(bundle_dir):
+    return str(pl.read_parquet(bundle_dir / "data" / "recent_events.parquet")["user_raw"][0])
+
+
+# --- 3: an event and its purchase-filter fold commit together -----------------------------------------
+def standard_of_items(bundle_dir) -> dict[str, int]:
+    """Raw item id -> standard category, from the bundle's files."""
+    items = pl.read_parquet(bundle_dir / "data" / "items.parquet").select("item_id", "standard_category")
+    vocab = pl.read_parquet(bundle_dir / "data" / "vocab" / "item.parquet")
+    joined = vocab.join(items, left_on="code", right_on="item_id")
+    return {str(r): int(s) for r, s in zip(joined["raw"], joined["standard_category"]) if s is not None and s >= 0}
+
+
+@pytest.mark.parametrize("backend", ["sqlite", "redis"])
+def test_every_stored_buy_is_folded_across_kill_9(tiny_bundle, tmp_path, request, backend):
+    """Buyers post purchases while the server is killed (-9) and restarted, three times. Every acknowledged buy is
+    stored, and every stored buy is in its user's purchase filter and has marked the templates stale: a kill
+    between the event commit and the fold used to leave a buy stored but never folded, for good."""
+    state = f"sqlite:{tmp_path / 'fold.db'}" if backend == "sqlite" else request.getfixturevalue("redis_url")
+    standards = standard_of_items(tiny_bundle)
+    items = sorted(standards)[:60]
+    users = [f"fold-{backend}-{w}-{j}" for w in range(8) for j in range(4)]
+    acked: list[str] = []
+    sent = [0]
+    for kill in range(3):
+        proc, url = serve(tiny_bundle, state)
+        stopped = threading.Event()
+
+        def buyer(w: int):
+            with httpx.Client(timeout=30) as c:
+                for i in range(10**6):
+                    if stopped.is_set():
+                        return
+                    user = users[w * 4 + i % 4]
+                    ts = NOW + kill * 100_000 + i  # each user's buys in time order, one request at a time
+                    event = {"event_id": f"{user}-{kill}-{i}", "user_id": user, "item_id": items[(w * 7 + i) % len(items)],
+                             "behavior": "buy", "ts": ts}
+                    sent[0] += 1
+                    try:
+                        if c.post(url + "/v1/events", json={"events": [event]}).status_code == 200:
+                            acked.append(event["event_id"])
+                    except httpx.TransportError:
+                        return
+
+        threads = [threading.Thread(target=buyer, args=(w,)) for w in range(8)]
+        [t.start() for t in threads]
+        time.sleep(1.5 + 0.5 * kill)
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(10)
+        stopped.set()
+        [t.join(30) for t in threads]
+    assert len(acked) > 50, f"only {len(acked)} buys acknowledged of {sent[0]} sent"
+
+    store = open_store(state)
+    periods = BlockingPeriods.load(tiny_bundle / "mechanism" / "blocking_periods.parquet")
+    unfolded, stale, stored_ids = [], [], set()
+    for user in users:
+        buys = [e for e in store.recent_events(user, 10_000) if e.behavior == "buy"]
+        stored_ids |= {e.event_id for e in buys}
+        expected = PurchaseState()
+        for e in sorted(buys, key=lambda e: e.ts):
+            expected = on_event(expected, standard=standards[e.item_id], behavior="buy", ts=e.ts, periods=periods)
+        folded = PurchaseState.from_dict(store.get_blob(user, "purchase_filter") or {})
+        if folded.blocks != expected.blocks:
+            unfolded.append(user)
+        marked = (store.get_blob(user, "templates") or {}).get("state", {}).get("last_behavior_ts", 0)
+        if buys and marked < max(e.ts for e in buys):
+            stale.append(user)
+    assert not set(acked) - stored_ids, "acknowledged buys lost"
+    assert not unfolded, f"{len(unfolded)} users have stored buys missing from their purchase filter, e.g. {unfolded[:3]}"
+    assert not stale, f"{len(stale)} users have stored buys their templates were not marked stale by, e.g. {stale[:3]}"
+
+
+# --- 6: state-store faults are noticed ---------------------------------------------------------------------
+def test_deleted_sqlite_file_is_a_503_never_a_200(tiny_bundle, tmp_path):
+    db = tmp_path / "state.db"
+    proc, url = serve(tiny_bundle, f"sqlite:{db}")
+    try:
+        event = {"event_id": "d1", "user_id": "u", "item_id": "1", "behavior": "click", "ts": NOW}
+        assert httpx.post(url + "/v1/events", json={"events": [event]}).status_code == 200
+        for suffix in ("", "-wal", "-shm"):
+            (tmp_path / f"state.db{suffix}").unlink(missing_ok=True)
+        for i in range(3):  # an event acknowledged now would be written to a file nobody can open again
+            r = httpx.post(url + "/v1/events", json={"events": [{**event, "event_id": f"d{i + 2}"}]})
+            assert r.status_code == 503 and "deleted or replaced" in r.json()["detail"], r.text
+        r = httpx.post(url + "/v1/homepage", json={"user_id": "u", "now": NOW}, timeout=30)
+        assert r.status_code == 503 and "state store" in r.json()["detail"]
+        ready = httpx.get(url + "/readyz")
+        assert ready.status_code == 503 and not ready.json()["ready"] and "deleted" in ready.json()["reason"]
+        assert httpx.get(url + "/healthz").status_code == 200  # alive, not ready
+        assert not db.exists()
+    finally:
+        stop(proc)
+
+
+def test_corrupt_sqlite_file_fails_the_start_naming_the_problem(tiny_bundle, tmp_path):
+    db = tmp_path / "state.db"
+    proc, url = serve(tiny_bundle, f"sqlite:{db}")
+    events = [{"event_id": f"c{i}", "user_id": f"u{i}", "item_id": "1", "behavior": "click", "ts": NOW} for i in range(3000)]
+    assert httpx.post(url + "/v1/events", json={"events": events}, timeout=60).status_code == 200
+    stop(proc)
+    data = bytearray(db.read_bytes())
+    data[4096 * 4: 4096 * 4 + 3000] = b"\xff" * 3000  # a damaged page in the middle of the file
+    db.write_bytes(bytes(data))
+    cmd = [sys.executable, "-m", "homefeed.cli", "serve", str(tiny_bundle), "--port", str(free_port()), "--state", f"sqlite:{db}"]
+    out = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    assert out.returncode != 0 and "integrity check" in out.stderr, out.stderr[-2000:]
+
+
+def test_redis_down_is_not_ready_and_a_503_then_recovers(tiny_bundle, tmp_path):
+    exe = shutil.which("redis-server")
+    if exe is None:
+        pytest.skip("redis-server is not installed (make test installs it with apt-get where it can)")
+    port = free_port()
+    proc, url = serve(tiny_bundle, f"redis://127.0.0.1:{port}/0", wait_ready=False)  # nothing listening yet
+    redis_proc = None
+    try:
+        ready = httpx.get(url + "/readyz")
+        assert ready.status_code == 503 and "Redis" in ready.json()["reason"]
+        event = {"event_id": "r1", "user_id": "u", "item_id": "1", "behavior": "buy", "ts": NOW}
+        r = httpx.post(url + "/v1/events", json={"events": [event]})
+        assert r.status_code == 503 and r.json()["detail"].startswith("state store unavailable"), r.text
+        r = httpx.post(url + "/v1/homepage", json={"user_id": "u", "now": NOW}, timeout=30)
+        assert r.status_code == 503, r.text
+        redis_proc = subprocess.Popen([exe, "--port", str(port), "--bind", "127.0.0.1", "--dir", str(tmp_path), "--save", ""],
+                                      stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        deadline = time.monotonic() + 30
+        while httpx.get(url + "/readyz").status_code != 200 and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert httpx.get(url + "/readyz").status_code == 200  # no restart needed
+        assert httpx.post(url + "/v1/events", json={"events": [event]}).json() == {"received": 1, "stored": 1}
+    finally:
+        stop(proc)
+        if redis_proc is not None:
+            redis_proc.terminate()
+            redis_proc.wait(10)
+
+
+# --- 4, 5, 9: bounded requests, metrics by route, health off the queue, strict and readable ---------------
+@pytest.fixture(scope="module")
+def server(tiny_bundle, tmp_path_factory):
+    folder = tmp_path_factory.mktemp("faults")
+    token_file = folder / "token"
+    token_file.write_text(TOKEN + "\n")
+    proc, url = serve(tiny_bundle, f"sqlite:{folder / 'state.db'}", settings=("serve.max_inflight=2",),
+                      env={"HOMEFEED_ADMIN_TOKEN_FILE": str(token_file), "HOMEFEED_DOCS": "0"})
+    yield url, proc
+    stop(proc)
+
+
+def test_bodies_and_contexts_are_bounded(server):
+    url, _ = server
+    big = {"user_id": "u", "now": NOW, "context": {"page": "x" * (100 << 10)}}
+    r = httpx.post(url + "/v1/homepage", json=big)
+    assert r.status_code == 413 and "bytes" in r.json()["detail"]
+    r = httpx.post(url + "/v1/events", content=b'{"events": [' + b" " * (9 << 20) + b"]}",
+                   headers={"content-type": "application/json"})
+    assert r.status_code == 413
+    for context, field in [({f"k{i}": 1 for i in range(33)}, "context"), ({"page": "x" * 257}, "context.page"),
+                           ({"k" * 65: 1}, "context")]:
+        r = httpx.post(url + "/v1/homepage", json={"user_id": "u", "now": NOW, "context": context})
+        assert r.status_code == 422 and any(d["field"].startswith(field) for d in r.json()["detail"]), r.text
+    r = httpx.post(url + "/v1/homepage", json={"user_id": "u", "now": NOW, "context": {"page": "home", "hour": 9}}, timeout=30)
+    assert r.status_code == 200
+
+
+def test_a_half_sent_body_times_out(server):
+    url, _ = server
+    host, port = url.removeprefix("http://").split(":")
+    with socket.create_connection((host, int(port)), timeout=30) as s:
+        s.sendall(b"POST /v1/events HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 100\r\n\r\n{\"ev")
+        t0 = time.monotonic()
+        reply = s.recv(4096)
+    assert reply.startswith(b"HTTP/1.1 408"), reply[:200]
+    assert time.monotonic() - t0 < 20
+
+
+def test_metrics_label_routes_by_template(server):
+    url, _ = server
+    with httpx.Client() as c:
+        for i in range(300):
+            c.get(url + f"/v1/items/no-such-{i}-{'x' * 50}/similar")
+            c.get(url + f"/nothing/here/{i}")
+        c.get(url + "/v1/items/1/similar?k=abc")  # a 422 used to be labelled with its raw path
+    text = httpx.get(url + "/metrics").text
+    lines = [line for line in text.splitlines() if line.startswith("homefeed_http_responses_total")]
+    assert 'path="/v1/items/{item_id}/similar",status="404"} 300.0' in text
+    assert 'path="/v1/items/{item_id}/similar",status="422"} 1.0' in text
+    assert 'path="unmatched",status="404"} 300.0' in text
+    assert not any("no-such" in line or "nothing" in line for line in lines)
+    assert len(text) < 40_000
+
+
+def test_health_answers_while_the_pipeline_is_saturated(server, tiny_bundle):
+    """150 known users' first homepages at once (full rebuilds, 2 admitted at a time): /healthz and /readyz stay fast."""
+    url, _ = server
+    users = pl.read_parquet(tiny_bundle / "data" / "recent_events.parquet")["user_raw"].unique(maintain_order=True)
+    codes, slow = [], []
+
+    def page(user):
+        with httpx.Client(timeout=600) as c:
+            codes.append(c.post(url + "/v1/homepage", json={"user_id": str(user), "now": NOW}).status_code)
+
+    threads = [threading.Thread(target=page, args=(u,)) for u in users.head(150)]
+    [t.start() for t in threads]
+    time.sleep(1.0)
+    for path in ("/healthz", "/readyz", "/healthz", "/metrics", "/healthz"):
+        t0 = time.monotonic()
+        assert httpx.get(url + path, timeout=30).status_code == 200
+        slow.append((path, round(time.monotonic() - t0, 3)))
+        time.sleep(0.2)
+    busy = sum(t.is_alive() for t in threads)
+    [t.join(300) for t in threads]
+    assert busy > 20, f"the pipeline was not saturated while health was probed ({busy} requests left)"
+    assert all(s < 1.0 for _, s in slow), slow
+    assert codes.count(200) == len(threads)
+
+
+def test_integers_are_strict_and_bad_json_says_where(server):
+    url, _ = server
+    r = httpx.post(url + "/v1/homepage", json={"user_id": "u", "now": str(NOW)})
+    assert r.status_code == 422 and r.json()["detail"][0]["field"] == "now"
+    r = httpx.post(url + "/v1/events", json={"events": [{"event_id": "s", "user_id": "u", "item_id": "1", "behavior": "pv",
+                                                          "ts": "1512230000"}]})
+    assert r.status_code == 422 and r.json()["detail"][0]["field"] == "events.0.ts"
+    r = httpx.post(url + "/v1/homepage", content=b'{\n  "user_id": "u",\n  "now": 15x\n}',
+                   headers={"content-type": "application/json"})
+    assert r.status_code == 422
+    [problem] = r.json()["detail"]
+    assert problem["field"] == "body" and "line 3, column 12" in problem["problem"], problem
+
+
+def test_docs_off_and_readyz_reveals_no_path_or_pid(server, tiny_bundle):
+    url, proc = server
+    assert httpx.get(url + "/docs").status_code == 404 and httpx.get(url + "/openapi.json").status_code == 404
+    ready = httpx.get(url + "/readyz")
+    assert ready.status_code == 200 and ready.json()["ready"]
+    assert str(tiny_bundle) not in ready.text and "pid" not in ready.json() and str(proc.pid) not in ready.text
+
+
+# --- 8: the admin token ---------------------------------------------------------------------------------------
+def test_admin_token_from_a_file_never_shows(server, tmp_path):
+    url, proc = server
+    reload = url + "/admin/reload"
+    body = {"bundle": str(tmp_path / "no-such-bundle")}
+    for wrong in (None, "12;34", "12;34 xx", "x" * 5000, TOKEN.upper()):
+        r = httpx.post(reload, json=body, headers={"X-Admin-Token": wrong} if wrong is not None else {})
+        assert r.status_code == 401 and "12" not in r.text and "34" not in r.text, r.text
+    r = httpx.post(reload, json=body, headers={"X-Admin-Token": TOKEN})
+    assert r.status_code == 409 and "old bundle" in r.json()["detail"]  # past the token check: the bundle is refused
+    pids = [proc.pid] + [int(p) for p in subprocess.run(["pgrep", "-P", str(proc.pid)], capture_output=True, text=True).stdout.split()]
+    for pid in pids:  # the server and any worker: neither its command line nor its environment holds the token
+        for what in ("cmdline", "environ"):
+            assert TOKEN.encode() not in open(f"/proc/{pid}/{what}", "rb").read()
+
+
+# --- 7: bundle loading trusts nothing -------------------------------------------------------------------------
+def tampered(tiny_bundle, tmp_path, change) -> "Path":
+    out = tmp_path / "bundle"
+    shutil.copytree(tiny_bundle, out, ignore=shutil.ignore_patterns(".complete"))
+    change(out, json.loads((out / "manifest.json").read_text()))
+    return out
+
+
+def rewrite(out, manifest):
+    (out / "manifest.json").write_text(json.dumps(manifest))
+
+
+def outside_entry(out, manifest):
+    """Refused before anything is looked up: the message is the same whether the file outside exists or not."""
+    for target in ("etc/hostname", "no/such/file"):
+        manifest["parts"]["data"]["files"][f"data/../../../../../../../{target}"] = {"bytes": 1, "sha256": "0"}
+    rewrite(out, manifest)
+
+
+def device_entry(out, manifest):
+    manifest["parts"]["data"]["files"]["/dev/zero"] = {"bytes": 0, "sha256": "0"}
+    rewrite(out, manifest)
+
+
+def linked_file(out, manifest):
+    (out / "data" / "hostname").symlink_to("/etc/hostname")
+    manifest["parts"]["data"]["files"]["data/hostname"] = {"bytes": 1, "sha256": "0"}
+    rewrite(out, manifest)
+
+
+def emptied_lists(out, manifest):
+    for part in manifest["parts"].values():
+        part["files"] = {}
+    rewrite(out, manifest)
+
+
+def not_json(out, manifest):
+    (out / "manifest.json").write_text("{not json")
+
+
+def unknown_channel(out, manifest):
+    (out / "recall" / "channels.json").write_text(json.dumps(["itemcf", "teleport"]))
+    write_part(out, "recall")  # an attacker (or a broken build) recomputes the manifest
+
+
+def corrupt_parquet(out, manifest):
+    (out / "data" / "users.parquet").write_bytes(b"PAR1 this is not parquet PAR1")
+    write_part(out, "data")
+
+
+@pytest.mark.parametrize("change, says", [
+    (outside_entry, "not a path inside"), (device_entry, "not a path inside"), (linked_file, "not a regular file"),
+    (emptied_lists, "lists none of its files"), (not_json, "does not read as a bundle manifest"),
+    (unknown_channel, "part 'recall' does not load"), (corrupt_parquet, "part 'data' does not load"),
+])
+def test_tampered_bundles_are_refused_naming_the_part(tiny_bundle, tmp_path, change, says):
+    bundle = tampered(tiny_bundle, tmp_path, change)
+    t0 = time.monotonic()
+    with pytest.raises(BundleError, match=says) as refused:
+        ServingBundle.load(bundle)
+    assert time.monotonic() - t0 < 60  # /dev/zero used to be read for ever
+
+
+def test_a_tampered_bundle_is_a_409_and_the_old_one_keeps_serving(server, tiny_bundle, tmp_path):
+    url, _ = server
+    for i, change in enumerate((device_entry, unknown_channel, not_json)):
+        bundle = tampered(tiny_bundle, tmp_path / str(i), change)
+        r = httpx.post(url + "/admin/reload", json={"bundle": str(bundle)}, headers={"X-Admin-Token": TOKEN}, timeout=120)
+        assert r.status_code == 409 and "old bundle" in r.json()["detail"], r.text
+        page = httpx.post(url + "/v1/homepage", json={"user_id": known_user(tiny_bundle), "now": NOW}, timeout=60)
+        assert page.status_code == 200
