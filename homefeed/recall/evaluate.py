@@ -45,6 +45,19 @@ def relevant_items(dataset: Dataset, part: str, behaviors: tuple[str, ...] = BEH
     return per_user["user_id"].to_numpy(), [np.asarray(v, np.int64) for v in per_user["item_id"].to_list()]
 
 
+def queries(dataset: Dataset, part: str, behaviors: tuple[str, ...] = BEHAVIORS, *, max_users: int | None = None,
+            seed: int = 0) -> tuple[np.ndarray, list[np.ndarray], list]:
+    """(users, relevant items, states before `part`) of the users acting in `part`, a seeded sample of `max_users`."""
+    start, _ = dataset.split.bounds(part)
+    if start is None:
+        raise ValueError(f"cannot evaluate recall on part {part!r}: it has no history before it; use 'valid' or 'test'")
+    users, relevant = relevant_items(dataset, part, tuple(behaviors))
+    if max_users is not None and users.size > max_users:
+        pick = np.sort(np.random.default_rng(seed).choice(users.size, max_users, replace=False))
+        users, relevant = users[pick], [relevant[i] for i in pick]
+    return users, relevant, states_at(dataset.events, dataset.users, start, user_ids=users)
+
+
 def as_matrix(lists: list, k: int, drop: list[np.ndarray] | None = None) -> np.ndarray:
     """(n, k) int64 item codes from candidate lists, padded with -1; `drop[u]`'s items removed from row u."""
     out = np.full((len(lists), k), -1, np.int64)
@@ -81,14 +94,7 @@ def evaluate_recall(dataset: Dataset, channels: dict[str, Recaller], merger: Mer
             removed from every list (each channel is asked for 2 max(ks) items to make up for them, as
             when the merger drops seen items itself); off, repeats stay ("keep repeat items").
     """
-    start, _ = dataset.split.bounds(part)
-    if start is None:
-        raise ValueError(f"cannot evaluate recall on part {part!r}: it has no history before it; use 'valid' or 'test'")
-    users, relevant = relevant_items(dataset, part, tuple(behaviors))
-    if max_users is not None and users.size > max_users:
-        pick = np.sort(np.random.default_rng(seed).choice(users.size, max_users, replace=False))
-        users, relevant = users[pick], [relevant[i] for i in pick]
-    states = states_at(dataset.events, dataset.users, start, user_ids=users)
+    users, relevant, states = queries(dataset, part, tuple(behaviors), max_users=max_users, seed=seed)
     k = max(ks)
     popularity = np.bincount(dataset.events_in("train")["item_id"].to_numpy(), minlength=dataset.n_items)
     n_items = dataset.items.height

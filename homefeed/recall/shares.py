@@ -26,8 +26,8 @@ import numpy as np
 
 from homefeed.data.dataset import Dataset
 from homefeed.data.schema import BEHAVIORS
-from homefeed.data.user_state import states_at
 from homefeed.recall.base import Recaller
+from homefeed.recall.evaluate import queries
 from homefeed.recall.merge import Merger, MergeSettings, bounded, fused_scores
 
 WEIGHT_GRID = (0.0, 1 / 64, 1 / 32, 1 / 16, 1 / 8, 1 / 4, 1 / 2, 1.0, 2.0)  # 0 = the floor share
@@ -62,14 +62,7 @@ class Recalled:
 def recall_on(dataset: Dataset, channels: dict[str, Recaller], *, part: str = "valid", k: int = 200,
               behaviors: tuple[str, ...] = BEHAVIORS, max_users: int | None = 3000, seed: int = 0) -> Recalled:
     """Recall `k` items per channel for the users acting in `part`, from their history before it."""
-    from homefeed.recall.evaluate import relevant_items
-
-    start, _ = dataset.split.bounds(part)
-    users, relevant = relevant_items(dataset, part, tuple(behaviors))
-    if max_users is not None and users.size > max_users:
-        pick = np.sort(np.random.default_rng(seed).choice(users.size, max_users, replace=False))
-        users, relevant = users[pick], [relevant[i] for i in pick]
-    states = states_at(dataset.events, dataset.users, start, user_ids=users)
+    _, relevant, states = queries(dataset, part, tuple(behaviors), max_users=max_users, seed=seed)
     names = tuple(channels)
     rows = []  # (user, channel, rank, item)
     for c, name in enumerate(names):
