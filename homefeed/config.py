@@ -196,15 +196,20 @@ def _check_keys(model: type[BaseModel], tree: dict, where: str = "") -> None:
             _check_keys(sub, value, f"{where}{key}.")
 
 
+def _validated(cls: type[BaseModel], tree: dict, where: str = ""):
+    """`cls.model_validate(tree)`, a validation error as a ConfigError naming the dotted key and the value."""
+    try:
+        return cls.model_validate(tree)
+    except ValidationError as e:
+        first = e.errors()[0]
+        loc = ".".join([where] * bool(where) + [str(p) for p in first["loc"]])
+        raise ConfigError(f"setting {loc!r}: {first['msg']} (got {first.get('input')!r})") from None
+
+
 def typed(cls: type[BaseModel], knobs: dict, where: str):
     """`cls(**knobs)` for a stage's knob table at config key `where`; errors name the key and the valid ones."""
     _check_keys(cls, knobs, f"{where}.")
-    try:
-        return cls.model_validate(knobs)
-    except ValidationError as e:
-        first = e.errors()[0]
-        loc = ".".join(str(p) for p in first["loc"])
-        raise ConfigError(f"setting {where + ('.' + loc if loc else '')!r}: {first['msg']} (got {first.get('input')!r})") from None
+    return _validated(cls, knobs, where)
 
 
 def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = ()) -> Config:
@@ -221,9 +226,4 @@ def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str
         key, value = item.split("=", 1)
         _set_path(tree, key.strip(), _parse_value(value.strip()))
     _check_keys(Config, tree)
-    try:
-        return Config.model_validate(tree)
-    except ValidationError as e:
-        first = e.errors()[0]
-        loc = ".".join(str(p) for p in first["loc"])
-        raise ConfigError(f"setting {loc!r}: {first['msg']} (got {first.get('input')!r})") from None
+    return _validated(Config, tree)
