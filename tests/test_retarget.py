@@ -30,7 +30,7 @@ USER_EVENTS = (
 USER = state(*USER_EVENTS)
 # carts, favourites and clicks of the last 3 days, ages from now: the channel before real logs showed returns to viewed items
 CLASSIC = RetargetSettings(weights={"click": 1.0, "fav": 2.0, "cart": 3.0}, window_days=3, half_life_days=1, quota=10,
-                           from_latest=False, exclude_bought=True)
+                           from_latest=False)
 
 
 def test_hand_computed_scores_and_triggers():
@@ -55,20 +55,19 @@ def test_window_and_behaviours_are_configurable():
     np.testing.assert_allclose(wide.scores, [0.5, 0.5 * 0.5 ** 0.1, 0.5 ** 5], rtol=1e-6)
 
 
-def test_bought_items_are_dropped_only_when_configured():
-    assert 12 in Retarget().recall(USER, 50).items  # the purchase filter judges bought items downstream
-    assert 12 not in Retarget(settings=RetargetSettings(exclude_bought=True)).recall(USER, 50).items
+def test_bought_items_kept_only_when_configured():
+    keep = Retarget(settings=RetargetSettings(exclude_bought=False)).recall(USER, 50)
+    assert 12 in keep.items and 12 not in Retarget().recall(USER, 50).items
 
 
 def test_defaults_count_views_and_ages_from_the_latest_event():
     # the default counts page views too (pv 1, click 1, fav 2, cart 3), 30 days, half-life 3 days, from the latest event
-    got = Retarget(settings=RetargetSettings(exclude_bought=True)).recall(USER, 50)
+    got = Retarget().recall(USER, 50)
     age = lambda days: 0.5 ** ((days - 0.1) / 3)  # the latest event is 0.1 days old
     np.testing.assert_array_equal(got.items, [5, 7, 11, 9])  # 12 was bought
     np.testing.assert_allclose(got.scores, [1 * age(1.0) + 2 * age(0.5), 3 * age(2.0), age(0.1), age(5.0)], rtol=1e-6)
     back_later = state(*[(i, b, a + 60) for i, b, a in USER_EVENTS])  # the same user, back after two months
-    np.testing.assert_allclose(Retarget(settings=RetargetSettings(exclude_bought=True)).recall(back_later, 50).scores,
-                               got.scores, rtol=1e-6)
+    np.testing.assert_allclose(Retarget().recall(back_later, 50).scores, got.scores, rtol=1e-6)
     assert len(Retarget(settings=RetargetSettings(from_latest=False)).recall(back_later, 50)) == 0  # all older than 30 days
 
 
@@ -86,7 +85,7 @@ def test_bad_settings_are_errors():
 
 class TestRetargetContract(RecallerContract):
     def make(self):
-        return Retarget(settings=RetargetSettings(exclude_bought=True))
+        return Retarget()
 
     def make_keeping_bought(self):
-        return Retarget()  # the default
+        return Retarget(settings=RetargetSettings(exclude_bought=False, weights={"pv": 1.0, "click": 1.0, "fav": 1.0, "cart": 1.0}))

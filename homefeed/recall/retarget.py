@@ -1,12 +1,10 @@
-"""Retargeting: bring back what the user recently viewed, clicked, favoured or carted.
+"""Retargeting: bring back what the user recently viewed, clicked, favoured or carted but has not bought.
 
 A cart left unpaid or a favourite not yet bought is the strongest purchase signal a shop has, and on
 many shops people come back to items they viewed (on the Taobao logs most next-day views are such
 returns; on review logs none are), so a homepage shows some of them again ("you looked at this").
-Only actions inside a time window count, and a strict quota caps how many are returned however
-large k is. Bought items stay (`exclude_bought` drops them): people come back to what they bought
-(reviews, re-orders), and the page's purchase filter (`mechanism.purchase_filter`) already blocks a
-bought category for its learned repurchase period. How much of the page they get is the merge's call,
+Only actions inside a time window count, an item the user has bought is dropped, and a strict quota
+caps how many are returned however large k is. How much of the page they get is the merge's call,
 learned per shop from validation (`recall.shares`): a feed full of things already seen feels stale
 where people do not return.
 
@@ -38,12 +36,12 @@ class RetargetSettings(Section):
     window_days: float = 30.0  # only actions at most this old count
     half_life_days: float = 3.0  # recency decay of each action
     quota: int = 50  # strict cap on candidates, whatever k is asked
-    exclude_bought: bool = False  # drop items the user has bought; off: the purchase filter judges them by repurchase period
+    exclude_bought: bool = True  # drop items the user has bought (anywhere in the state)
     from_latest: bool = True  # ages count from the user's latest event, not from now (a user back after a month sees what they were on)
 
 
 class Retarget(Recaller):
-    """Recent viewed/clicked/faved/carted items, scored by weighted recency, at most `quota`.
+    """Recent viewed/clicked/faved/carted items not bought, scored by weighted recency, at most `quota`.
 
     Nothing is learned: `fit` only checks the settings and returns self.
     """
