@@ -33,7 +33,7 @@ def spark():
         pytest.skip(reason)
     from homefeed.distributed.session import SparkSettings, spark_session
 
-    session = spark_session(SparkSettings(master="local[2]", shuffle_partitions=4, driver_memory="1g"))
+    session = spark_session(SparkSettings(master="local[2]", shuffle_partitions=2, driver_memory="1g"))
     yield session
     session.stop()
 

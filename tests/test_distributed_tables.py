@@ -141,3 +141,45 @@ def test_swing_table_equals_single_process_bitwise(hot, hot_sds, name):
     np.testing.assert_array_equal(dist.indptr, local.indptr)
     np.testing.assert_array_equal(dist.neighbors, local.neighbors)
     np.testing.assert_array_equal(dist.scores, local.scores)
+
+
+def test_tiny_shop_channels_and_recall_figures_equal_local(spark, tiny_dataset_dir):  # noqa: F811
+    """`--engine spark` on the tiny shop: Spark reads the dataset folder; every table equals the local one and
+    `evaluate_recall` gives the same figures (what `homefeed evaluate recall --engine spark` prints)."""
+    from homefeed.data.dataset import Dataset
+    from homefeed.distributed.build import fit_channels_spark, spark_dataset
+    from homefeed.distributed.graph import session_graph
+    from homefeed.recall.evaluate import evaluate_recall
+    from homefeed.recall.part import RecallSettings, fit_channels
+
+    ds = Dataset.load(tiny_dataset_dir)
+    names = RecallSettings().channels
+    dist, local = fit_channels_spark(ds, names, {}, spark=spark), fit_channels(ds, names, {})
+    for name in ("itemcf", "swing", "ranki2i"):
+        for field in ("indptr", "neighbors", "scores"):
+            np.testing.assert_array_equal(getattr(dist[name].table_, field), getattr(local[name].table_, field), err_msg=name)
+    np.testing.assert_array_equal(dist["crowd"].items_, local["crowd"].items_)
+    np.testing.assert_array_equal(dist["crowd"].scores_, local["crowd"].scores_)
+    np.testing.assert_array_equal(dist["popular"].items_, local["popular"].items_)
+    np.testing.assert_allclose(dist["popular"].scores_, local["popular"].scores_, rtol=1e-12, atol=0)
+    graph, want = session_graph(spark_dataset(spark, ds)), build_graph(ds.events_in("train"), ds.n_items)
+    assert want.nnz > 1000 and np.array_equal(graph.indices, want.indices) and np.array_equal(graph.weights, want.weights)
+    figures = [evaluate_recall(ds, channels, None, part="test", max_users=300)["channels"] for channels in (dist, local)]
+    drop_time = lambda rows: {n: {k: v for k, v in r.items() if "second" not in k and "ms" not in k} for n, r in rows.items()}  # noqa: E731
+    assert drop_time(figures[0]) == drop_time(figures[1])
+    assert figures[1]["itemcf"]["hitrate@50"] > 0
+
+
+def test_local_cluster_crosses_processes(hot, tmp_path):
+    """The tables on `local-cluster[2,1,1024]` (two executor JVMs, their own Python workers), read from Parquet."""
+    import json
+    import subprocess
+    import sys
+
+    hot.save(tmp_path / "ds")
+    done = subprocess.run([sys.executable, "-m", "homefeed.distributed.selfcheck", str(tmp_path / "ds"),
+                           "--master", "local-cluster[2,1,1024]", "--tables", "itemcf,swing", "--json"],
+                          capture_output=True, text=True, timeout=900)
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-3000:]
+    report = json.loads(done.stdout.strip().splitlines()[-1])
+    assert set(report) == {"itemcf", "swing"} and all(row["equal"] for row in report.values()), report
