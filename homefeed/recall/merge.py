@@ -137,8 +137,10 @@ def fused_scores(inverse: np.ndarray, n_keys: int, channel: np.ndarray, rank: np
     term = weights[channel] / (rank + 1.0)
     if consensus:
         return np.bincount(inverse, weights=term, minlength=n_keys)
+    order = np.argsort(inverse, kind="stable")
     out = np.zeros(n_keys)
-    np.maximum.at(out, inverse, term)
+    starts = np.flatnonzero(np.r_[True, inverse[order][1:] != inverse[order][:-1]])
+    out[inverse[order][starts]] = np.maximum.reduceat(term[order], starts) if order.size else 0.0
     return out
 
 
@@ -178,6 +180,13 @@ class MergedCandidates:
         """(item_id, score, channel, trigger_item, n_sources) rows, for the ranker's candidate table."""
         return pl.DataFrame({"item_id": self.items, "score": self.scores, "channel": self.channel_names().astype(str),
                              "trigger_item": self.triggers, "n_sources": np.bitwise_count(self.sources).astype(np.int8)})
+
+
+def contains(pool: np.ndarray, items: np.ndarray) -> np.ndarray:
+    """(len(items),) bool: which items are in `pool` (a binary search; faster than np.isin for small pools)."""
+    pool = np.sort(pool)
+    at = np.minimum(np.searchsorted(pool, items), pool.size - 1)
+    return pool[at] == items
 
 
 def _empty(names: tuple[str, ...]) -> MergedCandidates:
@@ -293,15 +302,17 @@ class Merger:
         items = np.concatenate([c.items for c in lists]).astype(np.int32)
         channel = np.repeat(np.arange(len(lists), dtype=np.int64), sizes)
         rank = np.arange(items.size) - np.repeat(np.cumsum(sizes) - sizes, sizes)
-        uniq, inverse = np.unique(items, return_inverse=True)
         weights = self.weights(names)
+        by_item = np.lexsort((channel, -(weights[channel] / (rank + 1.0)), items))  # per item, its best row first
+        first = np.flatnonzero(np.r_[True, items[by_item][1:] != items[by_item][:-1]])
+        owner = by_item[first]  # (n_keys,) the row each item is credited to
+        uniq = items[owner]
+        inverse = np.empty(items.size, np.int64)
+        inverse[by_item] = np.repeat(np.arange(first.size), np.diff(np.r_[first, items.size]))
         fused = fused_scores(inverse, uniq.size, channel, rank, weights, consensus=self.settings.consensus)
         if seen is not None and len(seen) and self.seen_weight_ != 1.0:
-            fused = np.where(np.isin(uniq, seen), fused * self.seen_weight_, fused)
-        by_term = np.lexsort((channel, -(weights[channel] / (rank + 1.0)), inverse))  # per item, its best row first
-        owner = by_term[np.r_[True, inverse[by_term][1:] != inverse[by_term][:-1]]]  # (n_keys,) credited row
-        sources = np.zeros(uniq.size, np.uint32)
-        np.bitwise_or.at(sources, inverse, (np.uint32(1) << channel.astype(np.uint32)))
+            fused = np.where(contains(np.asarray(seen), uniq), fused * self.seen_weight_, fused)
+        sources = np.bitwise_or.reduceat(np.left_shift(np.uint32(1), channel[by_item].astype(np.uint32)), first)
         keep = np.flatnonzero(fused > 0)
         top = keep[np.lexsort((uniq[keep], -fused[keep]))[:k]]
         rows = owner[top]
