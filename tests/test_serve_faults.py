@@ -52,13 +52,15 @@ def standard_of_items(bundle_dir) -> dict[str, int]:
 
 @pytest.mark.parametrize("backend", ["sqlite", "redis"])
 def test_every_stored_buy_is_folded_across_kill_9(tiny_bundle, tmp_path, request, backend):
-    """Buyers post purchases while the server is killed (-9) and restarted, three times. Every acknowledged buy is
-    stored, and every stored buy is in its user's purchase filter and has marked the templates stale: a kill
-    between the event commit and the fold used to leave a buy stored but never folded, for good."""
+    """Buyers post purchases, a batch of several users' buys per request, while the server is killed (-9) and
+    restarted, three times. Every acknowledged buy is stored, and every stored buy is in its user's purchase
+    filter and has marked their templates stale. The old server committed a batch's events, then folded them
+    user by user: a kill in between left buys stored but never folded, for good (a retry stores nothing new)."""
     state = f"sqlite:{tmp_path / 'fold.db'}" if backend == "sqlite" else request.getfixturevalue("redis_url")
     standards = standard_of_items(tiny_bundle)
     items = sorted(standards)[:60]
-    users = [f"fold-{backend}-{w}-{j}" for w in range(8) for j in range(4)]
+    n_writers, per_writer = 6, 16
+    users = [f"fold-{backend}-{w}-{j}" for w in range(n_writers) for j in range(per_writer)]
     acked: list[str] = []
     sent = [0]
     for kill in range(3):
@@ -66,22 +68,23 @@ def test_every_stored_buy_is_folded_across_kill_9(tiny_bundle, tmp_path, request
         stopped = threading.Event()
 
         def buyer(w: int):
+            """One buy for each of this writer's users per request; each user's buys in time order."""
             with httpx.Client(timeout=30) as c:
                 for i in range(10**6):
                     if stopped.is_set():
                         return
-                    user = users[w * 4 + i % 4]
-                    ts = NOW + kill * 100_000 + i  # each user's buys in time order, one request at a time
-                    event = {"event_id": f"{user}-{kill}-{i}", "user_id": user, "item_id": items[(w * 7 + i) % len(items)],
-                             "behavior": "buy", "ts": ts}
-                    sent[0] += 1
+                    ts = NOW + kill * 100_000 + i
+                    batch = [{"event_id": f"{user}-{kill}-{i}", "user_id": user, "behavior": "buy", "ts": ts,
+                              "item_id": items[(w * 7 + j * 3 + i) % len(items)]}
+                             for j, user in enumerate(users[w * per_writer:(w + 1) * per_writer])]
+                    sent[0] += len(batch)
                     try:
-                        if c.post(url + "/v1/events", json={"events": [event]}).status_code == 200:
-                            acked.append(event["event_id"])
+                        if c.post(url + "/v1/events", json={"events": batch}).status_code == 200:
+                            acked.extend(e["event_id"] for e in batch)
                     except httpx.TransportError:
                         return
 
-        threads = [threading.Thread(target=buyer, args=(w,)) for w in range(8)]
+        threads = [threading.Thread(target=buyer, args=(w,)) for w in range(n_writers)]
         [t.start() for t in threads]
         time.sleep(1.5 + 0.5 * kill)
         proc.send_signal(signal.SIGKILL)
