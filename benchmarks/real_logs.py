@@ -309,10 +309,12 @@ def main(argv=None) -> int:
             results[name] = dataset
             continue
         results[name] = evaluate_log(name, dataset, args)
+        if not args.json:
+            print_tables({name: results[name]})  # each log as soon as it is done
     if args.json:
         print(json.dumps({"logs": results, "ks": list(KS), "protocols": list(PROTOCOLS)}, default=float))
     else:
-        print_tables(results)
+        print_tables({name: r for name, r in results.items() if isinstance(r, str)})
     return 0
 
 
