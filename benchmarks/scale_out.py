@@ -190,26 +190,20 @@ def _tiny_parts():
 
 def _ddp_rank(rank: int, world: int, port: int, tmp: str) -> None:
     import torch
-    import torch.distributed as dist
 
-    from homefeed.distributed.train import ddp_train
+    from homefeed.distributed.train import ddp_train, process_group
     from homefeed.rank.model import build_model
     from homefeed.rank.train import TrainSettings
 
-    os.environ |= {"MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port)}
     torch.set_num_threads(1)
-    dist.init_process_group("gloo", rank=rank, world_size=world)
-    try:
+    with process_group(rank=rank, world=world, port=port):
         parts = _tiny_parts()
-        settings = TrainSettings(epochs=2, threads=1, calibrate=False)
         torch.manual_seed(0)
         model = build_model(parts["train"].spec, "bst")
-        _, result = ddp_train(model, parts["train"], parts["valid"], settings)
+        _, result = ddp_train(model, parts["train"], parts["valid"], TrainSettings(epochs=2, threads=1, calibrate=False))
         if rank == 0:
             Path(tmp, "rank0.json").write_text(json.dumps({"samples_per_s": result.samples_per_s, "rows": len(parts["train"]),
                                                            "valid_auc": result.best_valid_auc}))
-    finally:
-        dist.destroy_process_group()
 
 
 def run_child(*args: str) -> dict:

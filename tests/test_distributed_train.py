@@ -8,10 +8,8 @@
 from __future__ import annotations
 
 import json
-import os
 
 import numpy as np
-import pytest
 import torch
 import torch.multiprocessing as mp
 
@@ -36,21 +34,15 @@ def _model(parts, settings):
 
 def _rank(rank: int, world: int, port: int, out: str) -> None:
     """One DDP rank (spawned): train the deterministic set-up, save its weights and result."""
-    import torch.distributed as dist
+    from homefeed.distributed.train import ddp_train, process_group
 
-    from homefeed.distributed.train import ddp_train
-
-    os.environ |= {"MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port)}
     torch.set_num_threads(1)
-    dist.init_process_group("gloo", rank=rank, world_size=world)
-    try:
+    with process_group(rank=rank, world=world, port=port):
         parts = _parts()
         model, result = ddp_train(_model(parts, EXACT), parts["train"], parts["valid"], EXACT)
         np.savez(f"{out}/rank{rank}.npz", **{k: v.detach().numpy() for k, v in model.state_dict().items()})
         with open(f"{out}/rank{rank}.json", "w") as f:
             json.dump({"best_epoch": result.best_epoch, "auc": result.best_valid_auc, "epochs": len(result.history)}, f)
-    finally:
-        dist.destroy_process_group()
 
 
 def test_two_ranks_match_each_other_and_one_process(tmp_path):

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import os
 from collections.abc import Callable, Iterator
 
 import torch
@@ -109,10 +110,16 @@ def ddp_train(model: nn.Module, train_samples: Samples, valid_samples: Samples,
 
 
 @contextlib.contextmanager
-def process_group(backend: str = "gloo"):
-    """Join the DDP group torchrun describes in the environment, leave it after. The trainer runs on CPU,
-    hence gloo; nccl needs the model and batches on GPUs."""
-    dist.init_process_group(backend)
+def process_group(backend: str = "gloo", *, rank: int | None = None, world: int | None = None, port: int | None = None):
+    """Join a DDP group and leave it after; yields (rank, world). Without arguments the group is the one torchrun
+    describes in the environment; with rank, world and port, a group of local processes (spawned ones) on
+    127.0.0.1. The trainer runs on CPU, hence gloo; nccl needs the model and batches on GPUs."""
+    if port is not None:
+        os.environ |= {"MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port)}
+    if rank is None:
+        dist.init_process_group(backend)
+    else:
+        dist.init_process_group(backend, rank=rank, world_size=world)
     try:
         yield dist.get_rank(), dist.get_world_size()
     finally:
