@@ -65,6 +65,7 @@ def main() -> None:
     p.add_argument("--work", type=Path, default=Path("out/experiment_bench"))
     p.add_argument("--set", dest="set_", action="append", default=[], help="a setting for every arm (repeatable)")
     p.add_argument("--report", type=Path, default=None)
+    p.add_argument("--result", type=Path, default=None, help="also save the whole result (JSON) here")
     p.add_argument("--json", action="store_true")
     a = p.parse_args()
     from homefeed.experiment.arms import load_arm
@@ -78,6 +79,8 @@ def main() -> None:
                             if not n or d == n else None)
     if a.report:
         write_report(result, a.report, world=a.world)
+    if a.result:
+        a.result.write_text(json.dumps(result, default=float))
     rows = targets(result)
     if a.json:
         print(json.dumps({"targets": [{"target": n, "measured": m, "met": ok} for n, m, ok in rows],

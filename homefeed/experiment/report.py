@@ -46,6 +46,7 @@ def _horizontal() -> dict:
 
 def _png(fig) -> str:
     buf = io.BytesIO()
+    fig.tight_layout()
     fig.savefig(buf, format="png", dpi=90, bbox_inches="tight")
     _plt().close(fig)
     return base64.b64encode(buf.getvalue()).decode()
@@ -77,7 +78,7 @@ def daily_figure(result: dict) -> str:
         ax.set_title(m + (" (lower is better)" if m in LOWER_IS_BETTER else ""), fontsize=10)
         ax.set_xlabel("day")
         ax.set_xticks(sorted({r["day"] + 1 for d in result["daily"].values() for r in d[m]}))
-    axes[0].legend(fontsize=8)
+    axes[0].legend(fontsize=7)
     return _png(fig)
 
 
@@ -104,7 +105,7 @@ def difference_figure(result: dict) -> str | None:
 def latency_figure(result: dict) -> str:
     lat = result["latency_ms"]
     stages = [s for s in STAGES if any(s in v for v in lat.values())]
-    fig, axes = _grid(len(stages), cols=len(stages))
+    fig, axes = _grid(len(stages))
     for ax, s in zip(axes, stages):
         arms = [a for a in lat if s in lat[a]]
         ax.boxplot([np.maximum(lat[a][s]["values"], 1e-3) for a in arms], showfliers=False, **_horizontal())
