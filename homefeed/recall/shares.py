@@ -123,6 +123,35 @@ def duplicates(r: Recalled, *, overlap: float = 0.95) -> dict[str, str]:
     return out
 
 
+def coordinate_search(objective: Callable[[np.ndarray, float], float], n: int, order: list[int],
+                      seen_grid: tuple[float, ...], *, tol: float, passes: int = 3) -> tuple[np.ndarray, float, float]:
+    """Greedy coordinate ascent over raw channel weights (WEIGHT_GRID) and the seen-item factor (seen_grid).
+
+    Starts from channel order[0] alone (every other weight 0, the floor) and the seen factor 1 (or the
+    only one allowed); a step is taken only when it raises the objective by more than `tol`.
+    Returns (weights (n,), seen factor, objective).
+    """
+    w = np.zeros(n)
+    w[order[0]] = 1.0
+    rho = 1.0 if 1.0 in seen_grid else seen_grid[0]
+    current = objective(w, rho)
+    for _ in range(passes):
+        changed = False
+        for i in [*order, None]:  # None: the seen-item factor
+            for v in seen_grid if i is None else WEIGHT_GRID:
+                trial_w, trial_rho = w.copy(), (v if i is None else rho)
+                if i is not None:
+                    trial_w[i] = v
+                if trial_w.sum() == 0:
+                    continue
+                score = objective(trial_w, trial_rho)
+                if score > current + tol:
+                    w, rho, current, changed = trial_w, trial_rho, score, True
+        if not changed:
+            break
+    return w, rho, current
+
+
 def learn_merge(dataset: Dataset, channels: dict[str, Recaller], settings: MergeSettings | None = None, *,
                 ks: tuple[int, ...] = (10, 50, 200), behaviors: tuple[str, ...] = BEHAVIORS, max_users: int | None = 3000,
                 tol: float = 0.002, seed: int = 0, progress: Callable[[str], None] | None = None) -> Merger:
@@ -155,31 +184,10 @@ def learn_merge(dataset: Dataset, channels: dict[str, Recaller], settings: Merge
 
     say("search shares")
     tol = max(tol, 2.0 / (r.n_users * len(ks) * min(best_at.values())))  # a step must win two users' hits
-    start = int(np.argmax([np.mean([solo[c][k] / best_at[k] for k in ks]) for c in names]))
-    w = np.zeros(n)
-    w[start] = 1.0
-    seen_grid = SEEN_GRID if settings.seen_weight is None else (float(settings.seen_weight),)
-    rho = 1.0 if settings.seen_weight is None else float(settings.seen_weight)
-    current = objective(w, rho)
     order = sorted((i for i in range(n) if names[i] not in copies),
-                   key=lambda i: -np.mean([solo[names[i]][k] / best_at[k] for k in ks]))
-    for _ in range(3):
-        changed = False
-        for i in [*order, None]:  # None: the seen-item factor
-            grid = seen_grid if i is None else WEIGHT_GRID
-            for v in grid:
-                trial_w, trial_rho = w.copy(), rho
-                if i is None:
-                    trial_rho = v
-                else:
-                    trial_w[i] = v
-                if trial_w.sum() == 0:
-                    continue
-                score = objective(trial_w, trial_rho)
-                if score > current + tol:
-                    w, rho, current, changed = trial_w, trial_rho, score, True
-        if not changed:
-            break
+                   key=lambda i: -np.mean([solo[names[i]][k] / best_at[k] for k in ks]))  # best alone first
+    seen_grid = SEEN_GRID if settings.seen_weight is None else (float(settings.seen_weight),)
+    w, rho, current = coordinate_search(objective, n, order, seen_grid, tol=tol)
     marginal = {}
     for i, c in enumerate(names):
         without = w.copy()
