@@ -378,6 +378,16 @@ def recommend(
               (f"   degraded: {', '.join(page.degraded)}" if page.degraded else ""))
 
 
+def _register_experiment() -> None:
+    """`homefeed experiment`: closed-loop A/B on the simulator (homefeed/experiment/cli.py)."""
+    from homefeed.experiment.cli import experiment
+
+    app.command("experiment")(experiment)
+
+
+_register_experiment()
+
+
 def main() -> None:
     try:
         app()
