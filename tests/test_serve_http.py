@@ -96,7 +96,7 @@ def test_stored_state_out_of_int64_never_breaks_a_users_homepage(server, state_d
         blob = json.loads(raw)
         blob["exposed"]["ts"][-1] = 2**63 + 5
         c.execute("UPDATE blobs SET value = ? WHERE user_id = ? AND key = 'templates'", (json.dumps(blob), user))
-        c.execute("INSERT INTO blobs VALUES ('victim-2', 'templates', '{\"exposed\": {\"ts\": [-9223372036854775809]')")
+        c.execute("INSERT INTO blobs (user_id, key, value) VALUES ('victim-2', 'templates', '{\"exposed\": {\"ts\": [-9223372036854775809]')")
     for who in (user, user, "victim-2", "victim-2"):
         r = httpx.post(server + "/v1/homepage", json={"user_id": who, "now": 1512230100}, timeout=30)
         assert r.status_code == 200, r.text

@@ -107,7 +107,7 @@ def test_undecodable_stored_values_read_as_unreadable_and_can_be_replaced(store)
     """Values written behind the store's back (a corrupt row, an older format) never raise on the way out."""
     if isinstance(store, SQLiteStore):
         with sqlite3.connect(store.path) as c:
-            c.execute("INSERT INTO blobs VALUES ('u1', 'templates', '{not json')")
+            c.execute("INSERT INTO blobs (user_id, key, value) VALUES ('u1', 'templates', '{not json')")
             c.execute("INSERT INTO profiles VALUES ('u1', '[1, 2]')")
             c.execute("INSERT INTO events VALUES ('bad', 'u1', 'i1', 'click', 'soon')")  # SQLite keeps the text
     else:
@@ -232,3 +232,40 @@ def test_redis_down_is_a_store_error():
     for call in (lambda: s.append_events([ev(1)]), s.check, lambda: s.get_blob("u1", "k"), lambda: s.recent_events("u1")):
         with pytest.raises(StoreError, match="Redis state store"):
             call()
+
+
+def test_idle_users_state_is_evicted_sqlite(tmp_path):
+    s = SQLiteStore(tmp_path / "s.db", idle_s=3600)
+    for user in ("idle", "active"):
+        s.put_blob(user, "templates", {"v": 1})
+        s.update_blob(user, "purchase_filter", lambda blob: {"blocks": {}})
+    s.append_events([ev(1, user="idle")])
+    with sqlite3.connect(s.path) as c:
+        c.execute("UPDATE blobs SET touched = touched - 7200 WHERE user_id = 'idle'")
+    assert s.evict_idle() == 2 and s.evict_idle() == 0
+    assert s.get_blob("idle", "templates") is None and s.get_blob("idle", "purchase_filter") is None
+    assert s.get_blob("active", "templates") == {"v": 1}
+    assert [e.event_id for e in s.recent_events("idle")] == ["e1"]  # events are the record: kept
+    s.close()
+
+
+def test_a_state_file_from_before_eviction_keeps_its_blobs(tmp_path):
+    path = tmp_path / "old.db"
+    with sqlite3.connect(path) as c:  # the blobs table as earlier versions created it
+        c.execute("CREATE TABLE blobs (user_id TEXT NOT NULL, key TEXT NOT NULL, value TEXT NOT NULL, PRIMARY KEY (user_id, key))")
+        c.execute("""INSERT INTO blobs VALUES ('u1', 'purchase_filter', '{"blocks": {"3": [2000000000, 0]}}')""")
+    s = SQLiteStore(path, idle_s=3600)
+    assert s.evict_idle() == 0 and s.get_blob("u1", "purchase_filter") == {"blocks": {"3": [2000000000, 0]}}
+    s.put_blob("u2", "k", {"v": 2})
+    assert s.get_blob("u2", "k") == {"v": 2}
+    s.close()
+
+
+def test_idle_users_keys_expire_redis(redis_url):
+    s = RedisStore(redis_url, prefix="idle:", idle_s=3600)
+    s.append_events([ev(1)], fold=lambda user, evs: [("purchase_filter", lambda blob: {"blocks": {}})])
+    s.put_blob("u2", "templates", {"v": 1})
+    for key in s.keys_of("u1"):
+        assert 0 < s.r.ttl(key) <= 3600, key
+    assert 0 < s.r.ttl(s.keys_of("u2")[3]) <= 3600
+    s.close()

@@ -47,6 +47,7 @@ from homefeed.serve.ui import ui_router
 
 ANNOUNCE = ("__homefeed_service__", "bundle")  # (user id, blob key) in the state store: the last reload
 FOLLOW_S = 1.0
+SWEEP_S = 3600.0  # idle users' state is evicted from the store this often (`StateStore.evict_idle`)
 BODY_LIMITS = {"/v1/events": 8 << 20}  # bytes per request body; 10,000 events fit in 8 MiB
 BODY_LIMIT = 64 << 10  # every other route: a homepage request is well under 1 KiB
 BODY_TIMEOUT_S = 10.0  # a body not fully received by then is a 408 (a slow or half-sent upload)
@@ -90,6 +91,7 @@ class Service:
         self._followed = self.started  # announcements at or before this time are handled
         self._stop = threading.Event()
         self.probes = ThreadPoolExecutor(max_workers=1, thread_name_prefix="readyz")  # never behind the pipeline
+        self._next_sweep = time.monotonic() + 60  # the first sweep a minute after start, then every SWEEP_S
         if follow_s > 0:
             threading.Thread(target=self._follow, args=(follow_s,), daemon=True, name="homefeed-follow").start()
 
@@ -125,8 +127,12 @@ class Service:
             return bundle.version
 
     def _follow(self, every_s: float) -> None:
-        """Reload when another worker announced a bundle this one does not serve (each note tried once)."""
+        """Reload when another worker announced a bundle this one does not serve (each note tried once); sweep
+        idle users' state out of the store every SWEEP_S."""
         while not self._stop.wait(every_s):
+            if time.monotonic() >= self._next_sweep:
+                self._next_sweep = time.monotonic() + SWEEP_S
+                self.sweep()
             try:
                 note = self.store.get_blob(*ANNOUNCE)
                 if not note or note["at"] <= self._followed:
@@ -137,6 +143,16 @@ class Service:
                     self.metrics.reloads.labels("followed").inc()
             except Exception:  # an unreadable note or bundle: keep serving the current one, and count it
                 self.metrics.reloads.labels("follow_failed").inc()
+
+    def sweep(self) -> int:
+        """Evict idle users' stored state (a bounded batch); counted, and a store fault only counted too."""
+        try:
+            n = self.store.evict_idle()
+        except StoreError:
+            self.metrics.evicted.labels("failed").inc()
+            return 0
+        self.metrics.evicted.labels("blobs").inc(n)
+        return n
 
     @contextmanager
     def lease(self) -> Iterator[Pipeline]:

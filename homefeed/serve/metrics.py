@@ -21,6 +21,8 @@ class ServeMetrics:
                                       ["channel", "kind"], registry=self.registry)
         self.events = Counter("homefeed_events_stored", "New behaviour events stored", registry=self.registry)
         self.reloads = Counter("homefeed_reloads", "Bundle reloads", ["outcome"], registry=self.registry)
+        self.evicted = Counter("homefeed_state_evicted", "Idle users' stored blobs evicted (outcome 'failed': a sweep that failed)",
+                               ["outcome"], registry=self.registry)
         self.bad_state = Counter("homefeed_bad_state", "Stored user state that could not be read and was ignored",
                                  ["what"], registry=self.registry)
 

@@ -15,11 +15,12 @@ folded into the purchase filter cannot happen: a retry would find it stored and 
   mechanism blobs, rewritten on every homepage request, with `synchronous=NORMAL` (no fsync per
   commit: a killed process loses nothing, a power cut may lose the last blob writes, never events).
   Opening runs SQLite's `quick_check`; a file deleted or replaced under the running server, or found
-  corrupt, fails every later call instead of writing into a file nobody will read again.
+  corrupt, fails every later call instead of writing into a file nobody will read again. Blobs not
+  written for `idle_s` are deleted by `evict_idle` (the server sweeps hourly); events are kept.
 - `RedisStore`: shared by many API replicas; each write is one Lua script over one user's keys, all
   sharing the hash tag `{user id}` (one Redis Cluster slot), declared in KEYS. Each user keeps their
-  last `max_events` events and event ids (idempotency holds within that window). Durability is the
-  server's AOF setting (`appendfsync always`).
+  last `max_events` events and event ids (idempotency holds within that window); a user's keys expire
+  `idle_s` after their last write. Durability is the server's AOF setting (`appendfsync always`).
 
 Every backend failure is a `StoreError` naming the fault (the API answers 503 with it). A stored
 value that does not decode never raises on the way out: a blob or profile that is not a JSON object
@@ -49,6 +50,7 @@ from redis.cluster import RedisCluster
 
 UNREADABLE = "__unreadable__"
 HEALTH_USER = "__homefeed_health__"  # the user id under which `check` writes and reads its probe blob
+IDLE_S = 180 * 86_400  # a user's mechanism state (and, in Redis, events) is dropped after this long without a write
 
 Change = Callable[[dict | None], dict | None]  # a blob's current value (None: absent) -> new value (None: unchanged)
 Fold = Callable[[str, list["Event"]], list[tuple[str, Change]]]  # (user, its new events) -> [(blob key, change)]
@@ -118,6 +120,10 @@ class StateStore(ABC):
         if (self.get_blob(HEALTH_USER, key) or {}).get("nonce") != nonce:
             raise StoreError("a value written to the state store did not read back")
 
+    def evict_idle(self, limit: int = 10_000) -> int:
+        """Delete up to `limit` blobs not written for the store's `idle_s`; returns how many (Redis expires keys itself)."""
+        return 0
+
     @functools.cached_property
     def _probe(self) -> str:
         return uuid.uuid4().hex[:12]  # one probe key per store client: workers' probes never overwrite each other
@@ -160,12 +166,14 @@ class SQLiteStore(StateStore):
     CREATE INDEX IF NOT EXISTS events_by_user ON events (user_id, ts);
     CREATE TABLE IF NOT EXISTS profiles (user_id TEXT PRIMARY KEY, profile TEXT NOT NULL);
     CREATE TABLE IF NOT EXISTS blobs (user_id TEXT NOT NULL, key TEXT NOT NULL, value TEXT NOT NULL,
-                                      PRIMARY KEY (user_id, key));
+                                      touched INTEGER NOT NULL DEFAULT 0, PRIMARY KEY (user_id, key));
     """
+    NOW = "CAST(strftime('%s', 'now') AS INTEGER)"
+    PUT_BLOB = f"INSERT OR REPLACE INTO blobs (user_id, key, value, touched) VALUES (?, ?, ?, {NOW})"
 
     def __init__(self, path: str | Path, *, synchronous: str = "FULL", blob_synchronous: str = "NORMAL",
-                 integrity_check: bool = True):
-        self.path = str(path)
+                 integrity_check: bool = True, idle_s: int = IDLE_S):
+        self.path, self.idle_s = str(path), idle_s
         self.synchronous, self.blob_synchronous = synchronous, blob_synchronous
         self.fault: str | None = None  # set once the file is found corrupt: every later call fails with it
         self._local = threading.local()
@@ -183,9 +191,17 @@ class SQLiteStore(StateStore):
                     raise StoreError(f"the state file {self.path} failed SQLite's integrity check: {'; '.join(problems)}")
             conn.execute("PRAGMA journal_mode=WAL")
             conn.executescript(self.SCHEMA)
+            self._transaction(conn, lambda: self._migrate(conn))
         finally:
             conn.close()
         self._file = _identity(self.path)
+
+    def _migrate(self, conn: sqlite3.Connection) -> None:
+        """A file from before blob eviction: add the write-time column, its blobs counted as written now."""
+        if "touched" not in {row[1] for row in conn.execute("PRAGMA table_info(blobs)")}:
+            conn.execute("ALTER TABLE blobs ADD COLUMN touched INTEGER NOT NULL DEFAULT 0")
+            conn.execute(f"UPDATE blobs SET touched = {self.NOW}")
+        conn.execute("CREATE INDEX IF NOT EXISTS blobs_by_touched ON blobs (touched)")
 
     def _failed(self, e: BaseException) -> None:
         if getattr(e, "sqlite_errorcode", None) in SQLITE_CORRUPT:
@@ -245,7 +261,7 @@ class SQLiteStore(StateStore):
         row = conn.execute("SELECT value FROM blobs WHERE user_id = ? AND key = ?", (str(user_id), key)).fetchone()
         new = change(_decode(row[0]) if row else None)
         if new is not None:
-            conn.execute("INSERT OR REPLACE INTO blobs VALUES (?, ?, ?)", (str(user_id), key, json.dumps(new)))
+            conn.execute(SQLiteStore.PUT_BLOB, (str(user_id), key, json.dumps(new)))
         return new
 
     @_guarded
@@ -273,7 +289,7 @@ class SQLiteStore(StateStore):
 
     @_guarded
     def put_blob(self, user_id: str, key: str, value: dict) -> None:
-        self._conn(blobs=True).execute("INSERT OR REPLACE INTO blobs VALUES (?, ?, ?)", (str(user_id), key, json.dumps(value)))
+        self._conn(blobs=True).execute(self.PUT_BLOB, (str(user_id), key, json.dumps(value)))
 
     @_guarded
     def update_blob(self, user_id: str, key: str, change: Change) -> dict | None:
@@ -287,6 +303,12 @@ class SQLiteStore(StateStore):
     @_guarded
     def count_events(self) -> int:
         return self._conn().execute("SELECT COUNT(*) FROM events").fetchone()[0]
+
+    @_guarded
+    def evict_idle(self, limit: int = 10_000) -> int:
+        return self._conn(blobs=True).execute(
+            f"DELETE FROM blobs WHERE rowid IN (SELECT rowid FROM blobs WHERE touched < {self.NOW} - ? LIMIT ?)",
+            (self.idle_s, limit)).rowcount
 
     def close(self) -> None:
         for name in ("conn", "blob_conn"):
@@ -308,8 +330,9 @@ def _identity(path: str) -> tuple[int, int] | None:
 # --- Redis ------------------------------------------------------------------------------------------
 # One user's keys (KEYS): events (zset of JSON rows by ts), event ids (zset by arrival), arrival counter,
 # blobs (hash). ARGV: max_events, max_ids, n_events, n_blobs, then per event (id, row, ts), then per blob
-# (field, expected, new): expected '' = absent, else '=' .. the raw value read; new '' = leave it.
-# Returns 0 without writing anything when an event id is stored by now or a blob changed since it was read.
+# (field, expected, new): expected '' = absent, else '=' .. the raw value read; new '' = leave it; last, idle_s:
+# every key of the user expires that long after this write. Returns 0 without writing anything when an event
+# id is stored by now or a blob changed since it was read.
 COMMIT_LUA = """
 local max_events, max_ids, n, m = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[4])
 local b = 4 + 3 * n
@@ -332,6 +355,7 @@ if n > 0 then
   redis.call('ZREMRANGEBYRANK', KEYS[1], 0, -max_events - 1)
   redis.call('ZREMRANGEBYRANK', KEYS[2], 0, -max_ids - 1)
 end
+for k = 1, #KEYS do redis.call('EXPIRE', KEYS[k], ARGV[#ARGV]) end
 return 1
 """
 USER_KEYS = ("ev", "eid", "seq", "blob")  # COMMIT_LUA's KEYS, in order
@@ -343,13 +367,13 @@ class RedisStore(StateStore):
     NAME, ERRORS = "Redis state store", (redis.RedisError, OSError)
 
     def __init__(self, url: str, *, prefix: str = "hf:", max_events: int = 1000, max_ids: int | None = None,
-                 cluster: bool = False):
+                 cluster: bool = False, idle_s: int = IDLE_S):
         if "{" in prefix or "}" in prefix:
             raise ValueError(f"Redis key prefix {prefix!r}: braces are reserved for the per-user hash tag")
         if max_events < 1:
             raise ValueError(f"max_events={max_events}: keep at least one event per user")
         self.r = (RedisCluster.from_url if cluster else redis.Redis.from_url)(url, decode_responses=True)
-        self.prefix, self.max_events = prefix, max_events
+        self.prefix, self.max_events, self.idle_s = prefix, max_events, idle_s
         self.max_ids = max_ids or 10 * max_events  # ids outlive their events: a late retry is still recognised
         self._commit = self.r.register_script(COMMIT_LUA)
 
@@ -367,7 +391,7 @@ class RedisStore(StateStore):
             argv += [e.event_id, json.dumps([e.event_id, e.user_id, e.item_id, e.behavior, int(e.ts)]), int(e.ts)]
         for field, raw, new in zip(fields, raws, news):
             argv += [field, "" if raw is None else "=" + raw, "" if new is None else json.dumps(new)]
-        return bool(self._commit(keys=keys, args=argv)), news
+        return bool(self._commit(keys=keys, args=[*argv, self.idle_s])), news
 
     def _failed(self, e: BaseException) -> None:
         pass  # a Redis outage heals by itself: the next call tries again
@@ -411,7 +435,7 @@ class RedisStore(StateStore):
 
     @_guarded
     def put_blob(self, user_id: str, key: str, value: dict) -> None:
-        self.r.hset(self.keys_of(user_id)[3], key, json.dumps(value))
+        self.update_blob(user_id, key, lambda _: value)  # the script: one write that also renews the user's expiry
 
     @_guarded
     def update_blob(self, user_id: str, key: str, change: Change) -> dict | None:
@@ -452,14 +476,15 @@ def _event(raw: str, user_id: str) -> Event:
         return Event("", str(user_id), "", UNREADABLE, 0)
 
 
-def open_store(spec: str, *, max_events: int = 1000) -> StateStore:
+def open_store(spec: str, *, max_events: int = 1000, idle_s: int = IDLE_S) -> StateStore:
     """`sqlite:PATH`, `redis://host:port/db` or `redis+cluster://host:port` (any node of a Redis Cluster).
 
-    max_events: events kept per user by Redis (SQLite keeps them all)."""
+    max_events: events kept per user by Redis (SQLite keeps them all); idle_s: state dropped after that long unwritten."""
     if spec.startswith("sqlite:"):
-        return SQLiteStore(spec.removeprefix("sqlite:"))
+        return SQLiteStore(spec.removeprefix("sqlite:"), idle_s=idle_s)
     if spec.startswith("redis+cluster://"):
-        return RedisStore("redis://" + spec.removeprefix("redis+cluster://"), max_events=max_events, cluster=True)
+        return RedisStore("redis://" + spec.removeprefix("redis+cluster://"), max_events=max_events, cluster=True,
+                          idle_s=idle_s)
     if spec.startswith(("redis://", "rediss://", "unix://")):
-        return RedisStore(spec, max_events=max_events)
+        return RedisStore(spec, max_events=max_events, idle_s=idle_s)
     raise ValueError(f"unknown state store {spec!r}; use sqlite:PATH, redis://HOST:PORT/DB or redis+cluster://HOST:PORT")
