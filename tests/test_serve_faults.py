@@ -1,10 +1,10 @@
 """Issue 15 against the real server on 127.0.0.1: kills between writes, state-store faults, bounded requests,
 route-labelled metrics, health under load, the admin token, tampered bundles. Real SQLite, real redis-server."""
 import json
-import os
 import shutil
 import signal
 import socket
+import sqlite3
 import subprocess
 import sys
 import threading
@@ -135,15 +135,34 @@ def test_deleted_sqlite_file_is_a_503_never_a_200(tiny_bundle, tmp_path):
         stop(proc)
 
 
-def test_corrupt_sqlite_file_fails_the_start_naming_the_problem(tiny_bundle, tmp_path):
+def test_corrupt_sqlite_file_is_a_503_then_fails_the_start(tiny_bundle, tmp_path):
+    """Pages damaged under the running server: every call is a 503 naming it (a homepage used to be a bare 500 while
+    events still got 200) and the worker is not ready; a restart on the file stops at SQLite's integrity check."""
     db = tmp_path / "state.db"
     proc, url = serve(tiny_bundle, f"sqlite:{db}")
-    events = [{"event_id": f"c{i}", "user_id": f"u{i}", "item_id": "1", "behavior": "click", "ts": NOW} for i in range(3000)]
-    assert httpx.post(url + "/v1/events", json={"events": events}, timeout=60).status_code == 200
-    stop(proc)
-    data = bytearray(db.read_bytes())
-    data[4096 * 4: 4096 * 4 + 3000] = b"\xff" * 3000  # a damaged page in the middle of the file
-    db.write_bytes(bytes(data))
+    try:
+        events = [{"event_id": f"c{i}", "user_id": f"u{i % 300}", "item_id": str(1 + i % 1000), "behavior": "click",
+                   "ts": NOW + i} for i in range(5000)]
+        assert httpx.post(url + "/v1/events", json={"events": events}, timeout=60).status_code == 200
+        for i in range(5):
+            assert httpx.post(url + "/v1/homepage", json={"user_id": f"u{i}", "now": NOW + 10_000}, timeout=60).status_code == 200
+        with sqlite3.connect(db) as c:
+            c.execute("PRAGMA wal_checkpoint(TRUNCATE)")  # everything in the main file, where the damage goes
+        data = bytearray(db.read_bytes())
+        for page in range(2, len(data) // 4096 - 1, 3):
+            data[page * 4096 + 100: page * 4096 + 3000] = b"\xff" * 2900
+        with open(db, "r+b") as f:
+            f.write(bytes(data))
+        for i in range(5):
+            page = httpx.post(url + "/v1/homepage", json={"user_id": f"u{i}", "now": NOW + 10_001}, timeout=60)
+            event = httpx.post(url + "/v1/events", json={"events": [{"event_id": f"n{i}", "user_id": f"u{i}", "item_id": "5",
+                                                                     "behavior": "buy", "ts": NOW + 10_000}]})
+            for r in (page, event):
+                assert r.status_code == 503 and "malformed" in r.json()["detail"], r.text
+        ready = httpx.get(url + "/readyz")
+        assert ready.status_code == 503 and "corrupt" in ready.json()["reason"]
+    finally:
+        stop(proc)
     cmd = [sys.executable, "-m", "homefeed.cli", "serve", str(tiny_bundle), "--port", str(free_port()), "--state", f"sqlite:{db}"]
     out = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
     assert out.returncode != 0 and "integrity check" in out.stderr, out.stderr[-2000:]
