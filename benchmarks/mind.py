@@ -126,8 +126,9 @@ def sample_users(ds, n: int | None, seed: int = 0):
     return dataclasses.replace(ds, events=ds.events.filter(pl.col("user_id").is_in(keep.tolist())))
 
 
-def real_log(ds, interests: int) -> dict:
-    """{protocol: {list: {hitrate@10, hitrate@50}}}, plus fit seconds and MIND's stopping epochs, for one dataset."""
+def real_log(ds, interests: int, *, pooled: bool = False) -> dict:
+    """{protocol: {list: {hitrate@10, hitrate@50}}}, plus fit seconds and MIND's stopping epochs, for one dataset.
+    With `pooled`, also `mind_pooled`: MIND with the pooled interest beside the routed ones (`model.pooled`)."""
     from real_logs import make_peer  # the peer exactly as the real-logs benchmark fits it
 
     from homefeed.data.dataset import TimeSplit
@@ -140,11 +141,15 @@ def real_log(ds, interests: int) -> dict:
         t0 = time.process_time()
         fitted.update(fit_channels(ds, [name], settings))
         fit_s[name] = time.process_time() - t0
+    if pooled:
+        t0 = time.process_time()
+        fitted["mind_pooled"] = fit_channels(ds, ["mind"], {"mind": {"model": {"interests": interests, "pooled": True}}})["mind"]
+        fit_s["mind_pooled"] = time.process_time() - t0
     served = dataclasses.replace(ds, split=TimeSplit(ds.split.valid_end, ds.split.valid_end))  # train + valid
     t0 = time.process_time()
     fitted["implicit_als"] = make_peer("implicit_als").fit(served)
     fit_s["implicit_als"] = time.process_time() - t0
-    out = {"users": 0, "fit_cpu_s": fit_s, "best_epoch": {n: fitted[n].log_.get("best_epoch") for n in ("mind", "mind1")}}
+    out = {"users": 0, "fit_cpu_s": fit_s, "best_epoch": {n: c.log_.get("best_epoch") for n, c in fitted.items() if n.startswith("mind")}}
     for protocol, drop in {"keep": False, "drop": True}.items():
         r = evaluate_recall(ds, fitted, None, ks=(10, 50), exclude_seen=drop)
         out["users"] = r["setup"]["users"]
@@ -170,9 +175,9 @@ def real_logs_main(args) -> None:
             results[name] = f"skipped: {ds}"
             continue
         print(f"[mind] {name}: fit mind, mind1, popular, implicit_als", file=sys.stderr, flush=True)
-        results[name] = real_log(sample_users(ds, args.sample_users), args.interests)
+        results[name] = real_log(sample_users(ds, args.sample_users), args.interests, pooled=args.pooled)
     if args.json:
-        print_json({"logs": results, "setup": {"interests": args.interests, "sample_users": args.sample_users}})
+        print_json({"logs": results, "setup": {"interests": args.interests, "sample_users": args.sample_users, "pooled": args.pooled}})
         return
     for name, r in results.items():
         if isinstance(r, str):
@@ -195,6 +200,7 @@ def main() -> None:
     ap.add_argument("--real", action="store_true", help="quality on the shared real logs instead of speed")
     ap.add_argument("--logs", default=None, help="with --real: comma-separated logs of benchmarks/real_logs.py (default: all)")
     ap.add_argument("--sample-users", type=int, default=None, help="with --real: keep a seeded sample of this many users per log")
+    ap.add_argument("--pooled", action="store_true", help="with --real: also MIND with the pooled interest (model.pooled)")
     ap.add_argument("--cache", type=Path, default=Path(tempfile.gettempdir()) / "homefeed_real_logs",
                     help="with --real: where ingested logs are cached (shared with real_logs.py)")
     args = ap.parse_args()

@@ -391,3 +391,23 @@ def test_interest_merges():
     assert unit.items.tolist() == [1, 2, 3]  # the length of a query no longer decides
     with pytest.raises(ValueError, match="valid: max, unit, rank"):
         merge_interests(index, queries, 3, channel="mind", exclude=None, how="mean")
+
+
+def test_pooled_interest_is_the_one_interest_capsule_beside_the_routed_ones():
+    torch.manual_seed(0)
+    x, real = torch.randn(3, 12, 8), torch.arange(12).unsqueeze(0) < torch.tensor([[0], [3], [12]])
+    routed = CapsuleRouting(8, 3, 12).eval()
+    pooled = CapsuleRouting(8, 3, 12, pooled=True).eval()
+    single = CapsuleRouting(8, 1, 12).eval()
+    pooled.load_state_dict(routed.state_dict())
+    single.bilinear.load_state_dict(routed.bilinear.state_dict())
+    caps, weights, mask = pooled(x, real)
+    assert caps.shape == (3, 4, 8) and weights.shape == (3, 12, 4) and mask[:, 0].all()
+    assert torch.allclose(caps[:, 0], single(x, real)[0][:, 0], atol=1e-6)  # the K = 1 capsule
+    base = routed(x, real)
+    assert torch.equal(caps[:, 1:], base[0]) and torch.equal(mask[:, 1:], base[2])
+    assert torch.all(weights[:, :, 0][~real] == 0) and torch.allclose(weights[1:, :, 0].sum(1), torch.ones(2))
+    v, m, triggers = MINDModel(n_items=20, side_codes=np.zeros((20, 0), np.int64), side_sizes=[], profile_sizes=[1],
+                               dim=8, interests=3, max_len=12, pooled=True).eval().user(
+        torch.tensor([[0] * 9 + [4, 5, 6]]), torch.zeros(1, 1, dtype=torch.int64))
+    assert v.shape == (1, 4, 8) and m.tolist() == [[True, True, False, False]] and triggers[0, 0] in (4, 5, 6)

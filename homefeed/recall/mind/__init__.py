@@ -4,7 +4,8 @@
     model.py     item tower, user tower, label-aware attention, sampled softmax
     profile.py   user profile codes (gender, age band, city, purchase power)
     samples.py   training sequences from events, the serving sequence, negative sampling
-    train.py     the training loop
+    train.py     the training loop, early stopping
+    validate.py  the validation HitRate training stops on (a holdout when the dataset has no validation days)
     channel.py   the `mind` and `mind1` (K = 1) Recallers
     export.py    TorchScript / ONNX user tower, checked against the eager one
     evaluate.py  MIND-K vs MIND-1 vs other channels: HitRate@K and category diversity

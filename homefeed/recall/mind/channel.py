@@ -64,6 +64,7 @@ class ModelSettings(Section):
     routing_sigma: float = Field(1.0, gt=0)  # std of the initial routing logits
     power: float = Field(2.0, ge=0)  # p of label-aware attention: 0 averages the interests, large picks one
     attend_negatives: bool = True  # score negatives by their own label-aware attention (False: the target's, the paper)
+    pooled: bool = False  # with K > 1, one more interest pooled from every behaviour (the K = 1 capsule) before the routed ones
     seed: int = 0
 
     @field_validator("behaviors")
@@ -129,7 +130,7 @@ class MIND(Recaller):
         return MINDModel(n_items=n_items, side_codes=side_codes, side_sizes=side_sizes, profile_sizes=profile_sizes,
                          dim=m.dim, interests=m.interests, max_len=m.max_len, profile_dim=m.profile_dim,
                          hidden=tuple(m.hidden), iterations=m.iterations, sigma=m.routing_sigma, power=m.power,
-                         attend_negatives=m.attend_negatives, seed=m.seed)
+                         attend_negatives=m.attend_negatives, pooled=m.pooled, seed=m.seed)
 
     def fit(self, dataset: Dataset, *, progress=None) -> "MIND":
         """Train on `dataset.events_in("train")`, stopping on HitRate of the validation days (`validate.py`);

@@ -63,12 +63,12 @@ class CapsuleRouting(nn.Module):
     """
 
     def __init__(self, dim: int, max_interests: int, max_len: int, *, out_dim: int | None = None, iterations: int = 3,
-                 sigma: float = 1.0, seed: int = 0):
+                 sigma: float = 1.0, pooled: bool = False, seed: int = 0):
         super().__init__()
         if max_interests < 1 or iterations < 1 or max_len < 1:
             raise ValueError(f"max_interests, iterations and max_len must be >= 1, got {max_interests}, {iterations}, {max_len}")
         out_dim = out_dim or dim
-        self.max_interests, self.iterations, self.sigma = max_interests, iterations, sigma
+        self.max_interests, self.iterations, self.sigma, self.pooled = max_interests, iterations, sigma, pooled
         self.bilinear = nn.Linear(dim, out_dim, bias=False)  # S, shared by every behaviour and interest
         nn.init.normal_(self.bilinear.weight, std=dim ** -0.5)
         gen = torch.Generator().manual_seed(seed)
@@ -105,4 +105,11 @@ class CapsuleRouting(nn.Module):
             capsules = squash(torch.bmm(weights.transpose(1, 2), hat))  # (B, K, D_out)
             if r + 1 < self.iterations:
                 logits = logits + torch.bmm(hat, capsules.transpose(1, 2))  # (B, L, K): u_j . S e_i
-        return capsules * mask.unsqueeze(2).to(capsules.dtype), weights, mask
+        capsules = capsules * mask.unsqueeze(2).to(capsules.dtype)
+        if not self.pooled:
+            return capsules, weights, mask
+        whole = squash((hat * keep).sum(1, keepdim=True))  # (B, 1, D_out): every behaviour, the K = 1 capsule
+        agree = torch.softmax(torch.bmm(hat, whole.transpose(1, 2)).masked_fill(~real.unsqueeze(2), float("-inf")), 1)
+        agree = torch.nan_to_num(agree) * keep  # (B, L, 1); all zero without behaviours
+        return (torch.cat([whole, capsules], 1), torch.cat([agree, weights], 2),
+                torch.cat([torch.ones_like(mask[:, :1]), mask], 1))
