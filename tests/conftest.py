@@ -4,6 +4,7 @@ import shutil
 import socket
 import subprocess
 import time
+from pathlib import Path
 
 import pytest
 
@@ -73,12 +74,11 @@ def redis_cluster_url(tmp_path_factory):
             proc.wait(10)
 
 
-def _made_once(tmp_path_factory, name: str, make) -> "Path":
+def _made_once(tmp_path_factory, name: str, make) -> Path:
     """A fresh folder made by `make(folder)` for this session; with HOMEFEED_TEST_CACHE=DIR (opt-in, for local
     iteration on a slow machine) the folder is kept in DIR/name and reused by later sessions once complete.
     Delete DIR after changing how the shop, the dataset or a bundle is built."""
     import os
-    from pathlib import Path
 
     cache = os.environ.get("HOMEFEED_TEST_CACHE")
     if not cache:

@@ -9,6 +9,7 @@ import subprocess
 import sys
 import threading
 import time
+from pathlib import Path
 
 import httpx
 import polars as pl
@@ -328,7 +329,7 @@ def test_admin_token_from_a_file_never_shows(server, tmp_path):
 
 
 # --- 7: bundle loading trusts nothing -------------------------------------------------------------------------
-def tampered(tiny_bundle, tmp_path, change) -> "Path":
+def tampered(tiny_bundle, tmp_path, change) -> Path:
     out = tmp_path / "bundle"
     shutil.copytree(tiny_bundle, out, ignore=shutil.ignore_patterns(".complete"))
     change(out, json.loads((out / "manifest.json").read_text()))
@@ -385,7 +386,7 @@ def corrupt_parquet(out, manifest):
 def test_tampered_bundles_are_refused_naming_the_part(tiny_bundle, tmp_path, change, says):
     bundle = tampered(tiny_bundle, tmp_path, change)
     t0 = time.monotonic()
-    with pytest.raises(BundleError, match=says) as refused:
+    with pytest.raises(BundleError, match=says):
         ServingBundle.load(bundle)
     assert time.monotonic() - t0 < 60  # /dev/zero used to be read for ever
 
