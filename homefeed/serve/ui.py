@@ -154,7 +154,7 @@ def ui_router(service) -> APIRouter:
             return catalogs[bundle.version]
 
     def render(name: str, status: int = 200, **ctx) -> HTMLResponse:
-        needs_token = bool(service.config.serve.admin_token)
+        needs_token = bool(service.admin_token)
         return HTMLResponse(env.get_template(name).render(needs_token=needs_token, **ctx), status_code=status)
 
     def cards(bundle, catalog: Catalog, items) -> list[dict]:
@@ -181,7 +181,6 @@ def ui_router(service) -> APIRouter:
         total = max(page.timings_ms.get("total", 0.0), 1e-6)
         html = render("home.html", page=page, slots=slots, user_id=user_id, history=history, stages=stages, total=total,
                       known=bundle.user_code(user_id) > 0, done=done, n_events=len(state.items))
-        service.metrics.http.labels("/ui", "200").inc()
         view_ms = (time.perf_counter() - t1) * 1000
         html.headers["Server-Timing"] = f"pipeline;dur={(t1 - t0) * 1000:.2f}, view;dur={view_ms:.2f}"
         return html
@@ -194,9 +193,7 @@ def ui_router(service) -> APIRouter:
 
     def admin(x_admin_token: str | None = Header(default=None)) -> None:
         """Actions need `serve.admin_token` in X-Admin-Token when one is set (checked before the body is)."""
-        token = service.config.serve.admin_token
-        if token and x_admin_token != token:
-            service.metrics.http.labels("/ui/events", "401").inc()
+        if service.admin_token and not service.token_ok(x_admin_token):  # the service's token (config, env or file)
             raise HTTPException(401, detail="actions need the admin token: enter it at the top of the page")
 
     @router.post("/ui/events", dependencies=[Depends(admin)])
@@ -210,7 +207,6 @@ def ui_router(service) -> APIRouter:
             if pipeline.bundle.item_code(body.item_id) == 0:
                 raise HTTPException(404, detail=f"item_id {body.item_id!r} is not in the bundle")
             received, stored = pipeline.ingest([event])
-        service.metrics.http.labels("/ui/events", "200").inc()
         return JSONResponse({"received": received, "stored": stored, "event_id": event.event_id,
                              "behavior": event.behavior})
 
