@@ -316,6 +316,8 @@ def main() -> None:
     if args.real_logs:
         result = {"link_auc": real_log_aucs(args.real_logs.split(","), walks, train, directed=args.directed,
                                             cache=args.cache), "peak_mb": peak_mb()}
+        if args.out:
+            args.out.write_text(to_json(result))
         print(to_json(result)) if args.json else print_tables(result)
         return
     if args.dataset:

@@ -12,7 +12,7 @@ from graph_fixtures import planted
 from homefeed.data.schema import BEHAVIOR
 from homefeed.data.sessions import add_sessions
 from homefeed.recall.graph.channel import EGESSettings
-from homefeed.recall.graph.eges import EGESModel, SideInfo, side_information
+from homefeed.recall.graph.eges import EGESModel, SideInfo, side_agreement, side_information
 from homefeed.recall.graph.embed import embed_graph
 from homefeed.recall.graph.graph import GraphSettings, ItemGraph, build_graph, sequence_unit
 from homefeed.recall.graph.skipgram import TrainSettings
@@ -135,6 +135,20 @@ def test_unknown_and_constant_side_fields_add_nothing():
                                rtol=1e-6)
     cold = model.side_only(np.array([1]))
     np.testing.assert_allclose(cold[0], model.sides[0][1].numpy(), rtol=1e-6)  # the unknown brand is left out
+
+
+def test_side_agreement_and_the_attention_start_by_hand():
+    side = SideInfo(np.array([[0, 0], [1, 7], [1, 7], [2, 7], [2, 0]]), [3, 8], ["leaf", "brand"])
+    src, dst = np.array([1, 3, 1]), np.array([2, 4, 3])
+    # leaf: the ends agree on 2 of 3 edges; chance (values 1 and 2, half each) 1/2 -> kappa (2/3 - 1/2) / (1/2)
+    # brand: known at both ends of edges (1, 2) and (1, 3) only, always 7: chance 1 too, so no information
+    np.testing.assert_allclose(side_agreement(side, src, dst), [1 / 3, 0.0])
+    model = EGESModel(5, side, dim=4, mode="eges").start_attention(np.array([0, 30, 1, 2, 1]), np.array([1 / 3, 0.0]), 6.0)
+    w = model.field_weights(np.array([1, 2]))
+    np.testing.assert_allclose(w[:, 0], [30 / 32.01, 1 / 3.01], rtol=1e-5)  # neighbours against 6 * kappa = 2 for the leaf
+    np.testing.assert_allclose(w[:, 2], [0.01 / 32.01, 0.01 / 3.01], rtol=1e-4)  # the brand predicts nothing: ~0
+    equal = EGESModel(5, side, dim=4, mode="eges").start_attention(np.array([0, 30, 1, 2, 1]), np.array([0.3, 0.2]), 0.0)
+    np.testing.assert_allclose(equal.field_weights(np.array([1])), 1 / 3)  # prior 0: the paper's equal start
 
 
 def test_eges_at_least_deepwalk_with_informative_side_information():

@@ -89,19 +89,19 @@ def spanning_forest(a: np.ndarray, b: np.ndarray, n: int, rng: np.random.Generat
         return np.zeros(0, bool)
     weight = rng.random(a.size) + 1.0  # distinct positive weights: every edge is stored
     forest = minimum_spanning_tree(sp.coo_matrix((weight, (a, b)), shape=(n, n)).tocsr()).tocoo()
-    chosen = np.isin(weight, forest.data)
-    return chosen
+    return np.isin(weight, forest.data)
 
 
 def holdout_edges(graph: ItemGraph, *, share: float = 1 / 3, seed: int = 0, negatives: Negatives = "degree",
                   keep: Keep = "connected") -> tuple[ItemGraph, np.ndarray, np.ndarray]:
-    """Hold out up to `share` of the unordered edges {i, j} (both directions go), each only while i and j keep
-    another training edge; pair them with as many node pairs that are not edges of the full graph.
+    """Hold out up to `share` of the unordered edges {i, j} (both directions go); pair them with as many node pairs
+    that are not edges of the full graph.
 
-    So every held-out edge joins two nodes with a trained vector: no pair is scored against an empty vector
-    (the old protocol held out 48% of edges touching a node left without an edge on a sparse shop log,
-    against 27% of random pairs, and ranked DeepWalk below chance). On a tree-like graph fewer than
-    `share` edges can go; the count is in the returned labels.
+    keep: "connected" never holds out an edge of a random spanning forest, so the training graph still joins
+    i and j (node2vec's protocol); "endpoints" holds out an edge only while i and j each keep another edge.
+    Either way every held-out edge joins two nodes with a trained vector, so no pair is scored against an
+    empty vector. On a tree-like graph fewer than `share` edges can go (the count is in the labels); on a
+    forest none can under "connected" (a ValueError).
 
     negatives: "degree" draws each end of a negative pair from the ends of the held-out edges (the same
     nodes, as often as they occur in positives: popularity alone cannot separate the two sides);

@@ -21,7 +21,7 @@ from pydantic import Field
 
 from homefeed.config import Section
 from homefeed.recall.ann import AnnIndex, normalize
-from homefeed.recall.graph.eges import EGESModel, Mode, SideInfo
+from homefeed.recall.graph.eges import EGESModel, Mode, SideInfo, side_agreement
 from homefeed.recall.graph.graph import ItemGraph
 from homefeed.recall.graph.skipgram import TrainSettings, train_skipgram
 from homefeed.recall.graph.walks import WalkCorpus, WalkSettings, random_walks
@@ -60,6 +60,14 @@ class Embedding:
     def context(self) -> np.ndarray:
         """(N, D) float32 skip-gram context vectors z (zero for items never seen as a context)."""
         return self.model.context.numpy()
+
+
+def neighbours(graph: ItemGraph) -> np.ndarray:
+    """(N,) int64 distinct neighbours of each node, in or out."""
+    src, dst, _ = graph.edges()
+    lo, hi = np.minimum(src, dst), np.maximum(src, dst)
+    pairs = np.unique(lo * graph.n_nodes + hi)
+    return np.bincount(np.r_[pairs // graph.n_nodes, pairs % graph.n_nodes], minlength=graph.n_nodes)
 
 
 def hard_miner(vectors: np.ndarray, pool: int) -> np.ndarray:
@@ -101,6 +109,9 @@ def embed_graph(graph: ItemGraph, side: SideInfo | None, *, mode: Mode = "eges",
     if mode != "deepwalk" and (side is None or side.n_fields == 0):
         mode = "deepwalk"  # no informative side information (e.g. a log without item attributes): ids alone
     model = EGESModel(graph.n_nodes, side, dim=train.dim, mode=mode, attention_lr=train.attention_lr, seed=train.seed)
+    if model.mode == "eges":
+        src, dst, _ = graph.edges()
+        model.start_attention(neighbours(graph), side_agreement(model.side, src, dst), train.side_prior)
     with tempfile.TemporaryDirectory(dir=workdir) as tmp:
         if partition.parts > 1:
             from homefeed.recall.graph.parallel import train_partitioned
