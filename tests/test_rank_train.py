@@ -9,8 +9,8 @@ import torch
 from homefeed.evaluate.metrics import auc, logloss
 from homefeed.rank.model import build_model
 from homefeed.rank.samples import SampleSettings, build_all
-from homefeed.rank.train import (RowPenalty, TrainSettings, batch_size_for, fit_platt, load_checkpoint, predict,
-                                 predict_logits, train)
+from homefeed.rank.train import (RowPenalty, TrainSettings, batch_size_for, fit_platt, load_checkpoint, platt_generalises,
+                                 predict, predict_logits, train)
 from test_rank_samples import toy_dataset
 
 SMALL = {"embed_dim": 4, "hidden": [16]}
@@ -103,6 +103,16 @@ def test_fit_platt_recovers_scale_and_shift_and_never_reverses_the_ranking():
     assert a == pytest.approx(0.005, abs=3e-4) and b == pytest.approx(-1.15, abs=0.05)
     with pytest.raises(ValueError, match="as many labels as logits"):
         fit_platt(z, y[:10])
+
+
+def test_platt_is_kept_only_when_it_pays_on_held_out_users():
+    kept_noise = kept_signal = 0
+    for seed in range(20):
+        rng = np.random.default_rng(seed)
+        users, y = rng.integers(0, 500, 4000), (rng.random(4000) < 0.3).astype(float)
+        kept_noise += platt_generalises(rng.normal(0, 3, 4000), y, users)  # logits unrelated to the labels
+        kept_signal += platt_generalises(0.3 * y + rng.normal(0, 1, 4000), y, users)  # a weak real signal
+    assert kept_signal == 20 and kept_noise <= 8  # noise passes only when both halves happen to agree
 
 
 def test_row_penalty_is_plain_l2_over_the_rows_read(parts):

@@ -25,8 +25,9 @@ worse than logistic regression, often with a test logloss above a constant predi
   validation part (Platt scaling, Platt 1999; Guo et al. 2017 for neural nets), stored in the
   model's `calibration` buffer and exported with it. Ranking (AUC) is unchanged, while the
   predicted CTR matches the observed rate of the most recent days: an over-confident deep model
-  no longer pays for it in logloss, and a scale of 0 (a model that ranks no better than chance on
-  valid) falls back to the valid rate, a constant;
+  no longer pays for it in logloss. A scale that does not pay on held-out valid users (two-fold
+  cross-fitting) is set to 0: the model then predicts the valid rate, a constant, instead of
+  noise, and its test AUC of 0.5 says so;
 * **a minimum of `min_steps_per_epoch` steps**: a small train set gets smaller batches, so a
   few thousand samples still get enough updates (a 2,048 batch would make 5 steps an epoch).
 
@@ -57,6 +58,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from pydantic import Field
+from scipy.special import expit
 from torch import Tensor, nn
 
 from homefeed.config import Section
@@ -179,7 +181,12 @@ def predict_logits(model: nn.Module, samples: Samples, *, batch_size: int = 1638
 
 def predict(model: nn.Module, samples: Samples, *, batch_size: int = 16384, bf16: bool = False) -> np.ndarray:
     """(N,) float64 click probabilities of every sample, in order."""
-    return 1.0 / (1.0 + np.exp(-predict_logits(model, samples, batch_size=batch_size, bf16=bf16)))
+    return expit(predict_logits(model, samples, batch_size=batch_size, bf16=bf16))
+
+
+def _log_odds(y: np.ndarray) -> float:
+    rate = float(np.clip(np.mean(y), 1e-6, 1 - 1e-6))
+    return math.log(rate / (1 - rate))
 
 
 def fit_platt(logits: np.ndarray, y: np.ndarray, *, iterations: int = 100) -> tuple[float, float]:
@@ -192,16 +199,15 @@ def fit_platt(logits: np.ndarray, y: np.ndarray, *, iterations: int = 100) -> tu
     z, y = np.asarray(logits, np.float64), np.asarray(y, np.float64)
     if z.shape != y.shape or z.size == 0:
         raise ValueError(f"fit_platt needs as many labels as logits (> 0); got {z.shape} and {y.shape}")
-    rate = float(np.clip(y.mean(), 1e-6, 1 - 1e-6))
 
     def loss(a: float, b: float) -> float:
         t = a * z + b
         return float(np.mean(np.logaddexp(0.0, t) - y * t))  # logloss of sigmoid(t), stable for any t
 
-    a, b = 0.0, math.log(rate / (1 - rate))
+    a, b = 0.0, _log_odds(y)
     current = loss(a, b)
     for _ in range(iterations):
-        p = 0.5 * (1.0 + np.tanh(0.5 * (a * z + b)))  # sigmoid without overflow
+        p = expit(a * z + b)
         w = np.maximum(p * (1 - p), 1e-12)
         g = np.array([np.dot(p - y, z), np.sum(p - y)]) / z.size
         h = np.array([[np.dot(w, z * z), np.dot(w, z)], [np.dot(w, z), w.sum()]]) / z.size + 1e-9 * np.eye(2)
@@ -218,14 +224,41 @@ def fit_platt(logits: np.ndarray, y: np.ndarray, *, iterations: int = 100) -> tu
     return float(a), float(b)
 
 
+def platt_generalises(logits: np.ndarray, y: np.ndarray, users: np.ndarray) -> bool:
+    """Whether a Platt fit on half of the users beats the constant (that half's rate) on the other half, both ways.
+
+    Valid days can rank a little better than chance by luck; a scale fitted to such noise makes the
+    test logloss worse than a constant's. Two-fold cross-fitting by user (users' rows are correlated,
+    so the halves split users, not rows) keeps the scale only when it pays on users it was not fitted on.
+    """
+    z, y = np.asarray(logits, np.float64), np.asarray(y, np.float64)
+    half = np.asarray(users) % 2 == 0
+    fitted = constant = 0.0
+    for fit_on in (half, ~half):
+        held = ~fit_on
+        if not fit_on.any() or not held.any() or y[fit_on].min() == y[fit_on].max():
+            return True  # a half with one class (or none): too little to judge, keep the fit
+        a, b = fit_platt(z[fit_on], y[fit_on])
+        fitted += logloss(y[held], expit(a * z[held] + b))
+        constant += logloss(y[held], np.full(int(held.sum()), np.mean(y[fit_on])))
+    return fitted < constant
+
+
 def calibrate(model: nn.Module, valid: Samples, *, batch_size: int = 16384, bf16: bool = False) -> tuple[float, float]:
-    """Fit the model's `calibration` buffer (logit scale, shift) on `valid`; returns (scale, shift)."""
+    """Fit the model's `calibration` buffer (logit scale, shift) on `valid`; returns (scale, shift).
+
+    When the fit does not generalise across valid users (`platt_generalises`), the scale is 0 and the
+    shift the valid log-odds: the model then predicts the valid rate, a constant, and says so in its scale.
+    """
     buffer = getattr(model, "calibration", None)
     if buffer is None:
         raise ValueError(f"{type(model).__name__} has no `calibration` buffer to fit")
     with torch.no_grad():
         buffer.copy_(torch.tensor([1.0, 0.0]))
-        scale, shift = fit_platt(predict_logits(model, valid, batch_size=batch_size, bf16=bf16), valid.tensors["label"].numpy())
+        z, y = predict_logits(model, valid, batch_size=batch_size, bf16=bf16), valid.tensors["label"].numpy()
+        scale, shift = fit_platt(z, y)
+        if scale > 0 and not platt_generalises(z, y, valid.tensors["user"].numpy()):
+            scale, shift = 0.0, _log_odds(y)
         buffer.copy_(torch.tensor([scale, shift]))
     return scale, shift
 
