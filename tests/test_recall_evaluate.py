@@ -13,7 +13,7 @@ from homefeed.recall.evaluate import evaluate_recall, format_recall_table, relev
 from homefeed.recall.part import fit_channels
 from homefeed.recall.merge import Merger, MergeSettings
 from homefeed.recall.popular import Popular
-from homefeed.recall.retarget import Retarget
+from homefeed.recall.retarget import Retarget, RetargetSettings
 from homefeed.world import WorldSpec, generate
 from recall_contract import RecallerContract
 from recall_fixtures import synthetic_dataset, tiny_dataset
@@ -46,7 +46,9 @@ def test_hand_computed_retarget_metrics():
     # States at the start of the test day. Retarget lists (click/fav/cart in 3 days, not bought):
     # u1 [3] (2 was bought), u2 [5, 4], u3 [9, 8], u4 [5], u5 [12], u6 [3, 1], u7 and u8 nothing.
     # Relevant: u1 {3,4} u2 {2,5} u3 {9} u4 {6,12} u5 {10} u6 {1} u7 {7} u8 {6}.
-    result = evaluate_recall(tiny_dataset(), {"retarget": Retarget()}, None, ks=(1, 2))
+    clicks_in_three_days = RetargetSettings(weights={"click": 1.0, "fav": 2.0, "cart": 3.0}, window_days=3.0,
+                                            from_latest=False)
+    result = evaluate_recall(tiny_dataset(), {"retarget": Retarget(settings=clicks_in_three_days)}, None, ks=(1, 2))
     m = result["channels"]["retarget"]
     assert m["users_evaluated"] == 8 and m["users_served"] == 6
     assert m["hitrate@1"] == pytest.approx(3 / 8)  # u1, u2, u3
