@@ -15,7 +15,7 @@ import tomllib
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 DEFAULT_FILE = Path(__file__).with_name("default.toml")
 
@@ -149,8 +149,56 @@ class Serve(Section):
     history_len: int = 200  # recent events per user read from the state store
     max_inflight: int = Field(2, ge=1, le=64)  # homepage requests inside the pipeline at once per worker (sizes its channel pool)
     exposure_pages: int = Field(30, ge=0)  # served pages remembered per user (the ranker's item_shown_* counts)
-    admin_token: str = ""  # required in X-Admin-Token for /admin/reload; empty = reload disabled
+    admin_token: str = ""  # required in X-Admin-Token for /admin/*; empty = reload disabled (prefer admin_token_file)
+    admin_token_file: str = ""  # a file whose first line is the admin token (never shows in `ps` or the environment)
+    docs: bool = True  # serve /docs and /openapi.json
     state: str = "sqlite:homefeed_state.db"  # sqlite:PATH or redis://HOST:PORT/DB
+    state_idle_days: float = Field(30.0, gt=0)  # a user's stored state is dropped after this long unwritten
+    rank: bool = True  # rank the candidates with the bundle's model; false = the merged recall order
+    mechanism: bool = True  # scatter, exposure templates and the purchase filter; false = the plain ranked list
+    experiment: "Experiment" = Field(default_factory=lambda: Experiment())  # live A/B arms; none = every user the same page
+
+
+class ExperimentArm(Section):
+    """One arm of a live experiment: a share of the users, served by another bundle and/or other settings."""
+
+    name: str = Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.-]+$")
+    share: float = Field(gt=0, le=1)  # of all users, by a salted hash of the user id
+    bundle: str = ""  # a bundle folder for this arm; "" = the served bundle
+    overrides: list[str] = Field(default_factory=list, max_length=64)  # `--set`-style "serve.rank=false" lines
+
+
+class Experiment(Section):
+    """Live traffic split between arms (`serve.experiment`): stable per user across workers and restarts."""
+
+    name: str = Field("ab", max_length=64)  # names the experiment in labels and salts the hash
+    salt: str = ""  # changes every user's arm when changed; "" = the name
+    control: str = ""  # the arm whose users get exactly the page of a server without experiments
+    arms: list[ExperimentArm] = Field(default_factory=list, max_length=16)
+
+    @model_validator(mode="after")
+    def _arms_add_up(self) -> "Experiment":
+        if not self.arms:
+            return self
+        names = [a.name for a in self.arms]
+        if len(set(names)) != len(names):
+            raise ValueError(f"arm names must be unique, got {names}")
+        total = sum(a.share for a in self.arms)
+        if abs(total - 1.0) > 1e-6:
+            raise ValueError(f"arm shares must add up to 1, got {total:g} ({', '.join(f'{a.name}={a.share:g}' for a in self.arms)})")
+        if self.control and self.control not in names:
+            raise ValueError(f"control {self.control!r} is not an arm; arms: {', '.join(names)}")
+        return self
+
+
+class Spark(Section):
+    """The `[spark]` knobs of `--engine spark`: where jobs run and how wide they shuffle."""
+
+    master: str = "local[2]"  # local[N], local-cluster[E,C,MB], yarn, k8s://..., spark://...; "" = keep spark-submit's
+    app_name: str = "homefeed"
+    driver_memory: str = "2g"  # only takes effect when this process starts the JVM
+    shuffle_partitions: int = Field(8, ge=1)  # spark.sql.shuffle.partitions: ~2-4x the cores of the cluster
+    conf: dict[str, str] = Field(default_factory=dict)  # any other spark.* setting, applied last
 
 
 class Config(Section):
@@ -161,6 +209,7 @@ class Config(Section):
     rank: Rank = Rank()
     mechanism: Mechanism = Mechanism()
     serve: Serve = Serve()
+    spark: Spark = Spark()
 
 
 class ConfigError(ValueError):
@@ -183,6 +232,17 @@ def _parse_value(text: str) -> Any:
         return json.loads(text)
     except json.JSONDecodeError:
         return text
+
+
+def _is_text_setting(dotted: str) -> bool:
+    """True when the setting at `dotted` is a plain string, so `--set serve.admin_token=1234` stays the text "1234"."""
+    model: Any = Config
+    for key in dotted.split("."):
+        field = model.model_fields.get(key) if isinstance(model, type) and issubclass(model, BaseModel) else None
+        if field is None:
+            return False
+        model = field.annotation
+    return model is str
 
 
 def _check_keys(model: type[BaseModel], tree: dict, where: str = "") -> None:
@@ -224,6 +284,8 @@ def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str
         if "=" not in item:
             raise ConfigError(f"--set {item!r}: expected key.sub=value")
         key, value = item.split("=", 1)
-        _set_path(tree, key.strip(), _parse_value(value.strip()))
+        key, value = key.strip(), value.strip()
+        parsed = _parse_value(value)
+        _set_path(tree, key, value if _is_text_setting(key) and not isinstance(parsed, str) else parsed)
     _check_keys(Config, tree)
     return _validated(Config, tree)

@@ -128,3 +128,15 @@ def test_every_commented_example_in_default_toml_is_a_real_setting(tmp_path):
             (tmp_path / "leaf_to_standard.csv").write_text("leaf_category,standard\n1,a\n")
             f.write_text(doc.replace('"leaf_to_standard.csv"', repr(str(tmp_path / "leaf_to_standard.csv")).replace("'", '"')))
         load_checked_config(f)
+
+
+def test_text_settings_keep_digits_as_text_and_experiment_arms_are_checked():
+    cfg = load_config(overrides=["serve.admin_token=1234", "rank.preset=\"lr\"", "serve.docs=false"])
+    assert cfg.serve.admin_token == "1234" and cfg.rank.preset == "lr" and cfg.serve.docs is False
+    arms = '[{"name": "a", "share": 0.5}, {"name": "b", "share": 0.4}]'
+    with pytest.raises(ConfigError, match="add up to 1"):
+        load_config(overrides=[f"serve.experiment.arms={arms}"])
+    with pytest.raises(ConfigError, match="control 'z' is not an arm"):
+        load_config(overrides=['serve.experiment.arms=[{"name": "a", "share": 1.0}]', "serve.experiment.control=z"])
+    cfg = load_config(overrides=['serve.experiment.arms=[{"name": "a", "share": 0.25}, {"name": "b", "share": 0.75}]'])
+    assert [a.share for a in cfg.serve.experiment.arms] == [0.25, 0.75]

@@ -18,19 +18,10 @@ import os
 import sys
 import warnings
 
-from pydantic import Field
-
-from homefeed.config import Section
+from homefeed.config import Spark
 
 
-class SparkSettings(Section):
-    """The `[spark]` knobs: where jobs run and how wide they shuffle."""
-
-    master: str = "local[2]"  # local[N], local-cluster[E,C,MB], yarn, k8s://..., spark://...; "" = keep spark-submit's
-    app_name: str = "homefeed"
-    driver_memory: str = "2g"  # only takes effect when this process starts the JVM
-    shuffle_partitions: int = Field(8, ge=1)  # spark.sql.shuffle.partitions: ~2-4x the cores of the cluster
-    conf: dict[str, str] = Field(default_factory=dict)  # any other spark.* setting, applied last
+SparkSettings = Spark  # the `[spark]` config section (homefeed.config.Spark)
 
 
 def _is_local(master: str) -> bool:
