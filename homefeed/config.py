@@ -191,6 +191,12 @@ class Experiment(Section):
         return self
 
 
+class Bundle(Section):
+    """Trust between `build` and `serve`: an HMAC key signs the manifest, so a bundle built elsewhere is verified."""
+
+    key_file: str = ""  # a file holding the key (first line); build signs, serve refuses an unsigned or changed bundle
+
+
 class Spark(Section):
     """The `[spark]` knobs of `--engine spark`: where jobs run and how wide they shuffle."""
 
@@ -209,6 +215,7 @@ class Config(Section):
     rank: Rank = Rank()
     mechanism: Mechanism = Mechanism()
     serve: Serve = Serve()
+    bundle: Bundle = Bundle()
     spark: Spark = Spark()
 
 
