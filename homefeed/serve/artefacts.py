@@ -5,6 +5,8 @@ under a size limit and every entry checked: a path leaving the bundle folder, a 
 regular file is refused (without looking at what it names), each part's folder must list every file it
 holds and hold the files serving reads. Then every checksum is verified (`bundle.manifest.verify`), so a
 half-copied bundle never serves, and any part that still fails to load is a `BundleError` naming it.
+With a signing key (`bundle.key_file`, `bundle.manifest.configured_key`), the manifest's signature is checked first,
+right after it parses: an unsigned or changed manifest is refused before any entry in it is looked at.
 """
 from __future__ import annotations
 
@@ -25,7 +27,7 @@ from homefeed.mechanism.purchase_filter import BlockingPeriods
 from homefeed.mechanism.scatter import DIMENSIONS, ItemAttributes
 from homefeed.recall import Merger, Recaller
 from homefeed.recall.part import RecallPart
-from homefeed.bundle.manifest import BundleError, verify
+from homefeed.bundle.manifest import BundleError, check_signature, verify
 
 PARTS = ("mechanism", "data", "recall")  # every bundle has these; `rank` is optional
 EXPECTED = {  # the files serving opens directly; a part's own loader reads what its folder lists
@@ -37,9 +39,10 @@ EXPECTED = {  # the files serving opens directly; a part's own loader reads what
 MAX_MANIFEST_BYTES = 16 << 20
 
 
-def check_manifest(bundle: Path) -> dict:
-    """The bundle's manifest, refused (BundleError) unless every entry is a regular file inside the bundle folder,
-    every file in a part's folder is listed, and the files serving reads are there; checksums are `verify`'s job."""
+def check_manifest(bundle: Path, key: bytes | None = None) -> dict:
+    """The bundle's manifest, refused (BundleError) unless it is signed under `key` (when given), every entry is a
+    regular file inside the bundle folder, every file in a part's folder is listed, and the files serving reads are
+    there; checksums are `verify`'s job."""
     path = bundle / "manifest.json"
     try:
         with open(path, "rb") as f:
@@ -53,6 +56,8 @@ def check_manifest(bundle: Path) -> dict:
         raise BundleError(f"{bundle} is not a bundle (no manifest.json); build one with `homefeed build DATASET --out {bundle}`") from None
     except (OSError, ValueError, KeyError, TypeError) as e:
         raise BundleError(f"{bundle}: manifest.json does not read as a bundle manifest ({type(e).__name__}: {e})") from None
+    if key is not None:
+        check_signature(manifest, key, bundle)
     for part, files in listed.items():
         for rel in files:
             _check_entry(bundle, part, rel)
@@ -142,10 +147,11 @@ class ServingBundle:
         return self.vocabs["item"].size
 
     @classmethod
-    def load(cls, path: str | Path) -> "ServingBundle":
+    def load(cls, path: str | Path, *, key: bytes | None = None) -> "ServingBundle":
+        """Load the bundle at `path`; with `key`, only if its manifest is signed under it. BundleError names any fault."""
         path = Path(path)
-        check_manifest(path)  # before any listed file is opened, even to hash it
-        manifest = verify(path, parts=PARTS)
+        check_manifest(path, key)  # before any listed file is opened, even to hash it
+        manifest = verify(path, parts=PARTS, key=key)
         with loading("data", path):
             bundle = cls._load_data(path, manifest)
         with loading("recall", path):
