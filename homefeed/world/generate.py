@@ -32,7 +32,7 @@ from homefeed.world import timeline as tl
 from homefeed.world.catalog import Catalog, build_catalog
 from homefeed.world.clickmodel import CLICK_TERMS, FUNNEL_TERMS, click_params, funnel_params
 from homefeed.world.images import render_images
-from homefeed.world.logs import Logs, Progress, simulate_logs
+from homefeed.world.logs import Logs, Progress, default_threads, simulate_logs
 from homefeed.world.noise import crawler_events, fake_orders, spike_events
 from homefeed.world.population import Demographics, Population, build_population, draw_demographics, interests_frame
 from homefeed.world.spec import CHANNELS, WorldSpec
@@ -143,19 +143,24 @@ class _Clock:
             self.progress(step, STEPS.index(step) + 1, len(STEPS))
 
 
-def generate(spec: WorldSpec, out_dir: str | Path, progress: Progress | None = None) -> dict[str, Path]:
-    """Generate the shop described by `spec` into `out_dir`; returns {table name: path}."""
+def generate(spec: WorldSpec, out_dir: str | Path, progress: Progress | None = None,
+             threads: int | None = None) -> dict[str, Path]:
+    """Generate the shop described by `spec` into `out_dir`; returns {table name: path}.
+
+    threads: for the numba kernels (None: `logs.default_threads()`); the files do not depend on it.
+    """
+    threads = default_threads() if threads is None else threads
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     clock = _Clock(progress)
     rng = [np.random.default_rng(s) for s in np.random.SeedSequence(spec.seed).spawn(6)]
     cat = build_catalog(spec, rng[0])
     clock("catalog")
-    np.save(out / "images.npy", render_images(cat, rng[1]), allow_pickle=False)
+    np.save(out / "images.npy", render_images(cat, rng[1], threads), allow_pickle=False)
     clock("images")
     pop = build_population(spec, cat, rng[2])
     clock("users")
-    logs = simulate_logs(spec, cat, pop, progress)
+    logs = simulate_logs(spec, cat, pop, progress, threads)
     clock("behaviour")
     nu = spec.n_users
     n_crawl = max(1, int(round(spec.noise.crawler_share * nu / (1 - spec.noise.crawler_share))))

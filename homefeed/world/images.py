@@ -13,6 +13,8 @@ near-duplicate structure image dedup must find (the truth is `truth/image_groups
 """
 from __future__ import annotations
 
+from concurrent.futures import ThreadPoolExecutor
+
 import numpy as np
 from numba import njit
 
@@ -86,7 +88,7 @@ def _inside(shape: int, dx: float, dy: float, r: float, freq: float) -> bool:
     return (abs(dx) < r / 3 and abs(dy) < r) or (abs(dy) < r / 3 and abs(dx) < r)
 
 
-@njit(cache=True)
+@njit(cache=True, nogil=True)
 def _render(shape, geom, fg, bg, mark, bank, pick, out):
     """Fill out (n, SIZE, SIZE, 3) uint8. geom float64 (n, 6): cx, cy, r, freq, mx, my; colours in [0, 1]."""
     for i in range(out.shape[0]):
@@ -104,14 +106,21 @@ def _render(shape, geom, fg, bg, mark, bank, pick, out):
                     out[i, y, x, c] = min(255.0, max(0.0, col[c] * 255.0 + noise[y, x, c]))
 
 
-def render_images(cat: Catalog, rng: np.random.Generator) -> np.ndarray:
-    """uint8 (n_items, 32, 32, 3); row r is item id r + 1 (the items table's `image` is 'npy:r')."""
+def render_images(cat: Catalog, rng: np.random.Generator, threads: int = 1) -> np.ndarray:
+    """uint8 (n_items, 32, 32, 3); row r is item id r + 1 (the items table's `image` is 'npy:r').
+
+    threads: item slices rendered at once (the kernel draws no random numbers: same pixels for any count).
+    """
     d = _designs(cat, rng)
     n = cat.n_items
     bank = rng.normal(0, NOISE, (N_NOISE, SIZE, SIZE, 3))  # pixel noise patterns, drawn once
     pick = rng.integers(0, N_NOISE, n)
     geom = np.stack([d[k] for k in ("cx", "cy", "r", "freq", "mx", "my")], axis=1).astype(np.float64)
     out = np.empty((n, SIZE, SIZE, 3), dtype=np.uint8)
-    _render(d["shape"].astype(np.int64), geom, d["fg"].astype(np.float64), d["bg"].astype(np.float64),
-            d["mark"].astype(np.float64), bank, pick, out)
+    shape, fg, bg, mark = (d[k].astype(t) for k, t in (("shape", np.int64), ("fg", np.float64), ("bg", np.float64),
+                                                        ("mark", np.float64)))
+    cuts = np.linspace(0, n, max(1, threads) + 1).astype(np.int64)
+    parts = [slice(lo, hi) for lo, hi in zip(cuts[:-1], cuts[1:]) if hi > lo]
+    with ThreadPoolExecutor(max_workers=len(parts)) as pool:  # the kernel releases the GIL
+        list(pool.map(lambda s: _render(shape[s], geom[s], fg[s], bg[s], mark[s], bank, pick[s], out[s]), parts))
     return out

@@ -3,7 +3,9 @@
 `simulate_logs` turns a catalogue and population into organic events and homepage exposures
 (internal user and item indices, numpy arrays). Users run in batches of `spec.chunk_users` so
 memory stays bounded and `progress` can report; each batch's output buffers grow and the batch
-reruns if they overflow (same per-user random streams, same result).
+reruns if they overflow (same per-user random streams, same result). Batches run on `threads`
+threads at once (the kernel releases the GIL; numba's random state is per thread and every user
+reseeds it), collected in batch order, so the output is the same for any thread count.
 
     >>> logs = simulate_logs(spec, catalog, population)   # doctest: +SKIP
     >>> logs.events["ts"].dtype                           # doctest: +SKIP
@@ -11,9 +13,11 @@ reruns if they overflow (same per-user random streams, same result).
 """
 from __future__ import annotations
 
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Callable
 
+import numba
 import numpy as np
 
 from homefeed.world import timeline as tl
@@ -100,29 +104,52 @@ def _buffers(n_events: int, n_exposures: int, recent: np.ndarray, recent_std: np
                       recent_std)
 
 
-def simulate_logs(spec: WorldSpec, cat: Catalog, pop: Population, progress: Progress | None = None) -> Logs:
-    """Organic events and homepage exposures of every normal user (see `homefeed.world.timeline`)."""
+def default_threads() -> int:
+    """Threads for the generator's numba kernels: numba's thread count (NUMBA_NUM_THREADS, default the cores)."""
+    return max(1, numba.config.NUMBA_NUM_THREADS)
+
+
+def _simulate_batch(users: np.ndarray, I, U, P, recent: np.ndarray, recent_std: np.ndarray, cap_ev: int,
+                    cap_ex: int) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
+    """One batch of users into fresh buffers (doubled until they fit); its events and exposures."""
+    while True:
+        out = _buffers(cap_ev, cap_ex, recent, recent_std)
+        ne, nx = tl.simulate_chunk(users, I, U, P, out)
+        if ne >= 0:
+            break
+        cap_ev, cap_ex = cap_ev * 2, cap_ex * 2
+    return ({k: out[i][:ne].copy() for i, k in enumerate(EVENT_DTYPES)},
+            {k: out[5 + i][:nx].astype(dt) for i, (k, dt) in enumerate(EXPOSURE_DTYPES.items())})
+
+
+def simulate_logs(spec: WorldSpec, cat: Catalog, pop: Population, progress: Progress | None = None,
+                  threads: int | None = None) -> Logs:
+    """Organic events and homepage exposures of every normal user (see `homefeed.world.timeline`).
+
+    threads: batches simulated at once (None: `default_threads()`); the result does not depend on it.
+    """
+    threads = default_threads() if threads is None else threads
+    if threads < 1:
+        raise ValueError(f"threads must be >= 1, got {threads}")
     I, U, P = item_tables(cat), user_tables(pop), params(spec)
     recent, recent_std = np.zeros((pop.n_users + 1, spec.dim)), -np.ones((pop.n_users + 1, 3), np.int64)
     n = pop.n_users
     views_per_user = spec.n_days * (spec.sessions_per_day * spec.session_length * 1.3
                                     + spec.homepage_per_day * spec.page_size * (1 + spec.next_page) * 0.3)
     shown_per_user = spec.n_days * spec.homepage_per_day * spec.page_size * (1 + spec.next_page + spec.next_page ** 2)
+    batches = [np.arange(lo, min(n + 1, lo + spec.chunk_users), dtype=np.int64) for lo in range(1, n + 1, spec.chunk_users)]
+
+    def run(users: np.ndarray):  # each batch writes only its own users' rows of recent / recent_std
+        return _simulate_batch(users, I, U, P, recent, recent_std, int(len(users) * views_per_user * 1.5) + 8192,
+                               int(len(users) * shown_per_user * 1.5) + 8192)
+
     ev_parts, ex_parts = [], []
-    for lo in range(1, n + 1, spec.chunk_users):
-        users = np.arange(lo, min(n + 1, lo + spec.chunk_users), dtype=np.int64)
-        cap_ev = int(len(users) * views_per_user * 1.5) + 8192
-        cap_ex = int(len(users) * shown_per_user * 1.5) + 8192
-        while True:
-            out = _buffers(cap_ev, cap_ex, recent, recent_std)
-            ne, nx = tl.simulate_chunk(users, I, U, P, out)
-            if ne >= 0:
-                break
-            cap_ev, cap_ex = cap_ev * 2, cap_ex * 2
-        ev_parts.append({k: out[i][:ne].copy() for i, k in enumerate(EVENT_DTYPES)})
-        ex_parts.append({k: out[5 + i][:nx].astype(dt) for i, (k, dt) in enumerate(EXPOSURE_DTYPES.items())})
-        if progress is not None:
-            progress("simulate users", int(users[-1]), n)
+    with ThreadPoolExecutor(max_workers=min(threads, len(batches))) as pool:
+        for users, (ev, ex) in zip(batches, pool.map(run, batches)):  # in batch order
+            ev_parts.append(ev)
+            ex_parts.append(ex)
+            if progress is not None:
+                progress("simulate users", int(users[-1]), n)
     cat_ = lambda parts, k: np.concatenate([p[k] for p in parts])  # noqa: E731
     return Logs(events={k: cat_(ev_parts, k) for k in EVENT_DTYPES},
                 exposures={k: cat_(ex_parts, k) for k in EXPOSURE_DTYPES}, recent=recent.astype(np.float32),

@@ -277,7 +277,7 @@ def _visits(U, P, u):
     return ts, kind
 
 
-@njit(cache=True)
+@njit(cache=True, nogil=True)
 def simulate_chunk(users, I, U, P, O):
     """Simulate `users` in order into O; returns (n_events, n_exposures), or (-1, -1) when O is too small."""
     d = U.vec.shape[1]
