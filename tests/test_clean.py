@@ -465,3 +465,21 @@ def test_the_taobao_tail_reports_its_early_rows_and_why_a_rule_stopped():
     # about half its buys have no recorded view: the view test would delete real buys, so it stops
     (skip,) = [s for s in res.skipped if s["rule"] == "fake_order:no_view"]
     assert skip["share"]["buy"] > 0.3 and res.counts["fake_order"] == 0
+
+
+def test_window_p_values_equal_scipy_stats_poisson():
+    # clean_windows computes the Poisson tail with scipy.special (scipy.stats costs seconds to import)
+    import numpy as np
+    from scipy.stats import poisson
+
+    from homefeed.data.clean_windows import _flag
+
+    rng = np.random.default_rng(0)
+    outside = rng.integers(0, 2000, 40)
+    n = rng.poisson(outside * 0.01)  # ordinary days: 1 in the window per 100 outside
+    n[:3], n[3:5], outside[3:5] = 0, 5, 0  # empty windows; people in the window with nobody outside (expected 0)
+    n[7] = 400  # one spike day, flagged
+    window = TimeWindow(name="w", start="00:00", end="00:10", min_lift=3.0, max_p_value=0.001)
+    expected, p_value, abnormal = _flag(n, outside, 10 / 1440, window)
+    assert np.array_equal(p_value, poisson.sf(n - 1, expected))
+    assert abnormal[7] and abnormal[3:5].all() and abnormal.sum() == 3

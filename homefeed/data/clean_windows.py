@@ -22,7 +22,7 @@ import re
 
 import numpy as np
 import polars as pl
-from scipy.stats import poisson
+from scipy.special import pdtrc  # Poisson survival; scipy.stats costs seconds to import
 
 from homefeed.config import TimeWindow
 from homefeed.data.clean_log import LogSpan, log_span
@@ -97,7 +97,7 @@ def _flag(n: np.ndarray, outside: np.ndarray, share: float, window: TimeWindow) 
         mine_in, mine_out = np.where(ordinary, n, 0), np.where(ordinary, outside, 0)
         rate = (users_in - mine_in + 1.0) / (users_out - mine_out + prior)  # leave this day out
         expected = outside * rate
-        p_value = poisson.sf(n - 1, expected)
+        p_value = np.where(n >= 1, pdtrc(n - 1, expected), 1.0)  # P(X >= n), = scipy.stats.poisson.sf(n - 1, .)
         abnormal = (n > window.min_lift * expected) & (p_value < window.max_p_value / len(n))
         if np.array_equal(~abnormal, ordinary):
             break
