@@ -47,6 +47,13 @@ def wait_for(driver, css: str, timeout_s: float = 30):
     return WebDriverWait(driver, timeout_s).until(lambda d: d.find_elements(By.CSS_SELECTOR, css))
 
 
+def wait_ready(driver, timeout_s: float = 30) -> None:
+    """Wait until the page's console.js has run (it marks <html data-console-ready>): before that the card
+    buttons have no handler and the token field is about to be reset from localStorage. The script is
+    deferred and fetched after the cards are parsed, so on a busy server the cards come first."""
+    wait_for(driver, "html[data-console-ready]", timeout_s)
+
+
 def images_loaded(driver) -> int:
     """How many images on the page have decoded (natural width > 0), after waiting for them to finish."""
     from selenium.webdriver.support.ui import WebDriverWait

@@ -69,10 +69,27 @@ def _css(driver, selector):
 
 
 def _open_known_user(driver, url) -> str:
+    """A known user's page, once its buttons work: the cards are parsed before the deferred console.js has run
+    (it is fetched after them, behind the card images on a busy server), and a click before then does nothing."""
     driver.get(url + "/ui")
     _css(driver, "#pick-known")[0].click()
     shots.wait_for(driver, ".card")
+    shots.wait_ready(driver)
     return _css(driver, "#page")[0].get_attribute("data-user")
+
+
+def _after_action(driver, timeout_s: float = 60):
+    """The reloaded page's acknowledgement (`.summary .done`) after a button was clicked; fails at once, with the
+    console's message, when the action was refused instead. The event's post and the rebuilt page may each take
+    seconds on a loaded machine, hence the longer wait."""
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    def outcome(d):
+        return d.find_elements(By.CSS_SELECTOR, ".summary .done") or d.find_elements(By.CSS_SELECTOR, "#flash:not([hidden])")
+    found = WebDriverWait(driver, timeout_s).until(outcome)
+    assert found[0].get_attribute("class") != "flash bad", f"the action was refused: {found[0].text}"
+    return found
 
 
 def _stored(state: Path, user: str) -> list:
@@ -117,7 +134,8 @@ def test_buy_blocks_the_standard_category_and_stores_the_event(console, driver, 
     card = next(c for c in _css(driver, ".slot .card") if int(c.get_attribute("data-standard")) >= 0)
     item, standard = card.get_attribute("data-item"), card.get_attribute("data-standard")
     card.find_element("css selector", "button[data-action=buy]").click()
-    shots.wait_for(driver, ".summary .done")  # the page reloaded after the event was acknowledged
+    _after_action(driver)  # the page reloaded after the event was acknowledged
+    assert _css(driver, ".summary .done")
     standards = [c.get_attribute("data-standard") for c in _css(driver, ".slot .card")]
     assert len(standards) >= 10 and standard not in standards
     history = _css(driver, "#history li")[0].text

@@ -10,7 +10,7 @@ import numpy as np
 import polars as pl
 import pytest
 
-from homefeed.config import Config, ConfigError
+from homefeed.config import ConfigError
 from homefeed.experiment.arms import assign, load_arm
 from homefeed.experiment.stats import ratio_replicates, relative_difference, weights
 from homefeed.experiment.visits import Population
@@ -58,8 +58,10 @@ def test_shipped_arms_load_and_share_builds_only_when_equal():
     assert arms["full"].build_key() == arms["full_no_mechanism"].build_key()  # the mechanism switch is serving-only
     assert len({arms[n].build_key() for n in ("popular", "itemcf", "recall_merge", "full")}) == 4
     assert len({a.mechanism_key() for a in arms.values()}) == 1
-    off = arms["full_no_mechanism"].serving_config()
-    assert off.mechanism.exposure["n_templates"] == 1 and len(off.mechanism.scatter["rules"]) == 1
+    off = arms["full_no_mechanism"].serving_config()  # the pipeline's own switches, not a private bypass
+    assert off.serve.rank and not off.serve.mechanism and off.mechanism == arms["full"].config.mechanism
+    assert not arms["itemcf"].serving_config().serve.rank and not arms["itemcf"].serving_config().serve.mechanism
+    assert arms["full"].serving_config().serve.rank and arms["full"].serving_config().serve.mechanism
 
 
 # --- statistics -------------------------------------------------------------------------------------
@@ -124,14 +126,16 @@ def _start(tmp_path, tiny_world, tiny_bundle, users, **kw):
                         prices=_prices(tiny_world)[0])
 
 
-def test_the_served_page_equals_v1_homepage_for_the_same_state(tmp_path, tiny_world, tiny_bundle):
+@pytest.mark.parametrize("extra", ["", "rank = false\nmechanism = false\n"], ids=["full", "no_rank_no_mechanism"])
+def test_the_served_page_equals_v1_homepage_for_the_same_state(tmp_path, tiny_world, tiny_bundle, extra):
+    """The arm's page is /v1/homepage's under the arm's serving config (serve.rank / serve.mechanism: one code path)."""
     from fastapi.testclient import TestClient
 
     from homefeed.serve.api import create_app
 
     pop = Population.from_world(tiny_world)
     users = pop.user_ids[:40]
-    run = _start(tmp_path, tiny_world, tiny_bundle, users)
+    run = _start(tmp_path, tiny_world, tiny_bundle, users, extra=extra)
     try:
         t = pop.start + 3600
         for step in range(3):  # a rebuild, then pages after the simulator's clicks were posted back
@@ -142,7 +146,7 @@ def test_the_served_page_equals_v1_homepage_for_the_same_state(tmp_path, tiny_wo
             n = len(run.exposures)
             run.serve_batch(np.array([u]), np.array([t + 30 * step]), np.array([step]), 0)
             served = [(str(r[2]), r[6]) for r in run.exposures[n:]]
-            app = create_app(tiny_bundle, Config(), state=f"sqlite:{before}")
+            app = create_app(tiny_bundle, run.arm.serving_config(), state=f"sqlite:{before}")
             with TestClient(app) as client:
                 body = {"user_id": str(u), "now": t + 30 * step}
                 if template is not None:

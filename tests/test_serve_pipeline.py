@@ -1,4 +1,5 @@
 """The request path in process, on a real bundle of the tiny shop and a real SQLite state file."""
+import json
 import threading
 import time
 
@@ -7,9 +8,10 @@ import polars as pl
 import pytest
 import torch
 
-from homefeed.config import Config
+from homefeed.config import Config, load_config
+from homefeed.data.schema import BEHAVIORS
 from homefeed.serve.artefacts import ServingBundle
-from homefeed.serve.pipeline import Pipeline
+from homefeed.serve.pipeline import Pipeline, history_end
 from homefeed.serve.schemas import EventIn, HomepageRequest
 from homefeed.serve.state import SQLiteStore
 
@@ -27,11 +29,12 @@ def pipeline(bundle, tmp_path):
 
 
 def active_user(bundle) -> tuple[str, int]:
-    """A raw user id with history in the bundle, and the time just after it."""
+    """A raw user id with history in the bundle, and a time after it: an hour after the bundle's log ends, so the
+    events tests post (up to ~20 minutes before it) are live ones, newer than the log (`history_end`)."""
     indptr, _, _, ts = bundle.history
     code = int(np.argmax(np.diff(indptr)))
     raw = str(bundle.vocabs["user"].decode(pl.Series([code], dtype=pl.Int32))[0])
-    return raw, int(ts[indptr[code + 1] - 1]) + 60
+    return raw, max(int(ts[indptr[code + 1] - 1]) + 60, history_end(bundle) + 3600)
 
 
 def all_items(page) -> list[str]:
@@ -122,7 +125,7 @@ def test_failing_or_slow_channel_still_gives_full_pages(bundle, tmp_path):
         page = p.homepage(HomepageRequest(user_id=user, now=now))
         assert set(page.degraded) == {"recall:itemcf:error", "recall:swing:timeout"}
         assert sum(len(v) for v in page.slots.values()) == sum(Config().serve.slots.values())
-        assert b'homefeed_channel_errors_total{channel="itemcf",kind="error"} 1.0' in p.metrics.render()
+        assert b'homefeed_channel_errors_total{arm="",channel="itemcf",kind="error"} 1.0' in p.metrics.render()
         p.close()
     finally:
         bundle.channels = channels
@@ -302,3 +305,62 @@ def test_slots_that_match_no_material_pool_are_refused(bundle, tmp_path):
         p.homepage(HomepageRequest(user_id="u1", slots={"grup_buy": 3}))
     page = p.homepage(HomepageRequest(user_id="u1", slots={"group_buy": 3}))
     assert all(bundle.pool_mask["group_buy"][bundle.item_code(it.item_id)] for it in page.slots["group_buy"])
+
+
+def test_stored_events_the_bundles_log_already_holds_count_once(pipeline, bundle):
+    """After a reload to a bundle built from a newer log, the store still holds events that log contains: the
+    user's state takes the history from the bundle and only the stored events from the second its log ends."""
+    user, now = active_user(bundle)
+    end = history_end(bundle)
+    assert end == json.loads((bundle.path / "data" / "split.json").read_text())["valid_end"]
+    code = bundle.user_code(user)
+    items, behaviors, ts = bundle.past(code)
+    assert len(items) and ts.max() < end
+    before = pipeline.user_state(user, now)
+    logged = [EventIn(event_id=f"logged-{i}", user_id=user, item_id=str(bundle.raw_item[it]), behavior=BEHAVIORS[b],
+                      ts=int(t)) for i, (it, b, t) in enumerate(zip(items[-5:], behaviors[-5:], ts[-5:]))]
+    late = EventIn(event_id="live-1", user_id=user, item_id=str(bundle.raw_item[items[0]]), behavior="click", ts=end + 5)
+    pipeline.ingest(logged + [late])  # what the store holds after serving the old bundle: logged ones, then a live one
+    state = pipeline.user_state(user, now)
+    n = pipeline.cfg.serve.history_len
+    assert np.array_equal(state.ts, np.concatenate([before.ts, [end + 5]])[-n:])  # the logged ones once, the live one
+    assert state.items[-1] == items[0] and (np.diff(state.ts) >= 0).all()
+    cold = pipeline.user_state("not-in-the-bundle", now)  # a user the log does not know keeps every stored event
+    pipeline.ingest([EventIn(event_id="cold-1", user_id="not-in-the-bundle", item_id=late.item_id, behavior="click",
+                             ts=end - 86400)])
+    assert len(pipeline.user_state("not-in-the-bundle", now).ts) == len(cold.ts) + 1
+
+
+def test_switches_serve_the_recall_order_and_the_plain_ranked_list(bundle, tmp_path):
+    """serve.rank=false: the merged recall order; serve.mechanism=false: each slot's best items by score, an item
+    once per page, no purchase filter, a rebuild on every request (no rotation)."""
+    user, now = active_user(bundle)
+    plain = Pipeline(bundle, SQLiteStore(tmp_path / "a.db"), load_config(overrides=["serve.mechanism=false"]))
+    bare = Pipeline(bundle, SQLiteStore(tmp_path / "b.db"), load_config(overrides=["serve.mechanism=false", "serve.rank=false"]))
+    try:
+        for p in (plain, bare):
+            page = p.homepage(HomepageRequest(user_id=user, now=now))
+            assert {s: len(v) for s, v in page.slots.items()} == Config().serve.slots
+            items = all_items(page)
+            assert len(items) == len(set(items))
+            for its in page.slots.values():
+                scores = [it.score for it in its]
+                assert scores == sorted(scores, reverse=True)
+            again = p.homepage(HomepageRequest(user_id=user, now=now + 1, template_index=page.template_index))
+            assert again.template_index == 0 and "recall" in again.timings_ms  # rebuilt: no rotation
+            if p is bare:  # no model, so no fatigue features: the same state gives the same page
+                assert all_items(again) == items
+            standards = [int(bundle.standard_of[bundle.item_code(i)]) for i in items]
+            standard = max(set(standards) - {-1}, key=standards.count)  # the page's commonest category (no scattering)
+            assert standards.count(standard) >= 3
+            bought = items[standards.index(standard)]
+            p.ingest([EventIn(event_id=f"b-{id(p)}", user_id=user, item_id=bought, behavior="buy", ts=now + 2)])
+            after = p.homepage(HomepageRequest(user_id=user, now=now + 3))
+            assert standard in {bundle.standard_of[bundle.item_code(i)] for i in all_items(after)}  # no purchase filter
+        state = bare.user_state(user, now)
+        cands = bare.recall(state, [])
+        assert np.array_equal(bare.rank(state, cands, {}, []), -np.arange(len(cands)))  # the recall order, no model
+        assert not np.array_equal(plain.rank(state, cands, {}, []), -np.arange(len(cands)))
+    finally:
+        plain.close()
+        bare.close()

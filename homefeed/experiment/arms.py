@@ -7,7 +7,7 @@ defaults) plus an optional `[arm]` table saying how the arm serves:
     [arm]
     description = "Item-CF only: no rank, no mechanism"
     rank = false          # serve the merged recall order (the bundle is built without its rank part)
-    mechanism = false     # no purchase filter, no scattering beyond de-duplication, one page per rebuild
+    mechanism = false     # the plain ranked list: no purchase filter, no scattering, no template rotation
 
     [recall]
     channels = ["itemcf"]
@@ -15,9 +15,13 @@ defaults) plus an optional `[arm]` table saying how the arm serves:
 `bundle = "path"` serves a prebuilt bundle instead of building one (relative to the arm file).
 `ranker = "shuffled"` shuffles the model's scores per request: a negative control that must lose.
 
+The arm serves through the pipeline's own switches, `serve.rank` and `serve.mechanism` (the same ones
+a live experiment arm of the service sets), so the simulator and the service share one code path.
+
 Users are split by `assign`: a hash of (salt, user id) mapped to [0, 1) and cut at the arms'
 cumulative shares, so a user's arm never depends on the order users arrive in, on the process, or
-on the other users (blake2b, not Python's per-process `hash`).
+on the other users (blake2b, not Python's per-process `hash`; the service's `serve.experiment`
+split, `homefeed.serve.experiments.arm_index`, is the same function).
 
     >>> arms = [load_arm("itemcf"), load_arm("full")]            # doctest: +SKIP
     >>> assign(["u1", "u2", "u3"], ["itemcf", "full"])            # doctest: +SKIP
@@ -33,20 +37,12 @@ from pathlib import Path
 from typing import Literal
 
 import numpy as np
-import polars as pl
 
 from homefeed.config import Config, ConfigError, Section, load_config
-from homefeed.mechanism.purchase_filter import BlockingPeriods
+from homefeed.serve.experiments import arm_index, flatten
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "experiments"  # the arm files shipped with the repository
 
-# Serving settings of an arm without the page mechanism: scattering keeps only the hard
-# "an item once per page" rule, one page per rebuild and a rebuild on every request (no rotation).
-MECHANISM_OFF = [
-    'mechanism.scatter.rules=[{"dim": "item_id", "window": 0, "max_count": 1, "hard": true}]',
-    "mechanism.exposure.n_templates=1",
-    "mechanism.exposure.max_age_s=0",
-]
 SERVE_ONLY = ("serve", "world")  # config sections that never change what a bundle build writes
 SERVE_ONLY_MECHANISM = ("scatter", "exposure")  # mechanism knobs read at serving only
 
@@ -57,7 +53,7 @@ class ArmSettings(Section):
     description: str = ""
     bundle: str | None = None  # a prebuilt bundle folder to serve (relative to the arm file); None: build one
     rank: bool = True  # False: serve the merged recall order, no model
-    mechanism: bool = True  # False: no purchase filter, no scattering beyond de-duplication, no template rotation
+    mechanism: bool = True  # False: the plain ranked list (no purchase filter, no scattering, no template rotation)
     ranker: Literal["model", "shuffled"] = "model"  # shuffled: the model's scores permuted per request (a control)
     share: float = 1.0  # relative traffic share
 
@@ -93,26 +89,16 @@ class Arm:
         return _digest(cfg)
 
     def serving_config(self) -> Config:
-        """The config the arm's pipeline runs with (the mechanism switched off when the arm says so)."""
-        if self.settings.mechanism:
+        """The config the arm's pipeline runs with: its file's, with `serve.rank` and `serve.mechanism` from [arm]."""
+        if self.settings.rank and self.settings.mechanism:
             return self.config
         tree = self.config.model_dump(mode="json")
-        return load_config(None, flatten(tree) + MECHANISM_OFF)
+        return load_config(None, flatten(tree) + [f"serve.rank={json.dumps(self.settings.rank)}",
+                                                  f"serve.mechanism={json.dumps(self.settings.mechanism)}"])
 
 
 def _digest(value) -> str:
     return hashlib.sha256(json.dumps(value, sort_keys=True).encode()).hexdigest()[:16]
-
-
-def flatten(tree: dict, prefix: str = "") -> list[str]:
-    """A nested settings table as `a.b=json` overrides (what `load_config` takes)."""
-    out = []
-    for key, value in tree.items():
-        if isinstance(value, dict) and value:
-            out += flatten(value, f"{prefix}{key}.")
-        else:
-            out.append(f"{prefix}{key}={json.dumps(value)}")
-    return out
 
 
 def find_arm_file(ref: str | Path) -> Path:
@@ -155,17 +141,7 @@ def assign(user_ids, shares, *, salt: str = "homefeed") -> np.ndarray:
 
     shares: one weight per arm (e.g. [1, 1] or the arms' `share`), or the arm names for equal shares.
     """
-    weights = np.array([1.0 if isinstance(s, str) else float(s) for s in shares], np.float64)
-    if not len(weights) or (weights <= 0).any():
-        raise ValueError(f"arm shares must be positive, got {list(shares)}")
-    cuts = np.cumsum(weights / weights.sum())
-    u = np.array([_unit_hash(f"{salt}\0{uid}") for uid in user_ids], np.float64)
-    return np.minimum(np.searchsorted(cuts, u, side="right"), len(weights) - 1).astype(np.int64)
-
-
-def _unit_hash(text: str) -> float:
-    """A uniform number in [0, 1) from the text (the first 8 bytes of blake2b)."""
-    return int.from_bytes(hashlib.blake2b(text.encode(), digest_size=8).digest(), "big") / 2.0**64
+    return arm_index(user_ids, [1.0 if isinstance(s, str) else float(s) for s in shares], salt=salt)
 
 
 class ShuffledRanker:
@@ -182,12 +158,8 @@ class ShuffledRanker:
 
 
 def apply_serving(bundle, arm: Arm, seed: int = 0):
-    """The loaded bundle as the arm serves it: ranker dropped or shuffled, purchase blocks of length 0."""
-    if not arm.settings.rank:
-        bundle.ranker = None
-    elif arm.settings.ranker == "shuffled" and bundle.ranker is not None:
+    """The loaded bundle as the arm serves it: the ranker's scores shuffled for the `shuffled` control (rank and
+    mechanism are switched off by `Arm.serving_config`, in the pipeline, not here)."""
+    if arm.settings.ranker == "shuffled" and bundle.ranker is not None:
         bundle.ranker = ShuffledRanker(bundle.ranker, seed)
-    if not arm.settings.mechanism:  # a bought category is blocked until the second of the purchase: never
-        empty = pl.DataFrame({"standard_category": pl.Series([], dtype=pl.Int64), "block_days": pl.Series([], dtype=pl.Float64)})
-        bundle.periods = BlockingPeriods(empty, default_days=0.0)
     return bundle

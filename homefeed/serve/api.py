@@ -4,7 +4,8 @@
     POST /v1/events            behaviour events; idempotent on event_id; durable before the 200
     GET  /v1/items/{id}/similar
     GET  /healthz /readyz /metrics
-    POST /admin/reload         swap to a new bundle without dropping requests (X-Admin-Token)
+    POST /admin/reload         swap to a new bundle without dropping requests, or one experiment arm's (X-Admin-Token)
+    GET  /admin/experiments    the experiment's arms, their traffic and live CTR (X-Admin-Token)
 
     uvicorn --factory "homefeed.serve.api:app_from_env"      # or: homefeed serve BUNDLE
 
@@ -13,41 +14,33 @@ runs (413, 408); a state-store fault is a 503 naming it, never a 200 or a bare 5
 /metrics run on the event loop and /readyz on its own thread, so a saturated pipeline never delays
 them; /readyz writes and reads the store; /metrics labels responses by route template, so its size
 does not grow with the URLs clients make up. The admin token is compared in constant time and can
-come from a file (HOMEFEED_ADMIN_TOKEN_FILE) so it never shows in `ps` or a worker's environment.
+come from a file (HOMEFEED_ADMIN_TOKEN_FILE or `serve.admin_token_file`) so it never shows in `ps` or a
+worker's environment. With `serve.experiment` each user is served by their arm (serve/service.py).
 """
 from __future__ import annotations
 
 import asyncio
-import hmac
 import json
 import os
 import sys
-import threading
 import time
-import uuid
-from collections.abc import Iterator
-from concurrent.futures import ThreadPoolExecutor
-from contextlib import contextmanager
 from pathlib import Path
 
 from fastapi import FastAPI, Header, HTTPException, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, PlainTextResponse, Response
-from pydantic import BaseModel
+from pydantic import BaseModel, ConfigDict
 from starlette.concurrency import run_in_threadpool
 from starlette.routing import Match, Router
 
 from homefeed.config import Config, ConfigError, load_config
-from homefeed.serve.artefacts import ServingBundle
 from homefeed.serve.metrics import ServeMetrics
-from homefeed.serve.pipeline import Pipeline
 from homefeed.serve.schemas import EventsRequest, EventsResponse, HomepageRequest, HomepageResponse, SimilarResponse
-from homefeed.serve.state import StoreError, open_store
+from homefeed.serve.service import Service, ServiceClosed, read_token_file
+from homefeed.serve.state import StoreError
 from homefeed.serve.ui import ui_router
 
-ANNOUNCE = ("__homefeed_service__", "bundle")  # (user id, blob key) in the state store: the last reload
-FOLLOW_S = 1.0
-SWEEP_S = 3600.0  # idle users' state is evicted from the store this often (`StateStore.evict_idle`)
+__all__ = ["Service", "ServiceClosed", "create_app", "app_from_env"]
 BODY_LIMITS = {"/v1/events": 8 << 20}  # bytes per request body; 10,000 events fit in 8 MiB
 BODY_LIMIT = 64 << 10  # every other route: a homepage request is well under 1 KiB
 BODY_TIMEOUT_S = 10.0  # a body not fully received by then is a 408 (a slow or half-sent upload)
@@ -55,128 +48,9 @@ READY_TIMEOUT_S = 2.0  # /readyz: a store round trip slower than this is not rea
 
 
 class ReloadRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
     bundle: str | None = None  # folder of the new bundle; default: reload the current path
-
-
-class ServiceClosed(RuntimeError):
-    """The service is shutting down and takes no more requests."""
-
-
-class Service:
-    """Holds the live pipeline; a reload builds the new one aside, swaps a single reference and retires the
-    old one, which closes when the last request inside it finishes (requests take it through `lease`).
-
-    With several worker processes (`homefeed serve --workers N`) a reload reaches one of them; it
-    announces the new bundle in the shared state store and the others follow within `follow_s`
-    seconds (a background thread polls the note). Everything else a request reads or writes (events,
-    templates, purchase filter) already lives in the store, so workers need no other coordination.
-    """
-
-    def __init__(self, bundle_path: str | Path, config: Config, state: str | None = None, *, follow_s: float = FOLLOW_S,
-                 admin_token: str | None = None):
-        self.config = config
-        self.admin_token = config.serve.admin_token if admin_token is None else admin_token
-        # Admission: past a few requests in flight a CPU-bound pipeline only gets slower per request, and
-        # queueing inside it would eat the recall budget (channels dropped under load). Waiting here does not.
-        self.gate = threading.BoundedSemaphore(config.serve.max_inflight)
-        self.metrics = ServeMetrics()
-        self.worker = uuid.uuid4().hex[:8]  # tells workers apart in /readyz without revealing pids
-        self.store = open_store(state or config.serve.state, max_events=config.serve.history_len)
-        self.bundle_path = Path(bundle_path)
-        bundle = ServingBundle.load(self.bundle_path)
-        self.pipeline = Pipeline(bundle, self.store, config, metrics=self.metrics)
-        self.pipeline.warm_up()
-        self._reload_lock = threading.Lock()
-        self.started = time.time()
-        self._followed = self.started  # announcements at or before this time are handled
-        self._stop = threading.Event()
-        self.probes = ThreadPoolExecutor(max_workers=1, thread_name_prefix="readyz")  # never behind the pipeline
-        self._next_sweep = time.monotonic() + 60  # the first sweep a minute after start, then every SWEEP_S
-        if follow_s > 0:
-            threading.Thread(target=self._follow, args=(follow_s,), daemon=True, name="homefeed-follow").start()
-
-    def token_ok(self, given: str | None) -> bool:
-        """`given` equals the admin token (compared in constant time); False when reload is disabled."""
-        return bool(self.admin_token) and given is not None and hmac.compare_digest(given.encode(), self.admin_token.encode())
-
-    def not_ready(self) -> str | None:
-        """Why this worker cannot serve (the state store's round trip failed), or None when it can."""
-        try:
-            self.store.check()
-        except StoreError as e:
-            return str(e)
-        return None
-
-    def reload(self, path: str | Path | None, *, announce: bool = True) -> str:
-        with self._reload_lock:
-            new_path = Path(path) if path else self.bundle_path
-            bundle = ServingBundle.load(new_path)  # verifies checksums; the old pipeline serves meanwhile
-            fresh = Pipeline(bundle, self.store, self.config, metrics=self.metrics)
-            try:
-                fresh.warm_up()
-            except BaseException:
-                fresh.close()
-                raise
-            old, self.pipeline = self.pipeline, fresh
-            self.bundle_path = new_path
-            old.retire()  # drained: requests already inside finish on it, then its pool closes
-            if announce:
-                at = time.time()
-                self.store.put_blob(*ANNOUNCE, {"path": str(new_path.resolve()), "version": bundle.version, "at": at})
-                self._followed = at
-            return bundle.version
-
-    def _follow(self, every_s: float) -> None:
-        """Reload when another worker announced a bundle this one does not serve (each note tried once); sweep
-        idle users' state out of the store every SWEEP_S."""
-        while not self._stop.wait(every_s):
-            if time.monotonic() >= self._next_sweep:
-                self._next_sweep = time.monotonic() + SWEEP_S
-                self.sweep()
-            try:
-                note = self.store.get_blob(*ANNOUNCE)
-                if not note or note["at"] <= self._followed:
-                    continue
-                self._followed = note["at"]
-                if note["path"] != str(self.bundle_path.resolve()) or note["version"] != self.pipeline.bundle.version:
-                    self.reload(note["path"], announce=False)
-                    self.metrics.reloads.labels("followed").inc()
-            except Exception:  # an unreadable note or bundle: keep serving the current one, and count it
-                self.metrics.reloads.labels("follow_failed").inc()
-
-    def sweep(self) -> int:
-        """Evict idle users' stored state (a bounded batch); counted, and a store fault only counted too."""
-        try:
-            n = self.store.evict_idle()
-        except StoreError:
-            self.metrics.evicted.labels("failed").inc()
-            return 0
-        self.metrics.evicted.labels("blobs").inc(n)
-        return n
-
-    @contextmanager
-    def lease(self) -> Iterator[Pipeline]:
-        """The live pipeline, held for one request: a reload cannot close it under the request."""
-        while True:
-            pipeline = self.pipeline
-            if pipeline.hold():
-                break
-            if pipeline is self.pipeline:  # retired and not replaced: the service is closing
-                raise ServiceClosed("the service is closed")
-            # else a reload retired it after we read the reference: take the new one
-        try:
-            yield pipeline
-        finally:
-            pipeline.release()
-
-    def homepage(self, req: HomepageRequest) -> HomepageResponse:
-        with self.gate, self.lease() as pipeline:
-            return pipeline.homepage(req)
-
-    def close(self) -> None:
-        self._stop.set()
-        self.probes.shutdown(wait=False)
-        self.pipeline.retire()
+    arm: str | None = None  # reload this experiment arm alone; default: the served bundle (and the arms serving it)
 
 
 class Guard:
@@ -259,9 +133,11 @@ async def _send_json(send, status: int, detail: str) -> None:
 
 
 def create_app(bundle: str | Path, config: Config | None = None, *, state: str | None = None,
-               admin_token: str | None = None, docs: bool = True) -> FastAPI:
-    """The app over one bundle. admin_token: overrides `serve.admin_token`; docs=False drops /docs and /openapi.json."""
+               admin_token: str | None = None, docs: bool | None = None) -> FastAPI:
+    """The app over one bundle. admin_token: overrides `serve.admin_token(_file)`; docs: overrides `serve.docs`
+    (False drops /docs and /openapi.json)."""
     cfg = config or Config()
+    docs = cfg.serve.docs if docs is None else docs
     service = Service(bundle, cfg, state, admin_token=admin_token)
     app = FastAPI(title="homefeed", version="0.1.0",
                   description="E-commerce homepage feed: recall -> rank -> mechanism, with real-time user state.",
@@ -296,8 +172,7 @@ def create_app(bundle: str | Path, config: Config | None = None, *, state: str |
 
     @app.post("/v1/events", response_model=EventsResponse)
     def events(req: EventsRequest) -> Response:
-        with service.lease() as pipeline:
-            received, stored = pipeline.ingest(req.events)
+        received, stored = service.ingest(req.events)  # each user's events through their arm's pipeline
         return _json(EventsResponse(received=received, stored=stored))
 
     @app.get("/v1/items/{item_id}/similar", response_model=SimilarResponse)
@@ -321,27 +196,40 @@ def create_app(bundle: str | Path, config: Config | None = None, *, state: str |
             return JSONResponse(status_code=503, content={"ready": False, "reason": reason, "worker": service.worker})
         p = service.pipeline
         return JSONResponse({"ready": True, "bundle": p.bundle.version, "worker": service.worker,
-                             "channels": list(p.bundle.channels), "ranker": p.bundle.ranker is not None})
+                             "channels": list(p.bundle.channels), "ranker": p.bundle.ranker is not None,
+                             "arms": {name: arm.pipeline.bundle.version for name, arm in service.arms.items()}})
 
     @app.get("/metrics", response_class=PlainTextResponse)
     async def metrics() -> PlainTextResponse:
         return PlainTextResponse(service.metrics.render().decode(), media_type="text/plain; version=0.0.4")
 
-    @app.post("/admin/reload")
-    def reload(req: ReloadRequest, x_admin_token: str | None = Header(default=None)) -> dict:
+    def admin(x_admin_token: str | None) -> None:
         if not service.admin_token:
-            raise HTTPException(403, detail="reload is disabled: set serve.admin_token or HOMEFEED_ADMIN_TOKEN_FILE")
+            raise HTTPException(403, detail="admin routes are disabled: set serve.admin_token_file, serve.admin_token "
+                                            "or HOMEFEED_ADMIN_TOKEN_FILE")
         if not service.token_ok(x_admin_token):
             raise HTTPException(401, detail="missing or wrong X-Admin-Token")
+
+    @app.post("/admin/reload")
+    def reload(req: ReloadRequest, x_admin_token: str | None = Header(default=None)) -> dict:
+        admin(x_admin_token)
+        if req.arm is not None and req.arm not in service.arms:
+            raise HTTPException(404, detail=f"no experiment arm {req.arm[:64]!r}; arms: {', '.join(service.arms) or 'none'}")
+        label = req.arm or ""
         try:
-            version = service.reload(req.bundle)
+            version = service.reload(req.bundle, arm=req.arm)
         except StoreError:
             raise
         except Exception as e:  # any bundle that does not load: the old one keeps serving
-            service.metrics.reloads.labels("refused").inc()
+            service.metrics.reloads.labels("refused", label).inc()
             raise HTTPException(409, detail=f"reload refused, still serving the old bundle: {e}") from None
-        service.metrics.reloads.labels("ok").inc()
-        return {"reloaded": True, "bundle": version}
+        service.metrics.reloads.labels("ok", label).inc()
+        return {"reloaded": True, "bundle": version, "arm": req.arm}
+
+    @app.get("/admin/experiments")
+    def experiments(x_admin_token: str | None = Header(default=None)) -> dict:
+        admin(x_admin_token)
+        return service.experiments()
 
     return app
 
@@ -369,13 +257,7 @@ def admin_token_from_env() -> str | None:
     else None (then `serve.admin_token` holds). Any string is a token; no message ever shows any of it."""
     path = os.environ.get("HOMEFEED_ADMIN_TOKEN_FILE")
     if path:
-        try:
-            lines = Path(path).read_text().splitlines()
-        except OSError as e:
-            raise ConfigError(f"HOMEFEED_ADMIN_TOKEN_FILE: cannot read {path}: {e.strerror}") from None
-        if not lines or not lines[0]:
-            raise ConfigError(f"HOMEFEED_ADMIN_TOKEN_FILE: {path} is empty; put the token on its first line")
-        return lines[0]
+        return read_token_file(path, "HOMEFEED_ADMIN_TOKEN_FILE")
     return os.environ.get("HOMEFEED_ADMIN_TOKEN") or None
 
 
@@ -389,7 +271,8 @@ def settings_from_env() -> list[str]:
 
 def app_from_env() -> FastAPI:
     """Factory for `uvicorn --factory`: HOMEFEED_BUNDLE, HOMEFEED_CONFIG, HOMEFEED_SET, HOMEFEED_STATE, the admin token
-    (see `admin_token_from_env`) and HOMEFEED_DOCS=0 (no /docs or /openapi.json) from the environment."""
+    (see `admin_token_from_env`) and HOMEFEED_DOCS=0/1 (over `serve.docs`: /docs and /openapi.json) from the environment."""
     cfg = load_config(os.environ.get("HOMEFEED_CONFIG") or None, settings_from_env())
+    docs = os.environ.get("HOMEFEED_DOCS")
     return create_app(os.environ["HOMEFEED_BUNDLE"], cfg, state=os.environ.get("HOMEFEED_STATE"),
-                      admin_token=admin_token_from_env(), docs=os.environ.get("HOMEFEED_DOCS", "1") != "0")
+                      admin_token=admin_token_from_env(), docs=None if docs is None else docs != "0")

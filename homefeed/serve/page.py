@@ -102,6 +102,22 @@ def promotion_page(bundle: ServingBundle, cands: MergedCandidates, scores: np.nd
     return [rows]
 
 
+def plain_page(bundle: ServingBundle, cands: MergedCandidates, scores: np.ndarray, slots: dict[str, int]) -> list[list[list]]:
+    """The page without the mechanism (`serve.mechanism=false`): each slot, in layout order, filled with its best
+    eligible candidates by score (ties in recall order), an item once per page; no scattering, no purchase filter."""
+    order = np.argsort(-np.asarray(scores, np.float64), kind="stable")
+    channel = cands.channel_names()
+    rows: list[list] = []
+    used = np.zeros(len(cands), bool)
+    for s, (name, n) in enumerate(slots.items()):
+        mask = bundle.pool_mask.get(name)
+        eligible = order if mask is None else order[mask[cands.items[order]]]
+        eligible = eligible[~used[eligible]][:n]
+        used[eligible] = True
+        rows += [[int(cands.items[i]), s, float(scores[i]), str(channel[i]), int(cands.triggers[i])] for i in eligible]
+    return [rows]
+
+
 # --- the stored templates blob -----------------------------------------------------------------
 INT64_MIN, INT64_MAX = -2**63, 2**63 - 1
 Int64 = Annotated[int, Field(ge=INT64_MIN, le=INT64_MAX)]  # numpy's width for codes and times

@@ -21,10 +21,18 @@ checked first; a bad stored value (out of int64, another version's shape) is ign
 
 A reload retires a pipeline instead of closing it: `hold`/`release` count the requests inside it, and its
 channel pool closes when the last one leaves, so no request ever submits to a closed pool.
+
+Two switches serve simpler pages (the experiment arms use them, `serve.experiment`): `serve.rank=false`
+serves the merged recall order, `serve.mechanism=false` the plain ranked list (each slot filled with its
+best eligible items, an item once per page, rebuilt on every request: no scattering, no template
+rotation, no purchase filter). A user's state is the bundle's history, then the stored events from the
+second the bundle's log ends (`data/split.json` valid_end): events before it are already in the
+history, so an event is never counted twice after a reload to a newer bundle.
 """
 from __future__ import annotations
 
 import gc
+import json
 import threading
 import time
 import uuid
@@ -44,8 +52,8 @@ from homefeed.mechanism.scatter import ScatterConfig
 from homefeed.recall.merge import MergedCandidates, MergeSettings
 from homefeed.serve.artefacts import ServingBundle
 from homefeed.serve.metrics import ServeMetrics
-from homefeed.serve.page import (INT64_MAX, INT64_MIN, PageRows, StoredTemplates, promotion_page, read_templates,
-                                  reason_for, rows_to_slots)
+from homefeed.serve.page import (INT64_MAX, INT64_MIN, PageRows, StoredTemplates, plain_page, promotion_page,
+                                  read_templates, reason_for, rows_to_slots)
 from homefeed.serve.schemas import EventIn, HomepageRequest, HomepageResponse, Item
 from homefeed.serve.state import UNREADABLE, Event, StateStore
 
@@ -58,8 +66,13 @@ class Pipeline:
     """Serves homepage requests and ingests events against one loaded bundle and one state store."""
 
     def __init__(self, bundle: ServingBundle, store: StateStore, config: Config | None = None, *,
-                 metrics: ServeMetrics | None = None):
+                 metrics: ServeMetrics | None = None, arm: str = "", variant: str = ""):
+        """arm: the experiment arm it serves (the metrics' `arm` label, the responses' `arm`); variant: tells its
+        stored templates apart from those of pipelines with other settings on the same bundle ("" = none)."""
         self.bundle, self.store, self.cfg = bundle, store, config or Config()
+        self.arm = arm
+        self.state_version = f"{bundle.version}~{variant}" if variant else bundle.version
+        self.history_end = history_end(bundle)
         check_slots(self.cfg.serve.slots, set(bundle.pool_mask))  # a misspelt slot would show any item
         m = self.cfg.mechanism
         self.exposure_cfg = ExposureConfig(**m.exposure)
@@ -81,7 +94,8 @@ class Pipeline:
         """Profile and behaviour before `now`: the history in the bundle, then the events stored since."""
         b = self.bundle
         code = b.user_code(user_id)
-        events = [e for e in self._stored_events(user_id) if e.ts < now]
+        since = self.history_end if code > 0 else INT64_MIN  # a known user's earlier events are in the history
+        events = [e for e in self._stored_events(user_id) if since <= e.ts < now]
         new_items = np.array([b.item_code(e.item_id) for e in events], np.int32)
         known = new_items > 0
         past_items, past_behaviors, past_ts = b.past(code)
@@ -109,28 +123,28 @@ class Pipeline:
             if fut not in done:
                 fut.cancel()
                 degraded.append(f"recall:{name}:timeout")
-                self.metrics.channel_errors.labels(name, "timeout").inc()
+                self.metrics.channel_errors.labels(name, "timeout", self.arm).inc()
             elif fut.exception() is not None:
                 degraded.append(f"recall:{name}:error")
-                self.metrics.channel_errors.labels(name, "error").inc()
+                self.metrics.channel_errors.labels(name, "error", self.arm).inc()
             else:
                 results[name] = fut.result()
         return self.bundle.merger.merge(results, k=self.k_merge)
 
     def rank(self, state: UserState, cands: MergedCandidates, context: dict, degraded: list[str],
              exposures: tuple[np.ndarray, np.ndarray] | None = None) -> np.ndarray:
-        """Model scores for the candidates, or their recall order when there is no model or it fails.
+        """Model scores for the candidates, or their recall order when there is no model, it fails or `serve.rank` is off.
 
         exposures: the user's served (item codes, ts), for the ranker's item_shown_* counts.
         """
         recall_order = -np.arange(len(cands), dtype=np.float64)
-        if self.bundle.ranker is None or len(cands) == 0:
+        if not self.cfg.serve.rank or self.bundle.ranker is None or len(cands) == 0:
             return recall_order
         try:
             return np.asarray(self.bundle.ranker.score(state, cands, context, exposures), np.float64)
         except Exception:  # a broken model must not break the page
             degraded.append("rank:error")
-            self.metrics.channel_errors.labels("rank", "error").inc()
+            self.metrics.channel_errors.labels("rank", "error", self.arm).inc()
             return recall_order
 
     def build_pages(self, state: UserState, cands: MergedCandidates, scores: np.ndarray, slots: dict[str, int],
@@ -160,16 +174,17 @@ class Pipeline:
         slots = req.slots or (self.cfg.serve.slots if req.scene == "homepage" else self.cfg.serve.promotion_slots)
         if req.slots and req.scene == "homepage":
             check_slots(req.slots, set(self.bundle.pool_mask), key="slots")
+        mechanism = self.cfg.serve.mechanism
         blob = self.store.get_blob(req.user_id, TEMPLATES)
         stored = self._read_templates(blob)
-        if stored is not None and stored.serves(self.bundle.version, req.scene, slots):
+        if mechanism and stored is not None and stored.serves(self.state_version, req.scene, slots):
             exp, rows = stored.state, stored.rows
         else:  # none yet, or built by another bundle, for another scene or other slots
             exp, rows = ExposureState(last_behavior_ts=stored.state.last_behavior_ts if stored else 0), []
         shown = stored.exposed if stored else {"ts": [], "items": []}
         if req.template_index is not None and req.template_index < len(exp.templates):
             exp = exposure.on_shown(exp, req.template_index, config=self.exposure_cfg)
-        current = exposure.current(exp, now, config=self.exposure_cfg)
+        current = exposure.current(exp, now, config=self.exposure_cfg) if mechanism else None
         if current is None:  # rebuild: the full pipeline
             t = time.perf_counter()
             cands = self.recall(state, degraded)
@@ -178,9 +193,10 @@ class Pipeline:
             scores = self.rank(state, cands, req.context, degraded, exposures_of(shown))
             timings["rank"] = _ms(t)
             t = time.perf_counter()
-            purchase = self._read_purchase(self.store.get_blob(req.user_id, PURCHASE))
-            if req.scene == "promotion":
-                rows = promotion_page(self.bundle, cands, scores, slots, purchase, now)
+            purchase = self._read_purchase(self.store.get_blob(req.user_id, PURCHASE)) if mechanism else PurchaseState()
+            if req.scene == "promotion" or not mechanism:
+                rows = (promotion_page(self.bundle, cands, scores, slots, purchase, now) if req.scene == "promotion"
+                        else plain_page(self.bundle, cands, scores, slots))
                 exp = exposure.rebuilt(exp, [np.array([r[0] for r in rows[0]])], now)
             else:
                 pages = self.build_pages(state, cands, scores, slots, exp, purchase)
@@ -189,16 +205,18 @@ class Pipeline:
             timings["mechanism"] = _ms(t)
             current = (0, exp.templates[0])
         index = current[0]
-        ours = StoredTemplates(self.bundle.version, req.scene, slots, exp, rows, shown)
+        ours = StoredTemplates(self.state_version, req.scene, slots, exp, rows, shown)
         self.store.update_blob(req.user_id, TEMPLATES, lambda latest: self._merged(
             stored if latest == blob else self._read_templates(latest, count=False), ours, rows[index], now))
         page = rows_to_slots(self.bundle, rows[index], list(slots))
         timings["total"] = _ms(t0)
         for stage, ms in timings.items():
-            self.metrics.stage_latency.labels(stage).observe(ms / 1000)
-        self.metrics.requests.labels(req.scene).inc()
+            self.metrics.stage_latency.labels(stage, self.arm).observe(ms / 1000)
+        self.metrics.requests.labels(req.scene, self.arm).inc()
+        self.metrics.items_shown.labels(self.arm).inc(len(rows[index]))
         return HomepageResponse(request_id=uuid.uuid4().hex, user_id=req.user_id, scene=req.scene, slots=page,
-                                template_index=index, degraded=degraded, timings_ms=timings, bundle=self.bundle.version)
+                                template_index=index, degraded=degraded, timings_ms=timings, bundle=self.bundle.version,
+                                arm=self.arm)
 
     def _merged(self, current: StoredTemplates | None, ours: StoredTemplates, page: list[list], now: int) -> dict:
         """The templates blob to write: ours, merged with what is stored now (`current`: read inside the
@@ -221,7 +239,7 @@ class Pipeline:
     def _read_templates(self, blob: dict | None, *, count: bool = True) -> StoredTemplates | None:
         """The stored templates blob, checked; None when absent or bad (a bad one is counted and then rebuilt)."""
         try:
-            return read_templates(blob, self.bundle.version, len(self.bundle.raw_item))
+            return read_templates(blob, self.state_version, len(self.bundle.raw_item))
         except ValueError:
             if count:
                 self.metrics.bad_state.labels(TEMPLATES).inc()
@@ -261,10 +279,16 @@ class Pipeline:
     def ingest(self, events: list[EventIn]) -> tuple[int, int]:
         """Store events durably (idempotent on event_id), each user's new ones folded into their mechanism state
         in the same atomic commit: a process killed at any point leaves an event folded or not stored at all."""
+        return len(events), len(self.ingest_new(events))
+
+    def ingest_new(self, events: list[EventIn]) -> list[Event]:
+        """`ingest`, returning the events that were new (not duplicates of stored event ids)."""
         new = self.store.append_events([Event(e.event_id, e.user_id, e.item_id, e.behavior, e.ts) for e in events],
                                        fold=self._folds)
-        self.metrics.events.inc(len(new))
-        return len(events), len(new)
+        self.metrics.events.labels(self.arm).inc(len(new))
+        for e in new:
+            self.metrics.behaviors.labels(e.behavior, self.arm).inc()
+        return new
 
     def _folds(self, user: str, events: list[Event]) -> list[tuple[str, Callable]]:
         """The blob changes a user's new events make: the purchase filter, and the templates marked stale. Each
@@ -349,6 +373,17 @@ class Pipeline:
     def close(self) -> None:
         self.closed = True
         self.pool.shutdown(wait=False, cancel_futures=True)
+
+
+def history_end(bundle: ServingBundle) -> int:
+    """The first second the bundle's history does not cover: its split's valid_end (the data part holds the log
+    before it), else one past its last event; INT64_MIN for a bundle without history."""
+    split = bundle.path / "data" / "split.json"
+    try:
+        return int(json.loads(split.read_text())["valid_end"])
+    except (OSError, KeyError, TypeError, ValueError):
+        ts = bundle.history[3] if bundle.history is not None else np.zeros(0, np.int64)
+        return int(ts.max()) + 1 if len(ts) else INT64_MIN
 
 
 def exposures_of(log: dict[str, list]) -> tuple[np.ndarray, np.ndarray]:

@@ -170,9 +170,13 @@ def counters(registry) -> dict[str, list[tuple[dict, float]]]:
 
 
 def latency_histogram(samples: dict[str, list[tuple[dict, float]]], stage: str = "total") -> str:
-    """Requests per latency bucket of one pipeline stage (from the cumulative `homefeed_stage_seconds` buckets)."""
-    cumulative = sorted(((float(lab["le"]), v) for lab, v in samples.get("homefeed_stage_seconds_bucket", [])
-                         if lab.get("stage") == stage), key=lambda b: b[0])
+    """Requests per latency bucket of one pipeline stage (from the cumulative `homefeed_stage_seconds` buckets,
+    summed over the experiment arms)."""
+    by_le: dict[float, float] = {}
+    for lab, v in samples.get("homefeed_stage_seconds_bucket", []):
+        if lab.get("stage") == stage:
+            by_le[float(lab["le"])] = by_le.get(float(lab["le"]), 0.0) + v
+    cumulative = sorted(by_le.items())
     bars, below = [], 0.0
     for le, v in cumulative:
         name = f"≤{le * 1000:g}ms" if math.isfinite(le) else "more"

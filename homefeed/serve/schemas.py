@@ -64,6 +64,7 @@ class HomepageResponse(Strict):
     degraded: list[str] = Field(description="channels or stages dropped from this page (error or over budget)")
     timings_ms: dict[str, float]
     bundle: str
+    arm: str = Field("", description="the experiment arm that served the page (serve.experiment); '' without one")
 
 
 class EventIn(Strict):

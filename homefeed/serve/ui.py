@@ -169,8 +169,9 @@ def ui_router(service) -> APIRouter:
             req = HomepageRequest(user_id=user_id, template_index=shown)
         except ValidationError as e:
             return render("home.html", 400, page=None, user_id=user_id[:128], error=_problems(e))
-        with service.gate, service.lease() as pipeline:
+        with service.gate, service.lease(user_id) as pipeline:  # the user's experiment arm, if any
             page = pipeline.homepage(req)
+            service.count_page(page)
             t1 = time.perf_counter()
             bundle, catalog = pipeline.bundle, catalog_of(pipeline.bundle)
             state = pipeline.user_state(user_id, int(time.time()) + 1)
@@ -203,10 +204,10 @@ def ui_router(service) -> APIRouter:
                             behavior=ACTIONS[body.action], ts=int(time.time()) - 1)
         except ValidationError as e:
             raise HTTPException(422, detail=_problems(e)) from None
-        with service.lease() as pipeline:  # the same ingestion as /v1/events
+        with service.lease(body.user_id) as pipeline:
             if pipeline.bundle.item_code(body.item_id) == 0:
                 raise HTTPException(404, detail=f"item_id {body.item_id!r} is not in the bundle")
-            received, stored = pipeline.ingest([event])
+        received, stored = service.ingest([event])  # the same ingestion as /v1/events
         return JSONResponse({"received": received, "stored": stored, "event_id": event.event_id,
                              "behavior": event.behavior})
 

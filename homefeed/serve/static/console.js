@@ -39,4 +39,7 @@
       })
       .catch(function (err) { button.disabled = false; flash("could not post the event: " + err, true); });
   });
+  // The buttons work from here on: a deferred script runs after the cards are in the page, so a test
+  // (or an impatient user) that clicks before this line gets no handler and its token overwritten.
+  document.documentElement.dataset.consoleReady = "1";
 })();
