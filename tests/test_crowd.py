@@ -124,3 +124,7 @@ class TestCrowdContract(RecallerContract):
 class TestCrowdOnInteractionsContract(RecallerContract):
     def make(self):
         return Crowd(settings=CrowdSettings(source="interactions", levels=[["gender", "city"], ["gender"]]))
+
+    def make_keeping_bought(self):
+        return Crowd(settings=CrowdSettings(source="interactions", levels=[["gender", "city"], ["gender"]],
+                                            exclude_bought=False))
