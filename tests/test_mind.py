@@ -389,6 +389,12 @@ def test_interest_merges():
     assert ranked.items.tolist() == [2, 4, 3, 5]  # interleaved: each interest's first, then each one's second
     unit = merge_interests(index, queries * np.array([[1], [20]], np.float32), 3, channel="mind", exclude=None, how="unit")
     assert unit.items.tolist() == [1, 2, 3]  # the length of a query no longer decides
+    quota = merge_interests(index, queries, 4, channel="mind", exclude=None, how="quota", weights=np.array([3.0, 1.0]))
+    assert quota.items.tolist() == [1, 2, 4, 3]  # 3:1 quota: the main interest's 1st and 2nd, the minor one's 1st, then 3rd
+    even = merge_interests(index, queries, 4, channel="mind", exclude=np.array([1]), how="quota")
+    assert even.items.tolist() == ranked.items.tolist()  # equal weights: the round robin
+    with pytest.raises(ValueError, match="quota weights"):
+        merge_interests(index, queries, 3, channel="mind", exclude=None, how="quota", weights=np.array([1.0]))
     with pytest.raises(ValueError, match="valid: max, unit, rank"):
         merge_interests(index, queries, 3, channel="mind", exclude=None, how="mean")
 

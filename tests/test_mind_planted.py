@@ -61,10 +61,15 @@ def world():
     return planted()
 
 
-def test_mind2_recovers_both_planted_interests_and_mind1_does_not(world):
+@pytest.fixture(scope="module")
+def mind2(world):
+    with torch_threads(1):
+        return MIND(settings=MIND.Settings(**{**SETTINGS, "model": {**SETTINGS["model"], "interests": 2}})).fit(world[0])
+
+
+def test_mind2_recovers_both_planted_interests_and_mind1_does_not(world, mind2):
     ds, interests = world
     with torch_threads(1):
-        mind2 = MIND(settings=MIND.Settings(**{**SETTINGS, "model": {**SETTINGS["model"], "interests": 2}})).fit(ds)
         mind1 = MIND1(settings=MIND1.Settings(**SETTINGS)).fit(ds)
     rec2, purity2 = recovery(mind2, ds, interests)
     _, purity1 = recovery(mind1, ds, interests)
@@ -75,3 +80,26 @@ def test_mind2_recovers_both_planted_interests_and_mind1_does_not(world):
     # compared: each negative is scored by its own label-aware attention, so K = 2 meets harder negatives.)
     both2, both1 = both_covered(mind2, ds, interests), both_covered(mind1, ds, interests)
     assert both2 >= 0.8 and both1 <= 0.5, (both2, both1)
+
+
+def served_both(rec, ds, interests, *, k: int = 2 * TOP, need: int = 6) -> float:
+    """Share of users whose served list (`recall(state, k)`, what the merge gets) holds at least `need` items of each
+    planted interest."""
+    covered = []
+    for s in states_at(ds.events, ds.users, ds.split.train_end):
+        cats = (rec.recall(s, k).items - 1) // PER_CAT
+        covered.append(min(int((cats == c).sum()) for c in interests[s.user_id]) >= need)
+    return float(np.mean(covered))
+
+
+def test_the_served_list_is_multi_interest(world, mind2):
+    """Each interest gets a quota of the served list: both planted interests fill it, whatever the vectors' scale."""
+    ds, interests = world
+    assert mind2.settings.serve.interest_merge == "quota"
+    assert served_both(mind2, ds, interests) >= 0.8
+    # one interest scaled up 3x, as a popular region's vector is: on raw scores ("max") it takes the list
+    stretched = mind2.with_serve()
+    tower = stretched.tower_
+    stretched.tower_ = lambda b, p: (lambda v, m, t: (v * torch.tensor([3.0, 1.0]).view(1, 2, 1), m, t))(*tower(b, p))
+    assert served_both(stretched, ds, interests) >= 0.8
+    assert served_both(stretched.with_serve(interest_merge="max"), ds, interests) <= 0.5

@@ -3,8 +3,9 @@
 fit: training events -> samples (`samples.py`) -> MIND trained with label-aware attention and sampled
 softmax (`model.py`, `train.py`) -> every item's vector from the item tower -> an inner-product ANN
 index (`recall.ann.AnnIndex`). recall: the user's behaviour list at request time (`UserState`) ->
-the user tower's K'_u interests in one forward pass -> each interest queries the index, items are
-merged by their best score (`recall.ann.search_candidates`), items the user bought are dropped.
+the user tower's K'_u interests in one forward pass -> each interest queries the index, and the lists
+are interleaved with a quota per interest in proportion to the behaviours it explains (`merge_interests`,
+"quota"; merged on raw scores, one interest took most slots), items the user bought are dropped.
 `recall_with_interests` also says which interest recalled each item; the candidate's trigger is
 the behaviour that interest drew most of its routing weight from ("because you viewed t").
 
@@ -47,7 +48,7 @@ from homefeed.recall.mind.validate import Validation, holdout_split
 from homefeed.threads import torch_threads
 
 log = logging.getLogger("homefeed.recall.mind")
-InterestMerge = Literal["max", "unit", "rank"]
+InterestMerge = Literal["max", "unit", "rank", "quota"]
 
 
 class ModelSettings(Section):
@@ -81,7 +82,7 @@ class ServeSettings(Section):
     ann_params: str = ""  # faiss search parameters, e.g. "efSearch=128"
     keep_bought: bool = False  # keep items the user already bought (default: drop them)
     exclude_history: bool = False  # drop every item in the user's behaviour list
-    interest_merge: InterestMerge = "max"  # how the interests' lists become one (see `merge_interests`)
+    interest_merge: InterestMerge = "quota"  # how the interests' lists become one (see `merge_interests`)
     threads: int | None = Field(1, ge=1)  # torch threads of the calling thread during one request's forward pass; None = as is
 
 
@@ -213,11 +214,24 @@ class MIND(Recaller):
         if self.settings.serve.exclude_history:
             exclude.append(state.items)
         exclude = np.unique(np.concatenate(exclude)) if exclude else None
-        rows = merge_interests(self.index_, vectors, k, channel=self.name, exclude=exclude, how=self.settings.serve.interest_merge)
+        how = self.settings.serve.interest_merge
+        weights = self.interest_weights(state, vectors) if how == "quota" else None
+        rows = merge_interests(self.index_, vectors, k, channel=self.name, exclude=exclude, how=how, weights=weights)
         if len(rows) == 0:
             return rows, np.zeros(0, np.int64)
         interest = (self.vectors_[rows.items] @ vectors.T).argmax(1)  # (n,)
         return Candidates(rows.items, rows.scores, triggers[interest], self.name), interest
+
+    def interest_weights(self, state: UserState, vectors: np.ndarray) -> np.ndarray:
+        """(K'_u,) float64: 1 + how many of the user's behaviours each interest explains best (inner product of the
+        behaviour's item vector with the interest), the attention the user gives it; the "quota" merge's weights."""
+        m = self.settings.model
+        behaviors = state_behaviors(state, max_len=m.max_len, behaviors=tuple(m.behaviors))
+        behaviors = behaviors[behaviors > 0]
+        if behaviors.size == 0 or len(vectors) == 0:
+            return np.ones(len(vectors))
+        best = (self.vectors_[behaviors] @ vectors.T).argmax(1)
+        return 1.0 + np.bincount(best, minlength=len(vectors)).astype(np.float64)
 
     def with_serve(self, **changes) -> "MIND":
         """A copy of this fitted channel with other serve settings (same model and index when the index spec is kept)."""
@@ -279,11 +293,16 @@ class MIND1(MIND):
 
 
 def merge_interests(index: AnnIndex, vectors: np.ndarray, k: int, *, channel: str, exclude: np.ndarray | None,
-                    how: InterestMerge = "max") -> Candidates:
+                    how: InterestMerge = "max", weights: np.ndarray | None = None) -> Candidates:
     """One list from K'_u interest queries (K'_u, D): every interest searches the index, then
-        "max"   an item's score is its best inner product with any interest (the paper)
+        "max"   an item's score is its best inner product with any interest (the paper); one interest with
+                larger scores (a long vector, a popular region) can take every slot
         "unit"  the same with each interest scaled to unit length, so a long vector cannot fill the list alone
         "rank"  an item's score is 1 / (1 + its best rank in any interest's own list): the lists interleaved
+        "quota" each interest j gets a share of the list proportional to weights[j] (default: equal): the item at
+                rank r of j's own list scores weights[j] / (r + 1/2) (Sainte-Lague), its best over the interests.
+                `MIND` passes 1 + the behaviours each interest explains, so a main interest gets most slots and
+                a minor one still gets its share at every depth
     """
     if how == "unit":
         norms = np.linalg.norm(vectors, axis=1)
@@ -291,19 +310,27 @@ def merge_interests(index: AnnIndex, vectors: np.ndarray, k: int, *, channel: st
                                  query_weights=1.0 / np.maximum(norms, 1e-12))
     if how == "max":
         return search_candidates(index, vectors, k, channel=channel, exclude=exclude)
-    if how != "rank":
-        raise ValueError(f"unknown interest merge {how!r}; valid: max, unit, rank")
+    if how not in ("rank", "quota"):
+        raise ValueError(f"unknown interest merge {how!r}; valid: max, unit, rank, quota")
     exclude = np.zeros(0, np.int64) if exclude is None else np.asarray(exclude, np.int64)
     if k <= 0 or len(vectors) == 0:
         return Candidates.empty(channel)
+    if how == "rank":
+        weights = np.ones(len(vectors))
+    else:
+        weights = np.ones(len(vectors)) if weights is None else np.asarray(weights, np.float64)
+        if weights.shape != (len(vectors),) or not np.all(np.isfinite(weights)) or np.any(weights < 0) or weights.sum() <= 0:
+            raise ValueError(f"quota weights must be {len(vectors)} finite non-negative numbers, not all 0; got {weights}")
     scores, items = index.search(vectors, min(k + exclude.size + 1, max(len(index), 1)))  # (K', k') each
     keep = (items > 0) & np.isfinite(scores) & ~np.isin(items, exclude)
     rank = np.cumsum(keep, axis=1) - 1  # (K', k'): rank among the interest's kept items
-    items, scores = items[keep], 1.0 / (1.0 + rank[keep])
-    order = np.lexsort((-scores, items))  # by item, best rank first
+    rank = rank[keep]
+    scores = 1.0 / (1.0 + rank) if how == "rank" else weights[np.nonzero(keep)[0]] / (rank + 0.5)
+    items = items[keep]
+    order = np.lexsort((-scores, items))  # by item, best first
     items, scores = items[order], scores[order]
     first = np.r_[True, items[1:] != items[:-1]]
-    return Candidates.top(items[first], scores[first], k, channel)
+    return Candidates.top(items[first], scores[first].astype(np.float32), k, channel)
 
 
 def informative_sides(side: SideInfo) -> SideInfo:
