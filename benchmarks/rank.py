@@ -11,7 +11,8 @@ tensors are pre-built, each step gathers a shuffled batch, Adam, binary cross-en
 (or until --budget seconds). Peers get their inputs in their own formats, built before timing:
 deepctr-torch one float matrix (its API casts ids to float), torch-rechub a dict of columns. This is
 kinder to the peers than their own fit loops (no DataLoader, no regularisation terms).
-Ours runs with sparse embedding gradients (SparseAdam on the tables), fp32 and bf16 autocast.
+Ours runs with sparse embedding gradients (lazy Adam on the tables: `homefeed.rank.optim.RowAdam`, SparseAdam's
+update without its sorts), fp32 and bf16 autocast.
 
 Measured per model: train and inference samples/s, peak resident memory while training above
 the data (a sampler thread), test AUC. For BST also: AUC of the dynamic-int8 model and the time
@@ -227,11 +228,12 @@ def worker(run: str, args) -> dict:
 
 
 def our_loop(model, data, order, to_input, score, cast, logits: bool, args) -> int:
-    """One epoch (or --budget seconds) of shuffled batches, Adam (SparseAdam on our tables); rows trained."""
+    """One epoch (or --budget seconds) of shuffled batches, Adam (RowAdam, a lazy sparse Adam, on our tables); rows trained."""
     import torch
     import torch.nn.functional as F
+    from homefeed.rank.optim import RowAdam
     if logits:
-        opts = [torch.optim.SparseAdam(model.sparse_parameters(), lr=args.lr), torch.optim.Adam(model.dense_parameters(), lr=args.lr)]
+        opts = [RowAdam(model.sparse_parameters(), lr=args.lr), torch.optim.Adam(model.dense_parameters(), lr=args.lr)]
     else:
         opts = [torch.optim.Adam(model.parameters(), lr=args.lr)]
     loss_fn = F.binary_cross_entropy_with_logits if logits else F.binary_cross_entropy

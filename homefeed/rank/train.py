@@ -63,6 +63,7 @@ from torch import Tensor, nn
 
 from homefeed.config import Section
 from homefeed.evaluate.metrics import auc, logloss
+from homefeed.rank.optim import RowAdam
 from homefeed.rank.samples import Samples
 from homefeed.threads import torch_threads
 
@@ -104,7 +105,7 @@ def _autocast(enabled: bool):
 
 
 def _optimizers(model: nn.Module, settings: TrainSettings) -> list[torch.optim.Optimizer]:
-    """Adam for everything, or Adam for dense parameters + SparseAdam/Adagrad for the embeddings.
+    """Adam for everything, or Adam for dense parameters + lazy Adam (`optim.RowAdam`)/Adagrad for the embeddings.
 
     Embedding tables named by the model (`sparse_parameters`) get no weight decay: a decay of the
     whole table each step would shrink rows no batch read; `embedding_l2` regularises them instead.
@@ -127,7 +128,7 @@ def _optimizers(model: nn.Module, settings: TrainSettings) -> list[torch.optim.O
     dense = [p for p in model.parameters() if id(p) not in emb]
     opts = [torch.optim.Adam(dense, lr=settings.lr, weight_decay=settings.weight_decay)] if dense else []
     if settings.embedding_optimizer == "sparse_adam":
-        opts.append(torch.optim.SparseAdam(list(emb.values()), lr=settings.embedding_lr or settings.lr))
+        opts.append(RowAdam(list(emb.values()), lr=settings.embedding_lr or settings.lr))  # SparseAdam's update, no sort
     else:
         opts.append(torch.optim.Adagrad(list(emb.values()), lr=settings.embedding_lr or 10 * settings.lr))
     return opts
