@@ -45,13 +45,31 @@ def _codes_to_str(col: str, names: tuple[str, ...]) -> pl.Expr:
     return pl.col(col).replace_strict(list(range(len(names))), list(names), return_dtype=pl.String)
 
 
+def sort_by(df: pl.DataFrame, *keys: str) -> pl.DataFrame:
+    """`df.sort(*keys, maintain_order=True)`, faster: integer keys packed into one UInt64 when their
+    ranges fit in 63 bits (the same order: lexicographic on non-negative offsets is numeric on the
+    packed bits), else the multi-column sort. Polars' multi-column sort row-encodes every key,
+    about 4x the CPU of one integer column on the large shop's 24M events."""
+    key, bits = pl.lit(0, pl.UInt64), 0
+    for k in keys:
+        lo, hi = df[k].min(), df[k].max()
+        if lo is None or not df.schema[k].is_integer():
+            return df.sort(*keys, maintain_order=True)
+        width = max(1, int(hi - lo).bit_length())
+        bits += width
+        key = key * (1 << width) + (pl.col(k).cast(pl.Int64) - lo).cast(pl.UInt64)
+    if bits > 63:
+        return df.sort(*keys, maintain_order=True)
+    return df.with_columns(key.alias("__key")).sort("__key", maintain_order=True).drop("__key")
+
+
 def events_frame(parts: list[dict[str, np.ndarray]], raw_user: np.ndarray) -> pl.DataFrame:
     """All event parts (internal user indices) -> the public events table, sorted by ts then user."""
     cat = lambda k: np.concatenate([p[k] for p in parts])  # noqa: E731
-    df = pl.DataFrame({
+    df = sort_by(pl.DataFrame({
         "user_id": pl.Series(raw_user[cat("user")], dtype=pl.Int64), "item_id": pl.Series(cat("item"), dtype=pl.Int64),
         "b": cat("behavior"), "ts": pl.Series(cat("ts"), dtype=pl.Int64), "s": cat("scene"),
-    }).sort("ts", "user_id", "b", "item_id", "s", maintain_order=True)
+    }), "ts", "user_id", "b", "item_id", "s")
     return df.select("user_id", "item_id", _codes_to_str("b", BEHAVIORS).alias("behavior"), "ts",
                      _codes_to_str("s", tl.SCENES).alias("scene"))
 
@@ -62,7 +80,8 @@ def exposures_frame(ex: dict[str, np.ndarray], raw_user: np.ndarray) -> pl.DataF
         "user_id": pl.Series(raw_user[ex["user"]], dtype=pl.Int64), "item_id": pl.Series(ex["item"], dtype=pl.Int64),
         "ts": ex["ts"], "position": ex["position"], "page": ex["page"], "c": ex["channel"],
         "trigger_item": pl.Series(ex["trigger"], dtype=pl.Int64), "clicked": ex["clicked"], "req": ex["request"],
-    }).sort("ts", "user_id", "req", "position", maintain_order=True)
+    })
+    df = sort_by(df, "ts", "user_id", "req", "position")
     return df.select(
         (pl.struct("user_id", "req").rle_id().cast(pl.Int64) + 1).alias("request_id"), "user_id", "item_id", "ts",
         pl.col("position").cast(pl.Int32), pl.col("page").cast(pl.Int32), _codes_to_str("c", CHANNELS).alias("channel"),

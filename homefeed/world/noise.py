@@ -118,8 +118,13 @@ def fake_orders(spec: WorldSpec, cat: Catalog, organic: Events, *, n_normal: int
 
 
 def _never_seen(fake: Events, organic: Events) -> Events:
-    """Drop fake buys whose (user, item) pair occurs anywhere in the organic events."""
-    seen = pl.DataFrame({"user": organic["user"], "item": organic["item"]}).unique()
+    """Drop fake buys whose (user, item) pair occurs anywhere in the organic events.
+
+    Only the organic rows of the fake buyers can match, so those few are kept before the pairs are
+    made unique (not all the log's pairs: that took minutes on the large shop).
+    """
+    mine = np.isin(organic["user"], np.unique(fake["user"]))
+    seen = pl.DataFrame({"user": organic["user"][mine], "item": organic["item"][mine]}).unique()
     df = pl.DataFrame(fake).with_row_index("row").join(seen, on=["user", "item"], how="anti").sort("row")
     return {k: df[k].to_numpy() for k in fake}
 
