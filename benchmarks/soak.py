@@ -363,7 +363,7 @@ def main() -> None:
         for i, (kind, workers) in enumerate(configs):
             tag = f"{kind}{workers}"
             store = f"sqlite:{folder / f'{tag}.db'}" if kind == "sqlite" else f"redis://127.0.0.1:{redis.port}/{i + 1}"
-            results.append(soak(args.bundle, store, workers, args, facts, folder, redis, tag))
+            results.append(soak(args.bundle, store, workers, args, facts, folder, redis if kind == "redis" else None, tag))
     finally:
         if redis is not None and redis.proc.poll() is None:
             redis.proc.terminate()

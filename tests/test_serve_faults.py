@@ -399,3 +399,36 @@ def test_a_tampered_bundle_is_a_409_and_the_old_one_keeps_serving(server, tiny_b
         assert r.status_code == 409 and "old bundle" in r.json()["detail"], r.text
         page = httpx.post(url + "/v1/homepage", json={"user_id": known_user(tiny_bundle), "now": NOW}, timeout=60)
         assert page.status_code == 200
+
+
+def test_with_a_key_only_a_signed_unchanged_bundle_serves(tiny_bundle, tmp_path):
+    """bundle.key_file set: a signed bundle starts and reloads; a changed one (checksums recomputed by the attacker)
+    and an unsigned one are a 409 naming the signature while the old bundle keeps serving; the key never shows."""
+    from homefeed.bundle.manifest import configured_key, sign_bundle
+
+    key_text = "soak-key-0f1e2d3c4b5a69788796a5b4"
+    key_file = tmp_path / "bundle.key"
+    key_file.write_text(key_text + "\n")
+    key = configured_key(str(key_file))
+    signed = tampered(tiny_bundle, tmp_path / "signed", lambda out, m: sign_bundle(out, key))
+
+    def changed_keeping_the_signature(out, manifest):
+        signature = sign_bundle(out, key)["signature"]
+        unknown_channel(out, manifest)  # the file changed and its checksum recomputed, by someone without the key
+        rewrite(out, {**json.loads((out / "manifest.json").read_text()), "signature": signature})
+    changed = tampered(tiny_bundle, tmp_path / "changed", changed_keeping_the_signature)
+    unsigned = tampered(tiny_bundle, tmp_path / "unsigned", lambda out, m: None)
+    settings = (f"bundle.key_file={key_file}",)
+    with pytest.raises(RuntimeError, match="exited"):  # an unsigned bundle does not even start
+        stop(serve(unsigned, f"sqlite:{tmp_path / 'refused.db'}", settings=settings)[0])
+    proc, url = serve(signed, f"sqlite:{tmp_path / 'state.db'}", settings=settings, env={"HOMEFEED_ADMIN_TOKEN": TOKEN})
+    try:
+        for bundle, says in ((changed, "does not match its signature"), (unsigned, "not signed")):
+            r = httpx.post(url + "/admin/reload", json={"bundle": str(bundle)}, headers={"X-Admin-Token": TOKEN}, timeout=120)
+            assert r.status_code == 409 and says in r.json()["detail"] and key_text not in r.text, r.text
+            assert httpx.post(url + "/v1/homepage", json={"user_id": known_user(tiny_bundle), "now": NOW},
+                              timeout=60).status_code == 200
+        r = httpx.post(url + "/admin/reload", json={"bundle": str(signed)}, headers={"X-Admin-Token": TOKEN}, timeout=120)
+        assert r.status_code == 200, r.text
+    finally:
+        stop(proc)
