@@ -15,6 +15,8 @@ ingest it through `homefeed.data.ingest` (cached under --cache), then
 
     python benchmarks/real_logs.py                         # every log, a table per log and the targets
     python benchmarks/real_logs.py --logs taobao_slice --max-users 2000 --json
+    python benchmarks/real_logs.py --json --out run.json   # run.json rewritten after every log
+    python benchmarks/real_logs.py --table run.json        # the tables of a saved run
 Targets (issue 13): merged >= the best channel at HR@10/50/200; merged >= BM25 at HR@10/50
 (each side's better protocol); adding the optional channels costs merged HR@50 at most 1%.
 """
@@ -284,6 +286,12 @@ def print_tables(results: dict) -> None:
             console.print(json.dumps(result["rank"], indent=1, default=float))
 
 
+def payload(results: dict, args) -> dict:
+    """The one JSON object: every log's result (or why it was skipped), the cut-offs, the protocols and the load."""
+    return {"logs": results, "ks": list(KS), "protocols": list(PROTOCOLS), "max_users": args.max_users,
+            "settings": args.set, "loadavg": Path("/proc/loadavg").read_text().split()[:3] if Path("/proc/loadavg").exists() else None}
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--logs", default=",".join(LOGS), help=f"comma-separated, of: {', '.join(LOGS)}")
@@ -295,7 +303,12 @@ def main(argv=None) -> int:
     parser.add_argument("--rank", action="store_true", help="also compare the ranking presets (slow on CPU)")
     parser.add_argument("--cache", type=Path, default=Path(tempfile.gettempdir()) / "homefeed_real_logs")
     parser.add_argument("--json", action="store_true", help="print exactly one JSON object on stdout")
+    parser.add_argument("--out", type=Path, default=None, help="also write the JSON object here, after every log (a long run keeps what it did)")
+    parser.add_argument("--table", type=Path, default=None, metavar="JSON", help="print the tables of a saved --json/--out result and exit")
     args = parser.parse_args(argv)
+    if args.table:
+        print_tables(json.loads(args.table.read_text())["logs"])
+        return 0
     args.channels = args.channels.split(",") if args.channels else None
     unknown = [n for n in args.logs.split(",") if n not in LOGS]
     if unknown:
@@ -309,10 +322,12 @@ def main(argv=None) -> int:
             results[name] = dataset
             continue
         results[name] = evaluate_log(name, dataset, args)
+        if args.out:
+            args.out.write_text(json.dumps(payload(results, args), default=float))
         if not args.json:
             print_tables({name: results[name]})  # each log as soon as it is done
     if args.json:
-        print(json.dumps({"logs": results, "ks": list(KS), "protocols": list(PROTOCOLS)}, default=float))
+        print(json.dumps(payload(results, args), default=float))
     else:
         print_tables({name: r for name, r in results.items() if isinstance(r, str)})
     return 0

@@ -265,3 +265,23 @@ def test_the_recall_part_learns_on_validation_then_refits_on_train_and_valid(tmp
     assert RecallPart.load(tmp_path / "recall").merger.shares_ == pytest.approx(part.merger.shares_)
     plain = RecallPart().fit(ds, RecallSettings(channels=["itemcf", "popular"], merge=MergeSettings(learn=False)))
     assert plain.merger.learned_ == {} and plain.channels["popular"].t_end_ == ds.split.train_end
+
+
+class SeenFirst(Planted):
+    """A Planted channel whose lists start with every item the user already viewed (never relevant in a review-like log)."""
+
+    def recall(self, state, k):
+        rest = super().recall(state, k)
+        seen = np.unique(state.items).astype(np.int32)
+        items = np.concatenate([seen, rest.items[~np.isin(rest.items, seen)]])[:k]
+        return Candidates(items, -np.arange(items.size, dtype=np.float32), np.full(items.size, -1, np.int32), self.name)
+
+
+def test_a_channel_alone_is_judged_under_its_better_protocol():
+    ds = planted_world(repeats=False)  # users never come back to what they viewed
+    channels = {"fair": Planted("fair", 0.3, 2).fit(ds), "seen_first": SeenFirst("seen_first", 0.6, 3).fit(ds)}
+    learned = learn_merge(ds, channels, MergeSettings(k=200))
+    solo = learned.learned_["solo"]
+    # kept, its 8 seen items fill the top 8 and its hits sit below: HR@10 would look worse than fair's
+    assert solo["seen_first"]["hitrate@10"] > solo["fair"]["hitrate@10"] + 0.1
+    assert learned.seen_weight_ == 0.0 and learned.shares_["seen_first"] > learned.shares_["fair"]

@@ -175,7 +175,9 @@ def learn_merge(dataset: Dataset, channels: dict[str, Recaller], settings: Merge
         return merged_hit_rates(r, w, seen_weight, ks=ks, consensus=settings.consensus)
 
     copies = duplicates(r)
-    solo = {c: rates(np.eye(n)[i], 1.0, floor=False) for i, c in enumerate(names)}
+    # each channel alone, under its better protocol (seen items kept, or dropped as the merge may learn to)
+    solo = {c: {k: max(a[k], b[k]) for k in ks} for i, c in enumerate(names)
+            for a, b in [(rates(np.eye(n)[i], 1.0, floor=False), rates(np.eye(n)[i], 0.0, floor=False))]}
     best_at = {k: max(max(s[k] for s in solo.values()), 1e-9) for k in ks}
 
     def objective(raw: np.ndarray, seen_weight: float) -> float:
