@@ -71,6 +71,7 @@ def shoot(url: str, out: Path, *, readme: bool = False) -> dict[str, Path]:
     try:
         driver.get(f"{url}/ui/pick?kind=known")
         cards = wait_for(driver, ".card")
+        wait_ready(driver)
         images_loaded(driver)
         shots["home"] = out / "home.png"
         driver.save_screenshot(str(shots["home"]))
@@ -87,6 +88,7 @@ def shoot(url: str, out: Path, *, readme: bool = False) -> dict[str, Path]:
         driver.set_window_size(390, 844)  # a phone
         driver.get(f"{url}/ui/pick?kind=known")
         wait_for(driver, ".card")
+        wait_ready(driver)
         images_loaded(driver)
         shots["phone"] = out / "phone.png"
         driver.save_screenshot(str(shots["phone"]))
@@ -94,6 +96,7 @@ def shoot(url: str, out: Path, *, readme: bool = False) -> dict[str, Path]:
             driver.set_window_size(1100, 760)
             driver.get(f"{url}/ui/pick?kind=known")
             wait_for(driver, ".card")
+            wait_ready(driver)
             images_loaded(driver)
             shots["readme"] = DOCS / "console.png"
             _small_png(driver.get_screenshot_as_png(), shots["readme"])

@@ -78,18 +78,21 @@ def _open_known_user(driver, url) -> str:
     return _css(driver, "#page")[0].get_attribute("data-user")
 
 
-def _after_action(driver, timeout_s: float = 60):
-    """The reloaded page's acknowledgement (`.summary .done`) after a button was clicked; fails at once, with the
-    console's message, when the action was refused instead. The event's post and the rebuilt page may each take
-    seconds on a loaded machine, hence the longer wait."""
-    from selenium.webdriver.common.by import By
+def _after_action(driver, timeout_s: float = 60) -> None:
+    """Wait for the page reloaded after a button's event was acknowledged: its `.summary .done` note, and the whole
+    document parsed (its deferred console.js has run: the note comes before the cards, and a query in between finds
+    a page without cards). Fails at once with the console's message when the action was refused instead. The post
+    and the rebuilt page may each take seconds on a loaded machine, hence the longer wait."""
+    from selenium.common.exceptions import JavascriptException
     from selenium.webdriver.support.ui import WebDriverWait
 
-    def outcome(d):
-        return d.find_elements(By.CSS_SELECTOR, ".summary .done") or d.find_elements(By.CSS_SELECTOR, "#flash:not([hidden])")
-    found = WebDriverWait(driver, timeout_s).until(outcome)
-    assert found[0].get_attribute("class") != "flash bad", f"the action was refused: {found[0].text}"
-    return found
+    # a query that lands while the old document is being replaced is asked again
+    outcome = WebDriverWait(driver, timeout_s, ignored_exceptions=(JavascriptException,)).until(lambda d: d.execute_script("""
+        var flash = document.querySelector("#flash:not([hidden])");
+        if (flash) return "refused: " + flash.textContent;
+        var ready = document.documentElement.dataset.consoleReady;
+        return document.querySelector(".summary .done") && ready ? "done" : null;"""))
+    assert outcome == "done", f"the action was not acknowledged: {outcome}"
 
 
 def _stored(state: Path, user: str) -> list:
