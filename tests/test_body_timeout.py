@@ -9,12 +9,17 @@ import uvicorn
 
 from conftest import free_port
 
-from homefeed.serve.body_timeout import BodyTimeout, HeaderTimeoutH11Protocol
+from homefeed.serve.body_timeout import (BodyTimeout, HeaderTimeoutH11Protocol, HeaderTimeoutHttpToolsProtocol,
+                                         head_timeout_protocol)
 
 DEADLINE_S = 1.0
 
 
 class QuickHeads(HeaderTimeoutH11Protocol):
+    head_timeout_s = DEADLINE_S
+
+
+class QuickHeadsHttpTools(HeaderTimeoutHttpToolsProtocol):
     head_timeout_s = DEADLINE_S
 
 
@@ -46,9 +51,11 @@ def run_server(app, http):
     pytest.fail("uvicorn did not start")
 
 
-@pytest.fixture(scope="module")
-def port():
-    server, thread, port = run_server(BodyTimeout(echo, timeout_s=DEADLINE_S, limit=1000), QuickHeads)
+@pytest.fixture(scope="module", params=[QuickHeads, QuickHeadsHttpTools], ids=["h11", "httptools"])
+def port(request):
+    if request.param is QuickHeadsHttpTools:
+        pytest.importorskip("httptools")
+    server, thread, port = run_server(BodyTimeout(echo, timeout_s=DEADLINE_S, limit=1000), request.param)
     yield port
     server.should_exit = True
     thread.join(10)
@@ -122,9 +129,12 @@ def test_a_silent_connection_is_closed(port):
     assert reply == b"" and closed_after is not None and closed_after < DEADLINE_S + 2
 
 
-def test_plain_uvicorn_keeps_an_unfinished_head_open():
-    """Why the protocol exists: uvicorn's own h11 protocol never times out a head that does not finish."""
-    server, thread, port = run_server(echo, "h11")
+@pytest.mark.parametrize("http", ["h11", "httptools"])
+def test_plain_uvicorn_keeps_an_unfinished_head_open(http):
+    """Why the protocol exists: uvicorn's own protocols never time out a head that does not finish."""
+    if http == "httptools":
+        pytest.importorskip("httptools")
+    server, thread, port = run_server(echo, http)
     try:
         reply, closed_after = exchange(port, b"GET /x HTTP/1.1\r\nHost: t\r\n", wait_s=DEADLINE_S + 1.5)
         assert reply == b"" and closed_after is None
@@ -138,7 +148,8 @@ def test_the_homefeed_app_behind_the_protocol(tiny_bundle, tmp_path):
     from homefeed.serve.api import create_app
 
     app = create_app(tiny_bundle, state=f"sqlite:{tmp_path / 'state.db'}")
-    server, thread, port = run_server(app, QuickHeads)
+    quick = type("Quick", (head_timeout_protocol(),), {"head_timeout_s": DEADLINE_S})  # what `homefeed serve` would use
+    server, thread, port = run_server(app, quick)
     try:
         reply, _ = exchange(port, b"GET /healthz HTTP/1.1\r\nHost: t\r\n\r\n", wait_s=1.0)
         assert reply.startswith(b"HTTP/1.1 200") and b'"status":"ok"' in reply, reply

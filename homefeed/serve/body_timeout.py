@@ -5,11 +5,11 @@ Two phases, two guards (a slowloris client holds a connection open by sending a 
 - **the body** (`BodyTimeout`, an ASGI middleware, or `read_body` for a middleware that already reads bodies whole):
   the whole body must arrive within `timeout_s` of the first `receive`, however it trickles, and within `limit`
   bytes (413). The app then gets the body in one message, so no handler ever waits on a slow client.
-- **the head** (`HeaderTimeoutH11Protocol`, uvicorn's h11 protocol with a deadline): uvicorn times out an idle
+- **the head** (`head_timeout_protocol()`: uvicorn's httptools or h11 protocol with a deadline): uvicorn times out an idle
   keep-alive connection but not one whose request line and headers never finish (any byte received cancels its
   keep-alive timer, and the ASGI app is only called once the head is complete, so no middleware can see it). This
   protocol answers 408 and closes a connection whose head is not complete `HEAD_TIMEOUT_S` after the connection
-  opened or its last response ended. Use it with `uvicorn.run(..., http=HeaderTimeoutH11Protocol)`.
+  opened or its last response ended. Use it with `uvicorn.run(..., http=head_timeout_protocol())`.
 
     app = BodyTimeout(app, timeout_s=10, limit=1 << 20)
 """
@@ -20,6 +20,11 @@ import json
 
 import h11
 from uvicorn.protocols.http.h11_impl import H11Protocol
+
+try:
+    from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+except ImportError:  # httptools is optional: only the h11 protocol then
+    HttpToolsProtocol = object
 
 BODY_TIMEOUT_S = 10.0
 HEAD_TIMEOUT_S = 10.0
@@ -89,9 +94,10 @@ class BodyTimeout:
         await self.app(scope, replay(body, receive), send)
 
 
-class HeaderTimeoutH11Protocol(H11Protocol):
-    """uvicorn's h11 protocol, plus: a connection whose request head (request line and headers) is not complete
-    `head_timeout_s` after it opened, or after its last response, gets a 408 and is closed."""
+class _HeadDeadline:
+    """Mixin for a uvicorn HTTP protocol: a connection whose request head (request line and headers) is not complete
+    `head_timeout_s` after it opened, or after its last response, gets a 408 and is closed (closed silently when
+    nothing of a new request arrived). A request under way is left alone: its body has the app's own deadline."""
 
     head_timeout_s = HEAD_TIMEOUT_S
 
@@ -118,12 +124,45 @@ class HeaderTimeoutH11Protocol(H11Protocol):
             handle.cancel()
             self._head_deadline = None
 
+    def _head_pending(self) -> bool:
+        """Part of a request head has arrived and it is not complete yet."""
+        raise NotImplementedError
+
     def _head_timed_out(self) -> None:
         self._head_deadline = None
-        if self.transport.is_closing() or self.conn.their_state is not h11.IDLE:
-            return  # a request is in progress: its body has the app's own deadline
-        if self.conn.trailing_data[0]:  # part of a head arrived (h11 buffers it until the head is complete)
+        if self.transport.is_closing() or (self.cycle is not None and not self.cycle.response_complete):
+            return
+        if self._head_pending():
             detail = f"the request head was not received within {self.head_timeout_s:g} s".encode()
             self.transport.write(b"HTTP/1.1 408 Request Timeout\r\ncontent-type: text/plain; charset=utf-8\r\n"
                                  b"content-length: " + str(len(detail)).encode() + b"\r\nconnection: close\r\n\r\n" + detail)
-        self.transport.close()  # silent for a connection that never sent a byte
+        self.transport.close()
+
+
+class HeaderTimeoutH11Protocol(_HeadDeadline, H11Protocol):
+    """uvicorn's h11 protocol with a deadline on each request head."""
+
+    def _head_pending(self) -> bool:
+        return self.conn.their_state is h11.IDLE and bool(self.conn.trailing_data[0])  # h11 buffers a partial head
+
+
+class HeaderTimeoutHttpToolsProtocol(_HeadDeadline, HttpToolsProtocol):
+    """uvicorn's httptools protocol (its default when httptools is installed) with a deadline on each request head."""
+
+    _heads_begun = _heads_done = 0
+
+    def on_message_begin(self) -> None:
+        self._heads_begun += 1
+        super().on_message_begin()
+
+    def on_headers_complete(self) -> None:
+        self._heads_done += 1
+        super().on_headers_complete()
+
+    def _head_pending(self) -> bool:
+        return self._heads_begun > self._heads_done
+
+
+def head_timeout_protocol() -> type:
+    """The protocol class for `uvicorn.run(http=...)`: httptools when installed (as uvicorn's "auto" picks), else h11."""
+    return HeaderTimeoutH11Protocol if HttpToolsProtocol is object else HeaderTimeoutHttpToolsProtocol
