@@ -164,3 +164,37 @@ def test_last_events_before_a_cutoff():
     assert out.select("user_id", "item_id", "recency").rows() == [(1, 14, 2), (1, 10, 1), (2, 20, 1)]
     assert last_events(EVENTS, 100, n=1, behaviors=["buy", "click"]).select("user_id", "item_id").rows() == [(1, 12)]
     assert last_events(EVENTS, 1, n=5).height == 0
+
+
+def test_packed_sort_equals_the_multi_column_sort():
+    from homefeed.data.sorting import sort_by
+
+    rng = np.random.default_rng(1)
+    n = 20_000
+    df = pl.DataFrame({"ts": rng.integers(-50, 50, n), "user": rng.integers(0, 30, n).astype(np.int32),
+                       "b": rng.integers(0, 3, n).astype(np.int8), "row": np.arange(n)})  # row: ties keep input order
+    for keys in (("ts", "user", "b"), ("b", "ts"), ("user",)):
+        assert sort_by(df, *keys).equals(df.sort(*keys, maintain_order=True))
+    wide = df.with_columns(pl.col("ts") * (1 << 40), pl.col("user").cast(pl.Int64) * (1 << 30))  # > 63 bits: fallback
+    assert sort_by(wide, "ts", "user", "b").equals(wide.sort("ts", "user", "b", maintain_order=True))
+    nulls = df.with_columns(pl.when(pl.col("row") % 7 == 0).then(None).otherwise(pl.col("ts")).alias("ts"))
+    assert sort_by(nulls, "user", "ts").equals(nulls.sort("user", "ts", maintain_order=True))
+    text = df.with_columns(pl.col("user").cast(pl.String))
+    assert sort_by(text, "user", "ts").equals(text.sort("user", "ts", maintain_order=True))
+    assert sort_by(df.clear(), "ts", "user").height == 0
+    with pytest.raises(ValueError, match="missing column"):
+        sort_by(df, "nope")
+
+
+def test_sessions_equal_the_multi_column_sort_version():
+    # add_sessions sorts on one packed (user, ts) key; the sessions must be those of the plain sort
+    rng = np.random.default_rng(2)
+    n = 30_000
+    ev = pl.DataFrame({"user_id": rng.integers(1, 400, n).astype(np.int32), "ts": rng.integers(0, 200_000, n),
+                       "row": np.arange(n)})
+    user, ts = pl.col("user_id"), pl.col("ts")
+    starts = ((user != user.shift()) | ((ts - ts.shift()) > 1800)).fill_null(True)
+    expected = ev.sort("user_id", "ts", maintain_order=True).with_columns(
+        session_id=starts.cast(pl.Int64).cum_sum() - 1)
+    assert add_sessions(ev, gap_s=1800).equals(expected)
+    assert expected["session_id"].n_unique() > 1000

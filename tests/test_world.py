@@ -312,16 +312,3 @@ def test_grouping_draws_by_weight_inside_groups():
     with pytest.raises(ValueError, match="empty groups"):
         g.choose(np.array([2]), np.array([0.5]))
 
-
-def test_packed_sort_equals_the_multi_column_sort():
-    from homefeed.world.generate import sort_by
-
-    rng = np.random.default_rng(1)
-    n = 20_000
-    df = pl.DataFrame({"ts": rng.integers(-50, 50, n), "user": rng.integers(0, 30, n).astype(np.int32),
-                       "b": rng.integers(0, 3, n).astype(np.int8), "row": np.arange(n)})  # row: ties keep input order
-    for keys in (("ts", "user", "b"), ("b", "ts"), ("user",)):
-        assert sort_by(df, *keys).equals(df.sort(*keys, maintain_order=True))
-    wide = df.with_columns(pl.col("ts") * (1 << 40), pl.col("user").cast(pl.Int64) * (1 << 30))  # > 63 bits: fallback
-    assert sort_by(wide, "ts", "user", "b").equals(wide.sort("ts", "user", "b", maintain_order=True))
-    assert sort_by(df.clear(), "ts", "user").height == 0
