@@ -18,6 +18,7 @@ workers' totals and their CTR (clicks posted / items shown).
 from __future__ import annotations
 
 import hashlib
+import json
 import threading
 from collections.abc import Iterable
 
@@ -57,9 +58,9 @@ def salt_of(experiment) -> str:
 def arm_config(base: Config, arm: ExperimentArm) -> Config:
     """The server's config with the arm's overrides on top; an override outside SERVING_KEYS is refused, naming it."""
     for line in arm.overrides:
-        key = line.split("=", 1)[0].strip()
         if "=" not in line:
             raise ConfigError(f"serve.experiment arm {arm.name!r}: override {line!r}: expected key.sub=value")
+        key = line.split("=", 1)[0].strip()
         if not any(key == k or key.startswith(k + ".") for k in SERVING_KEYS):
             raise ConfigError(f"serve.experiment arm {arm.name!r}: override {key!r} is not a serving setting (a bundle "
                               f"build or the server decides it; give the arm its own `bundle`); allowed: {', '.join(SERVING_KEYS)}")
@@ -73,8 +74,6 @@ def arm_config(base: Config, arm: ExperimentArm) -> Config:
 
 def flatten(tree: dict, prefix: str = "") -> list[str]:
     """A nested settings table as `a.b=json` overrides (what `load_config` takes)."""
-    import json
-
     out = []
     for key, value in tree.items():
         if isinstance(value, dict) and value:
