@@ -198,7 +198,8 @@ def soak(bundle: Path, store: str, workers: int, args, facts: dict, folder: Path
     port = free_port()
     log = folder / f"server-{tag}.log"
     start = lambda: start_server(bundle, port=port, state=store, workers=workers, log=log, timeout_s=300,  # noqa: E731
-                                 env={"HOMEFEED_ADMIN_TOKEN": TOKEN}, settings=tuple(args.set))
+                                 env={"HOMEFEED_ADMIN_TOKEN": TOKEN, **dict(e.split("=", 1) for e in args.env)},
+                                 settings=tuple(args.set))
     proc, url = start()
     live = {"proc": proc, "life": 0, "life_start": 0.0, "restarting": False}
     t_begin = time.monotonic()
@@ -343,10 +344,13 @@ def main() -> None:
     p.add_argument("--warmup-s", type=float, default=30.0, help="RSS is compared with its first sample after this")
     p.add_argument("--max-inflight", type=int, default=2, help="serve.max_inflight (only to say whether saturated)")
     p.add_argument("--set", action="append", default=[], help="extra --set for the server")
+    p.add_argument("--env", action="append", default=[], help="KEY=VALUE in the server's environment, e.g. MALLOC_ARENA_MAX=2")
     p.add_argument("--work", type=Path, default=None, help="folder for stores and server logs (default: temporary)")
     p.add_argument("--json", action="store_true", help="one JSON object instead of the table")
     args = p.parse_args()
     args.set = [*args.set, f"serve.max_inflight={args.max_inflight}"]
+    if any("=" not in e for e in args.env):
+        p.error("--env takes KEY=VALUE")
     configs = [(c.split(":")[0], int(c.split(":")[1])) for c in args.configs.split(",")]
     bad = [c for c, _ in configs if c not in ("sqlite", "redis")]
     if bad:
