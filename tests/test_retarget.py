@@ -3,8 +3,9 @@ import numpy as np
 import pytest
 
 from homefeed.data.user_state import BEHAVIOR_CODE, UserState
-from homefeed.recall.retarget import Retarget, RetargetSettings
+from homefeed.recall.retarget import Retarget, RetargetSettings, return_after_buy
 from recall_contract import RecallerContract
+from recall_fixtures import T0, dataset_from
 
 DAY = 86_400
 NOW = 1_700_000_000 + 10 * DAY
@@ -60,6 +61,41 @@ def test_bought_items_kept_only_when_configured():
     assert 12 in keep.items and 12 not in Retarget().recall(USER, 50).items
 
 
+def shop(*, rebuy: bool):
+    """60 users: each views items 1-3 and buys item 1 on day 0, then on day 1 views item 2 again, and item 1 too if `rebuy`."""
+    rows = []
+    for u in range(1, 61):
+        rows += [(u, 1, "pv", T0 + u), (u, 2, "pv", T0 + 60 + u), (u, 3, "pv", T0 + 120 + u), (u, 1, "buy", T0 + 180 + u)]
+        rows += [(u, 2, "pv", T0 + DAY + u)] + ([(u, 1, "pv", T0 + DAY + 60 + u)] if rebuy else [])
+    return dataset_from(rows, n_items=5)
+
+
+@pytest.mark.parametrize("rebuy", [True, False])
+def test_whether_bought_items_come_back_is_learned_from_the_log(rebuy, tmp_path):
+    ds = shop(rebuy=rebuy)
+    learned = return_after_buy(ds.events_in("train"))
+    # returns after a view: item 2 of every user, 1 of the 2 viewed-only pairs; after a buy: item 1 of every user if rebuy
+    assert learned["after_view"] == pytest.approx((120 if rebuy else 60) / 180)
+    assert learned["after_buy"] == pytest.approx(60 / 80 if rebuy else 0.0)
+    rec = Retarget(settings=RetargetSettings(exclude_bought=None)).fit(ds)
+    assert rec.bought_factor_ == (1.0 if rebuy else 0.0)
+    got = rec.recall(USER, 50)
+    assert (12 in got.items) == rebuy  # USER bought item 12
+    rec.save(tmp_path / "r")
+    assert Retarget.load(tmp_path / "r").recall(USER, 50).items.tolist() == got.items.tolist()
+    assert Retarget(settings=RetargetSettings(exclude_bought=True)).fit(ds).bought_factor_ == 0.0  # configured wins
+    assert 12 not in Retarget(settings=RetargetSettings(exclude_bought=None)).recall(USER, 50).items  # unfitted: dropped
+    assert 12 not in Retarget().fit(ds).recall(USER, 50).items  # the default drops them
+
+
+def test_a_partial_factor_scales_bought_items():
+    rec = Retarget(settings=RetargetSettings(exclude_bought=None))
+    rec.bought_factor_ = 0.25
+    full, scaled = Retarget(settings=RetargetSettings(exclude_bought=False)).recall(USER, 50), rec.recall(USER, 50)
+    at = lambda c, i: float(c.scores[c.items.tolist().index(i)])
+    assert at(scaled, 12) == pytest.approx(0.25 * at(full, 12)) and at(scaled, 5) == pytest.approx(at(full, 5))
+
+
 def test_defaults_count_views_and_ages_from_the_latest_event():
     # the default counts page views too (pv 1, click 1, fav 2, cart 3), 30 days, half-life 3 days, from the latest event
     got = Retarget().recall(USER, 50)
@@ -89,3 +125,10 @@ class TestRetargetContract(RecallerContract):
 
     def make_keeping_bought(self):
         return Retarget(settings=RetargetSettings(exclude_bought=False, weights={"pv": 1.0, "click": 1.0, "fav": 1.0, "cart": 1.0}))
+
+
+class TestRetargetLearnedContract(RecallerContract):
+    keeps_bought = True  # learned, and the tiny shop's users come back to what they bought
+
+    def make(self):
+        return Retarget(settings=RetargetSettings(exclude_bought=None))

@@ -3,7 +3,8 @@
 A cart left unpaid or a favourite not yet bought is the strongest purchase signal a shop has, and on
 many shops people come back to items they viewed (on the Taobao logs most next-day views are such
 returns; on review logs none are), so a homepage shows some of them again ("you looked at this").
-Only actions inside a time window count, an item the user has bought is dropped, and a strict quota
+Only actions inside a time window count, an item the user has bought is dropped unless users of this
+log come back to what they bought (`exclude_bought=None`: learned by `fit`), and a strict quota
 caps how many are returned however large k is. How much of the page they get is the merge's call,
 learned per shop from validation (`recall.shares`): a feed full of things already seen feels stale
 where people do not return.
@@ -18,6 +19,7 @@ or the request time. The trigger of each candidate is the item itself ("you cart
 """
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -36,14 +38,44 @@ class RetargetSettings(Section):
     window_days: float = 30.0  # only actions at most this old count
     half_life_days: float = 3.0  # recency decay of each action
     quota: int = 50  # strict cap on candidates, whatever k is asked
-    exclude_bought: bool = True  # drop items the user has bought (anywhere in the state)
+    exclude_bought: bool | None = True  # drop items the user has bought; None = learned by `fit` (`return_after_buy`)
+    return_gap_s: int = Field(1_800, ge=0)  # learning it: a return is an event on the item this long after the first
     from_latest: bool = True  # ages count from the user's latest event, not from now (a user back after a month sees what they were on)
 
 
-class Retarget(Recaller):
-    """Recent viewed/clicked/faved/carted items not bought, scored by weighted recency, at most `quota`.
+def return_after_buy(events, *, gap_s: int = 1_800, prior: float = 20.0) -> dict[str, float]:
+    """How often users come back to an item after buying it, against after only viewing it, in `events`.
 
-    Nothing is learned: `fit` only checks the settings and returns self.
+    On some shops a bought item is looked at again (re-orders, the order page, a gift bought twice: on
+    the Taobao tail log 20% of bought items are, against 8% of viewed ones); on others never. Returns
+    {"buys", "after_buy", "after_view", "factor"}: the share of (user, item) pairs with an event at least
+    `gap_s` after their first buy (shrunk toward 0 by `prior` pseudo-buys), the same after their first
+    other event, and factor = min(1, after_buy / after_view), 0 when nothing is ever returned to.
+    """
+    import polars as pl
+
+    ev = events.select("user_id", "item_id", pl.col("behavior").cast(pl.String), "ts")
+
+    def returned(first: pl.DataFrame) -> int:
+        later = ev.join(first, on=["user_id", "item_id"]).filter(pl.col("ts") >= pl.col("t0") + max(gap_s, 1))
+        return later.select("user_id", "item_id").unique().height
+
+    first_buy = ev.filter(pl.col("behavior") == "buy").group_by("user_id", "item_id").agg(t0=pl.col("ts").min())
+    first_view = ev.filter(pl.col("behavior") != "buy").group_by("user_id", "item_id").agg(t0=pl.col("ts").min())
+    after_buy = returned(first_buy) / (first_buy.height + prior) if first_buy.height else 0.0
+    after_view = returned(first_view) / first_view.height if first_view.height else 0.0
+    factor = min(1.0, after_buy / after_view) if after_view > 0 else 0.0
+    return {"buys": first_buy.height, "after_buy": after_buy, "after_view": after_view, "factor": factor}
+
+
+class Retarget(Recaller):
+    """Recent viewed/clicked/faved/carted items, scored by weighted recency, at most `quota`.
+
+    Items the user bought are dropped (`exclude_bought=True`, the default), kept (`False`), or with `None`
+    kept with their score scaled by `bought_factor_`, learned by `fit` from the training events
+    (`return_after_buy`): 0, so dropped, until fitted and on logs where nobody comes back to what they bought.
+    Not the default: on the small shop users return to bought items as often as to carted ones (16%), yet
+    keeping them cost retarget HitRate@10 .426 -> .407 and the merged list .525 -> .513.
     """
 
     name = "retarget"
@@ -59,21 +91,32 @@ class Retarget(Recaller):
             codes[BEHAVIOR_CODE[b]] = w
         self._weight_of_code = codes  # behaviour code -> weight (0 = does not qualify)
         self._buy = BEHAVIOR_CODE["buy"]
+        self.bought_factor_ = 0.0 if self.settings.exclude_bought is not False else 1.0
+        self.learned_: dict = {}
 
-    def fit(self, dataset: Dataset) -> "Retarget":
+    def fit(self, dataset: Dataset | None) -> "Retarget":
+        """Learn `bought_factor_` from the training events when `exclude_bought` is None (nothing else is learned)."""
+        if dataset is not None and self.settings.exclude_bought is None:
+            self.learned_ = return_after_buy(dataset.events_in("train"), gap_s=self.settings.return_gap_s)
+            self.bought_factor_ = self.learned_["factor"]
         self.fitted_ = True
         return self
 
     def save(self, path: Path) -> None:
-        """Retargeting learns nothing offline: only its settings are saved."""
+        """Its settings and what `fit` learned about returns after a buy."""
         path = Path(path)
         path.mkdir(parents=True, exist_ok=True)
         (path / "settings.json").write_text(self.settings.model_dump_json(indent=1))
+        (path / "learned.json").write_text(json.dumps({"bought_factor": self.bought_factor_, **self.learned_}, indent=1))
 
     @classmethod
     def load(cls, path: Path) -> "Retarget":
         settings = RetargetSettings.model_validate_json((Path(path) / "settings.json").read_text())
-        return cls(settings=settings).fit(None)
+        rec = cls(settings=settings).fit(None)
+        if (Path(path) / "learned.json").exists():  # bundles saved before the factor was learned have none: bought items dropped
+            rec.learned_ = json.loads((Path(path) / "learned.json").read_text())
+            rec.bought_factor_ = float(rec.learned_.pop("bought_factor"))
+        return rec
 
     def recall(self, state: UserState, k: int) -> Candidates:
         s = self.settings
@@ -86,7 +129,9 @@ class Retarget(Recaller):
         decay = np.power(0.5, (now - ts) / (s.half_life_days * 86400.0))
         uniq, inverse = np.unique(items, return_inverse=True)
         scores = np.bincount(inverse, weights=w[qualifies] * decay, minlength=uniq.size)
-        if s.exclude_bought:
-            keep = ~np.isin(uniq, state.items[state.behaviors == self._buy])
+        if self.bought_factor_ < 1.0:
+            bought = np.isin(uniq, state.items[state.behaviors == self._buy])
+            scores = np.where(bought, scores * self.bought_factor_, scores)
+            keep = ~bought | (self.bought_factor_ > 0)
             uniq, scores = uniq[keep], scores[keep]
         return Candidates.top(uniq, scores, min(k, s.quota), self.name, triggers=uniq)
