@@ -171,3 +171,25 @@ def test_cross_counts_bincount_path_equals_the_sorted_path():
         np.testing.assert_array_equal(dense, sparse)
         want = np.array([[((keys == q) & (age <= w)).sum() if q > 0 else 0 for q in queries] for w in windows])
         np.testing.assert_array_equal(dense, want)
+
+
+@pytest.mark.parametrize("real_steps", [0, 1, 6])
+def test_din_shared_history_keeps_only_real_steps_and_equals_the_rows(real_steps, tmp_path):
+    """Serving DIN keeps only the user's real steps in one (B, E) x (E, L'H) product: same logits, whatever L'."""
+    m = model("din")
+    once, _ = one_user(50, seed=6)
+    once["seq"] = once["seq"].clone()
+    once["seq"][0, real_steps:] = 0  # right padding after `real_steps` real steps
+    once["seq"][0, :real_steps] = torch.randint(1, 7, (real_steps, 2))
+    once["sparse"] = once["sparse"].clone()
+    once["sparse"][:, 2] = torch.arange(50)  # 50 distinct candidate items: no tied scores
+    repeated = {**once, "seq": once["seq"].expand(50, -1, -1).contiguous()}
+    traced = load_torchscript(export_torchscript(m, random_batch(SPEC, 8, seed=2), tmp_path / "din.pt"))
+    with torch.no_grad():
+        shared, served = m(once), traced({k: once[k] for k in m.input_names})
+        m.train()
+        reference = m(repeated)
+    torch.testing.assert_close(shared, reference, rtol=0, atol=1e-5)
+    torch.testing.assert_close(served, reference, rtol=0, atol=1e-5)
+    order = lambda x: torch.argsort(x, descending=True, stable=True)  # noqa: E731
+    assert torch.equal(order(shared), order(reference))  # the same candidates in the same order: the same page

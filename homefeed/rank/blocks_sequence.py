@@ -64,12 +64,37 @@ class TargetAttention(nn.Module):
         self.score = nn.Sequential(*layers, nn.Linear(hidden[-1], 1))
 
     def forward(self, query: Tensor, keys: Tensor, gaps: Tensor, mask: Tensor) -> Tensor:
-        q = query.unsqueeze(1)  # (B, 1, E)
-        h = self.query(q) + self.key(keys) + self.product(q * keys)  # (B, L, H); C k once per user (U rows)
-        w = self.score(h).squeeze(-1) * mask.to(keys.dtype)  # (B, L), 0 at padding
         if self.training:
+            q = query.unsqueeze(1)  # (B, 1, E)
+            h = self.query(q) + self.key(keys) + self.product(q * keys)  # (B, L, H)
+            w = self.score(h).squeeze(-1) * mask.to(keys.dtype)  # (B, L), 0 at padding
             return torch.bmm(w.unsqueeze(1), keys).squeeze(1)  # (B, E)
-        return torch.einsum("bl,ble->be", w, keys)  # U = 1: one (B, L) x (L, E) product, keys never repeated
+        h, keys, mask = _first_layer(query, keys, mask, self.query.weight, self.query.bias, self.key.weight, self.product.weight)
+        w = self.score(h).squeeze(-1) * mask.to(keys.dtype)  # (B, L'), 0 at padding
+        return torch.einsum("bl,ble->be", w, keys)  # U = 1: one (B, L') x (L', E) product, keys never repeated
+
+
+@torch.jit.script_if_tracing  # the branch on U stays a branch in a TorchScript trace
+def _first_layer(query: Tensor, keys: Tensor, mask: Tensor, a: Tensor, a_bias: Tensor, c: Tensor, g: Tensor
+                 ) -> tuple[Tensor, Tensor, Tensor]:
+    """DIN's first activation layer A q + b + C k + G (q * k) in eval mode -> (h (B, L', H), keys (U, L', E), mask (U, L')).
+
+    One user's history (U = 1) for B > 1 targets: only its real steps are kept (padding weighs 0
+    anyway), and the layer is one (B, E) x (E, L' H) product whose bias holds the user-side part:
+    h[b, l] = q_b (A^T + diag(k_l) G^T) + (C k_l + b), so neither q * k (B, L, E) nor the two
+    (B, L, H) sums are built. Per-row histories (U = B) take the plain formula.
+    """
+    if keys.size(0) == 1 and query.size(0) > 1:
+        real = torch.nonzero(mask[0]).squeeze(1)  # (L',)
+        k = keys[0].index_select(0, real)  # (L', E)
+        weight = a.t().unsqueeze(0) + k.unsqueeze(-1) * g.t().unsqueeze(0)  # (L', E, H)
+        bias = torch.nn.functional.linear(k, c) + a_bias  # (L', H)
+        n, width = k.size(0), a.size(0)
+        h = torch.addmm(bias.reshape(-1), query, weight.permute(1, 0, 2).reshape(query.size(1), n * width))
+        return h.view(query.size(0), n, width), k.unsqueeze(0), mask.index_select(1, real)
+    q = query.unsqueeze(1)  # (B, 1, E)
+    h = torch.nn.functional.linear(q, a, a_bias) + torch.nn.functional.linear(keys, c) + torch.nn.functional.linear(q * keys, g)
+    return h, keys, mask
 
 
 class TransformerLayer(nn.Module):
