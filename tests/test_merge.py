@@ -285,3 +285,14 @@ def test_a_channel_alone_is_judged_under_its_better_protocol():
     # kept, its 8 seen items fill the top 8 and its hits sit below: HR@10 would look worse than fair's
     assert solo["seen_first"]["hitrate@10"] > solo["fair"]["hitrate@10"] + 0.1
     assert learned.seen_weight_ == 0.0 and learned.shares_["seen_first"] > learned.shares_["fair"]
+
+
+def test_a_channel_of_seen_items_only_falls_to_the_floor_where_users_never_return():
+    ds = planted_world(repeats=False)
+    retarget = Retarget(settings=RetargetSettings(weights={"pv": 1.0}, window_days=7, quota=50)).fit(ds)
+    channels = {"good": Planted("good", 0.6, 3).fit(ds), "fair": Planted("fair", 0.3, 2).fit(ds), "retarget": retarget,
+                "noise": Planted("noise", 0.0, 4).fit(ds)}
+    learned = learn_merge(ds, channels, MergeSettings(k=200))
+    floor = learned.settings.min_share
+    assert learned.shares_["retarget"] == pytest.approx(floor) and learned.shares_["noise"] == pytest.approx(floor)
+    assert all(learned.learned_["marginal"][c] > 0 for c in ("good", "fair") if learned.shares_[c] > floor)

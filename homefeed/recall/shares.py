@@ -152,6 +152,28 @@ def coordinate_search(objective: Callable[[np.ndarray, float], float], n: int, o
     return w, rho, current
 
 
+def prune(objective: Callable[[np.ndarray, float], float], w: np.ndarray, rho: float, current: float, *,
+          tol: float) -> tuple[np.ndarray, float]:
+    """Channels whose weight buys at most `tol` of the objective back to the floor (weight 0), weakest first.
+
+    The search can leave weight on a channel that recalls nothing useful, e.g. one whose items are all
+    seen once seen items are dropped: with the shares normalised, its weight only rescales the others
+    against the floor. A channel that adds nothing must sit at the floor by itself, so each is tried at 0.
+    """
+    w = w.copy()
+    while np.count_nonzero(w) > 1:
+        trials = []
+        for i in np.flatnonzero(w):
+            without = w.copy()
+            without[i] = 0.0
+            trials.append((current - objective(without, rho), int(i), without))
+        loss, i, without = min(trials, key=lambda t: (t[0], t[1]))
+        if loss > tol:
+            break
+        w, current = without, current - loss
+    return w, current
+
+
 def learn_merge(dataset: Dataset, channels: dict[str, Recaller], settings: MergeSettings | None = None, *,
                 ks: tuple[int, ...] = (10, 50, 200), behaviors: tuple[str, ...] = BEHAVIORS, max_users: int | None = 3000,
                 tol: float = 0.002, seed: int = 0, progress: Callable[[str], None] | None = None) -> Merger:
@@ -190,6 +212,7 @@ def learn_merge(dataset: Dataset, channels: dict[str, Recaller], settings: Merge
                    key=lambda i: -np.mean([solo[names[i]][k] / best_at[k] for k in ks]))  # best alone first
     seen_grid = SEEN_GRID if settings.seen_weight is None else (float(settings.seen_weight),)
     w, rho, current = coordinate_search(objective, n, order, seen_grid, tol=tol)
+    w, current = prune(objective, w, rho, current, tol=tol)
     marginal = {}
     for i, c in enumerate(names):
         without = w.copy()
