@@ -483,3 +483,28 @@ def test_window_p_values_equal_scipy_stats_poisson():
     expected, p_value, abnormal = _flag(n, outside, 10 / 1440, window)
     assert np.array_equal(p_value, poisson.sf(n - 1, expected))
     assert abnormal[7] and abnormal[3:5].all() and abnormal.sum() == 3
+
+
+@pytest.mark.parametrize("ids", ["int64", "uint32", "string", "negative"])
+def test_crawler_table_on_packed_keys_equals_the_two_key_group_by(ids):
+    # crawler_table groups (user, minute / hour / day) on one packed integer; the table must not change
+    import numpy as np
+
+    from homefeed.data.clean_users import crawler_table
+
+    rng = np.random.default_rng(3)
+    n = 40_000
+    user = rng.integers(1, 300, n)
+    ts = 1_511_000_000 + np.sort(rng.integers(0, 5 * DAY, n))
+    ts[:500] = 1_511_000_000 + 3 * DAY + rng.integers(0, 300, 500)  # one user's burst: a crawler
+    user[:500] = 7
+    cast = {"int64": pl.Series(user), "uint32": pl.Series(user.astype(np.uint32)),
+            "string": pl.Series(user.astype(str)), "negative": pl.Series(user - 1000)}[ids]
+    events = pl.DataFrame({"user_id": cast, "item_id": rng.integers(1, 50, n), "ts": ts,
+                           "behavior": rng.choice(["pv", "pv", "pv", "cart", "buy"], n)}).with_columns(
+        pl.col("behavior").cast(BEHAVIOR))
+    rule = CrawlerRule()
+    packed, limits = crawler_table(events, rule, tz_offset_hours=8, pack=True)
+    plain, plain_limits = crawler_table(events, rule, tz_offset_hours=8, pack=False)
+    assert packed.sort("user_id").equals(plain.sort("user_id")) and limits == plain_limits
+    assert packed.filter("pv_per_minute")["user_id"].cast(pl.String).to_list() == [str(cast[0])]
