@@ -10,7 +10,7 @@ from homefeed.recall.itemcf import ItemCF
 from homefeed.recall.merge import Merger, MergeSettings, bounded, channel_ctr, channel_map, largest_remainder
 from homefeed.recall.popular import Popular
 from homefeed.recall.retarget import Retarget, RetargetSettings
-from homefeed.recall.shares import learn_merge
+from homefeed.recall.shares import learn_merge, prune
 from recall_fixtures import DAY, T0, dataset_from, tiny_dataset
 
 
@@ -296,3 +296,12 @@ def test_a_channel_of_seen_items_only_falls_to_the_floor_where_users_never_retur
     floor = learned.settings.min_share
     assert learned.shares_["retarget"] == pytest.approx(floor) and learned.shares_["noise"] == pytest.approx(floor)
     assert all(learned.learned_["marginal"][c] > 0 for c in ("good", "fair") if learned.shares_[c] > floor)
+
+
+def test_prune_sends_channels_that_buy_nothing_to_the_floor_weakest_first():
+    gain = np.array([0.5, 0.2, 0.001, 0.0])  # what each channel's weight adds to the objective
+    objective = lambda w, rho: float(gain[w > 0].sum())
+    w, current = prune(objective, np.array([1.0, 0.5, 0.25, 2.0]), 1.0, objective(np.ones(4), 1.0), tol=0.002)
+    assert w.tolist() == [1.0, 0.5, 0.0, 0.0] and current == pytest.approx(0.7)
+    w, _ = prune(lambda w, rho: 0.0, np.array([0.0, 1.0, 1.0]), 1.0, 0.0, tol=0.002)
+    assert np.count_nonzero(w) == 1  # one channel always stays
