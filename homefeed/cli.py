@@ -17,7 +17,8 @@ from typing import Annotated, Optional
 import typer
 from rich.console import Console
 
-from homefeed.cli_support import ConfigOpt, JsonOpt, SetOpt, fail, get_config, print_report, stdout_console, steps
+from homefeed.cli_support import (ConfigOpt, EngineOpt, JsonOpt, SetOpt, SparkMasterOpt, channel_fitter, fail, get_config,
+                                  print_report, serve_env, stdout_console, steps)
 from homefeed.config import ConfigError
 
 app = typer.Typer(help="homefeed: an end-to-end recommender for an e-commerce homepage feed.",
@@ -109,11 +110,14 @@ def evaluate_recall_cmd(
     part: Annotated[str, typer.Option(help="Split part to score: test or valid.")] = "test",
     ks: Annotated[str, typer.Option(help="Cut-offs K for HitRate/Recall/NDCG@K, comma-separated.")] = "20,50,200",
     max_users: Annotated[Optional[int], typer.Option(help="Score a seeded sample of this many users (default: all).")] = None,
+    engine: EngineOpt = "local",
+    spark_master: SparkMasterOpt = None,
     json_: JsonOpt = False,
     config: ConfigOpt = None,
     set_: SetOpt = None,
 ):
-    """Fit every recall channel on the training days and score each, and their merge, on the later days."""
+    """Fit every recall channel on the training days and score each, and their merge, on the later days
+    (`--engine spark`: the tables on Spark, the same figures)."""
     from homefeed.data.dataset import Dataset
     from homefeed.evaluate.report import print_json
     from homefeed.recall import Merger, MergeSettings
@@ -124,9 +128,9 @@ def evaluate_recall_cmd(
     cut_offs = tuple(int(k) for k in ks.split(","))
     ds = Dataset.load(dataset)
     try:
-        with steps(console, "recall") as progress:
-            progress("fitting " + ", ".join(names))
-            fitted = fit_channels(ds, names, cfg.recall.channel_settings)
+        with steps(console, "recall") as progress, channel_fitter(engine, cfg, spark_master) as fitter:
+            progress("fitting " + ", ".join(names) + ("" if fitter is None else " (tables on Spark)"))
+            fitted = (fitter or fit_channels)(ds, names, cfg.recall.channel_settings)
             merger = Merger(settings=MergeSettings(**cfg.recall.merge)).fit(ds)
             progress("scoring")
             result = evaluate_recall(ds, fitted, merger, ks=cut_offs, part=part, max_users=max_users,
@@ -245,11 +249,13 @@ def train(
     dataset: DatasetArg,
     out: Annotated[Path, typer.Option(help="Folder for the trained model, its encoders and TorchScript export.")],
     model: Annotated[Optional[str], typer.Option(help="Preset to train (default: rank.preset).")] = None,
+    nproc: Annotated[int, typer.Option(help="Train data-parallel with this many torch DDP processes (torchrun, gloo on "
+                                            "CPU); rank 0 writes the same artefact as one process.", min=1)] = 1,
     config: ConfigOpt = None,
     set_: SetOpt = None,
 ):
     """Train one ranking preset, report test metrics beside the constant and LR baselines, export TorchScript
-    (+ int8): the bundle's rank part alone."""
+    (+ int8): the bundle's rank part alone (`--nproc N`: under torch DDP, docs/scale-out.md)."""
     from homefeed.data.dataset import Dataset
     from homefeed.rank.evaluate import RankResults, baseline_rows, check_baselines, rank_table
     from homefeed.rank.part import RankPart, RankPartSettings
@@ -261,16 +267,21 @@ def train(
     try:
         settings = RankPartSettings.from_section(cfg.rank)
         with steps(console, f"training {cfg.rank.preset}") as progress:
-            progress("samples, training, export")
-            part = RankPart().fit(ds, settings)
-            part.save(out)
-            metrics = part.metrics
+            progress("samples, training, export" + (f" ({nproc} DDP processes)" if nproc > 1 else ""))
+            if nproc > 1:
+                from homefeed.distributed.launch import train_distributed
+
+                metrics = train_distributed(dataset, out, settings, nproc)
+            else:
+                part = RankPart().fit(ds, settings)
+                part.save(out)
+                metrics = part.metrics
             baselines = metrics.get("baselines")
             if baselines is None:  # a part that did not score them: the same samples again, LR on them
                 progress("baselines: constant, lr")
                 rank = settings.rank_settings()
                 baselines = baseline_rows(build_all(ds, rank.samples), rank, progress=progress)
-    except (ValueError, KeyError) as e:
+    except (ValueError, KeyError, RuntimeError) as e:
         fail(str(e))
     rows = dict(baselines) | {cfg.rank.preset: {k: v for k, v in metrics.items() if not isinstance(v, (str, dict))}}
     results = RankResults(rows, {"protocol": metrics["protocol"], "warnings": check_baselines(rows)})
@@ -288,17 +299,21 @@ def build(
     dataset: DatasetArg,
     out: Annotated[Path, typer.Option(help="Bundle folder to write (created; other parts kept when --parts is given).")],
     parts: Annotated[str, typer.Option(help="Comma-separated parts to (re)build: mechanism, data, recall, rank.")] = "mechanism,data,recall,rank",
+    engine: EngineOpt = "local",
+    spark_master: SparkMasterOpt = None,
     config: ConfigOpt = None,
     set_: SetOpt = None,
 ):
-    """Run every offline job into one bundle: mechanism tables, data, recall channels, the ranking model."""
+    """Run every offline job into one bundle: mechanism tables, data, recall channels, the ranking model
+    (`--engine spark`: the recall tables on Spark, equal to local; every other part as always)."""
     from homefeed.bundle import build_bundle
 
     cfg = get_config(config, set_)
+    names = tuple(p.strip() for p in parts.split(","))
     try:
-        with steps(console, "building") as progress:
-            manifest = build_bundle(dataset, out, cfg, parts=tuple(p.strip() for p in parts.split(",")),
-                                    progress=lambda s: progress(s))
+        with steps(console, "building") as progress, channel_fitter(engine if "recall" in names else "local", cfg,
+                                                                    spark_master if "recall" in names else None) as fitter:
+            manifest = build_bundle(dataset, out, cfg, parts=names, progress=lambda s: progress(s), fitter=fitter)
     except ValueError as e:
         fail(str(e))
     out_console = stdout_console()
@@ -327,11 +342,7 @@ def serve(
     import uvicorn
 
     get_config(config, set_)  # fail early on a bad config
-    os.environ["HOMEFEED_BUNDLE"] = str(bundle)
-    os.environ["HOMEFEED_CONFIG"] = str(config) if config else ""
-    os.environ["HOMEFEED_SET"] = ";".join(set_ or [])
-    if state:
-        os.environ["HOMEFEED_STATE"] = state
+    os.environ.update(serve_env(bundle, config, set_, state))
     uvicorn.run("homefeed.serve.api:app_from_env", factory=True, host=host, port=port, workers=workers, log_level="warning")
 
 

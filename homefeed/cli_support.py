@@ -2,6 +2,9 @@
 from __future__ import annotations
 
 import contextlib
+import json
+import os
+import shutil
 import sys
 from pathlib import Path
 from typing import Annotated, Optional
@@ -16,6 +19,11 @@ from homefeed.config import Config, ConfigError, load_config
 ConfigOpt = Annotated[Optional[Path], typer.Option("--config", help="TOML settings file (see homefeed/default.toml for every key).")]
 SetOpt = Annotated[Optional[list[str]], typer.Option("--set", help="Override one setting, e.g. --set ingest.session_gap_s=600 (repeatable).")]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print one JSON object instead of a table.")]
+EngineOpt = Annotated[str, typer.Option("--engine", help="local: one process (polars + numba, the fastest on one machine) | "
+                                                         "spark: the Item-CF, Swing, Ranki2i, crowd and popularity tables on "
+                                                         "Apache Spark ([spark] settings; equal to local).")]
+SparkMasterOpt = Annotated[Optional[str], typer.Option("--spark-master", help="--engine spark: the master URL, e.g. local[4], "
+                                                                               "yarn, k8s://https://host:443, spark://host:7077 (default: spark.master).")]
 
 
 def stdout_console() -> Console:
@@ -38,6 +46,39 @@ def get_config(path: Path | None, overrides: list[str] | None) -> Config:
         return cfg
     except ConfigError as e:
         fail(f"config: {e}")
+
+
+@contextlib.contextmanager
+def channel_fitter(engine: str, cfg: Config, master: str | None = None):
+    """Yields what fits the recall channels for `--engine`: None (the local `fit_channels`) or the Spark engine's
+    drop-in, bound to a session made from `cfg.spark` (`--spark-master` wins) and stopped after the block."""
+    if engine not in ("local", "spark"):
+        fail(f"--engine {engine!r}: valid engines are local, spark")
+    if engine == "local":
+        if master:
+            fail("--spark-master needs --engine spark")
+        yield None
+        return
+    try:
+        import pyspark  # noqa: F401
+    except ImportError:
+        fail("--engine spark needs pyspark: pip install 'homefeed[spark]' (and a Java 17 runtime)")
+    if shutil.which("java") is None and not os.environ.get("JAVA_HOME"):
+        fail("--engine spark needs a Java 17 runtime on PATH or in JAVA_HOME (e.g. apt-get install openjdk-17-jre-headless)")
+    from homefeed.distributed.build import spark_channel_fitter
+    from homefeed.distributed.session import spark_engine
+
+    settings = cfg.spark if master is None else cfg.spark.model_copy(update={"master": master})
+    with spark_engine(settings) as spark:
+        yield spark_channel_fitter(spark)
+
+
+def serve_env(bundle: Path, config: Path | None, overrides: list[str] | None, state: str | None) -> dict[str, str]:
+    """The environment `homefeed serve` hands its uvicorn workers (read back by `serve.api.app_from_env`);
+    `--set` overrides travel as a JSON list, so a value may hold any character (';' included)."""
+    env = {"HOMEFEED_BUNDLE": str(bundle), "HOMEFEED_CONFIG": str(config) if config else "",
+           "HOMEFEED_SET": json.dumps(list(overrides or []))}
+    return env | ({"HOMEFEED_STATE": state} if state else {})
 
 
 @contextlib.contextmanager

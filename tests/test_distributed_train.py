@@ -2,8 +2,8 @@
 
 - deterministic set-up (no dropout, fixed seed, a batch that does not split evenly, sparse embedding
   gradients): both ranks end with bitwise identical weights, equal to single-process training within 1e-5;
-- the CLI path (`train_distributed`, torchrun): rank 0 writes the same artefact files as a single-process
-  `RankPart`, with a test AUC within 0.005 of it on the tiny shop.
+- the CLI path (`homefeed train --nproc 2`: `train_distributed`, torchrun): rank 0 writes the same artefact
+  files as `--nproc 1`, with a test AUC within 0.005 of it on the tiny shop.
 """
 from __future__ import annotations
 
@@ -64,20 +64,26 @@ def test_two_ranks_match_each_other_and_one_process(tmp_path):
     assert len(moved) > 3  # real weights were compared, not empty tables
 
 
-def test_cli_path_writes_the_single_process_artefact(tiny_dataset_dir, tmp_path):
-    """`homefeed train --nproc 2` (torchrun, 2 ranks) on the tiny shop: same files, test AUC within 0.005."""
-    from homefeed.data.dataset import Dataset
-    from homefeed.distributed.launch import train_distributed
-    from homefeed.rank.part import RankPart, RankPartSettings
+def test_train_nproc_2_writes_the_single_process_artefact(tiny_dataset_dir, tmp_path):
+    """`homefeed train --model bst --nproc 2` (torchrun, 2 gloo ranks) against `--nproc 1` on the tiny shop: the
+    same files, the same samples, a test AUC within 0.005; both print the metrics table."""
+    from typer.testing import CliRunner
 
-    settings = RankPartSettings(preset="bst", train=TrainSettings(epochs=2))  # the defaults, two epochs for time
-    ddp = train_distributed(tiny_dataset_dir, tmp_path / "ddp", settings, nproc=2)
-    single = RankPart().fit(Dataset.load(tiny_dataset_dir), settings)
-    single.save(tmp_path / "single")
+    from homefeed.cli import app
+
+    runs = {}
+    for nproc in (2, 1):
+        out = tmp_path / f"nproc{nproc}"
+        done = CliRunner().invoke(app, ["train", str(tiny_dataset_dir), "--out", str(out), "--model", "bst",
+                                        "--nproc", str(nproc), "--set", 'rank.train={"epochs": 2}'], catch_exceptions=False)
+        assert done.exit_code == 0, done.output[-3000:]
+        assert "test metrics" in done.stdout and "served model" in done.stdout  # the metrics table was printed
+        runs[nproc] = json.loads((out / "metrics.json").read_text())
     names = lambda folder: sorted(p.name for p in folder.iterdir())  # noqa: E731
-    assert names(tmp_path / "ddp") == names(tmp_path / "single")
-    served = [json.loads((tmp_path / f / "served.json").read_text()) for f in ("ddp", "single")]
+    assert names(tmp_path / "nproc2") == names(tmp_path / "nproc1")
+    served = [json.loads((tmp_path / f"nproc{n}" / "served.json").read_text()) for n in (2, 1)]
     assert served[0]["inputs"] == served[1]["inputs"] and served[0]["preset"] == "bst"
-    assert ddp["train_rows"] == single.metrics["train_rows"] and ddp["rows"] == single.metrics["rows"]
+    ddp, single = runs[2], runs[1]
+    assert ddp["train_rows"] == single["train_rows"] and ddp["rows"] == single["rows"]
     assert ddp["auc"] > 0.7
-    assert abs(ddp["auc"] - single.metrics["auc"]) < 0.005, (ddp["auc"], single.metrics["auc"])
+    assert abs(ddp["auc"] - single["auc"]) < 0.005, (ddp["auc"], single["auc"])

@@ -14,6 +14,8 @@ was evaluated: each part's `fit` scores itself with the stage's own evaluation c
 recall are fitted on everything before the test days, the model on the training days (early
 stopping and the int8 choice on the validation days); all are scored on the test days and those
 metrics go into the manifest. `--parts recall` rebuilds one part and keeps the others.
+`fitter` fits the recall channels: `fit_channels` by default; `homefeed build --engine spark` passes
+the Spark engine's drop-in (`homefeed.distributed.build.spark_channel_fitter`), which this layer never imports.
 """
 from __future__ import annotations
 
@@ -31,7 +33,7 @@ from homefeed.config import Config
 from homefeed.data.dataset import Dataset, serving_dataset
 from homefeed.mechanism.part import MechanismPart
 from homefeed.rank.part import RankPart
-from homefeed.recall.part import RecallPart
+from homefeed.recall.part import ChannelFitter, RecallPart
 
 PARTS = ("mechanism", "data", "recall", "rank")
 
@@ -40,8 +42,8 @@ def _serving_items(out: Path) -> pl.DataFrame:
     return pl.read_parquet(out / "data" / "items.parquet")
 
 
-def fit_part(name: str, ds: Dataset, out: Path, settings: PartSettings):
-    """Fit one part from the dataset (and the parts already in `out`); return the fitted part."""
+def fit_part(name: str, ds: Dataset, out: Path, settings: PartSettings, *, fitter: ChannelFitter | None = None):
+    """Fit one part from the dataset (and the parts already in `out`); return the fitted part (`fitter`: recall's)."""
     if name == "mechanism":
         return MechanismPart().fit(serving_dataset(ds), settings.mechanism)
     if name == "data":
@@ -49,15 +51,17 @@ def fit_part(name: str, ds: Dataset, out: Path, settings: PartSettings):
         return DataPart().fit(ds, mechanism.items(ds.items))
     items = _serving_items(out)
     if name == "recall":
-        return RecallPart().fit(dataclasses.replace(serving_dataset(ds), items=items), settings.recall)
+        return RecallPart().fit(dataclasses.replace(serving_dataset(ds), items=items), settings.recall, fitter=fitter)
     if name == "rank":  # trains on the training days, stops early on the validation days
         return RankPart().fit(dataclasses.replace(ds, items=items), settings.rank)
     raise ValueError(f"unknown bundle part {name!r}; valid parts: {', '.join(PARTS)}")
 
 
 def build_bundle(dataset: str | Path, out: str | Path, config: Config | None = None, *, parts: tuple[str, ...] = PARTS,
-                 progress: Callable[[str], None] | None = None) -> dict:
-    """Build `parts` of the bundle at `out` from the ingested dataset; return the manifest."""
+                 progress: Callable[[str], None] | None = None, fitter: ChannelFitter | None = None) -> dict:
+    """Build `parts` of the bundle at `out` from the ingested dataset; return the manifest.
+
+    `fitter` fits the recall channels (default `fit_channels`; see the module docstring)."""
     cfg = config or Config()
     unknown = [p for p in parts if p not in PARTS]
     if unknown:
@@ -72,7 +76,7 @@ def build_bundle(dataset: str | Path, out: str | Path, config: Config | None = N
         if name not in parts:
             continue
         say(name)
-        fitted = fit_part(name, ds, out, settings)
+        fitted = fit_part(name, ds, out, settings, fitter=fitter)
         shutil.rmtree(out / name, ignore_errors=True)
         fitted.save(out / name)
         write_part(out, name, metrics=fitted.metrics, config=cfg.model_dump(mode="json"),

@@ -6,7 +6,8 @@ returns the same fitted channel objects, so whatever saves, merges or evaluates 
 Item-CF, Swing, Ranki2i, crowd and popularity tables come from Spark (equal to the local ones, see
 tests/test_distributed_tables.py); every other channel (retarget, the graph and MIND channels) is
 fitted as before. The events are read by Spark from the dataset folder when the dataset has one
-(local, HDFS or S3), with the split of the dataset object (the bundle moves the split).
+(local, HDFS or S3), with the split and the item table of the dataset object (the bundle moves the
+split and adds the serving item columns; the item table is small).
 
     >>> fitter = spark_channel_fitter(spark_session(SparkSettings(master="yarn")))          # doctest: +SKIP
     >>> channels = fitter(dataset, ["itemcf", "swing", "ranki2i", "popular"], {})            # doctest: +SKIP
@@ -20,7 +21,7 @@ from pathlib import Path
 
 from homefeed.data.dataset import Dataset
 from homefeed.distributed.crowd import fit_crowd
-from homefeed.distributed.frames import SparkDataset, from_dataset, read_dataset
+from homefeed.distributed.frames import SparkDataset, _ids_as_long, _to_spark, from_dataset, read_dataset
 from homefeed.distributed.itemcf import fit_itemcf
 from homefeed.distributed.popular import fit_popular
 from homefeed.distributed.ranki2i import fit_ranki2i
@@ -32,10 +33,12 @@ SPARK_CHANNELS = {"itemcf": fit_itemcf, "swing": fit_swing, "crowd": fit_crowd, 
 
 
 def spark_dataset(spark, dataset: Dataset) -> SparkDataset:
-    """The dataset as Spark frames: read from its folder when it has one, else sent from memory; its own split."""
+    """The dataset as Spark frames: events read from its folder when it has one, else sent from memory; its own
+    split and item table."""
     if dataset.path is not None and (Path(dataset.path) / "events.parquet").exists():
         sds = read_dataset(spark, str(dataset.path))
-        return dataclasses.replace(sds, split=dataset.split, n_items=dataset.n_items)
+        items = _ids_as_long(_to_spark(spark, dataset.items), ["item_id"])
+        return dataclasses.replace(sds, split=dataset.split, n_items=dataset.n_items, items=items)
     return from_dataset(spark, dataset)
 
 

@@ -87,9 +87,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("dataset", help="an ingested dataset folder")
     parser.add_argument("--master", default="local[2]", help="Spark master URL ('' keeps spark-submit's)")
     parser.add_argument("--tables", default=",".join(TABLES), help=f"comma-separated, of {', '.join(TABLES)}")
+    parser.add_argument("--shuffle-partitions", type=int, default=SparkSettings().shuffle_partitions,
+                        help="spark.sql.shuffle.partitions (~2-4x the cluster's cores)")
     parser.add_argument("--json", action="store_true", help="one JSON object instead of a table")
     args = parser.parse_args(argv)
-    spark = spark_session(SparkSettings(master=args.master))
+    spark = spark_session(SparkSettings(master=args.master, shuffle_partitions=args.shuffle_partitions))
     try:
         report = run_checks(spark, Dataset.load(args.dataset), tuple(t for t in args.tables.split(",") if t))
     finally:

@@ -11,9 +11,11 @@ or leave it to `spark-submit`, which sets it before Python starts. Fixed here on
 - PySpark's warning about the installed pandas major version is silenced (the UDFs use numpy arrays).
 
     >>> spark = spark_session(SparkSettings(master="local[2]"))   # doctest: +SKIP
+    >>> with spark_engine(cfg.spark) as spark: ...                  # doctest: +SKIP
 """
 from __future__ import annotations
 
+import contextlib
 import os
 import sys
 import warnings
@@ -71,3 +73,23 @@ def spark_session(settings: SparkSettings | None = None):
     spark = builder.getOrCreate()
     spark.sparkContext.setLogLevel("ERROR")
     return spark
+
+
+@contextlib.contextmanager
+def spark_engine(settings: SparkSettings | None = None):
+    """A session for one command: `spark_session(settings)`, stopped at the end. A session already running in this
+    process (a notebook's, a test suite's) is used as it is, its settings untouched, and left running."""
+    try:
+        from pyspark import SparkContext
+        from pyspark.sql import SparkSession
+    except ImportError:
+        spark_session(settings)  # raises the install hint
+        raise
+    if SparkContext._active_spark_context is not None:
+        yield SparkSession.getActiveSession() or SparkSession.builder.getOrCreate()
+        return
+    spark = spark_session(settings)
+    try:
+        yield spark
+    finally:
+        spark.stop()

@@ -19,6 +19,7 @@ configured channels, so a typo fails when the config loads, naming the key and t
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
 
 from pydantic import BaseModel, Field, field_validator, model_validator
@@ -45,6 +46,10 @@ def fit_channels(dataset: Dataset, names: list[str] | None = None, settings: dic
             channel.base_table = fitted[base].table_
         fitted[name] = channel.fit(dataset)
     return {name: fitted[name] for name in names}
+
+
+ChannelFitter = Callable[[Dataset, list[str], dict[str, dict]], dict[str, Recaller]]
+"""What fits the channels: `fit_channels`, or an engine's drop-in with its signature (`--engine spark`)."""
 
 
 def _channel_names(names: list[str], where: str) -> None:
@@ -100,26 +105,29 @@ class RecallSettings(Section):
         return {name: s.model_dump(exclude_unset=True) for name, s in self.channel_settings.items()}
 
 
-def fit_recall(dataset: Dataset, settings: RecallSettings, *, progress=None) -> tuple[dict[str, Recaller], Merger, Dataset]:
+def fit_recall(dataset: Dataset, settings: RecallSettings, *, progress=None,
+               fitter: ChannelFitter | None = None) -> tuple[dict[str, Recaller], Merger, Dataset]:
     """The served channels and merger: (channels, merger, the dataset the channels were last fitted on).
 
     With validation days and `merge.learn`: channels on train -> shares learned on valid -> channels
     refitted on train + valid. Otherwise: channels and merger on the training part. Either way the
     training exposures then adapt the shares (one CTR step, log channel names mapped to these channels).
+    `fitter` fits the channels (default `fit_channels`; the CLI passes the Spark engine's drop-in).
     """
     from homefeed.recall.shares import learn_merge
 
     say = progress or (lambda text: None)
+    fit_channels_ = fitter or fit_channels
     knobs = settings.knobs()
     if not (settings.merge.learn and dataset.events_in("valid").height):
-        channels = fit_channels(dataset, settings.channels, knobs)
+        channels = fit_channels_(dataset, settings.channels, knobs)
         return channels, Merger(settings=settings.merge).fit(dataset, served=settings.channels), dataset
     say(f"recall: fit {', '.join(settings.channels)} on the training days")
-    on_train = fit_channels(dataset, settings.channels, knobs)
+    on_train = fit_channels_(dataset, settings.channels, knobs)
     merger = learn_merge(dataset, on_train, settings.merge, behaviors=tuple(settings.relevant_behaviors), progress=say)
     dataset = serving_dataset(dataset)
     say("recall: refit on train + valid")
-    channels = fit_channels(dataset, settings.channels, knobs)
+    channels = fit_channels_(dataset, settings.channels, knobs)
     exposures = dataset.exposures_in("train")
     if exposures is not None and exposures.height and settings.merge.adapt:
         merger.update(exposures, served=settings.channels)
@@ -137,12 +145,12 @@ class RecallPart:
         self.metrics: dict = {}
 
     def fit(self, dataset: Dataset, settings: RecallSettings = RecallSettings(), *, max_eval_users: int = 5000,
-            progress=None) -> "RecallPart":
-        """Fit channels and merger (`fit_recall`: shares learned on the validation days when there are any);
-        score them on the test part."""
+            progress=None, fitter: ChannelFitter | None = None) -> "RecallPart":
+        """Fit channels and merger (`fit_recall`: shares learned on the validation days when there are any, the
+        channels by `fitter`, default `fit_channels`); score them on the test part."""
         from homefeed.recall.evaluate import evaluate_recall
 
-        self.channels, self.merger, served = fit_recall(dataset, settings, progress=progress)
+        self.channels, self.merger, served = fit_recall(dataset, settings, progress=progress, fitter=fitter)
         result = evaluate_recall(served, self.channels, self.merger, ks=(20, 50, 200), part="test",
                                  behaviors=tuple(settings.relevant_behaviors), max_users=max_eval_users)
         self.metrics = {"merged": result.get("merged", {}), "channels": result["channels"],
