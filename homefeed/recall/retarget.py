@@ -74,8 +74,8 @@ class Retarget(Recaller):
     Items the user bought are dropped (`exclude_bought=True`, the default), kept (`False`), or with `None`
     kept with their score scaled by `bought_factor_`, learned by `fit` from the training events
     (`return_after_buy`): 0, so dropped, until fitted and on logs where nobody comes back to what they bought.
-    Not the default: on the small shop users return to bought items as often as to carted ones (16%), yet
-    keeping them cost retarget HitRate@10 .426 -> .407 and the merged list .525 -> .513.
+    Opt-in until measured on more logs: on the Taobao tail log (110 test users) it lifts retarget
+    HitRate@10/50 from .355/.464 to .400/.500 and the merged list's HR@50 from .473 to .491.
     """
 
     name = "retarget"
