@@ -164,7 +164,7 @@ class ExperimentArm(Section):
 
     name: str = Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.-]+$")
     share: float = Field(gt=0, le=1)  # of all users, by a salted hash of the user id
-    bundle: str = ""  # a bundle folder for this arm; "" = the served bundle
+    bundle: str = ""  # a bundle folder for this arm (relative to where the server starts); "" = the served bundle
     overrides: list[str] = Field(default_factory=list, max_length=64)  # `--set`-style "serve.rank=false" lines
 
 
