@@ -164,6 +164,25 @@ def test_matches_a_brute_force_reference_on_a_random_log(window_events):
     assert (want > 0).sum() > 20  # the log is dense enough to test something
 
 
+@pytest.mark.parametrize("top_n", [1, 3, 7])
+def test_top_n_keeps_the_best_scores_and_the_lowest_codes_among_ties(top_n):
+    # integer co-occurrence counts tie a lot; 39 neighbours a row overflow the 4 x top_n selection buffer
+    rng = np.random.default_rng(5)
+    x = rng.random((60, 40)) < 0.3
+    x[:, 0] = False  # item code 0 is unknown
+    u, i = np.nonzero(x)
+    ev = pl.DataFrame({"user_id": u + 1, "item_id": i, "ts": np.arange(u.size), "behavior": ["pv"] * u.size},
+                      schema_overrides={"behavior": BEHAVIOR})
+    got = rows(itemcf_table(ev, 40, settings=PLAIN.model_copy(update={"top_n": top_n})))
+    c = x.T.astype(int) @ x.astype(int)
+    np.fill_diagonal(c, 0)
+    want = {a: {b: float(c[a, b]) for b in sorted(np.flatnonzero(c[a]), key=lambda b: (-c[a, b], b))[:top_n]}
+            for a in range(40) if c[a].any()}
+    assert got == want
+    assert all(list(got[a]) == list(want[a]) for a in want)  # best first, ties by the lower code
+    assert sum(np.sum(c[a] == c[a][list(want[a])[-1]]) > 1 for a in want) > 10  # ties at the cut are tested
+
+
 # --- the channel -------------------------------------------------------------------------------
 
 def dataset() -> Dataset:
