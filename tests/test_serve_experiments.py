@@ -5,6 +5,7 @@ server agrees: per user (the `arm` of each homepage), per arm in /metrics and in
 """
 import json
 import os
+import sqlite3
 import subprocess
 import sys
 
@@ -77,9 +78,15 @@ def test_arm_settings_are_the_servers_with_serving_overrides_only():
 
 # --- over real HTTP -----------------------------------------------------------------------------
 @pytest.fixture(scope="module")
-def servers(tiny_bundle, tmp_path_factory):
+def ab_folder(tmp_path_factory):
+    """Where the two servers keep their SQLite state: ab.db (with the experiment) and plain.db."""
+    return tmp_path_factory.mktemp("ab")
+
+
+@pytest.fixture(scope="module")
+def servers(tiny_bundle, ab_folder):
     """The same bundle served twice: with the experiment, and without any (each with its own SQLite state)."""
-    folder = tmp_path_factory.mktemp("ab")
+    folder = ab_folder
     token = (f'serve.admin_token="{TOKEN}"', BUDGET)
     procs = []
     try:
@@ -99,7 +106,8 @@ def admin(url: str) -> dict:
     return {a["name"]: a for a in r.json()["arms"]}
 
 
-def test_the_split_of_2000_users_is_within_3_percent_of_the_shares_and_each_user_where_the_hash_says(servers, tiny_bundle):
+def test_the_split_of_2000_users_is_within_3_percent_of_the_shares_and_each_user_where_the_hash_says(servers, tiny_bundle,
+                                                                                                    ab_folder):
     url, _ = servers
     users = [f"cold-{i}" for i in range(2000)]
     item = str(pl.read_parquet(tiny_bundle / "data" / "items.parquet")["item_id"][0])
@@ -113,6 +121,9 @@ def test_the_split_of_2000_users_is_within_3_percent_of_the_shares_and_each_user
     assert counts == {a: int(expected[a]) for a in NAMES}  # each user in the arm the hash names
     for name, share in zip(NAMES, SHARES):
         assert abs(counts[name] / 2000 - share) <= 0.03, (name, counts)
+    with sqlite3.connect(ab_folder / "ab.db") as c:  # every stored event records the arm that served its user
+        stored = dict(c.execute("SELECT user_id, arm FROM events WHERE event_id LIKE 'split-%'").fetchall())
+    assert stored == dict(zip(users, expected_arm(users)))
 
 
 def test_pages_carry_their_arm_and_metrics_count_each_arm(servers, tiny_bundle):

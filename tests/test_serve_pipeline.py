@@ -284,8 +284,8 @@ def test_unreadable_stored_events_and_profile_are_skipped_and_counted(pipeline, 
 
     user, now = active_user(bundle)
     with sqlite3.connect(pipeline.store.path) as c:
-        c.execute("INSERT INTO events VALUES ('bad-ts', ?, '1', 'click', 'soon')", (user,))
-        c.execute("INSERT INTO events VALUES ('bad-behavior', ?, '1', 'teleport', ?)", (user, now - 5))
+        c.execute("INSERT INTO events (event_id, user_id, item_id, behavior, ts) VALUES ('bad-ts', ?, '1', 'click', 'soon')", (user,))
+        c.execute("INSERT INTO events (event_id, user_id, item_id, behavior, ts) VALUES ('bad-behavior', ?, '1', 'teleport', ?)", (user, now - 5))
         c.execute("INSERT INTO profiles VALUES (?, 'not json')", (user,))
     state = pipeline.user_state(user, now)
     assert state.profile == bundle.profiles.get(bundle.user_code(user), {})

@@ -109,7 +109,7 @@ def test_undecodable_stored_values_read_as_unreadable_and_can_be_replaced(store)
         with sqlite3.connect(store.path) as c:
             c.execute("INSERT INTO blobs (user_id, key, value) VALUES ('u1', 'templates', '{not json')")
             c.execute("INSERT INTO profiles VALUES ('u1', '[1, 2]')")
-            c.execute("INSERT INTO events VALUES ('bad', 'u1', 'i1', 'click', 'soon')")  # SQLite keeps the text
+            c.execute("INSERT INTO events (event_id, user_id, item_id, behavior, ts) VALUES ('bad', 'u1', 'i1', 'click', 'soon')")  # SQLite keeps the text
     else:
         events, _, _, blobs = store.keys_of("u1")
         store.r.hset(blobs, "templates", "{not json")
@@ -268,4 +268,21 @@ def test_idle_users_keys_expire_redis(redis_url):
     for key in s.keys_of("u1"):
         assert 0 < s.r.ttl(key) <= 3600, key
     assert 0 < s.r.ttl(s.keys_of("u2")[3]) <= 3600
+    s.close()
+
+
+def test_an_events_arm_is_stored_and_read_back(store):
+    store.append_events([Event("a1", "u1", "i1", "click", 100, "treatment"), ev(2, ts=101)])
+    assert [(e.event_id, e.arm) for e in store.recent_events("u1")] == [("a1", "treatment"), ("e2", "")]
+
+
+def test_a_state_file_from_before_experiments_gains_the_arm_column(tmp_path):
+    path = tmp_path / "old.db"
+    with sqlite3.connect(path) as c:  # the events table as earlier versions created it
+        c.execute("CREATE TABLE events (event_id TEXT PRIMARY KEY, user_id TEXT NOT NULL, item_id TEXT NOT NULL, "
+                  "behavior TEXT NOT NULL, ts INTEGER NOT NULL)")
+        c.execute("INSERT INTO events VALUES ('old', 'u1', 'i1', 'pv', 100)")
+    s = SQLiteStore(path)
+    s.append_events([Event("new", "u1", "i2", "click", 101, "b")])
+    assert [(e.event_id, e.arm) for e in s.recent_events("u1")] == [("old", ""), ("new", "b")]
     s.close()

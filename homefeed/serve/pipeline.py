@@ -283,7 +283,7 @@ class Pipeline:
 
     def ingest_new(self, events: list[EventIn]) -> list[Event]:
         """`ingest`, returning the events that were new (not duplicates of stored event ids)."""
-        new = self.store.append_events([Event(e.event_id, e.user_id, e.item_id, e.behavior, e.ts) for e in events],
+        new = self.store.append_events([Event(e.event_id, e.user_id, e.item_id, e.behavior, e.ts, self.arm) for e in events],
                                        fold=self._folds)
         self.metrics.events.labels(self.arm).inc(len(new))
         for e in new:

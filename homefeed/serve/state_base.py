@@ -34,6 +34,7 @@ class Event:
     item_id: str
     behavior: str
     ts: int
+    arm: str = ""  # the experiment arm that served the user when the event came ("" = no experiment)
 
 
 class StateStore(ABC):
@@ -128,7 +129,7 @@ def decode(raw: str) -> dict:
 def decode_event(raw: str, user_id: str) -> Event:
     """A stored event row (a JSON list); one that does not decode as an event with behavior UNREADABLE."""
     try:
-        return Event(*json.loads(raw))
+        return Event(*json.loads(raw))  # 5 fields (stored before live experiments) or 6 (with the arm)
     except (TypeError, ValueError):
         return Event("", str(user_id), "", UNREADABLE, 0)
 

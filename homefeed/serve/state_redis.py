@@ -71,7 +71,7 @@ class RedisStore(StateStore):
         news = [change(decode(raw) if raw is not None else None) for change, raw in zip(changes, raws)]
         argv: list = [self.max_events, self.max_ids, len(events), len(fields)]
         for e in events:
-            argv += [e.event_id, json.dumps([e.event_id, e.user_id, e.item_id, e.behavior, int(e.ts)]), int(e.ts)]
+            argv += [e.event_id, json.dumps([e.event_id, e.user_id, e.item_id, e.behavior, int(e.ts), e.arm]), int(e.ts)]
         for field, raw, new in zip(fields, raws, news):
             argv += [field, "" if raw is None else "=" + raw, "" if new is None else json.dumps(new)]
         return bool(self._commit(keys=keys, args=[*argv, self.idle_s])), news

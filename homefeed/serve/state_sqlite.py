@@ -24,7 +24,7 @@ class SQLiteStore(StateStore):
 
     SCHEMA = """
     CREATE TABLE IF NOT EXISTS events (event_id TEXT PRIMARY KEY, user_id TEXT NOT NULL, item_id TEXT NOT NULL,
-                                       behavior TEXT NOT NULL, ts INTEGER NOT NULL);
+                                       behavior TEXT NOT NULL, ts INTEGER NOT NULL, arm TEXT NOT NULL DEFAULT '');
     CREATE INDEX IF NOT EXISTS events_by_user ON events (user_id, ts);
     CREATE TABLE IF NOT EXISTS profiles (user_id TEXT PRIMARY KEY, profile TEXT NOT NULL);
     CREATE TABLE IF NOT EXISTS blobs (user_id TEXT NOT NULL, key TEXT NOT NULL, value TEXT NOT NULL,
@@ -59,7 +59,10 @@ class SQLiteStore(StateStore):
         self._file = _identity(self.path)
 
     def _migrate(self, conn: sqlite3.Connection) -> None:
-        """A file from before blob eviction: add the write-time column, its blobs counted as written now."""
+        """A file from before blob eviction: add the write-time column, its blobs counted as written now; a file
+        from before live experiments: add the events' arm column (empty)."""
+        if "arm" not in {row[1] for row in conn.execute("PRAGMA table_info(events)")}:
+            conn.execute("ALTER TABLE events ADD COLUMN arm TEXT NOT NULL DEFAULT ''")
         if "touched" not in {row[1] for row in conn.execute("PRAGMA table_info(blobs)")}:
             conn.execute("ALTER TABLE blobs ADD COLUMN touched INTEGER NOT NULL DEFAULT 0")
             conn.execute(f"UPDATE blobs SET touched = {self.NOW}")
@@ -107,8 +110,8 @@ class SQLiteStore(StateStore):
         def work() -> list[Event]:
             new = []
             for e in events:  # one prepared statement per event, inside one transaction
-                cur = conn.execute("INSERT OR IGNORE INTO events VALUES (?, ?, ?, ?, ?)",
-                                   (e.event_id, e.user_id, e.item_id, e.behavior, int(e.ts)))
+                cur = conn.execute("INSERT OR IGNORE INTO events (event_id, user_id, item_id, behavior, ts, arm) "
+                                   "VALUES (?, ?, ?, ?, ?, ?)", (e.event_id, e.user_id, e.item_id, e.behavior, int(e.ts), e.arm))
                 if cur.rowcount == 1:
                     new.append(e)
             for user, evs in by_user(new).items() if fold else ():
@@ -129,7 +132,7 @@ class SQLiteStore(StateStore):
     @guarded
     def recent_events(self, user_id: str, n: int = 200) -> list[Event]:
         rows = self._conn().execute(
-            "SELECT event_id, user_id, item_id, behavior, ts FROM events WHERE user_id = ? ORDER BY ts DESC, rowid DESC LIMIT ?",
+            "SELECT event_id, user_id, item_id, behavior, ts, arm FROM events WHERE user_id = ? ORDER BY ts DESC, rowid DESC LIMIT ?",
             (str(user_id), n)).fetchall()
         return [Event(*r) for r in reversed(rows)]
 
