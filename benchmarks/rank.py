@@ -233,7 +233,8 @@ def our_loop(model, data, order, to_input, score, cast, logits: bool, args) -> i
     import torch.nn.functional as F
     from homefeed.rank.optim import RowAdam
     if logits:
-        opts = [RowAdam(model.sparse_parameters(), lr=args.lr), torch.optim.Adam(model.dense_parameters(), lr=args.lr)]
+        tables = RowAdam if args.table_optimizer == "row_adam" else torch.optim.SparseAdam
+        opts = [tables(model.sparse_parameters(), lr=args.lr), torch.optim.Adam(model.dense_parameters(), lr=args.lr)]
     else:
         opts = [torch.optim.Adam(model.parameters(), lr=args.lr)]
     loss_fn = F.binary_cross_entropy_with_logits if logits else F.binary_cross_entropy
@@ -367,6 +368,8 @@ def main() -> None:
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--budget", type=float, default=300.0, help="seconds of training per run at most (then a partial epoch)")
     p.add_argument("--runs", default=",".join(RUNS), help=f"comma-separated runs; valid: {', '.join(RUNS)}")
+    p.add_argument("--table-optimizer", choices=["row_adam", "sparse_adam"], default="row_adam",
+                   help="our embedding tables' optimiser: homefeed's RowAdam, or torch's SparseAdam (the same update, sorted)")
     p.add_argument("--json", action="store_true")
     p.add_argument("--worker", help=argparse.SUPPRESS)
     args = p.parse_args()

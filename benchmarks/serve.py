@@ -22,6 +22,8 @@
    looked up in the state store (`lost` must be 0).
 
 `--runtimes`: the model alone in TorchScript fp32/int8, eager and ONNX Runtime on one request's batch.
+4. The console's homepage view (`/ui?user_id=U`, `--console-requests`, issue 17): the server time the view adds
+   over the pipeline (its Server-Timing header), p50/p90/p99, and /ui's wall; target <= 5 ms.
 
 Targets on 2 cores: in-process p99 < 25 ms for a full request; >= 150 homepage requests/s over HTTP;
 no acked event lost. Wall times on a shared machine are noisy: compare CPU ms and same-run ratios.
@@ -162,6 +164,34 @@ def in_process(bundle: Path, n: int) -> dict:
     return out
 
 
+def console_view(bundle: Path, n: int) -> dict:
+    """The console's homepage view (/ui?user_id=U, serve/ui.py) in process, through the app (Starlette's TestClient):
+    the server time it adds over the pipeline (its own Server-Timing header: pipeline;dur, view;dur), and the
+    wall time per /ui request."""
+    from fastapi.testclient import TestClient
+
+    from homefeed.serve.api import create_app
+
+    users, _ = bundle_users(bundle)
+    app = create_app(bundle, state=f"sqlite:{Path(tempfile.mkdtemp()) / 's.db'}")
+    view, pipeline, ui_wall = [], [], []
+    with TestClient(app) as client:
+        for u in users[:3]:  # warm-up: template compilation, the catalog
+            client.get("/ui", params={"user_id": u})
+        for i in range(n):
+            u = users[i % len(users)]
+            t = time.perf_counter()
+            r = client.get("/ui", params={"user_id": u})
+            ui_wall.append(time.perf_counter() - t)
+            if r.status_code != 200:
+                raise RuntimeError(f"/ui?user_id={u} answered {r.status_code}: {r.text[:300]}")
+            timing = dict(part.split(";dur=") for part in r.headers["server-timing"].split(", "))
+            view.append(float(timing["view"]) / 1000)
+            pipeline.append(float(timing["pipeline"]) / 1000)
+    return {"requests": n, "view_p50_ms": pct(view, 50), "view_p90_ms": pct(view, 90), "view_p99_ms": pct(view, 99),
+            "pipeline_p50_ms": pct(pipeline, 50), "ui_wall_p50_ms": pct(ui_wall, 50)}
+
+
 def runtimes(bundle: Path, reps: int = 40) -> dict:
     """CPU ms (median) of one forward on a real request's batch: TorchScript fp32 / int8 (what the bundle
     holds), the eager model, and ONNX Runtime (exported here from the eager model), 1 thread each; and the
@@ -285,6 +315,8 @@ def main() -> None:
     p.add_argument("--workers", default="1,2", help="comma-separated worker counts to run over HTTP")
     p.add_argument("--no-http", action="store_true")
     p.add_argument("--runtimes", action="store_true", help="also time the model in TorchScript, eager and ONNX Runtime")
+    p.add_argument("--console-requests", type=int, default=100,
+                   help="requests of the console's homepage view /ui?user_id=U timed in process (0: skip)")
     p.add_argument("--json", action="store_true")
     a = p.parse_args()
     import torch
@@ -292,13 +324,15 @@ def main() -> None:
     torch.set_num_threads(1)  # as the server's request threads do
     local = [in_process(a.bundle, a.requests)] + ([in_process(a.din, a.requests)] if a.din else [])
     models = runtimes(a.bundle) if a.runtimes else {}
+    console = console_view(a.bundle, a.console_requests) if a.console_requests else {}
     http = {}
     if not a.no_http:
         folder, clock = Path(tempfile.mkdtemp()), [0]
         http = {f"w{w}": over_http(a.bundle, a.http_requests, int(w), folder, clock) for w in a.workers.split(",")}
     best_rps = max((h[k]["rps"] for h in http.values() for k in h if k.startswith("mix")), default=float("nan"))
-    result = {"in_process": local, "model_runtimes": models, "http": http,
+    result = {"in_process": local, "model_runtimes": models, "console": console, "http": http,
               "targets": {"in_process_p99<25ms": local[0]["full_p99_ms"] < 25, "http_mix_rps>=150": best_rps >= 150,
+                          **({"console_view_p50<=5ms": console["view_p50_ms"] <= 5} if console else {}),
                           "no_acked_event_lost": all(h["events"]["lost"] == 0 for h in http.values())}}
     if a.json:
         print(json.dumps(result))
@@ -328,6 +362,17 @@ def report(result: dict) -> None:
             t.add_row("  model forward", f"{f['model']:.2f}", "")
         for k, v in loc.get("recall_cpu_ms", {}).items():
             t.add_row(f"  recall CPU: {k}" + (" alone" if "stage" not in k else ""), f"{v:.2f}", "")
+        con.print(t)
+    if result["console"]:
+        c = result["console"]
+        t = Table(title=f"console homepage view /ui?user_id=U, in process, {c['requests']} requests (target: view <= 5 ms "
+                        "over the pipeline)")
+        for col in ("what", "p50 ms", "p90 ms", "p99 ms"):
+            t.add_column(col, justify="left" if col == "what" else "right")
+        t.add_row("view: server time added over the pipeline (Server-Timing)", f"{c['view_p50_ms']:.2f}",
+                  f"{c['view_p90_ms']:.2f}", f"{c['view_p99_ms']:.2f}")
+        t.add_row("pipeline inside /ui", f"{c['pipeline_p50_ms']:.2f}", "", "")
+        t.add_row("/ui request wall through the app (TestClient)", f"{c['ui_wall_p50_ms']:.2f}", "", "")
         con.print(t)
     if result["model_runtimes"]:
         m = result["model_runtimes"]

@@ -193,3 +193,34 @@ def test_din_shared_history_keeps_only_real_steps_and_equals_the_rows(real_steps
     torch.testing.assert_close(served, reference, rtol=0, atol=1e-5)
     order = lambda x: torch.argsort(x, descending=True, stable=True)  # noqa: E731
     assert torch.equal(order(shared), order(reference))  # the same candidates in the same order: the same page
+
+
+@pytest.mark.parametrize("name", ["din", "deepfm", "pnn", "nfm", "deepresnet", "bst_cross_fm_resnet"])
+@pytest.mark.parametrize("large_vocab", [30, 500])  # every field small (no GEMM part), or user_id and item_id large
+def test_deep_tower_by_field_equals_the_plain_first_layer(name, large_vocab, tmp_path):
+    """Eval mode computes the small fields' share of the tower's first layer by lookup: the same logits (and in
+    TorchScript, fp32 and int8), for a batch past `small_batch` and one under it."""
+    spec = SPEC.model_copy(update={"sparse": [f.model_copy(update={"vocab_size": large_vocab}) if f.name in ("user_id", "item_id")
+                                              else f for f in SPEC.sparse]})
+    torch.manual_seed(0)
+    config = ModelConfig.model_validate(CONFIGS[name].model_dump() | {"embed_dim": 4, "hidden": [16, 8]})
+    m = RankModel(spec, config).eval()
+    small = (len(spec.sparse) - (large_vocab > 64) * 2) if config.deep_fields else 0  # NFM's tower reads no fields
+    assert m.small.numel() == small and m.small_batch <= 200
+    big, small = random_batch(spec, 300, seed=8), random_batch(spec, 5, seed=9)
+    loaded = load_torchscript(export_torchscript(m, random_batch(spec, 8, seed=2), tmp_path / "m.pt"))
+    quant = quantize_int8(m)
+    loaded_q = load_torchscript(export_torchscript(quant, random_batch(spec, 8, seed=2), tmp_path / "q.pt"))
+    inputs = lambda b: {k: b[k] for k in m.input_names}  # noqa: E731
+    for batch in (big, small):
+        with torch.no_grad():
+            by_field, served, served_q = m(batch), loaded(inputs(batch)), loaded_q(inputs(batch))
+            m.train()
+            plain = m(batch)  # the training path: the plain Linear on the whole input
+            m.eval()
+            quant.train()
+            plain_q = quant(batch)
+            quant.eval()
+        torch.testing.assert_close(by_field, plain, rtol=0, atol=1e-5)
+        torch.testing.assert_close(served, plain, rtol=0, atol=1e-5)
+        torch.testing.assert_close(served_q, plain_q, rtol=0, atol=1e-4)

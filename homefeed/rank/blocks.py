@@ -173,6 +173,16 @@ class MLP(nn.Sequential):
         super().__init__(*layers)
         self.out_dim = hidden[-1]
 
+    def first_layer(self) -> nn.Module:
+        """The first Linear (its weight and bias let a caller compute its output by parts)."""
+        return self[0]
+
+    def after_first(self, h: Tensor) -> Tensor:
+        """The tower's output from the first Linear's output h."""
+        for layer in list(self)[1:]:
+            h = layer(h)
+        return h
+
 
 class ResidualUnit(nn.Module):
     """Deep Crossing residual unit: x -> relu(x + W2 relu(W1 x)).  (B, W) -> (B, W)."""
@@ -199,4 +209,10 @@ class ResidualMLP(nn.Module):
         self.out_dim = hidden[0]
 
     def forward(self, x: Tensor) -> Tensor:
-        return self.units(torch.relu(self.project(x)))
+        return self.after_first(self.project(x))
+
+    def first_layer(self) -> nn.Module:
+        return self.project
+
+    def after_first(self, h: Tensor) -> Tensor:
+        return self.units(torch.relu(h))

@@ -107,11 +107,25 @@ class RankModel(nn.Module):
         self.cross = CrossNet(width, c.cross_layers, version=c.cross) if c.cross else None
         head_in = (self.cross.out_dim if self.cross else 0) + (self.deep.out_dim if self.deep else 0)
         self.head = nn.Linear(head_in, 1, bias=False) if head_in else None
+        self._small_fields(vocab, c)
         self.bias = nn.Parameter(torch.zeros(1))
         # (scale, shift) applied to the final logit: identity while training, then fitted on the validation
         # part (Platt scaling, `train.calibrate`) so predicted CTRs match observed rates; ranking is unchanged
         self.register_buffer("calibration", torch.tensor([1.0, 0.0]))
         self.input_names = ["sparse"] + ["dense"] * (n_dense > 0) + ["seq"] * (c.sequence is not None) + ["seq_gap"] * (c.sequence == "bst")
+
+    def _small_fields(self, vocab: list[int], c: ModelConfig) -> None:
+        """Buffers for the eval-mode deep tower's first layer by field (`deep_first_layer`): fields of at most
+        SMALL_VOCAB codes (`small`, their table rows padded to the largest such vocabulary) and the others (`large`)."""
+        small = [i for i, v in enumerate(vocab) if v <= SMALL_VOCAB] if self.deep is not None and c.deep_fields else []
+        self.small_batch = 2 * max((vocab[i] for i in small), default=0)  # the bmm pays for itself from here
+        width = max((vocab[i] for i in small), default=1)
+        rows = [[int(self.embedding.offsets[i]) + min(j, vocab[i] - 1) for j in range(width)] for i in small]
+        self.register_buffer("small", torch.tensor(small, dtype=torch.int64), persistent=False)  # (S,)
+        self.register_buffer("large", torch.tensor([i for i in range(len(vocab)) if i not in small], dtype=torch.int64),
+                             persistent=False)
+        self.register_buffer("small_rows", torch.tensor(rows, dtype=torch.int64).reshape(len(small), width), persistent=False)
+        self.register_buffer("small_base", torch.arange(len(small), dtype=torch.int64) * width, persistent=False)
 
     @staticmethod
     def _sequence_block(spec: FeatureSpec, c: ModelConfig) -> nn.Module | None:
@@ -134,7 +148,7 @@ class RankModel(nn.Module):
         else:
             e = self.embedding(batch["sparse"])  # (B, F, D)
             x = torch.cat([e.flatten(1), *self._dense(batch), *self._pool_sequence(batch, e)], dim=1)  # (B, K)
-            terms = self._shallow(batch, e) + self._over(x, e)  # [(B,), ...]
+            terms = self._shallow(batch, e) + self._over(x, e, batch["sparse"])  # [(B,), ...]
             logit = self.bias + torch.stack(terms).sum(dim=0)  # (B,)
         return logit * self.calibration[0] + self.calibration[1]
 
@@ -161,12 +175,19 @@ class RankModel(nn.Module):
         wide = [self.wide(batch["sparse"], *self._dense(batch))] if self.wide is not None else []
         return wide + ([self.fm(e)] if self.fm is not None else [])
 
-    def _over(self, x: Tensor, e: Tensor) -> list[Tensor]:
+    def _over(self, x: Tensor, e: Tensor, sparse: Tensor) -> list[Tensor]:
         """[head([cross(x), deep([x, product(e), bi(e)])])] -> [(B,)], or [] without cross and deep."""
         parts = [self.cross(x)] if self.cross is not None else []
         if self.deep is not None:
-            deep_in = [x] * self.config.deep_fields + [m(e) for m in (self.product, self.bi) if m is not None]
-            parts.append(self.deep(torch.cat(deep_in, dim=1)))
+            extra = [m(e) for m in (self.product, self.bi) if m is not None]
+            if self.training or not self.config.deep_fields or self.small.numel() == 0:
+                parts.append(self.deep(torch.cat([x] * self.config.deep_fields + extra, dim=1)))
+            else:  # eval: the small fields' part of the first layer by lookup (same function, a third of the work)
+                first = self.deep.first_layer()
+                tail = torch.cat([x[:, e.size(1) * e.size(2):]] + extra, dim=1)  # [dense, sequence, product, bi]
+                h = deep_first_layer(e, tail, sparse, first.weight, first.bias, self.small, self.large,
+                                     self.small_rows, self.small_base, self.embedding.table.weight, self.small_batch)
+                parts.append(self.deep.after_first(h))
         return [self.head(torch.cat(parts, dim=1)).squeeze(-1)] if parts else []
 
     def embedding_rows(self, batch: dict[str, Tensor]) -> list[tuple[nn.Embedding, Tensor]]:
@@ -198,6 +219,32 @@ class RankModel(nn.Module):
 
 
 _MLP = {"deep": "mlp"}
+SMALL_VOCAB = 64  # fields with at most this many codes enter the eval-mode deep tower by lookup (`deep_first_layer`)
+
+
+@torch.jit.script_if_tracing  # the branch on the batch size stays a branch in a TorchScript trace
+def deep_first_layer(e: Tensor, tail: Tensor, sparse: Tensor, weight: Tensor, bias: Tensor, small: Tensor, large: Tensor,
+                     rows: Tensor, base: Tensor, table: Tensor, min_rows: int) -> Tensor:
+    """The deep tower's first Linear on [flatten(e), tail] (B, H), computed by field in eval mode.
+
+    A field of V codes contributes W_f e_f, one of only V vectors: for the small fields these are
+    computed once per call (S, V, D) x (S, D, H), then summed per row by lookup (`embedding_bag`);
+    the GEMM keeps the large fields and the tail. Serving 500 candidates of the small shop's DIN,
+    22 of 27 fields are small (profile, context, cross counts): the layer's multiply-adds fall from
+    60M to about 23M. Same function as the plain Linear (float rounding aside); batches under
+    `min_rows` take the plain Linear, where the per-call tables would cost more than they save.
+    """
+    n, n_fields, dim = e.shape
+    if small.numel() == 0 or n < min_rows:
+        return torch.nn.functional.linear(torch.cat([e.reshape(n, n_fields * dim), tail], 1), weight, bias)
+    width = weight.size(0)
+    head = weight[:, : n_fields * dim].reshape(width, n_fields, dim)  # (H, F, D)
+    lookup = torch.bmm(table[rows], head.index_select(1, small).permute(1, 2, 0))  # (S, V, D) x (S, D, H) -> (S, V, H)
+    out = torch.nn.functional.embedding_bag(sparse.index_select(1, small) + base, lookup.reshape(-1, width), mode="sum")
+    n_large = large.numel() * dim
+    w_large = torch.cat([head.index_select(1, large).reshape(width, n_large), weight[:, n_fields * dim:]], 1)  # (H, K')
+    x_large = torch.cat([e.index_select(1, large).reshape(n, n_large), tail], 1)  # (B, K')
+    return torch.addmm(out + bias, x_large, w_large.t())
 PRESETS: dict[str, ModelConfig] = {
     "lr": ModelConfig(linear=True),
     "wdl": ModelConfig(linear=True, **_MLP),  # Wide & Deep, Cheng et al. 2016

@@ -1,0 +1,116 @@
+"""Benchmark: every ranking preset on the shared real logs, against LR and the constant predictor (issue 13, Rank).
+
+For every log of `benchmarks/real_logs.py` that is present and yields ranking samples (each
+skipped with the reason otherwise): ingest it the same way (same cache), build one set of samples,
+train and test every preset with `homefeed.rank.evaluate.evaluate_rank` (seeded, early stopping
+and calibration on valid), and check issue 13's Rank targets per log:
+
+* every deep preset: test AUC >= LR's - 0.005 and test logloss < the constant predictor's;
+* DIN and BST >= DeepFM (test AUC) where the samples carry a behaviour history.
+
+    python benchmarks/real_logs_rank.py                          # every log, every preset, a table per log
+    python benchmarks/real_logs_rank.py --logs toys --presets lr,deepfm,din --json
+    python benchmarks/real_logs_rank.py --out /tmp/rank.json     # also write the JSON object there, log by log
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from real_logs import LOGS, load_log, say  # noqa: E402  (same logs, same ingest cache)
+
+PRESETS = ("lr", "wdl", "deepfm", "pnn", "nfm", "dcn", "deepresnet", "din", "bst")
+SEQUENCE = ("din", "bst")
+MARGIN = 0.005
+
+
+def targets(rows: dict, has_history: bool) -> dict:
+    """Issue 13's Rank targets on one log's rows, each with the figures it compares."""
+    out = {}
+    const, lr = rows["constant"], rows["lr"]
+    for name, row in rows.items():
+        if name in ("constant", "lr"):
+            continue
+        out[f"{name}: auc>=lr-{MARGIN}"] = {"ok": row["auc"] >= lr["auc"] - MARGIN, name: row["auc"], "lr": lr["auc"]}
+        out[f"{name}: logloss<constant"] = {"ok": row["logloss"] < const["logloss"], name: row["logloss"],
+                                            "constant": const["logloss"]}
+    if has_history and "deepfm" in rows:
+        for name in SEQUENCE:
+            if name in rows:
+                out[f"{name}>=deepfm"] = {"ok": rows[name]["auc"] >= rows["deepfm"]["auc"], name: rows[name]["auc"],
+                                          "deepfm": rows["deepfm"]["auc"]}
+    return out
+
+
+def evaluate_log(name: str, dataset, presets: list[str], overrides: list[str]) -> dict:
+    from homefeed.config import load_config
+    from homefeed.rank.evaluate import RankSettings, evaluate_rank
+
+    settings = RankSettings.from_section(load_config(overrides=overrides).rank) if overrides else RankSettings()
+    t0 = time.perf_counter()
+    try:
+        results = evaluate_rank(dataset, presets, settings, progress=lambda text: say(f"{name}: {text}"))
+    except ValueError as e:  # a log the sample protocol cannot use: say why, go on
+        return {"error": str(e)}
+    meta = dict(results.meta)
+    rows = {k: dict(v) for k, v in results.items()}
+    return {"rows": rows, "meta": meta, "targets": targets(rows, meta["fields"]["max_len"] > 0),
+            "seconds": time.perf_counter() - t0}
+
+
+def print_tables(results: dict) -> None:
+    from rich.console import Console
+
+    from homefeed.evaluate.report import metrics_table
+
+    console = Console(width=200)
+    columns = ("auc", "gauc", "logloss", "calibration", "ece", "best_epoch", "train_s", "check")
+    for name, result in results.items():
+        if isinstance(result, str) or "error" in result:
+            console.print(f"[bold]{name}[/bold]: skipped ({result if isinstance(result, str) else result['error']})")
+            continue
+        s = result["meta"]["samples"]
+        title = (f"{name}: rank test metrics ({result['meta']['protocol']} protocol; rows train/valid/test "
+                 f"{s['train']['rows']}/{s['valid']['rows']}/{s['test']['rows']}; history len {result['meta']['fields']['max_len']})")
+        console.print(metrics_table(result["rows"], title=title, columns=columns, name_header="model"))
+        misses = [(t, v) for t, v in result["targets"].items() if not v["ok"]]
+        console.print(f"  targets: {len(result['targets']) - len(misses)} of {len(result['targets'])} met")
+        for target, verdict in misses:
+            console.print(f"  MISS {target}: " + ", ".join(f"{a} {b:.4f}" for a, b in verdict.items() if a != "ok"))
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--logs", default=",".join(n for n in LOGS if n != "diginetica"),
+                        help=f"comma-separated, of: {', '.join(LOGS)}")
+    parser.add_argument("--presets", default=",".join(PRESETS))
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="config override, e.g. rank.train.lr=0.002")
+    parser.add_argument("--cache", type=Path, default=Path(tempfile.gettempdir()) / "homefeed_real_logs")
+    parser.add_argument("--out", type=Path, default=None, help="write the JSON object here after each log")
+    parser.add_argument("--json", action="store_true", help="print exactly one JSON object on stdout")
+    args = parser.parse_args(argv)
+    names = args.logs.split(",")
+    unknown = [n for n in names if n not in LOGS]
+    if unknown:
+        parser.error(f"unknown log(s) {unknown}; valid: {', '.join(LOGS)}")
+    args.cache.mkdir(parents=True, exist_ok=True)
+    results: dict = {}
+    for name in names:
+        dataset = load_log(name, LOGS[name], args.cache)
+        results[name] = dataset if isinstance(dataset, str) else evaluate_log(name, dataset, args.presets.split(","), args.set)
+        if args.out:
+            args.out.write_text(json.dumps({"logs": results}, default=float))
+        if not args.json:
+            print_tables({name: results[name]})
+    if args.json:
+        print(json.dumps({"logs": results, "presets": args.presets.split(","), "margin": MARGIN}, default=float))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
