@@ -22,6 +22,10 @@ to score 500 candidates of one request (eager fp32, eager int8, TorchScript int8
     python benchmarks/rank.py --rows 100000 --models deepfm,bst --json
 Targets (issue 7): >= 3x the peers' training samples/s at equal AUC (within 0.002); 500 candidates < 10 ms.
 
+Measured 2026-12-04, 500k rows, --threads 2, load average 10-14 (3 runs, median): DeepFM ours 73.9k vs deepctr fit
+40.0k samples/s (1.85x; AUC 0.6057 vs 0.6129), DCN 63.1k vs 31.4k (2.01x; AUC 0.6137 vs 0.6122). RowAdam against
+torch's SparseAdam in the same loop (--table-optimizer): 1.16x (79.8k vs 68.5k), same AUC to 4 digits.
+
 Measured 2026-11-22, 1M rows, --threads 1, on the 2-core dev box while other jobs kept its load at 8-11
 (so wall figures are low; samples per CPU-second are the steadier comparison). Train per CPU-s / test AUC:
     deepfm  ours 42.9k / 0.6425 (bf16 57.7k / 0.6426)   deepctr fit 26.4k / 0.6433, in our loop 43.8k / 0.6422
