@@ -145,3 +145,12 @@ def test_serving_refuses_a_tampered_signed_bundle_before_opening_its_files(tiny_
     rewrite(b, lambda m: m["parts"]["data"]["files"].update({"data/../../../../etc/hostname": {"bytes": 0, "sha256": ""}}))
     with pytest.raises(BundleError, match="does not match its signature"):  # refused before the path is looked at
         ServingBundle.load(b, key=KEY)
+
+
+def test_the_admin_token_never_reaches_a_bundle(tmp_path):
+    (tmp_path / "rank").mkdir()
+    (tmp_path / "rank" / "model.pt").write_text("weights")
+    write_part(tmp_path, "rank", config={"serve": {"admin_token": "s3cret-token;42", "history_len": 200}})
+    text = (tmp_path / "manifest.json").read_text()
+    assert "s3cret-token" not in text
+    assert read_manifest(tmp_path)["config"]["serve"] == {"admin_token": "(set)", "history_len": 200}

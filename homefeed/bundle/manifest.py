@@ -131,6 +131,18 @@ def _write_manifest(bundle: Path, manifest: dict) -> None:
     os.replace(tmp, bundle / "manifest.json")  # atomic: a reader sees the old or the new manifest
 
 
+SECRETS = (("serve", "admin_token"),)  # config values never written into a bundle (it is copied and shown)
+
+
+def without_secrets(config: dict) -> dict:
+    """The config with every secret value replaced by "(set)" when set, so a bundle never carries the admin token."""
+    out = json.loads(json.dumps(config))
+    for section, key in SECRETS:
+        if out.get(section, {}).get(key):
+            out[section][key] = "(set)"
+    return out
+
+
 def write_part(bundle: str | Path, part: str, *, metrics: dict | None = None, config: dict | None = None,
                info: dict | None = None) -> dict:
     """Record every file now under `bundle/part/` in the manifest, with sizes and checksums."""
@@ -145,7 +157,7 @@ def write_part(bundle: str | Path, part: str, *, metrics: dict | None = None, co
     manifest["format_version"] = FORMAT_VERSION
     manifest["updated"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
     if config is not None:
-        manifest["config"] = config
+        manifest["config"] = without_secrets(config)
     manifest["parts"][part] = {"files": files, "metrics": metrics or {}, "built": manifest["updated"], **(info or {})}
     manifest["version"] = content_version(manifest)
     _write_manifest(bundle, manifest)
