@@ -85,7 +85,7 @@ def test_whether_bought_items_come_back_is_learned_from_the_log(rebuy, tmp_path)
     assert Retarget.load(tmp_path / "r").recall(USER, 50).items.tolist() == got.items.tolist()
     assert Retarget(settings=RetargetSettings(exclude_bought=True)).fit(ds).bought_factor_ == 0.0  # configured wins
     assert 12 not in Retarget(settings=RetargetSettings(exclude_bought=None)).recall(USER, 50).items  # unfitted: dropped
-    assert 12 not in Retarget().fit(ds).recall(USER, 50).items  # the default drops them
+    assert (12 in Retarget().fit(ds).recall(USER, 50).items) == rebuy  # the default learns it
 
 
 def test_a_partial_factor_scales_bought_items():
@@ -121,14 +121,14 @@ def test_bad_settings_are_errors():
 
 class TestRetargetContract(RecallerContract):
     def make(self):
-        return Retarget()
+        return Retarget(settings=RetargetSettings(exclude_bought=True))
 
     def make_keeping_bought(self):
         return Retarget(settings=RetargetSettings(exclude_bought=False, weights={"pv": 1.0, "click": 1.0, "fav": 1.0, "cart": 1.0}))
 
 
 class TestRetargetLearnedContract(RecallerContract):
-    keeps_bought = True  # learned, and the tiny shop's users come back to what they bought
+    keeps_bought = True  # the default learns it, and the tiny shop's users come back to what they bought
 
     def make(self):
-        return Retarget(settings=RetargetSettings(exclude_bought=None))
+        return Retarget()
