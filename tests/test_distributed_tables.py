@@ -40,7 +40,7 @@ def hot_sds(spark, hot):  # noqa: F811
 def test_popular_top_k_equals_single_process(hot, hot_sds):
     from homefeed.distributed.popular import fit_popular
 
-    for settings in (PopularSettings(), PopularSettings(half_life_days=0.7, max_items=25, weights={"pv": 0.3, "buy": 5.5})):
+    for settings in (PopularSettings(half_life_days=0.7, max_items=25, weights={"pv": 0.3, "buy": 5.5}),):  # defaults: the build test
         local, dist = Popular(settings=settings).fit(hot), fit_popular(hot_sds, settings)
         assert dist.t_end_ == local.t_end_
         np.testing.assert_array_equal(dist.items_, local.items_)
@@ -50,8 +50,8 @@ def test_popular_top_k_equals_single_process(hot, hot_sds):
 def test_crowd_lists_equal_single_process_bitwise(hot, hot_sds):
     from homefeed.distributed.crowd import fit_crowd
 
-    for settings in (CrowdSettings(top_k=15, prior_strength=5.0),
-                     CrowdSettings(source="interactions", levels=[["gender", "age_band"], ["gender"]], top_k=12)):
+    for settings in (CrowdSettings(source="interactions", levels=[["gender", "age_band"], ["gender"]], top_k=12,
+                                   prior_strength=5.0),):  # the defaults: tests/test_cli_engine.py's build test
         local, dist = Crowd(settings=settings).fit(hot), fit_crowd(hot_sds, settings)
         assert dist.source_ == local.source_
         assert dist.groups_ == local.groups_
@@ -64,7 +64,7 @@ def test_crowd_lists_equal_single_process_bitwise(hot, hot_sds):
 def test_ranki2i_ctr_statistics_equal_bitwise(hot, hot_sds):
     from homefeed.distributed.ranki2i import pair_ctr
 
-    for settings in (RankI2ISettings(), RankI2ISettings(item_prior=3.0, pair_prior=0.5, channels=["swing"])):
+    for settings in (RankI2ISettings(item_prior=3.0, pair_prior=0.5, channels=["swing"]),):  # defaults: the build test
         local = smoothed_ctr(hot.exposures_in("train"), hot.n_items, settings=settings)
         dist = pair_ctr(hot_sds, settings)
         assert dist.global_ctr == local.global_ctr
