@@ -105,6 +105,8 @@ class TestEveryChannelObeysTheContract(RecallerContract):
         self.channel_name = request.param
 
     def make(self):
+        if "exclude_bought" in CHANNELS[self.channel_name].Settings.model_fields:  # retarget learns it by default
+            return make_channel(self.channel_name, exclude_bought=True)  # (both ways: tests/test_retarget.py)
         return make_channel(self.channel_name)
 
     def make_keeping_bought(self):
