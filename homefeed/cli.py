@@ -307,6 +307,7 @@ def build(
     """Run every offline job into one bundle: mechanism tables, data, recall channels, the ranking model
     (`--engine spark`: the recall tables on Spark, equal to local; every other part as always)."""
     from homefeed.bundle import build_bundle
+    from homefeed.bundle.manifest import BundleError
 
     cfg = get_config(config, set_)
     names = tuple(p.strip() for p in parts.split(","))
@@ -314,7 +315,7 @@ def build(
         with steps(console, "building") as progress, channel_fitter(engine if "recall" in names else "local", cfg,
                                                                     spark_master if "recall" in names else None) as fitter:
             manifest = build_bundle(dataset, out, cfg, parts=names, progress=lambda s: progress(s), fitter=fitter)
-    except ValueError as e:
+    except (ValueError, BundleError) as e:  # BundleError: an unusable bundle.key_file
         fail(str(e))
     out_console = stdout_console()
     for name, part in manifest["parts"].items():
@@ -343,7 +344,11 @@ def serve(
 
     get_config(config, set_)  # fail early on a bad config
     os.environ.update(serve_env(bundle, config, set_, state))
-    uvicorn.run("homefeed.serve.api:app_from_env", factory=True, host=host, port=port, workers=workers, log_level="warning")
+    from homefeed.serve.body_timeout import head_timeout_protocol
+
+    # the protocol answers 408 to a request head still unfinished after 10 s (uvicorn alone waits for ever)
+    uvicorn.run("homefeed.serve.api:app_from_env", factory=True, host=host, port=port, workers=workers,
+                log_level="warning", http=head_timeout_protocol())
 
 
 @app.command()

@@ -154,3 +154,20 @@ def test_the_admin_token_never_reaches_a_bundle(tmp_path):
     text = (tmp_path / "manifest.json").read_text()
     assert "s3cret-token" not in text
     assert read_manifest(tmp_path)["config"]["serve"] == {"admin_token": "(set)", "history_len": 200}
+
+
+def test_build_signs_with_the_configured_key_and_a_bad_key_file_stops_it_first(tiny_dataset_dir, tiny_bundle, tmp_path):
+    from homefeed.bundle import build_bundle
+    from homefeed.config import load_config
+
+    key_file = tmp_path / "bundle.key"
+    key_file.write_text(SECRET_TEXT + "\n")
+    cfg = load_config(overrides=[f"bundle.key_file={key_file}"])
+    shutil.copytree(tiny_bundle, tmp_path / "b")  # the other parts as built; the data part rebuilt and all signed
+    build_bundle(tiny_dataset_dir, tmp_path / "b", cfg, parts=("data",))
+    verify(tmp_path / "b", key=KEY)
+    refused(tmp_path / "b", b"another-key-of-enough-length-0123")
+    with pytest.raises(BundleError):
+        build_bundle(tiny_dataset_dir, tmp_path / "c", load_config(overrides=[f"bundle.key_file={tmp_path / 'none'}"]),
+                     parts=("data",))
+    assert not (tmp_path / "c").exists()  # refused before any part was written

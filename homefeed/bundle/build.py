@@ -27,7 +27,7 @@ from pathlib import Path
 import polars as pl
 
 from homefeed.bundle.data_part import DataPart
-from homefeed.bundle.manifest import read_manifest, write_part
+from homefeed.bundle.manifest import configured_key, read_manifest, sign_bundle, write_part
 from homefeed.bundle.settings import PartSettings, check_config, check_slots, material_pools
 from homefeed.config import Config
 from homefeed.data.dataset import Dataset, serving_dataset
@@ -67,6 +67,7 @@ def build_bundle(dataset: str | Path, out: str | Path, config: Config | None = N
     if unknown:
         raise ValueError(f"unknown bundle part(s) {unknown}; valid parts: {', '.join(PARTS)}")
     settings = check_config(cfg)  # before any work
+    key = configured_key(cfg.bundle.key_file)  # a bad key file fails here too, before any fitting
     ds = Dataset.load(dataset)
     check_slots(cfg.serve.slots, material_pools(ds.items))
     out = Path(out)
@@ -81,4 +82,6 @@ def build_bundle(dataset: str | Path, out: str | Path, config: Config | None = N
         fitted.save(out / name)
         write_part(out, name, metrics=fitted.metrics, config=cfg.model_dump(mode="json"),
                    info={"dataset": str(Path(dataset).resolve())})
+    if key is not None:
+        sign_bundle(out, key)
     return read_manifest(out)
