@@ -34,6 +34,7 @@ from starlette.concurrency import run_in_threadpool
 from starlette.routing import Match, Router
 
 from homefeed.config import Config, ConfigError, load_config
+from homefeed.serve.body_timeout import read_body, replay, send_refusal
 from homefeed.serve.metrics import ServeMetrics
 from homefeed.serve.schemas import EventsRequest, EventsResponse, HomepageRequest, HomepageResponse, SimilarResponse
 from homefeed.serve.service import Service, ServiceClosed, read_token_file
@@ -75,9 +76,9 @@ class Guard:
             if scope["method"] in ("POST", "PUT", "PATCH"):
                 body, refusal = await self._read(scope, receive)
                 if refusal is not None:
-                    return await _send_json(counted, *refusal)
+                    return await send_refusal(counted, *refusal)
                 scope["homefeed.body"] = body  # for the invalid-JSON message's line and column
-                receive = _replay(body, receive)
+                receive = replay(body, receive)
             await self.app(scope, receive, counted)
         finally:
             self.metrics.http.labels(self._template(scope), str(status)).inc()
@@ -87,21 +88,7 @@ class Guard:
         declared = dict(scope["headers"]).get(b"content-length")
         if declared is not None and declared.isdigit() and int(declared) > limit:
             return b"", (413, f"request body of {int(declared)} bytes; this endpoint takes at most {limit}")
-        chunks, size = [], 0
-        try:
-            async with asyncio.timeout(BODY_TIMEOUT_S):
-                while True:
-                    message = await receive()
-                    if message["type"] == "http.disconnect":
-                        return b"", (400, "the client disconnected before sending the whole body")
-                    chunks.append(message.get("body", b""))
-                    size += len(chunks[-1])
-                    if size > limit:
-                        return b"", (413, f"request body over {limit} bytes, the most this endpoint takes")
-                    if not message.get("more_body", False):
-                        return b"".join(chunks), None
-        except TimeoutError:
-            return b"", (408, f"the request body was not received within {BODY_TIMEOUT_S:g} s")
+        return await read_body(receive, limit=limit, timeout_s=BODY_TIMEOUT_S)
 
     def _template(self, scope) -> str:
         """The route's path template (`/v1/items/{item_id}/similar`), never the raw path; 'unmatched' for none."""
@@ -109,27 +96,6 @@ class Guard:
         if route is None:
             route = next((r for r in self.router.routes if r.matches(scope)[0] != Match.NONE), None)
         return getattr(route, "path", None) or "unmatched"
-
-
-def _replay(body: bytes, receive):
-    """A `receive` that hands the app the body already read, then passes on to the client's (disconnect)."""
-    sent = False
-
-    async def replayed():
-        nonlocal sent
-        if not sent:
-            sent = True
-            return {"type": "http.request", "body": body, "more_body": False}
-        return await receive()
-    return replayed
-
-
-async def _send_json(send, status: int, detail: str) -> None:
-    body = json.dumps({"detail": detail}).encode()
-    await send({"type": "http.response.start", "status": status,
-                "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
-                            (b"connection", b"close")]})
-    await send({"type": "http.response.body", "body": body})
 
 
 def create_app(bundle: str | Path, config: Config | None = None, *, state: str | None = None,
