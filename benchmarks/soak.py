@@ -356,6 +356,7 @@ def main() -> None:
     if bad:
         p.error(f"--configs: unknown store {bad[0]!r}; use sqlite:WORKERS or redis:WORKERS")
     folder = args.work or Path(tempfile.mkdtemp(prefix="homefeed_soak_"))
+    folder.mkdir(parents=True, exist_ok=True)
     facts = bundle_facts(args.bundle)
     loadavg = Path("/proc/loadavg").read_text().split()[:3]
     redis = None
