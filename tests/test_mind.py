@@ -232,8 +232,18 @@ def test_interests_triggers_and_save_load(fitted_tiny, tmp_path):
         rows, interest = rec.recall_with_interests(s, 8)
         assert interest.shape == (len(rows),) and interest.max(initial=0) < len(vectors)
         np.testing.assert_array_equal(rows.triggers, triggers[interest])
-        best = (rec.vectors_[rows.items] @ vectors.T).max(1)
-        np.testing.assert_allclose(rows.scores, best, rtol=1e-4, atol=1e-5)
+        assert np.all(np.diff(rows.scores) <= 0)  # served best first
+        raw = rec.vectors_[rows.items] @ vectors.T
+        for j in np.unique(interest):  # the quota merge interleaves each interest's own list in its own order
+            own = raw[interest == j, j]
+            assert np.all(np.diff(own) <= 1e-5), (j, own)
+    by_max = MIND.__new__(MIND)
+    by_max.__dict__.update(rec.__dict__)
+    by_max.settings = rec.settings.model_copy(update={"serve": rec.settings.serve.model_copy(update={"interest_merge": "max"})})
+    for s in states:  # merged on raw scores, each item scores its best interest's inner product
+        vectors, _ = by_max.interests(s)
+        rows, _ = by_max.recall_with_interests(s, 8)
+        np.testing.assert_allclose(rows.scores, (by_max.vectors_[rows.items] @ vectors.T).max(1), rtol=1e-4, atol=1e-5)
     cold = rec.recall(UserState(user_id=0, now=ds.split.valid_end, profile={"gender": "F"}), 5)
     assert len(cold) == 5 and np.all(cold.triggers == -1)
     rec.save(tmp_path / "mind")

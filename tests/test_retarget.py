@@ -129,6 +129,10 @@ class TestRetargetContract(RecallerContract):
 
 class TestRetargetLearnedContract(RecallerContract):
     keeps_bought = True  # the default learns it, and the tiny shop's users come back to what they bought
+    test_no_item_the_user_bought = None  # does not apply: this channel is meant to bring bought items back
 
     def make(self):
+        return Retarget()
+
+    def make_keeping_bought(self):  # the learned default itself: some bought item must come back
         return Retarget()
