@@ -32,11 +32,10 @@ def rewrite(folder, change):
     (folder / "manifest.json").write_text(json.dumps(m))
 
 
-def refused(folder, key, *words):
+def refused(folder, key) -> str:
+    """The message of the BundleError that verifying `folder` under `key` raises (it never shows the key)."""
     with pytest.raises(BundleError) as e:
         verify(folder, key=key)
-    for w in words:
-        assert w in str(e.value), str(e.value)
     assert SECRET_TEXT not in str(e.value) and KEY.hex() not in str(e.value)
     return str(e.value)
 
@@ -53,7 +52,8 @@ def test_a_changed_file_list_is_refused(tmp_path):
     rewrite(b, lambda m: m["parts"]["recall"]["files"].pop("recall/b.bin"))
     (b / "recall" / "b.bin").unlink()
     verify(b)  # without a key the emptied list passes: the attack the signature stops
-    refused(b, KEY, "does not match its signature")
+    message = refused(b, KEY)
+    assert "does not match its signature" in message, message
 
 
 def test_a_changed_file_with_recomputed_checksums_is_refused(tmp_path):
@@ -65,19 +65,22 @@ def test_a_changed_file_with_recomputed_checksums_is_refused(tmp_path):
         m["parts"]["rank"]["files"]["rank/model.pt"] = {"bytes": evil.stat().st_size, "sha256": sha256(evil)}
     rewrite(b, recompute)
     verify(b)  # the checksums alone vouch for the new file
-    refused(b, KEY, "does not match its signature", "checksums")
+    message = refused(b, KEY)
+    assert "does not match its signature" in message and "checksums" in message, message
 
 
 def test_a_changed_config_or_metric_is_refused(tmp_path):
     b = small_bundle(tmp_path)
     rewrite(b, lambda m: m["config"].update(seed=8))
-    refused(b, KEY, "does not match its signature")
+    message = refused(b, KEY)
+    assert "does not match its signature" in message, message
 
 
 def test_a_wrong_key_is_refused_without_printing_either_key(tmp_path):
     b = small_bundle(tmp_path)
     other = b"another-key-0123456789abcdef0000"
-    message = refused(b, other, "signed with another key")
+    message = refused(b, other)
+    assert "signed with another key" in message, message
     assert other.decode() not in message
 
 
@@ -87,21 +90,24 @@ def test_an_unsigned_bundle_is_refused_when_a_key_is_configured(tmp_path):
     del m["signature"]
     (b / "manifest.json").write_text(json.dumps(m))
     verify(b)
-    refused(b, KEY, "not signed", "bundle.key_file")
+    message = refused(b, KEY)
+    assert "not signed" in message and "bundle.key_file" in message, message
 
 
 @pytest.mark.parametrize("bad", [None, "abc", {"alg": "md5", "hmac": "00"}, {"alg": "hmac-sha256", "hmac": 5}])
 def test_a_malformed_signature_is_refused(tmp_path, bad):
     b = small_bundle(tmp_path)
     rewrite(b, lambda m: m.update(signature=bad))
-    refused(b, KEY, "not signed" if bad is None else "malformed signature")
+    message = refused(b, KEY)
+    assert ("not signed" if bad is None else "malformed signature") in message, message
 
 
 def test_rebuilding_a_part_drops_the_stale_signature_until_signed_again(tmp_path):
     b = small_bundle(tmp_path)
     (b / "recall" / "a.json").write_text("[4]")
     write_part(b, "recall")
-    refused(b, KEY, "not signed")
+    message = refused(b, KEY)
+    assert "not signed" in message, message
     sign_bundle(b, KEY)
     assert verify(b, key=KEY)["parts"]["recall"]["files"]["recall/a.json"]["bytes"] == 3
 
@@ -166,7 +172,7 @@ def test_build_signs_with_the_configured_key_and_a_bad_key_file_stops_it_first(t
     shutil.copytree(tiny_bundle, tmp_path / "b")  # the other parts as built; the data part rebuilt and all signed
     build_bundle(tiny_dataset_dir, tmp_path / "b", cfg, parts=("data",))
     verify(tmp_path / "b", key=KEY)
-    refused(tmp_path / "b", b"another-key-of-enough-length-0123")
+    assert "signed with another key" in refused(tmp_path / "b", b"another-key-of-enough-length-0123")
     with pytest.raises(BundleError):
         build_bundle(tiny_dataset_dir, tmp_path / "c", load_config(overrides=[f"bundle.key_file={tmp_path / 'none'}"]),
                      parts=("data",))
