@@ -11,7 +11,7 @@ import torch
 from homefeed.config import Config, load_config
 from homefeed.data.schema import BEHAVIORS
 from homefeed.serve.artefacts import ServingBundle
-from homefeed.serve.pipeline import Pipeline, history_end
+from homefeed.serve.pipeline import Pipeline
 from homefeed.serve.schemas import EventIn, HomepageRequest
 from homefeed.serve.state import SQLiteStore
 
@@ -30,11 +30,11 @@ def pipeline(bundle, tmp_path):
 
 def active_user(bundle) -> tuple[str, int]:
     """A raw user id with history in the bundle, and a time after it: an hour after the bundle's log ends, so the
-    events tests post (up to ~20 minutes before it) are live ones, newer than the log (`history_end`)."""
+    events tests post (up to ~20 minutes before it) are live ones, newer than the log (`ServingBundle.history_end`)."""
     indptr, _, _, ts = bundle.history
     code = int(np.argmax(np.diff(indptr)))
     raw = str(bundle.vocabs["user"].decode(pl.Series([code], dtype=pl.Int32))[0])
-    return raw, max(int(ts[indptr[code + 1] - 1]) + 60, history_end(bundle) + 3600)
+    return raw, max(int(ts[indptr[code + 1] - 1]) + 60, bundle.history_end + 3600)
 
 
 def all_items(page) -> list[str]:
@@ -311,7 +311,7 @@ def test_stored_events_the_bundles_log_already_holds_count_once(pipeline, bundle
     """After a reload to a bundle built from a newer log, the store still holds events that log contains: the
     user's state takes the history from the bundle and only the stored events from the second its log ends."""
     user, now = active_user(bundle)
-    end = history_end(bundle)
+    end = bundle.history_end
     assert end == json.loads((bundle.path / "data" / "split.json").read_text())["valid_end"]
     code = bundle.user_code(user)
     items, behaviors, ts = bundle.past(code)

@@ -98,6 +98,15 @@ def loading(part: str, bundle: Path) -> Iterator[None]:
         raise BundleError(f"{bundle}: part {part!r} does not load: {type(e).__name__}: {str(e)[:300]}") from e
 
 
+def history_end(split: Path, history_ts: np.ndarray) -> int:
+    """The first second the bundle's history does not cover: its split's valid_end (the data part holds the log before
+    it), else one past its last event; INT64_MIN for a bundle without history."""
+    try:
+        return int(json.loads(split.read_text())["valid_end"])
+    except (OSError, KeyError, TypeError, ValueError):
+        return int(history_ts.max()) + 1 if len(history_ts) else -2**63
+
+
 def load_history(path: Path, vocabs: dict[str, Vocab]) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """recent_events.parquet (raw ids) -> CSR arrays by user code, each user's events oldest first."""
     ev = pl.read_parquet(path)
@@ -134,6 +143,7 @@ class ServingBundle:
     raw_item: np.ndarray
     pool_mask: dict[str, np.ndarray] = field(default_factory=dict)
     history: tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray] | None = None  # CSR by user code: indptr, items, behaviors, ts
+    history_end: int = -2**63  # the first second the history does not cover: stored events from then on are new
     profiles: dict[int, dict] = field(default_factory=dict)
     ranker: object | None = None
 
@@ -193,6 +203,7 @@ class ServingBundle:
                      attributes=ItemAttributes.from_items(items), periods=None,
                      standard_of=standard_of, venue_of=venue_of, raw_item=raw_item, pool_mask=pool_mask)
         bundle.history = load_history(path / "data" / "recent_events.parquet", vocabs)
+        bundle.history_end = history_end(path / "data" / "split.json", bundle.history[3])
         cols = [c for c in ("gender", "age", "city", "purchase_power") if c in users.columns]
         bundle.profiles = {row.pop("user_id"): row for row in users.select("user_id", *cols).iter_rows(named=True)}
         return bundle

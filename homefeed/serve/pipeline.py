@@ -32,7 +32,6 @@ history, so an event is never counted twice after a reload to a newer bundle.
 from __future__ import annotations
 
 import gc
-import json
 import threading
 import time
 import uuid
@@ -72,7 +71,6 @@ class Pipeline:
         self.bundle, self.store, self.cfg = bundle, store, config or Config()
         self.arm = arm
         self.state_version = f"{bundle.version}~{variant}" if variant else bundle.version
-        self.history_end = history_end(bundle)
         check_slots(self.cfg.serve.slots, set(bundle.pool_mask))  # a misspelt slot would show any item
         m = self.cfg.mechanism
         self.exposure_cfg = ExposureConfig(**m.exposure)
@@ -94,7 +92,7 @@ class Pipeline:
         """Profile and behaviour before `now`: the history in the bundle, then the events stored since."""
         b = self.bundle
         code = b.user_code(user_id)
-        since = self.history_end if code > 0 else INT64_MIN  # a known user's earlier events are in the history
+        since = b.history_end if code > 0 else INT64_MIN  # a known user's earlier events are in the history
         events = [e for e in self._stored_events(user_id) if since <= e.ts < now]
         new_items = np.array([b.item_code(e.item_id) for e in events], np.int32)
         known = new_items > 0
@@ -373,17 +371,6 @@ class Pipeline:
     def close(self) -> None:
         self.closed = True
         self.pool.shutdown(wait=False, cancel_futures=True)
-
-
-def history_end(bundle: ServingBundle) -> int:
-    """The first second the bundle's history does not cover: its split's valid_end (the data part holds the log
-    before it), else one past its last event; INT64_MIN for a bundle without history."""
-    split = bundle.path / "data" / "split.json"
-    try:
-        return int(json.loads(split.read_text())["valid_end"])
-    except (OSError, KeyError, TypeError, ValueError):
-        ts = bundle.history[3] if bundle.history is not None else np.zeros(0, np.int64)
-        return int(ts.max()) + 1 if len(ts) else INT64_MIN
 
 
 def exposures_of(log: dict[str, list]) -> tuple[np.ndarray, np.ndarray]:
