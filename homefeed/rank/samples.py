@@ -43,6 +43,7 @@ from homefeed.data.dataset import Dataset
 from homefeed.data.schema import BEHAVIORS
 from homefeed.rank.encoders import Encoders
 from homefeed.rank.features import FeatureSettings, Queries, Timeline, point_in_time
+from homefeed.rank.held_out import HeldOutView, held_out_view
 from homefeed.rank.spec import FeatureSpec
 
 PARTS = ("train", "valid", "test")
@@ -115,6 +116,7 @@ def build_samples(dataset: Dataset, *, part: str, settings: SampleSettings = Sam
     """
     if part not in PARTS:
         raise ValueError(f"unknown split part {part!r}; valid parts: {', '.join(PARTS)}")
+    dataset = held_out_view(dataset)  # leave-one-out: held-out events at their user's own time
     protocol, why = choose_protocol(dataset, settings)
     if bad_users is None:
         bad_users, bot_info = find_bad_users(dataset, settings)
@@ -132,11 +134,14 @@ def build_samples(dataset: Dataset, *, part: str, settings: SampleSettings = Sam
     n_pos = int(rows["label"].sum()) if rows.height else 0
     report = {"protocol": protocol, "why": why, "part": part, "rows": rows.height, "positives": n_pos,
               "ctr": n_pos / rows.height if rows.height else float("nan"), "removed": removed, **bot_info}
+    if isinstance(dataset, HeldOutView):
+        report["clock"] = "leave-one-out: held-out events one split step after their user's previous event"
     return Samples(tensors, rows["ts"].to_numpy().astype(np.int64), encoders.spec, encoders, protocol, report)
 
 
 def build_all(dataset: Dataset, settings: SampleSettings = SampleSettings()) -> dict[str, Samples]:
     """train, valid and test samples with the encoders fitted on train."""
+    dataset = held_out_view(dataset)
     bad, _ = find_bad_users(dataset, settings)
     train = build_samples(dataset, part="train", settings=settings, bad_users=bad)
     out = {"train": train}
