@@ -36,7 +36,7 @@ from homefeed.recall.ann import AnnIndex, i2i_table
 from homefeed.recall.graph.eges import Mode, side_information
 from homefeed.recall.graph.embed import Embedding, PartitionSettings, embed_graph
 from homefeed.recall.graph.graph import GraphSettings, build_graph
-from homefeed.recall.graph.skipgram import TrainSettings
+from homefeed.recall.graph.skipgram import Shard, TrainSettings
 from homefeed.recall.graph.walks import WalkSettings
 from homefeed.recall.i2i import I2IRecaller, TriggerSettings
 
@@ -88,11 +88,13 @@ class DeepWalk(I2IRecaller):
     def _side(self, dataset: Dataset):
         return None
 
-    def embed(self, dataset: Dataset) -> Embedding:
-        """Train item vectors on the training part of `dataset` (no table, no index)."""
+    def embed(self, dataset: Dataset, *, shard: Shard | None = None) -> Embedding:
+        """Train item vectors on the training part of `dataset` (no table, no index); `shard`: as one rank of
+        data-parallel training (`homefeed.distributed.graph_train`)."""
         s = self.settings
         graph = build_graph(dataset.events_in("train"), dataset.n_items, settings=s.graph)
-        return embed_graph(graph, self._side(dataset), mode=self.mode, walks=s.walks, train=s.train, partition=s.partition)
+        return embed_graph(graph, self._side(dataset), mode=self.mode, walks=s.walks, train=s.train, partition=s.partition,
+                           shard=shard)
 
     def fit(self, dataset: Dataset) -> "DeepWalk":
         return self.fit_embedding(self.embed(dataset))

@@ -23,7 +23,7 @@ from homefeed.config import Section
 from homefeed.recall.ann import AnnIndex, normalize
 from homefeed.recall.graph.eges import EGESModel, Mode, SideInfo, side_agreement
 from homefeed.recall.graph.graph import ItemGraph
-from homefeed.recall.graph.skipgram import TrainSettings, train_skipgram
+from homefeed.recall.graph.skipgram import Shard, TrainSettings, train_skipgram
 from homefeed.recall.graph.walks import WalkCorpus, WalkSettings, random_walks
 
 
@@ -81,8 +81,8 @@ def hard_miner(vectors: np.ndarray, pool: int) -> np.ndarray:
 
 
 def train_on_graph(model: EGESModel, graph: ItemGraph, *, walks: WalkSettings, train: TrainSettings,
-                   workdir: Path) -> tuple[dict, np.ndarray]:
-    """Walk `graph`, write the corpus to `workdir/walks.npy`, train `model` in place.
+                   workdir: Path, shard: Shard | None = None) -> tuple[dict, np.ndarray]:
+    """Walk `graph`, write the corpus to `workdir/walks.npy`, train `model` in place (this rank's `shard` of it).
 
     Returns (log, counts): training counters and (N,) int64 occurrences of each node in the walks.
     """
@@ -95,14 +95,15 @@ def train_on_graph(model: EGESModel, graph: ItemGraph, *, walks: WalkSettings, t
     if len(corpus) == 0:
         return {"walk_seconds": walk_s, "walk_steps": 0}, counts
     log = train_skipgram(model, corpus, settings=train, counts=counts,
-                         hard_miner=hard_miner if train.hard_negatives > 0 else None)
+                         hard_miner=hard_miner if train.hard_negatives > 0 else None, shard=shard)
     return {"walk_seconds": walk_s, "walk_steps": int(counts.sum()), **log.as_dict()}, counts
 
 
 def embed_graph(graph: ItemGraph, side: SideInfo | None, *, mode: Mode = "eges", walks: WalkSettings | None = None,
                 train: TrainSettings | None = None, partition: PartitionSettings | None = None,
-                workdir: str | Path | None = None) -> Embedding:
-    """Item vectors for every node of `graph` (warm) and, with side information, for every other item (cold)."""
+                workdir: str | Path | None = None, shard: Shard | None = None) -> Embedding:
+    """Item vectors for every node of `graph` (warm) and, with side information, for every other item (cold).
+    With `shard`, this process is one rank of data-parallel training (every rank ends with the same vectors)."""
     walks = walks or WalkSettings()
     train = train or TrainSettings()
     partition = partition or PartitionSettings()
@@ -114,11 +115,13 @@ def embed_graph(graph: ItemGraph, side: SideInfo | None, *, mode: Mode = "eges",
         model.start_attention(neighbours(graph), side_agreement(model.side, src, dst), train.side_prior)
     with tempfile.TemporaryDirectory(dir=workdir) as tmp:
         if partition.parts > 1:
+            if shard is not None:
+                raise ValueError("data-parallel training (--nproc > 1) trains the whole graph; set partition.parts = 1")
             from homefeed.recall.graph.parallel import train_partitioned
 
             log, counts = train_partitioned(model, graph, walks=walks, train=train, partition=partition, workdir=Path(tmp))
         else:
-            log, counts = train_on_graph(model, graph, walks=walks, train=train, workdir=Path(tmp))
+            log, counts = train_on_graph(model, graph, walks=walks, train=train, workdir=Path(tmp), shard=shard)
     warm = counts > 0
     vectors = model.item_vectors(warm)
     if mode == "deepwalk":

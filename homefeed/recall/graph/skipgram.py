@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Literal, Protocol
 
 import numpy as np
@@ -77,8 +78,8 @@ class Encoder(Protocol):
         """(h (B, D) centre vectors of items (B,), saved state for `backward`)."""
 
     def backward(self, saved: tuple, grad_h: torch.Tensor) -> list:
-        """[RowGrad(table, rows, grad, lr_scale, shared), ...] from d loss / d h (B, D); linear in grad_h, so
-        the trainer passes -lr * d loss / d h and adds the results to the rows as they are.
+        """[RowGrad(table, rows, grad, lr_scale, shared), ...] from d loss / d h (B, D), one row per centre each;
+        linear in grad_h, so the trainer passes -lr * d loss / d h and adds the results to the rows as they are.
 
         `shared` marks a table many items use (side information): its rows move by the *mean* of their
         gradients in a batch, not the sum, which would overshoot when hundreds of centres share a brand.
@@ -86,6 +87,31 @@ class Encoder(Protocol):
 
     def item_vectors(self) -> np.ndarray:
         """(N, D) float32 current centre vectors of every node."""
+
+
+# (this rank's updates [(table, rows, values, lr_scale, shared), ...], rows per centre of each update, centres of
+# every rank) -> the whole batch's updates, rank 0's rows first
+Exchange = Callable[[list, list[int], list[int]], list]
+
+
+@dataclass(frozen=True)
+class Shard:
+    """This process's part of data-parallel training (`homefeed.distributed.graph_train`).
+
+    Every rank reads the same walks, windows and negatives; rank r trains the r-th of `world` slices of
+    each batch (`torch.tensor_split`), then `exchange` gathers every rank's sparse updates in rank order
+    and every rank applies them all: the single-process step, so all ranks keep the same tables.
+    `total` sums a float over the ranks (the loss in the log).
+    """
+
+    rank: int
+    world: int
+    exchange: Exchange
+    total: Callable[[float], float]
+
+    def __post_init__(self):
+        if not 0 <= self.rank < self.world:
+            raise ValueError(f"shard rank {self.rank} is outside 0..{self.world - 1}")
 
 
 @njit(cache=True, inline="always")
@@ -158,12 +184,14 @@ def unigram_table(counts: np.ndarray, *, power: float = 0.75, size: int = 1 << 2
 
 
 def sgd_step(model: Encoder, centers: torch.Tensor, contexts: torch.Tensor, negatives: torch.Tensor, lr: float,
-             *, bf16: bool = False) -> float:
+             *, bf16: bool = False, exchange: Callable[[list, list[int]], list] | None = None) -> float:
     """One sparse SGD step on B centres, each with up to C contexts ((B, C), -1 = none) and K negatives ((B, K))
     shared by its contexts; returns the summed loss.
 
     A centre with n contexts weighs its negatives by n, so every positive pair still meets K negatives
-    (word2vec's balance) while the centre gathers C + K context rows instead of n (1 + K).
+    (word2vec's balance) while the centre gathers C + K context rows instead of n (1 + K). Every update is
+    computed at the point before the step and applied after it; `exchange(updates, rows_per_centre)` may
+    replace them first (data parallel: every rank's updates of the whole batch).
     """
     h, saved = model.encode(centers)  # (B, D)
     positive = contexts >= 0  # (B, C)
@@ -179,8 +207,10 @@ def sgd_step(model: Encoder, centers: torch.Tensor, contexts: torch.Tensor, nega
         step_h = torch.bmm(step.unsqueeze(1), z).squeeze(1).float()  # (B, D) -lr * d loss / d h
     step_z = step.unsqueeze(2) * h.unsqueeze(1)  # (B, C + K, D)
     loss = (torch.nn.functional.softplus(torch.where(label > 0, -logits, logits)) * weight).sum()
-    model.context.index_add_(0, targets, step_z.view(-1, z.shape[-1]))
-    apply_updates(model.backward(saved, step_h))
+    updates = [(model.context, targets, step_z.view(-1, z.shape[-1]), 1.0, False), *model.backward(saved, step_h)]
+    if exchange is not None:  # data parallel: every rank's updates of the whole batch, in rank order
+        updates = exchange(updates, [contexts.shape[1] + negatives.shape[1]] + [1] * (len(updates) - 1))
+    apply_updates(updates)
     return float(loss)
 
 
@@ -221,7 +251,8 @@ class TrainLog:
 
 def train_skipgram(model: Encoder, corpus: WalkCorpus, *, settings: TrainSettings | None = None,
                    counts: np.ndarray | None = None, negative_counts: np.ndarray | None = None,
-                   hard_miner: Callable[[np.ndarray, int], np.ndarray] | None = None) -> TrainLog:
+                   hard_miner: Callable[[np.ndarray, int], np.ndarray] | None = None,
+                   shard: Shard | None = None) -> TrainLog:
     """Train `model` in place on the walks of `corpus`; returns a TrainLog.
 
     Parameters:
@@ -230,6 +261,7 @@ def train_skipgram(model: Encoder, corpus: WalkCorpus, *, settings: TrainSetting
         negative_counts: (N,) counts the negatives are drawn by (e.g. the whole graph's, when the corpus is one part).
         hard_miner: (vectors (N, D), pool) -> (N, pool) int64 near neighbours (-1 = none); needed when
             `hard_negatives > 0`.
+        shard: train this rank's slice of every batch and apply every rank's updates (data parallel, `Shard`).
     """
     s = settings if settings is not None else TrainSettings()
     n_nodes = model.context.shape[0]
@@ -239,11 +271,11 @@ def train_skipgram(model: Encoder, corpus: WalkCorpus, *, settings: TrainSetting
     if s.hard_negatives > 0 and hard_miner is None:
         raise ValueError("hard_negatives > 0 needs a hard_miner (near neighbours of every node)")
     with torch_threads(s.threads):
-        return _epochs(model, corpus, s, table, keep, counts, hard_miner)
+        return _epochs(model, corpus, s, table, keep, counts, hard_miner, shard)
 
 
 def _epochs(model: Encoder, corpus: WalkCorpus, s: TrainSettings, table: torch.Tensor, keep: np.ndarray,
-            counts: np.ndarray, hard_miner) -> TrainLog:
+            counts: np.ndarray, hard_miner, shard: Shard | None) -> TrainLog:
     """The training loop of `train_skipgram`: every epoch over the corpus, in shuffled centre-major batches."""
     # Hogwild needs sparse updates: a batch of more centres than the corpus has nodes adds dozens of gradients,
     # all taken at the same point, into each row at once, and a small graph diverges; cap it
@@ -266,11 +298,17 @@ def _epochs(model: Encoder, corpus: WalkCorpus, s: TrainSettings, table: torch.T
                 lr = s.lr * max(1.0 - progress, 1e-4)
                 cb, xb = centers[lo:lo + batch_size], contexts[lo:lo + batch_size]
                 neg = draw_negatives(table, cb, s.negatives, gen, hard=hard, hard_share=s.hard_negatives)
-                loss_sum += sgd_step(model, cb, xb, neg, lr, bf16=s.bf16)
+                exchange = None
+                if shard is not None:  # every rank drew the whole batch (the same generator state); it trains its slice
+                    slices = torch.tensor_split(torch.arange(cb.numel()), shard.world)
+                    mine, sizes = slices[shard.rank], [x.numel() for x in slices]
+                    cb, xb, neg = cb[mine], xb[mine], neg[mine]
+                    exchange = lambda u, f, sizes=sizes: shard.exchange(u, f, sizes)  # noqa: E731
+                loss_sum += sgd_step(model, cb, xb, neg, lr, bf16=s.bf16, exchange=exchange)
             done += walks.shape[0]
             pairs_epoch += int((contexts >= 0).sum())
             log.tokens += int(np.count_nonzero(walks != PAD))
         log.pairs += pairs_epoch
-        log.epoch_loss.append(loss_sum / max(pairs_epoch, 1))
+        log.epoch_loss.append((loss_sum if shard is None else shard.total(loss_sum)) / max(pairs_epoch, 1))
     log.seconds = time.perf_counter() - start
     return log

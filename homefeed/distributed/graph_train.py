@@ -1,0 +1,132 @@
+"""`homefeed train DATASET --model eges|deepwalk --nproc N`: the graph-embedding channel trained by N torch DDP ranks.
+
+The skip-gram trainer is a hand-written sparse SGD (`homefeed.recall.graph.skipgram`), so there is no
+DistributedDataParallel module to wrap; the same scheme is written out instead. Every rank builds the
+same graph, walks and windows (all seeded) and draws every batch's negatives from the same generator;
+rank r computes the updates of the r-th slice of each batch, `gather_updates` (all_gather over gloo)
+hands every rank all slices' updates in rank order, and every rank applies the whole batch: the
+single-process step, with the rows added in the same order. So all ranks keep identical tables,
+equal to one process up to float rounding of the split dot products. Rank 0 builds the i2i table
+and saves the channel: the artefact `EGES(settings).fit(dataset).save(out)` writes.
+
+    >>> rec = fit_eges_distributed("out/tiny_ds", "out/eges_ddp", EGESSettings(), nproc=2)  # doctest: +SKIP
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+
+from homefeed.recall.graph.channel import EGES, DeepWalk, DeepWalkSettings, EGESSettings
+from homefeed.recall.graph.skipgram import Shard
+
+CHANNELS = {"eges": EGES, "deepwalk": DeepWalk}
+
+
+def gather_updates(updates: list, per_centre: list[int], sizes: list[int]) -> list:
+    """Every rank's sparse updates of one batch, concatenated in rank order (an `Exchange` for `Shard`).
+
+    `updates` are this rank's (table, rows, values, lr_scale, shared); update i has sizes[r] * per_centre[i] rows on
+    rank r, so the layout of every rank's buffer is known without asking. Rows and values travel in two padded
+    buffers (gloo's all_gather wants equal sizes)."""
+    rank = dist.get_rank()
+    widths = [u[0].shape[1] for u in updates]
+    n_rows = lambda n: sum(n * f for f in per_centre)  # noqa: E731
+    n_values = lambda n: sum(n * f * w for f, w in zip(per_centre, widths))  # noqa: E731
+    top = max(sizes)
+    rows = torch.zeros(n_rows(top), dtype=torch.int64)
+    values = torch.zeros(n_values(top), dtype=torch.float32)
+    if sizes[rank]:
+        rows[:n_rows(sizes[rank])] = torch.cat([u[1].reshape(-1) for u in updates])
+        values[:n_values(sizes[rank])] = torch.cat([u[2].reshape(-1).float() for u in updates])
+    all_rows, all_values = [torch.empty_like(rows) for _ in sizes], [torch.empty_like(values) for _ in sizes]
+    dist.all_gather(all_rows, rows)
+    dist.all_gather(all_values, values)
+    parts: list[tuple[list, list]] = [([], []) for _ in updates]
+    for r, n in enumerate(sizes):
+        at_row = at_value = 0
+        for i, (f, w) in enumerate(zip(per_centre, widths)):
+            k = n * f
+            parts[i][0].append(all_rows[r][at_row:at_row + k])
+            parts[i][1].append(all_values[r][at_value:at_value + k * w].view(k, w))
+            at_row, at_value = at_row + k, at_value + k * w
+    return [(u[0], torch.cat(r), torch.cat(v), u[3], u[4]) for u, (r, v) in zip(updates, parts)]
+
+
+def _total(x: float) -> float:
+    t = torch.tensor([x], dtype=torch.float64)
+    dist.all_reduce(t)
+    return float(t[0])
+
+
+def group_shard() -> Shard:
+    """This process's `Shard` of the initialised torch.distributed group."""
+    if not dist.is_available() or not dist.is_initialized():
+        raise RuntimeError("group_shard needs an initialised process group (torch.distributed.init_process_group)")
+    return Shard(dist.get_rank(), dist.get_world_size(), gather_updates, _total)
+
+
+def channel_name(settings: DeepWalkSettings) -> str:
+    return "eges" if isinstance(settings, EGESSettings) else "deepwalk"
+
+
+def torchrun_command(dataset: str | Path, out: str | Path, settings_file: str | Path, channel: str, nproc: int) -> list[str]:
+    """The single-machine torchrun command line that trains the graph channel with `nproc` processes."""
+    from homefeed.distributed.launch import free_port
+
+    if nproc < 1:
+        raise ValueError(f"--nproc must be >= 1, got {nproc}")
+    return [sys.executable, "-m", "torch.distributed.run", "--nnodes", "1", "--nproc_per_node", str(nproc),
+            "--master_addr", "127.0.0.1", "--master_port", str(free_port()), "-m", "homefeed.distributed.graph_train",
+            str(dataset), "--out", str(out), "--settings", str(settings_file), "--channel", channel]
+
+
+def fit_eges_distributed(dataset: str | Path, out: str | Path, settings: DeepWalkSettings, nproc: int) -> DeepWalk:
+    """Train the `eges` channel (EGESSettings) or `deepwalk` (DeepWalkSettings) with `nproc` DDP processes;
+    rank 0 saves it to `out`; returns the saved channel, loaded."""
+    if not isinstance(settings, DeepWalkSettings):
+        raise TypeError(f"settings must be EGESSettings or DeepWalkSettings, got {type(settings).__name__}")
+    if settings.partition.parts > 1:
+        raise ValueError("distributed graph training trains the whole graph; set partition.parts = 1")
+    channel = channel_name(settings)
+    with tempfile.TemporaryDirectory(prefix="homefeed_ddp_graph_") as tmp:
+        settings_file = Path(tmp) / "graph_settings.json"
+        settings_file.write_text(settings.model_dump_json())
+        threads = str(max(1, (os.cpu_count() or 1) // nproc))
+        env = os.environ | {"OMP_NUM_THREADS": threads, "NUMBA_NUM_THREADS": threads}
+        done = subprocess.run(torchrun_command(dataset, out, settings_file, channel, nproc), env=env)
+    if done.returncode:
+        raise RuntimeError(f"distributed graph training failed (torchrun exit code {done.returncode}); see the ranks' output above")
+    return CHANNELS[channel].load(out)
+
+
+def main(argv: list[str] | None = None) -> None:
+    """One rank: join the group, train the graph channel's vectors on its shard, rank 0 builds the table and saves."""
+    from homefeed.data.dataset import Dataset
+    from homefeed.distributed.train import process_group
+
+    parser = argparse.ArgumentParser(description=main.__doc__)
+    parser.add_argument("dataset")
+    parser.add_argument("--out", required=True)
+    parser.add_argument("--settings", required=True, help="EGESSettings or DeepWalkSettings as JSON")
+    parser.add_argument("--channel", choices=sorted(CHANNELS), default="eges")
+    args = parser.parse_args(argv)
+    cls = CHANNELS[args.channel]
+    settings = cls.Settings.model_validate_json(Path(args.settings).read_text())
+    dataset = Dataset.load(args.dataset)
+    with process_group() as (rank, world):
+        rec = cls(settings=settings)
+        emb = rec.embed(dataset, shard=group_shard())
+        if rank == 0:
+            rec.fit_embedding(emb).save(args.out)
+            print(f"rank 0 of {world}: saved the {args.channel} channel to {args.out}", flush=True)
+
+
+if __name__ == "__main__":
+    main()
