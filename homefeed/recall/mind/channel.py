@@ -43,7 +43,7 @@ from homefeed.recall.mind.export import check_torchscript, export_torchscript, l
 from homefeed.recall.mind.model import MINDModel
 from homefeed.recall.mind.profile import ProfileVocab
 from homefeed.recall.mind.samples import NegativeSampler, build_sequences, check_behaviors, state_behaviors
-from homefeed.recall.mind.train import TrainSettings, train_mind
+from homefeed.recall.mind.train import Parallel, TrainSettings, train_mind
 from homefeed.recall.mind.validate import Validation, holdout_split
 from homefeed.threads import torch_threads
 
@@ -133,30 +133,32 @@ class MIND(Recaller):
                          hidden=tuple(m.hidden), iterations=m.iterations, sigma=m.routing_sigma, power=m.power,
                          attend_negatives=m.attend_negatives, pooled=m.pooled, seed=m.seed)
 
-    def fit(self, dataset: Dataset, *, progress=None) -> "MIND":
+    def fit(self, dataset: Dataset, *, progress=None, parallel: Parallel | None = None) -> "MIND":
         """Train on `dataset.events_in("train")`, stopping on HitRate of the validation days (`validate.py`);
-        `progress(step, done, total)` is called during training.
+        `progress(step, done, total)` is called during training; `parallel` shares it between data-parallel
+        processes (`homefeed.distributed.mind_train`; None: this process alone).
 
         Without validation days the last `train.holdout` of the training events pick the epoch count, then the
         model is refitted on the whole training part for that many epochs."""
         t = self.settings.train
         if not t.early_stopping:
-            return self._fit(dataset, None, progress)
+            return self._fit(dataset, None, progress, parallel)
         check = Validation.of(dataset, max_users=t.valid_users, k=t.valid_k, seed=t.seed)
         if check is not None:
-            return self._fit(dataset, check, progress)
+            return self._fit(dataset, check, progress, parallel)
         inner = holdout_split(dataset, t.holdout)
         check = Validation.of(inner, max_users=t.valid_users, k=t.valid_k, seed=t.seed) if inner is not None else None
         if check is None:
             log.warning("%s: no user with a history acts in the validation part or the last %.0f%% of training; "
                         "training a fixed %d epochs", self.name, 100 * t.holdout, t.epochs)
-            return self._fit(dataset, None, progress)
-        holdout_log = self._fit(inner, check, progress).log_
-        self._fit(dataset, None, progress, epochs=holdout_log["best_epoch"])
+            return self._fit(dataset, None, progress, parallel)
+        holdout_log = self._fit(inner, check, progress, parallel).log_
+        self._fit(dataset, None, progress, parallel, epochs=holdout_log["best_epoch"])
         self.log_["holdout"] = holdout_log
         return self
 
-    def _fit(self, dataset: Dataset, check: Validation | None, progress, *, epochs: int | None = None) -> "MIND":
+    def _fit(self, dataset: Dataset, check: Validation | None, progress, parallel: Parallel | None = None, *,
+             epochs: int | None = None) -> "MIND":
         """One training run on the training part: early stopping on `check` if given, else `epochs` (default: train.epochs)."""
         m, t = self.settings.model, self.settings.train
         seqs = build_sequences(dataset.events_in("train"), max_len=m.max_len, behaviors=tuple(m.behaviors),
@@ -170,7 +172,8 @@ class MIND(Recaller):
         profiles = self.profiles_.encode_users(dataset.users, max(dataset.n_users, 1))
         validate = (lambda: self._score(check)) if check is not None else None
         settings = t if epochs is None else t.model_copy(update={"epochs": epochs})
-        self.log_ = train_mind(self.model_, seqs, profiles, sampler, settings=settings, progress=progress, validate=validate)
+        self.log_ = train_mind(self.model_, seqs, profiles, sampler, settings=settings, progress=progress, validate=validate,
+                               parallel=parallel)
         self.tower_ = trace(self.model_.user, *example_inputs(self.model_.user, self.profiles_.sizes))
         self._index()
         return self

@@ -97,11 +97,12 @@ class UserTower(nn.Module):
             width = h
         self.mlp = nn.Sequential(*layers, nn.Linear(width, dim))
 
-    def encode(self, behaviors: Tensor, profile: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    def encode(self, behaviors: Tensor, profile: Tensor, logits: Tensor | None = None) -> tuple[Tensor, Tensor, Tensor]:
         """(interests (B, K, D), routing weights (B, L, K), mask (B, K) bool) from item codes (B, L) (0 = padding)
-        and profile codes (B, F). Interests past K'_u are zero vectors."""
+        and profile codes (B, F); `logits` (B, L, K) are the routing's starting logits (None: its own draw).
+        Interests past K'_u are zero vectors."""
         real = behaviors > 0  # (B, L)
-        capsules, weights, mask = self.routing(self.items(behaviors), real)  # (B, K, D), (B, L, K), (B, K)
+        capsules, weights, mask = self.routing(self.items(behaviors), real, logits)  # (B, K, D), (B, L, K), (B, K)
         parts = [table(profile[:, f]) for f, table in enumerate(self.profile)]  # F x (B, P)
         if parts:
             prof = torch.cat(parts, 1).unsqueeze(1).expand(-1, capsules.shape[1], -1)  # (B, K, F P)
@@ -176,16 +177,24 @@ class MINDModel(nn.Module):
                               profile_dim=profile_dim, hidden=tuple(hidden), iterations=iterations, sigma=sigma,
                               pooled=pooled and interests > 1, seed=seed)
 
-    def loss(self, behaviors: Tensor, profile: Tensor, targets: Tensor, target_logq: Tensor,
-             negatives: Tensor, negative_logq: Tensor) -> Tensor:
-        """Training loss of a batch: behaviours (B, L), profile (B, F), targets (B,), negatives (S,) item codes."""
-        interests, _, mask = self.user.encode(behaviors, profile)  # (B, K, D), (B, K)
+    def forward(self, behaviors: Tensor, profile: Tensor, targets: Tensor, target_logq: Tensor,
+                negatives: Tensor, negative_logq: Tensor, routing_logits: Tensor | None = None) -> Tensor:
+        """Training loss of a batch (a forward that returns the loss, so DDP can wrap the model): behaviours (B, L),
+        profile (B, F), targets (B,), negatives (S,) item codes; `routing_logits` (B, L, K) the routing's starting
+        logits (None: drawn from torch's global generator)."""
+        interests, _, mask = self.user.encode(behaviors, profile, routing_logits)  # (B, K, D), (B, K)
         target = self.items(targets)  # (B, D)
         user = label_aware_attention(interests, mask, target, self.power)  # (B, D)
         if not self.attend_negatives:  # the paper: negatives scored by the user vector the target's attention built
             return sampled_softmax_loss(user, target, targets, target_logq, self.items(negatives), negatives, negative_logq)
         neg = attended_scores(interests, mask, self.items(negatives), self.power)  # (B, S)
         return sampled_softmax_from_scores((user * target).sum(1), targets, target_logq, neg, negatives, negative_logq)
+
+    loss = forward
+
+    def draw_routing(self, batch: int, generator: torch.Generator) -> Tensor:
+        """(B, L, K) starting routing logits for a training batch of B samples, from `generator`."""
+        return self.user.routing.draw_logits(batch, self.user.max_len, generator)
 
     @torch.no_grad()
     def item_vectors(self, *, batch: int = 65_536) -> np.ndarray:

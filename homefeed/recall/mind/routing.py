@@ -74,20 +74,26 @@ class CapsuleRouting(nn.Module):
         gen = torch.Generator().manual_seed(seed)
         self.register_buffer("serve_logits", sigma * torch.randn(max_len, max_interests, generator=gen))  # (L_max, K)
 
+    def draw_logits(self, batch: int, length: int, generator: torch.Generator | None = None) -> Tensor:
+        """(B, L, K) fresh N(0, sigma^2) starting logits (from `generator`, else the global one)."""
+        return self.sigma * torch.randn(batch, length, self.max_interests, generator=generator)
+
     def initial_logits(self, batch: int, length: int) -> Tensor:
         """(B, L, K) starting logits b_ij: fresh N(0, sigma^2) draws in training, the fixed draw in eval."""
         if self.training:
-            return self.sigma * torch.randn(batch, length, self.max_interests)
+            return self.draw_logits(batch, length)
         if length > self.serve_logits.shape[0]:
             raise ValueError(f"{length} behaviours exceed max_len {self.serve_logits.shape[0]}")
         return self.serve_logits[:length].unsqueeze(0).expand(batch, length, self.max_interests)
 
-    def forward(self, behaviors: Tensor, real: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    def forward(self, behaviors: Tensor, real: Tensor, logits: Tensor | None = None) -> tuple[Tensor, Tensor, Tensor]:
         """Route behaviour embeddings into interest capsules.
 
         Args:
             behaviors: (B, L, D_in) float32 behaviour embeddings.
             real: (B, L) bool, False at padded slots.
+            logits: (B, L, K) starting logits drawn by the caller (a trainer that owns its random stream, so
+                data-parallel ranks draw one global batch's logits and each takes its rows); None: `initial_logits`.
         Returns:
             capsules (B, K, D_out) float32 (zero past K'_u), weights w (B, L, K) of the last iteration
             (zero at padded slots and past K'_u), interest mask (B, K) bool (True for j < K'_u).
@@ -98,7 +104,7 @@ class CapsuleRouting(nn.Module):
         mask = torch.arange(self.max_interests, device=behaviors.device).unsqueeze(0) < k_u.unsqueeze(1)  # (B, K)
         closed = torch.where(mask, 0.0, float("-inf")).unsqueeze(1)  # (B, 1, K)
         keep = real.unsqueeze(2).to(hat.dtype)  # (B, L, 1)
-        logits = self.initial_logits(batch, length)  # (B, L, K)
+        logits = self.initial_logits(batch, length) if logits is None else logits  # (B, L, K)
         capsules = weights = hat.new_zeros(0)
         for r in range(self.iterations):
             weights = torch.softmax(logits + closed, dim=2) * keep  # (B, L, K)

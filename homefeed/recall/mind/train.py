@@ -2,7 +2,10 @@
 
 An epoch is one seeded permutation of the samples (`samples.Sequences`); each batch gathers its
 behaviour windows and profile codes, draws S negatives shared by the batch from the corpus
-(`samples.NegativeSampler`) and takes one Adam step on the sampled-softmax loss (`model.MINDModel.loss`).
+(`samples.NegativeSampler`) and the routing's starting logits, and takes one Adam step on the
+sampled-softmax loss (the model's forward). Every random draw comes from one seeded generator, in the
+same order on every process, so data-parallel ranks (`Parallel`, `homefeed.distributed.mind_train`)
+agree on each global batch and each computes its own rows of it.
 The embedding tables get sparse gradients and their own SparseAdam, so a step touches only the rows it
 looked up. With a `validate()` callback (the channel's HitRate on validation days, `validate.py`) it is
 called after every epoch that ends at least `check_steps` optimizer steps after the last call (every
@@ -54,6 +57,33 @@ class TrainSettings(Section):
     threads: int | None = Field(None, ge=1)  # torch CPU threads while training; None leaves torch's setting
 
 
+class Parallel:
+    """How the loop shares work with other processes; this base class is one process doing everything.
+
+    A data-parallel subclass wraps the model for gradient exchange, picks this process's rows of each global
+    batch (and `weight`, the share of the batch's loss its gradient carries), sums the epoch's loss and
+    shares the validation score.
+    """
+
+    weight: float = 1.0
+
+    def wrap(self, model: MINDModel) -> torch.nn.Module:
+        """The module whose forward (the loss) the loop calls; its gradients reach `model`'s parameters."""
+        return model
+
+    def rows(self, n: int) -> slice:
+        """The rows of a global batch of n samples this process computes (sets `weight`)."""
+        return slice(0, n)
+
+    def total(self, value: float) -> float:
+        """A sum over the processes."""
+        return value
+
+    def score(self, validate: Callable[[], float]) -> float:
+        """The validation score every process acts on."""
+        return validate()
+
+
 def _optimizers(model: MINDModel, lr: float) -> list[torch.optim.Optimizer]:
     tables = [m for m in model.modules() if isinstance(m, torch.nn.Embedding)]
     for m in tables:
@@ -65,25 +95,27 @@ def _optimizers(model: MINDModel, lr: float) -> list[torch.optim.Optimizer]:
 
 def train_mind(model: MINDModel, sequences: Sequences, profiles: np.ndarray, sampler: NegativeSampler, *,
                settings: TrainSettings | None = None, progress: Callable[[str, int, int], None] | None = None,
-               validate: Callable[[], float] | None = None) -> dict:
+               validate: Callable[[], float] | None = None, parallel: Parallel | None = None) -> dict:
     """Train `model` in place; returns {"samples", "seconds", "samples_per_s", "epoch_loss", "valid", "best_epoch"}.
 
     Args:
         profiles: (n_users, F) int64 profile codes indexed by user code.
         validate: called after each epoch with the model in eval mode; higher is better. None: no early stopping.
+        parallel: data-parallel sharing (None: this process alone).
     """
     s = settings if settings is not None else TrainSettings()
     if len(sequences) == 0:
         raise ValueError("no training samples: every user has fewer than two behaviours in the training events")
     with torch_threads(s.threads):
-        return _fit(model, sequences, torch.from_numpy(np.asarray(profiles, np.int64)), sampler, s, progress, validate)
+        return _fit(model, sequences, torch.from_numpy(np.asarray(profiles, np.int64)), sampler, s, progress, validate,
+                    parallel if parallel is not None else Parallel())
 
 
 def _fit(model: MINDModel, seqs: Sequences, profiles: torch.Tensor, sampler: NegativeSampler, s: TrainSettings,
-         progress: Callable[[str, int, int], None] | None, validate: Callable[[], float] | None) -> dict:
-    torch.manual_seed(s.seed)  # routing logits are fresh draws from the global generator
+         progress: Callable[[str, int, int], None] | None, validate: Callable[[], float] | None, par: Parallel) -> dict:
     gen = torch.Generator().manual_seed(s.seed)
-    opts = _optimizers(model, s.lr)
+    opts = _optimizers(model, s.lr)  # marks the tables sparse before a data-parallel wrapper sees them
+    net = par.wrap(model)
     model.train()
     out = {"samples": 0, "seconds": 0.0, "epoch_loss": [], "valid": [], "valid_epochs": [], "best_epoch": s.epochs}
     best, best_state = -np.inf, None
@@ -93,13 +125,13 @@ def _fit(model: MINDModel, seqs: Sequences, profiles: torch.Tensor, sampler: Neg
         t0 = time.perf_counter()
         tick = None if progress is None else (
             lambda step: progress(f"mind epoch {epoch + 1}/{s.epochs}", epoch * steps_per_epoch + step, s.epochs * steps_per_epoch))
-        out["epoch_loss"].append(_epoch(model, seqs, profiles, sampler, opts, s, gen, tick))
+        out["epoch_loss"].append(_epoch(net, seqs, profiles, sampler, opts, s, gen, tick, par))
         seconds = time.perf_counter() - t0
         out["seconds"] += seconds
         out["samples"] += len(seqs)
         if validate is not None and ((epoch + 1) % every == 0 or epoch + 1 == s.epochs):
             model.eval()
-            out["valid"].append(validate())
+            out["valid"].append(par.score(validate))
             out["valid_epochs"].append(epoch + 1)
             model.train()
             if out["valid"][-1] > best:
@@ -115,21 +147,27 @@ def _fit(model: MINDModel, seqs: Sequences, profiles: torch.Tensor, sampler: Neg
     return out
 
 
-def _epoch(model: MINDModel, seqs: Sequences, profiles: torch.Tensor, sampler: NegativeSampler,
-           opts: list[torch.optim.Optimizer], s: TrainSettings, gen: torch.Generator, tick: Callable[[int], None] | None) -> float:
-    """One pass over the samples in a seeded order; returns the mean loss."""
+def _epoch(net: torch.nn.Module, seqs: Sequences, profiles: torch.Tensor, sampler: NegativeSampler,
+           opts: list[torch.optim.Optimizer], s: TrainSettings, gen: torch.Generator, tick: Callable[[int], None] | None,
+           par: Parallel) -> float:
+    """One pass over the samples in a seeded order; returns the mean loss (over every process's rows)."""
     total = 0.0
     order = torch.randperm(len(seqs), generator=gen).numpy()
+    model = net.module if hasattr(net, "module") else net
     for step, lo in enumerate(range(0, len(seqs), s.batch_size)):
-        behaviors, targets, users = seqs.batch(order[lo:lo + s.batch_size])
+        batch = order[lo:lo + s.batch_size]
         negatives = sampler.draw(s.negatives, gen)
-        loss = model.loss(behaviors, profiles[users], targets, sampler.log_q(targets), negatives, sampler.log_q(negatives))
+        logits = model.draw_routing(batch.size, gen)  # the global batch's, drawn alike on every process
+        mine = par.rows(batch.size)
+        behaviors, targets, users = seqs.batch(batch[mine])
+        loss = net(behaviors, profiles[users], targets, sampler.log_q(targets), negatives, sampler.log_q(negatives),
+                   logits[mine])
         for o in opts:
             o.zero_grad(set_to_none=True)
         loss.backward()
         for o in opts:
             o.step()
-        total += float(loss.detach()) * targets.numel()
+        total += float(loss.detach()) * batch.size * par.weight
         if tick is not None and step % 50 == 0:
             tick(step)
-    return total / len(seqs)
+    return par.total(total) / len(seqs)
