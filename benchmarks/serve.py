@@ -272,8 +272,9 @@ def loadgen(url: str, mode: str, conc: int, n: int, users: list[str], t0: int, s
     return out
 
 
-def over_http(bundle: Path, n: int, workers: int, folder: Path, clock: list[int]) -> dict:
-    """Full and mix modes at concurrency 1, 8, 32, then events, against `homefeed serve --workers W`."""
+def over_http(bundle: Path, n: int, workers: int, folder: Path, clock: list[int], modes: tuple[str, ...] = ("full", "mix"),
+              clients: tuple[int, ...] = (1, 8, 32), events: bool = True) -> dict:
+    """Full and mix modes at concurrency 1, 8, 32 (or those given), then events, against `homefeed serve --workers W`."""
     from homefeed.config import Config
     from homefeed.mechanism.exposure import ExposureConfig
     from homefeed.serve.process import start_server
@@ -286,8 +287,8 @@ def over_http(bundle: Path, n: int, workers: int, folder: Path, clock: list[int]
     server, url = start_server(bundle, port=8799, state=f"sqlite:{state}", quiet=True, workers=workers)
     out: dict = {}
     try:
-        for mode in ("full", "mix"):
-            for conc in (1, 8, 32):
+        for mode in modes:
+            for conc in clients:
                 r = loadgen(url, mode, conc, n, users[:conc * 2], clock[0], step, server.pid)  # two users per client
                 clock[0] += n * (step if mode == "full" else 1) + step
                 cpu = r["server_cpu_ms"] + r["loadgen_cpu_ms"]
@@ -296,13 +297,15 @@ def over_http(bundle: Path, n: int, workers: int, folder: Path, clock: list[int]
                                           "server_cpu_ms": r["server_cpu_ms"], "loadgen_cpu_ms": r["loadgen_cpu_ms"],
                                           # an upper bound: 2 cores shared with the generator, a worker uses ~1 core (GIL)
                                           "rps_2_dedicated_cores": min(2000 / cpu, 1000 * min(workers, 2) / r["server_cpu_ms"])}
-        r = loadgen(url, "events", 8, n, users[:1000], clock[0], 1, server.pid)
-        out["events"] = {"events_per_s": len(r["acked"]) / r["seconds"], "acked": len(r["acked"]), "errors": r["errors"]}
+        if events:
+            r = loadgen(url, "events", 8, n, users[:1000], clock[0], 1, server.pid)
+            out["events"] = {"events_per_s": len(r["acked"]) / r["seconds"], "acked": len(r["acked"]), "errors": r["errors"]}
     finally:
         server.terminate()
         server.wait(30)
-    store = SQLiteStore(state)
-    out["events"]["lost"] = sum(not store.has_event(e) for e in r["acked"])
+    if events:
+        store = SQLiteStore(state)
+        out["events"]["lost"] = sum(not store.has_event(e) for e in r["acked"])
     return out
 
 
@@ -314,6 +317,9 @@ def main() -> None:
     p.add_argument("--http-requests", type=int, default=300, help="requests per HTTP run")
     p.add_argument("--workers", default="1,2", help="comma-separated worker counts to run over HTTP")
     p.add_argument("--no-http", action="store_true")
+    p.add_argument("--modes", default="full,mix", help="comma-separated HTTP modes: full (every request rebuilds), mix")
+    p.add_argument("--clients", default="1,8,32", help="comma-separated numbers of concurrent HTTP clients")
+    p.add_argument("--no-events", action="store_true", help="skip the HTTP event-ingestion run")
     p.add_argument("--runtimes", action="store_true", help="also time the model in TorchScript, eager and ONNX Runtime")
     p.add_argument("--console-requests", type=int, default=100,
                    help="requests of the console's homepage view /ui?user_id=U timed in process (0: skip)")
@@ -328,12 +334,14 @@ def main() -> None:
     http = {}
     if not a.no_http:
         folder, clock = Path(tempfile.mkdtemp()), [0]
-        http = {f"w{w}": over_http(a.bundle, a.http_requests, int(w), folder, clock) for w in a.workers.split(",")}
+        modes, clients = tuple(a.modes.split(",")), tuple(int(c) for c in a.clients.split(","))
+        http = {f"w{w}": over_http(a.bundle, a.http_requests, int(w), folder, clock, modes, clients, not a.no_events)
+                for w in a.workers.split(",")}
     best_rps = max((h[k]["rps"] for h in http.values() for k in h if k.startswith("mix")), default=float("nan"))
     result = {"in_process": local, "model_runtimes": models, "console": console, "http": http,
               "targets": {"in_process_p99<25ms": local[0]["full_p99_ms"] < 25, "http_mix_rps>=150": best_rps >= 150,
                           **({"console_view_p50<=5ms": console["view_p50_ms"] <= 5} if console else {}),
-                          "no_acked_event_lost": all(h["events"]["lost"] == 0 for h in http.values())}}
+                          "no_acked_event_lost": all(h["events"]["lost"] == 0 for h in http.values() if "events" in h)}}
     if a.json:
         print(json.dumps(result))
         return
@@ -394,8 +402,9 @@ def report(result: dict) -> None:
                           str(v["degraded"]), str(v["errors"]), f"{v['server_cpu_ms']:.1f}", f"{v['loadgen_cpu_ms']:.1f}",
                           f"{v['rps_2_dedicated_cores']:.0f}")
         con.print(t)
-        e = h["events"]
-        print(f"events: {e['events_per_s']:.0f}/s, {e['acked']} acked, {e['lost']} lost, {e['errors']} errors")
+        e = h.get("events")
+        if e:
+            print(f"events: {e['events_per_s']:.0f}/s, {e['acked']} acked, {e['lost']} lost, {e['errors']} errors")
     print("targets:", result["targets"])
 
 
