@@ -248,19 +248,24 @@ def evaluate_mechanism_cmd(
 def train(
     dataset: DatasetArg,
     out: Annotated[Path, typer.Option(help="Folder for the trained model, its encoders and TorchScript export.")],
-    model: Annotated[Optional[str], typer.Option(help="Preset to train (default: rank.preset).")] = None,
+    model: Annotated[Optional[str], typer.Option(help="Ranking preset to train (default: rank.preset), or a vector recall "
+                                                      "channel: eges, deepwalk, mind, mind1 (its recall.channel_settings).")] = None,
     nproc: Annotated[int, typer.Option(help="Train data-parallel with this many torch DDP processes (torchrun, gloo on "
                                             "CPU); rank 0 writes the same artefact as one process.", min=1)] = 1,
     config: ConfigOpt = None,
     set_: SetOpt = None,
 ):
     """Train one ranking preset, report test metrics beside the constant and LR baselines, export TorchScript
-    (+ int8): the bundle's rank part alone (`--nproc N`: under torch DDP, docs/scale-out.md)."""
+    (+ int8): the bundle's rank part alone. `--model eges|deepwalk|mind|mind1` trains that recall channel's vectors
+    instead and saves the channel folder. `--nproc N`: under torch DDP, rank 0 writing (docs/scale-out.md)."""
     from homefeed.data.dataset import Dataset
     from homefeed.rank.evaluate import RankResults, baseline_rows, check_baselines, rank_table
     from homefeed.rank.part import RankPart, RankPartSettings
     from homefeed.rank.samples import build_all
 
+    if model in VECTOR_CHANNELS:
+        train_vector_channel(dataset, out, model, nproc, get_config(config, set_))
+        return
     overrides = list(set_ or []) + ([f'rank.preset="{model}"'] if model else [])
     cfg = get_config(config, overrides)
     ds = Dataset.load(dataset)
@@ -289,6 +294,35 @@ def train(
     stdout.print(rank_table(results, title=f"test metrics ({metrics['protocol']} protocol), served {metrics['served']}"))
     for line in results.meta["warnings"]:
         stdout.print(line, style="bold yellow", highlight=False)
+
+
+VECTOR_CHANNELS = ("eges", "deepwalk", "mind", "mind1")
+
+
+def train_vector_channel(dataset: Path, out: Path, name: str, nproc: int, cfg) -> None:
+    """`train --model eges|deepwalk|mind|mind1`: that channel's vectors and table, in one process or under DDP."""
+    from homefeed.data.dataset import Dataset
+    from homefeed.recall import CHANNELS
+    from homefeed.recall.part import RecallSettings
+
+    try:
+        knobs = RecallSettings.from_section(cfg.recall).channel_settings
+        settings = knobs.get(name) or CHANNELS[name].Settings()
+        with steps(console, f"training the {name} channel") as progress:
+            progress("walks/samples, training, table" + (f" ({nproc} DDP processes)" if nproc > 1 else ""))
+            if nproc > 1 and name in ("eges", "deepwalk"):
+                from homefeed.distributed.graph_train import fit_eges_distributed
+
+                fit_eges_distributed(dataset, out, settings, nproc)
+            elif nproc > 1:
+                from homefeed.distributed.mind_train import fit_mind_distributed
+
+                fit_mind_distributed(dataset, out, settings, nproc, channel=name)
+            else:
+                CHANNELS[name](settings=settings).fit(Dataset.load(dataset)).save(out)
+    except (ValueError, KeyError, RuntimeError, TypeError) as e:
+        fail(str(e))
+    stdout_console().print(f"saved the {name} channel to {out}" + (f" (trained by {nproc} DDP processes)" if nproc > 1 else ""))
 
 
 BundleArg = Annotated[Path, typer.Argument(help="A bundle folder written by `homefeed build`.")]
