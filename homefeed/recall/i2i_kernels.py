@@ -119,15 +119,23 @@ def _itemcf_row_once(b0, b1, ci, item_pos, item_user, act_item, act_w, act_wn, l
     for b in range(b0, b1):
         p = item_pos[b]
         wa = act_w[p] * iuf[item_user[b]]
-        for q in range(lo[p], hi[p]):
-            j = act_item[q]
-            if use_cat and cat[j] != ci:
-                continue
-            x = dense[j]
-            if x == 0.0:
-                touched[m] = j
-                m += 1
-            dense[j] = x + wa * act_wn[q]
+        if use_cat:
+            for q in range(lo[p], hi[p]):
+                j = act_item[q]
+                if cat[j] != ci:
+                    continue
+                x = dense[j]
+                if x == 0.0:
+                    touched[m] = j
+                    m += 1
+                dense[j] = x + wa * act_wn[q]
+        else:
+            for q in range(lo[p], hi[p]):
+                j = act_item[q]
+                x = dense[j]
+                touched[m] = j  # branch-free: kept (m advances) only on the item's first contribution
+                m += x == 0.0
+                dense[j] = x + wa * act_wn[q]
     return m
 
 
@@ -163,7 +171,7 @@ def _select_best(bv, bj, n, k):
 
 
 @njit(cache=True)
-def _emit_dense(start, limit, touched, m, dense, scale, bv, bj, out_items, out_scores):
+def _emit_dense(start, limit, touched, m, dense, code_of, scale, bv, bj, out_items, out_scores):
     """Write the best `limit` of scale * dense[touched[q]] to out[start:] (score descending, ties by lower item
     code) and zero `dense` for the next row; return the count.
 
@@ -180,10 +188,11 @@ def _emit_dense(start, limit, touched, m, dense, scale, bv, bj, out_items, out_s
     t, tj = 0.0, np.int32(0)  # the bar: entries must beat it (score > 0 to start with)
     nb = 0
     for q in range(m - 1, -1, -1):
-        j = touched[q]
-        v = dense[j] * scale
-        dense[j] = 0.0
-        if v > t or (v == t and v > 0.0 and j < tj):
+        r = touched[q]
+        v = dense[r] * scale
+        dense[r] = 0.0
+        if v > t or (v == t and v > 0.0 and code_of[r] < tj):
+            j = code_of[r]
             if nb == bv.size:
                 t, tj = _select_best(bv, bj, nb, limit)
                 nb = limit
@@ -289,7 +298,7 @@ def _itemcf_row_max(a, end, ci, item_pos, item_user, act_item, act_w, act_wn, ac
 
 @njit(parallel=True, cache=True)
 def itemcf_rows(rows, chunk_ptr, chunk_rows, item_ptr, item_pos, item_user,
-                act_item, act_w, act_wn, act_t, lo, hi, iuf, row_scale, cat, use_cat,
+                act_slot, act_w, act_wn, act_t, lo, hi, iuf, row_scale, slot_of, code_of, row_cat, slot_cat, use_cat,
                 gap_rate, unique_pairs, n_items, top_n, out_ptr, out_items, out_scores, out_len):
     """Item-CF rows. Actions are (user, item, time, weight); `item_ptr`/`item_pos` list each item's
     actions (grouped by user) as positions into the user-ordered action arrays, and `lo[p]:hi[p]`
@@ -301,8 +310,10 @@ def itemcf_rows(rows, chunk_ptr, chunk_rows, item_ptr, item_pos, item_user,
     needed, as in implicit's pre-normalised matrix). With `unique_pairs` (each user acts on an item
     once, no pair decay) the max is a plain sum.
 
-    Each row sums into dense[j] (zeroed again as it is emitted) in the same order as ever: per (i, j), the
-    terms of i's users in (user, time) order.
+    Partners are read as dense slots, not item codes: act_slot[q] = slot_of[item of q], code_of its inverse,
+    with the most used items in the lowest slots, so the hot part of the accumulator stays in cache
+    (row_cat is by item code, slot_cat by slot). Each row sums into dense[slot] (zeroed again as it is
+    emitted) in the same order as ever: per (i, j), the terms of i's users in (user, time) order.
     """
     for c in prange(chunk_ptr.size - 1):
         dense = np.zeros(n_items, np.float64)
@@ -315,15 +326,15 @@ def itemcf_rows(rows, chunk_ptr, chunk_rows, item_ptr, item_pos, item_user,
             out_row = chunk_rows[r]
             i = rows[out_row]
             if unique_pairs:
-                m = _itemcf_row_once(item_ptr[i], item_ptr[i + 1], cat[i], item_pos, item_user, act_item, act_w,
-                                     act_wn, lo, hi, iuf, cat, use_cat, dense, touched)
+                m = _itemcf_row_once(item_ptr[i], item_ptr[i + 1], row_cat[i], item_pos, item_user, act_slot,
+                                     act_w, act_wn, lo, hi, iuf, slot_cat, use_cat, dense, touched)
             else:
-                m = _itemcf_row_max(item_ptr[i], item_ptr[i + 1], cat[i], item_pos, item_user, act_item, act_w,
-                                    act_wn, act_t, lo, hi, iuf, cat, use_cat, gap_rate, dense, touched, best,
-                                    in_user, ubuf)
-            dense[i] = 0.0  # an item is not its own neighbour
+                m = _itemcf_row_max(item_ptr[i], item_ptr[i + 1], row_cat[i], item_pos, item_user, act_slot,
+                                    act_w, act_wn, act_t, lo, hi, iuf, slot_cat, use_cat, gap_rate, dense, touched,
+                                    best, in_user, ubuf)
+            dense[slot_of[i]] = 0.0  # an item is not its own neighbour
             out_len[out_row] = _emit_dense(out_ptr[out_row], out_ptr[out_row + 1] - out_ptr[out_row], touched, m,
-                                           dense, row_scale[i], bv, bj, out_items, out_scores)
+                                           dense, code_of, row_scale[i], bv, bj, out_items, out_scores)
 
 
 @njit(parallel=True, cache=True)

@@ -205,6 +205,15 @@ def unique_pairs(settings: ItemCFSettings) -> bool:
     return settings.window == "user" and settings.pair_half_life_s == 0
 
 
+def popularity_slots(item: np.ndarray, n_items: int) -> tuple[np.ndarray, np.ndarray]:
+    """(slot_of, code_of), int32 inverse permutations of 0..n_items-1: item codes by number of actions, most first
+    (ties by code), the order the kernel's accumulator is laid out in so that hot items share cache lines."""
+    code_of = np.argsort(-np.bincount(item, minlength=n_items), kind="stable").astype(np.int32)
+    slot_of = np.empty(n_items, np.int32)
+    slot_of[code_of] = np.arange(n_items, dtype=np.int32)
+    return slot_of, code_of
+
+
 def item_categories(items: pl.DataFrame, n_items: int, column: str = "leaf_category") -> np.ndarray:
     """(n_items,) int64 category per item code; items without one get a unique negative code (pair with nothing)."""
     cat = -np.arange(1, n_items + 1, dtype=np.int64)
@@ -243,10 +252,15 @@ def itemcf_table(events: pl.DataFrame, n_items: int, *, settings: ItemCFSettings
     gap_rate = np.log(2) / s.pair_half_life_s if s.pair_half_life_s > 0 else 0.0
     left, right = normalizers(acts.pop, s)
     partner_w = acts.w / right[acts.item]  # pre-normalised, as implicit normalises its matrix
+    slot_of, code_of = popularity_slots(acts.item, n_items)
+    act_slot, partner = slot_of[acts.item], np.arange(acts.item.size)
+    if unique_pairs(s):  # a user meets each pair once, so their partners may be read in slot order
+        partner = kernels.stable_order_by(acts.user, n_users, kernels.stable_order_by(act_slot, n_items, partner))
     table = kernels.run_rows(
         kernels.itemcf_rows, rows, cost, np.minimum(cost, n_items), s.top_n, n_items,  # how to run
-        item_ptr, by_item, acts.user[by_item], acts.item.astype(np.int32), acts.w, partner_w, acts.t, lo, hi,
-        iuf, 1.0 / left, cat, use_cat, gap_rate, unique_pairs(s), n_items)  # the kernel's inputs
+        item_ptr, by_item, acts.user[by_item], act_slot[partner], acts.w, partner_w[partner], acts.t,
+        lo, hi, iuf, 1.0 / left, slot_of, code_of, cat, cat[code_of], use_cat, gap_rate, unique_pairs(s),
+        n_items)  # the kernel's inputs
     return table.discretize(s.levels) if s.levels else table
 
 
