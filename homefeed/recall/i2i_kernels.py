@@ -422,24 +422,39 @@ def swing_rows(rows, chunk_ptr, chunk_rows, item_ptr, item_users, user_ptr, user
                                          1.0, pos, hv, hj, scratch, out_items, out_scores)
 
 
+@njit(parallel=True, cache=True)
+def _pack(out_ptr, out_len, out_items, out_scores, items, scores):
+    """Copy each row's out_len[r] entries from out_*[out_ptr[r]:] to the packed items/scores, rows in order."""
+    starts = np.zeros(out_len.size + 1, np.int64)
+    for r in range(out_len.size):
+        starts[r + 1] = starts[r] + out_len[r]
+    for r in prange(out_len.size):
+        src, dst = out_ptr[r], starts[r]
+        for k in range(out_len[r]):
+            items[dst + k] = out_items[src + k]
+            scores[dst + k] = out_scores[src + k]
+
+
 def run_rows(kernel, rows: np.ndarray, cost: np.ndarray, bound: np.ndarray, top_n: int, n_items: int,
              *args) -> I2ITable:
     """Run a row kernel over `rows` (ascending item codes) and gather its output into an I2ITable.
 
     `cost` estimates each row's work (for balancing threads); `bound` caps each row's number of
     neighbours (its output space is min(top_n, bound), so a large top_n costs no memory where rows are short).
+    Kernels write scores into float32 (the table's type) as they emit them.
     """
     chunk_ptr, chunk_rows = balanced_chunks(np.arange(rows.size), cost, default_chunks())
     space = np.minimum(top_n, bound).astype(np.int64)
     out_ptr = np.zeros(rows.size + 1, np.int64)
     np.cumsum(space, out=out_ptr[1:])
-    out_items = np.zeros(out_ptr[-1], np.int32)
-    out_scores = np.zeros(out_ptr[-1], np.float64)
+    out_items = np.empty(out_ptr[-1], np.int32)  # a row's entries past its out_len are never read
+    out_scores = np.empty(out_ptr[-1], np.float32)
     out_len = np.zeros(rows.size, np.int64)
     kernel(rows, chunk_ptr, chunk_rows, *args, top_n, out_ptr, out_items, out_scores, out_len)
-    keep = np.arange(out_ptr[-1]) - np.repeat(out_ptr[:-1], space) < np.repeat(out_len, space)
     counts = np.zeros(n_items, np.int64)
     counts[rows] = out_len
     indptr = np.zeros(n_items + 1, np.int64)
     np.cumsum(counts, out=indptr[1:])
-    return I2ITable(indptr, out_items[keep], out_scores[keep].astype(np.float32))
+    items, scores = np.empty(indptr[-1], np.int32), np.empty(indptr[-1], np.float32)
+    _pack(out_ptr, out_len, out_items, out_scores, items, scores)
+    return I2ITable(indptr, items, scores)

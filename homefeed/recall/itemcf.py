@@ -46,6 +46,7 @@ from homefeed.data.dataset import Dataset
 from homefeed.data.sessions import add_sessions
 from homefeed.recall import i2i_kernels as kernels
 from homefeed.recall.i2i import I2IRecaller, I2ITable, TriggerSettings, behavior_weight_array, check_behavior_weights
+from homefeed.recall.itemcf_prep import group_actions
 
 
 class ItemCFSettings(Section):
@@ -144,32 +145,21 @@ def collapse_actions(events: pl.DataFrame, n_items: int, settings: ItemCFSetting
         empty = np.zeros(0, np.int64)
         return Actions(empty, empty, empty, empty, np.zeros(0), empty, np.zeros(n_items))
     n_users = int(user.max()) + 1
-    pair = user * n_items + item  # (user, item) packed
     order = np.argsort(sess, kind="stable") if per_session else np.arange(user.size)
     order = kernels.stable_order_by(user, n_users, kernels.stable_order_by(item, n_items, order))  # radix sort
-    pair, sess = pair[order], sess[order]
-    new_pair = np.r_[True, pair[1:] != pair[:-1]]
-    starts = np.flatnonzero(new_pair | np.r_[True, sess[1:] != sess[:-1]])
-    a_pair, a_sess = pair[starts], sess[starts]
-    a_t, a_b = np.maximum.reduceat(ts[order], starts), np.maximum.reduceat(b[order], starts)
-    first_of_pair = np.flatnonzero(new_pair[starts])  # actions that open a (user, item) block
-    strongest = np.maximum.reduceat(a_b, first_of_pair)
-    pop = np.bincount(a_pair[first_of_pair] % n_items, weights=strongest ** 2, minlength=n_items)
-    n_user_items = np.bincount(a_pair[first_of_pair] // n_items, minlength=n_users)
-    a_user = a_pair // n_items
-    counts = np.bincount(a_user, minlength=n_users)
-    if s.window == "user" and counts.max() <= s.max_actions_per_user:  # grouped by user is enough
-        by_time = np.arange(a_user.size)
-    else:
+    a_user, a_item, a_sess, a_t, a_b, pop, n_user_items, counts = group_actions(
+        order, user, item, sess, ts, b, per_session, n_items, n_users)
+    t, now = a_t, int(ts.max()) if now is None else int(now)
+    if s.window != "user" or counts.max() > s.max_actions_per_user:
         by_time = np.argsort((a_user << 32) | (a_t - a_t.min()), kind="stable")  # by user, then time
         left = np.repeat(counts, counts) - (np.arange(by_time.size) - np.repeat(np.cumsum(counts) - counts, counts))
         by_time = by_time[left <= s.max_actions_per_user]  # the most recent actions of each user
-    t = a_t[by_time]
-    now = int(ts.max()) if now is None else int(now)
-    w = a_b[by_time] * (np.exp2(-np.maximum(now - t, 0) / s.age_half_life_s) if s.age_half_life_s > 0 else 1.0)
-    keep = w > 1e-100  # actions decayed to nothing pair with nothing
-    return Actions(a_user[by_time][keep], a_pair[by_time][keep] % n_items, a_sess[by_time][keep], t[keep], w[keep],
-                   n_user_items, pop)
+        a_user, a_item, a_sess, t, a_b = a_user[by_time], a_item[by_time], a_sess[by_time], a_t[by_time], a_b[by_time]
+    w = a_b * np.exp2(-np.maximum(now - t, 0) / s.age_half_life_s) if s.age_half_life_s > 0 else a_b
+    if w.size and w.min() <= 1e-100:  # actions decayed to nothing pair with nothing
+        keep = w > 1e-100
+        a_user, a_item, a_sess, t, w = a_user[keep], a_item[keep], a_sess[keep], t[keep], w[keep]
+    return Actions(a_user, a_item, a_sess, t, w, n_user_items, pop)
 
 
 def partner_ranges(acts: Actions, settings: ItemCFSettings) -> tuple[np.ndarray, np.ndarray]:
