@@ -364,37 +364,3 @@ def test_switches_serve_the_recall_order_and_the_plain_ranked_list(bundle, tmp_p
     finally:
         plain.close()
         bare.close()
-
-
-def test_channels_share_one_thread_until_one_is_slow():
-    """run_channels: quick channels all run on one pool thread; behind a slow one the waiting channels get a
-    thread each after spill_s and finish long before it; a channel past the budget is a timeout, a raising one an error."""
-    from concurrent.futures import ThreadPoolExecutor
-
-    from homefeed.serve.channel_runs import run_channels
-
-    threads: dict[str, str] = {}
-    ended: dict[str, float] = {}
-
-    def channel(name: str, sleep_s: float = 0.0, fail: bool = False):
-        def call():
-            threads[name] = threading.current_thread().name
-            time.sleep(sleep_s)
-            ended[name] = time.perf_counter()
-            if fail:
-                raise RuntimeError(f"{name} down")
-            return name.upper()
-        return call
-
-    with ThreadPoolExecutor(max_workers=8) as pool:
-        out = run_channels(pool, {n: channel(n) for n in "abcd"}, budget_s=5.0, spill_s=2.0)
-        assert out == {n: ("ok", n.upper()) for n in "abcd"}
-        assert len(set(threads.values())) == 1, threads  # four quick channels, one thread
-        start = time.perf_counter()
-        calls = {"slow": channel("slow", 0.6), "x": channel("x"), "bad": channel("bad", fail=True), "y": channel("y")}
-        out = run_channels(pool, calls, budget_s=5.0, spill_s=0.05)
-        assert list(out) == list(calls) and out["slow"] == ("ok", "SLOW") and out["x"] == ("ok", "X")
-        assert out["bad"][0] == "error" and "bad down" in str(out["bad"][1])
-        assert max(ended["x"], ended["y"]) - start < 0.4 < ended["slow"] - start  # spilled: not behind the slow one
-        out = run_channels(pool, {"hung": channel("hung", 1.0), "z": channel("z")}, budget_s=0.2, spill_s=0.02)
-        assert out == {"hung": ("timeout", None), "z": ("ok", "Z")}

@@ -67,3 +67,24 @@ def test_fast_path_serves_the_reference_page(bundle, tmp_path):
     assert served == rows_pages
     assert served == exact_pages
     assert sum(len(v) for v in served[0].values()) == sum(Config().serve.slots.values())
+
+
+def test_frozen_model_gives_the_logits_of_the_file(bundle, tiny_bundle, tmp_path):
+    """ServedRanker serves its TorchScript frozen (weights folded into constants): the same logits as the file loaded."""
+    import torch
+
+    from homefeed.rank.export import load_torchscript
+
+    ranker = bundle.ranker
+    as_file = load_torchscript(tiny_bundle / "rank" / ranker.model_name).eval()
+    users, now = active_users(bundle, 3)
+    probe = Pipeline(bundle, SQLiteStore(tmp_path / "probe.db"), Config())
+    try:
+        for user in users:
+            state = probe.user_state(user, now)
+            batch = ranker.features(state, probe.recall(state, []), {}, shared_sequence=True)
+            inputs = {k: batch[k] for k in ranker.inputs}
+            with torch.inference_mode():
+                np.testing.assert_allclose(ranker.model(inputs).numpy(), as_file(inputs).numpy(), rtol=0, atol=1e-6)
+    finally:
+        probe.close()

@@ -3,8 +3,7 @@
     pipeline = Pipeline(ServingBundle.load("bundle"), open_store("sqlite:state.db"), Config())
     page = pipeline.homepage(HomepageRequest(user_id="42"))
 
-The page is always returned. Recall channels run under `serve.recall_budget_ms` (one thread in turn, then a
-thread each for those still waiting once it has been busy an eighth of the budget, `serve/channel_runs.py`); a
+The page is always returned. Recall channels run concurrently under `serve.recall_budget_ms`; a
 channel that raises or is late is left out of this page and counted. If the ranker fails, the
 candidates keep their recall order. Pages are built several at a time as exposure templates
 (`mechanism.exposure`): the next request shows the next template, and new behaviour rebuilds them.
@@ -37,9 +36,8 @@ import threading
 import time
 import uuid
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor, wait
 from dataclasses import replace
-from functools import partial
 
 import numpy as np
 
@@ -52,7 +50,6 @@ from homefeed.mechanism.purchase_filter import PurchaseConfig, PurchaseState, al
 from homefeed.mechanism.scatter import ScatterConfig
 from homefeed.recall.merge import MergedCandidates, MergeSettings
 from homefeed.serve.artefacts import ServingBundle
-from homefeed.serve.channel_runs import run_channels
 from homefeed.serve.metrics import ServeMetrics
 from homefeed.serve.page import (INT64_MAX, INT64_MIN, PageRows, StoredTemplates, plain_page, promotion_page,
                                   read_templates, reason_for, rows_to_slots)
@@ -62,7 +59,6 @@ from homefeed.serve.state import UNREADABLE, Event, StateStore
 TEMPLATES = "templates"
 PURCHASE = "purchase_filter"
 DAY_S = 86_400
-SPILL_SHARE, SPILL_MAX_S = 0.125, 0.010  # recall: one thread for the channels, until it has been busy this long
 
 
 class Pipeline:
@@ -116,20 +112,21 @@ class Pipeline:
 
     # --- stages -----------------------------------------------------------------------------
     def recall(self, state: UserState, degraded: list[str]) -> MergedCandidates:
-        """Every channel under the time budget, on one thread until it has been busy `SPILL_SHARE` of the budget
-        (at most `SPILL_MAX_S`), then the channels not started yet on a thread each (`serve/channel_runs.py`);
-        late or failing channels are dropped and counted."""
+        """Every channel concurrently under the time budget; late or failing channels are dropped and counted."""
         k = self.cfg.recall.k_per_channel
-        budget_s = self.cfg.serve.recall_budget_ms / 1000
-        calls = {name: partial(ch.recall, state, k) for name, ch in self.bundle.channels.items()}
+        futures = {name: self.pool.submit(ch.recall, state, k) for name, ch in self.bundle.channels.items()}
+        done, _ = wait(futures.values(), timeout=self.cfg.serve.recall_budget_ms / 1000)
         results = {}
-        for name, (kind, value) in run_channels(self.pool, calls, budget_s=budget_s,
-                                                spill_s=min(budget_s * SPILL_SHARE, SPILL_MAX_S)).items():
-            if kind == "ok":
-                results[name] = value
+        for name, fut in futures.items():
+            if fut not in done:
+                fut.cancel()
+                degraded.append(f"recall:{name}:timeout")
+                self.metrics.channel_errors.labels(name, "timeout", self.arm).inc()
+            elif fut.exception() is not None:
+                degraded.append(f"recall:{name}:error")
+                self.metrics.channel_errors.labels(name, "error", self.arm).inc()
             else:
-                degraded.append(f"recall:{name}:{kind}")
-                self.metrics.channel_errors.labels(name, kind, self.arm).inc()
+                results[name] = fut.result()
         return self.bundle.merger.merge(results, k=self.k_merge)
 
     def rank(self, state: UserState, cands: MergedCandidates, context: dict, degraded: list[str],

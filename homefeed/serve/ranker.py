@@ -1,6 +1,7 @@
 """The served ranker: score one user's candidates at request time with the bundle's exported model.
 
-The model is trained and exported offline by `homefeed.rank.part.RankPart`; here it is only loaded.
+The model is trained and exported offline by `homefeed.rank.part.RankPart`; here it is only loaded, and
+frozen (`torch.jit.freeze`: weight-only work such as the int8 copy's dequantisation folded once, same logits).
 `ServedRanker.score` computes the features of one user's candidates with
 `rank.online.OnlineFeatures` (numpy on item codes precomputed at load: well under a millisecond for
 ~500 candidates), then scores them in one batch. The user's behaviour history goes in once, not once
@@ -13,6 +14,7 @@ are live online as they were in training.
 from __future__ import annotations
 
 import json
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -57,8 +59,11 @@ class ServedRanker:
     def load(cls, folder: Path, *, items: pl.DataFrame, users: pl.DataFrame, vocabs: dict[str, Vocab],
              exact: bool = False) -> "ServedRanker":
         served = json.loads((folder / "served.json").read_text())
-        model = load_torchscript(folder / served["model"])
-        model.eval()
+        # frozen: weights become constants, so the int8 copy's dequantisation (and any other weight-only work
+        # outside branches) is folded once here instead of run on every request; the logits are unchanged
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", DeprecationWarning)  # TorchScript is in maintenance mode; freezing still works
+            model = torch.jit.freeze(load_torchscript(folder / served["model"]).eval())
         ranker = cls(model, Encoders.load(folder), items, users, vocabs, served["inputs"], exact=exact,
                      shared_sequence=bool(served.get("shared_sequence", False)))
         ranker.model_name = served["model"]
