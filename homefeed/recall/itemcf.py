@@ -46,7 +46,7 @@ from homefeed.data.dataset import Dataset
 from homefeed.data.sessions import add_sessions
 from homefeed.recall import i2i_kernels as kernels
 from homefeed.recall.i2i import I2IRecaller, I2ITable, TriggerSettings, behavior_weight_array, check_behavior_weights
-from homefeed.recall.itemcf_prep import group_actions
+from homefeed.recall.itemcf_prep import group_actions, partners_by_slot
 
 
 class ItemCFSettings(Section):
@@ -244,8 +244,8 @@ def itemcf_table(events: pl.DataFrame, n_items: int, *, settings: ItemCFSettings
     partner_w = acts.w / right[acts.item]  # pre-normalised, as implicit normalises its matrix
     slot_of, code_of = popularity_slots(acts.item, n_items)
     act_slot, partner = slot_of[acts.item], np.arange(acts.item.size)
-    if unique_pairs(s):  # a user meets each pair once, so their partners may be read in slot order
-        partner = kernels.stable_order_by(acts.user, n_users, kernels.stable_order_by(act_slot, n_items, partner))
+    if unique_pairs(s):  # a user meets each pair once, so their partners may be read in slot order (lo = user's first)
+        partner = partners_by_slot(item_ptr, by_item, lo, code_of)
     table = kernels.run_rows(
         kernels.itemcf_rows, rows, cost, np.minimum(cost, n_items), s.top_n, n_items,  # how to run
         item_ptr, by_item, acts.user[by_item], act_slot[partner], acts.w, partner_w[partner], acts.t,

@@ -66,3 +66,21 @@ def group_actions(order, user, item, sess, ts, b, per_session, n_items, n_users)
         pop[a_item[a]] += strongest * strongest
         n_user_items[a_user[a]] += 1
     return a_user, a_item, a_sess, a_t, a_b, pop, n_user_items, counts
+
+
+@njit(cache=True)
+def partners_by_slot(item_ptr, by_item, user_lo, code_of):
+    """Positions of the actions, each user's block (from user_lo[p]) re-ordered by the item's dense slot.
+
+    One scatter pass: items are taken in slot order (code_of) and each of their actions (by_item[item_ptr[i]:
+    item_ptr[i + 1]]) goes to the next free place of its user's block; a user acts on an item once here.
+    """
+    out = np.empty(by_item.size, np.int64)
+    fill = np.zeros(by_item.size, np.int64)  # per user, indexed by the user's first position
+    for i in code_of:
+        for b in range(item_ptr[i], item_ptr[i + 1]):
+            p = by_item[b]
+            first = user_lo[p]
+            out[first + fill[first]] = p
+            fill[first] += 1
+    return out
