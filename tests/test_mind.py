@@ -263,12 +263,41 @@ def test_interests_triggers_and_save_load(fitted_tiny, tmp_path):
         MIND.load(tmp_path / "nothing")
 
 
-def test_exclude_history(fitted_tiny):
+def test_history_modes(fitted_tiny):
     ds = tiny_dataset()
-    rec = fitted_tiny.with_serve(exclude_history=True)
-    assert rec.settings.serve.exclude_history and not fitted_tiny.settings.serve.exclude_history
+    drop, first, score = (fitted_tiny.with_serve(history=m) for m in ("drop", "first", "score"))
+    assert drop.settings.serve.history == "drop" and fitted_tiny.settings.serve.history == "auto"
+    tried = 0
     for s in states_at(ds.events, ds.users, ds.split.valid_end):
-        assert not np.isin(rec.recall(s, 12).items, s.items).any()
+        seen = np.setdiff1d(np.unique(s.items), s.recent(behaviors=("buy",)))
+        assert not np.isin(drop.recall(s, 12).items, s.items).any()
+        got = first.recall(s, 12)
+        head = got.items[:min(12, seen.size)]
+        assert set(head.tolist()) <= set(seen.tolist()) and len(set(head.tolist())) == head.size
+        assert np.all(np.diff(got.scores) <= 0)  # still ordered by score
+        if seen.size and len(drop.recall(s, 12)):
+            tried += 1
+            vectors, _ = first.interests(s)
+            best = (first.vectors_[head] @ vectors.T).max(1)
+            assert np.all(np.diff(best) <= 1e-6)  # the history ordered by its best interest score
+            if seen.size < 12:  # then the rest of the list: the dropped list's head
+                np.testing.assert_array_equal(got.items[seen.size:], drop.recall(s, 12).items[:12 - seen.size])
+        assert np.isin(score.recall(s, 12).items, s.recent(behaviors=("buy",))).sum() == 0
+    assert tried > 0
+
+
+def test_history_mode_is_picked_on_validation(fitted_tiny, tmp_path):
+    from homefeed.recall.mind.history import MODES, pick
+
+    assert pick({"score": 0.2, "drop": 0.5, "first": 0.5}.get) == ("drop", {"score": 0.2, "drop": 0.5, "first": 0.5})
+    assert pick(lambda m: 0.0)[0] == "score"  # ties: the paper's way
+    rec = fitted_tiny
+    assert set(rec.history_scores_) == set(MODES) and rec.history_ == pick(rec.history_scores_.get)[0]
+    check = Validation.of(tiny_dataset(), max_users=2000, k=50)
+    for mode, value in rec.history_scores_.items():
+        assert check.score(rec.with_serve(history=mode)) == pytest.approx(value)
+    rec.save(tmp_path / "m")
+    assert MIND.load(tmp_path / "m").history_ == rec.history_
 
 
 def test_training_reports_progress_and_restores_threads(caplog):
@@ -278,7 +307,8 @@ def test_training_reports_progress_and_restores_threads(caplog):
         rec = MIND(settings=MINDSettings(**{**FAST, "train": {**FAST["train"], "epochs": 2, "threads": 1}}))
         rec.fit(tiny_dataset(), progress=lambda step, done, total: seen.append((step, done, total)))
     assert torch.get_num_threads() == before
-    assert [r.getMessage().split(":")[0] for r in caplog.records] == ["mind epoch 1/2", "mind epoch 2/2"]
+    assert [r.getMessage().split(":")[0] for r in caplog.records] == ["mind epoch 1/2", "mind epoch 2/2", "mind"]
+    assert caplog.records[-1].getMessage().startswith(f"mind: history mode {rec.history_} (validation HitRate@50")
     assert seen and seen[0][0] == "mind epoch 1/2" and seen[-1][0] == "mind epoch 2/2" and seen[-1][2] == 2
     assert len(rec.log_["epoch_loss"]) == 2 and rec.log_["samples"] == 2 * len(build_sequences(
         tiny_dataset().events_in("train"), max_len=10, max_samples_per_user=30))

@@ -97,8 +97,9 @@ def test_the_served_list_is_multi_interest(world, mind2):
     ds, interests = world
     assert mind2.settings.serve.interest_merge == "quota"
     assert served_both(mind2, ds, interests) >= 0.8
-    # one interest scaled up 3x, as a popular region's vector is: on raw scores ("max") it takes the list
-    stretched = mind2.with_serve()
+    # one interest scaled up 3x, as a popular region's vector is: on raw scores ("max") it takes the list (the
+    # history served as scored, so that only the interests fill the list)
+    stretched = mind2.with_serve(history="score")
     tower = stretched.tower_
     stretched.tower_ = lambda b, p: (lambda v, m, t: (v * torch.tensor([3.0, 1.0]).view(1, 2, 1), m, t))(*tower(b, p))
     assert served_both(stretched, ds, interests) >= 0.8

@@ -39,6 +39,7 @@ from homefeed.data.user_state import UserState
 from homefeed.recall.ann import AnnIndex, search_candidates
 from homefeed.recall.base import Candidates, Recaller
 from homefeed.recall.graph.eges import SideInfo, side_information
+from homefeed.recall.mind import history
 from homefeed.recall.mind.export import check_torchscript, export_torchscript, load_torchscript, trace
 from homefeed.recall.mind.model import MINDModel
 from homefeed.recall.mind.profile import ProfileVocab
@@ -65,6 +66,7 @@ class ModelSettings(Section):
     routing_sigma: float = Field(1.0, gt=0)  # std of the initial routing logits
     power: float = Field(2.0, ge=0)  # p of label-aware attention: 0 averages the interests, large picks one
     attend_negatives: bool = True  # score negatives by their own label-aware attention (False: the target's, the paper)
+    residual: bool = False  # interest = capsule + MLP([capsule; profile]), S and the MLP's output starting at identity and 0
     pooled: bool = False  # with K > 1, one more interest pooled from every behaviour (the K = 1 capsule) before the routed ones
     seed: int = 0
 
@@ -81,7 +83,8 @@ class ServeSettings(Section):
     ann_spec: str = "auto"  # faiss factory string ("Flat", "HNSW32", ...) or "auto" (Flat below 100k items)
     ann_params: str = ""  # faiss search parameters, e.g. "efSearch=128"
     keep_bought: bool = False  # keep items the user already bought (default: drop them)
-    exclude_history: bool = False  # drop every item in the user's behaviour list
+    history: Literal["auto", "score", "drop", "first"] = "auto"  # items the user acted on: ranked as scored, dropped,
+    # or first; "auto": the best of the three on the validation days, picked at fit (`history.py`)
     interest_merge: InterestMerge = "quota"  # how the interests' lists become one (see `merge_interests`)
     threads: int | None = Field(1, ge=1)  # torch threads of the calling thread during one request's forward pass; None = as is
 
@@ -124,6 +127,7 @@ class MIND(Recaller):
             raise TypeError(f"{type(self).__name__} takes {self.Settings.__name__}, got {type(self.settings).__name__}")
         self.model_ = self.tower_ = self.profiles_ = self.vectors_ = self.index_ = None
         self.log_: dict = {}
+        self.history_, self.history_scores_ = "score", {}  # the fitted "auto" history mode and its validation scores
 
     def _build(self, n_items: int, side_codes: np.ndarray, side_sizes: list[int], profile_sizes: list[int]) -> MINDModel:
         m = self.settings.model
@@ -131,7 +135,7 @@ class MIND(Recaller):
         return MINDModel(n_items=n_items, side_codes=side_codes, side_sizes=side_sizes, profile_sizes=profile_sizes,
                          dim=m.dim, interests=m.interests, max_len=m.max_len, profile_dim=m.profile_dim,
                          hidden=tuple(m.hidden), iterations=m.iterations, sigma=m.routing_sigma, power=m.power,
-                         attend_negatives=m.attend_negatives, pooled=m.pooled, seed=m.seed)
+                         attend_negatives=m.attend_negatives, pooled=m.pooled, residual=m.residual, seed=m.seed)
 
     def fit(self, dataset: Dataset, *, progress=None, parallel: Parallel | None = None) -> "MIND":
         """Train on `dataset.events_in("train")`, stopping on HitRate of the validation days (`validate.py`);
@@ -152,7 +156,7 @@ class MIND(Recaller):
             log.warning("%s: no user with a history acts in the validation part or the last %.0f%% of training; "
                         "training a fixed %d epochs", self.name, 100 * t.holdout, t.epochs)
             return self._fit(dataset, None, progress, parallel)
-        holdout_log = self._fit(inner, check, progress, parallel).log_
+        holdout_log = self._fit(inner, check, progress, parallel).log_  # also picks the history mode
         self._fit(dataset, None, progress, parallel, epochs=holdout_log["best_epoch"])
         self.log_["holdout"] = holdout_log
         return self
@@ -176,6 +180,11 @@ class MIND(Recaller):
                                parallel=parallel)
         self.tower_ = trace(self.model_.user, *example_inputs(self.model_.user, self.profiles_.sizes))
         self._index()
+        if check is not None and self.settings.serve.history == "auto":
+            share = parallel if parallel is not None else Parallel()
+            self.history_, self.history_scores_ = history.pick(
+                lambda mode: share.score(lambda: check.score(self.with_serve(history=mode))))
+            log.info("%s: history mode %s (validation HitRate@%d %s)", self.name, self.history_, check.k, self.history_scores_)
         return self
 
     def _score(self, check: Validation) -> float:
@@ -213,13 +222,15 @@ class MIND(Recaller):
         """(candidates, interest (n,) int64): the index of the interest vector that scores each candidate best."""
         self._fitted()
         vectors, triggers = self.interests(state)
-        exclude = [state.recent(behaviors=("buy",))] if not self.settings.serve.keep_bought else []
-        if self.settings.serve.exclude_history:
-            exclude.append(state.items)
-        exclude = np.unique(np.concatenate(exclude)) if exclude else None
+        mode = self.history_ if self.settings.serve.history == "auto" else self.settings.serve.history
+        bought = state.recent(behaviors=("buy",)) if not self.settings.serve.keep_bought else np.zeros(0, np.int32)
+        seen = np.unique(state.items) if mode != "score" else np.zeros(0, np.int32)
+        exclude = np.union1d(bought, seen) if bought.size or seen.size else None
         how = self.settings.serve.interest_merge
         weights = self.interest_weights(state, vectors) if how == "quota" else None
         rows = merge_interests(self.index_, vectors, k, channel=self.name, exclude=exclude, how=how, weights=weights)
+        if mode == "first":
+            rows = history.history_first(rows, np.setdiff1d(seen, bought), self.vectors_, vectors, k)
         if len(rows) == 0:
             return rows, np.zeros(0, np.int64)
         interest = (self.vectors_[rows.items] @ vectors.T).argmax(1)  # (n,)
@@ -256,7 +267,8 @@ class MIND(Recaller):
         (path / "settings.json").write_text(json.dumps(self.settings.model_dump(), indent=1))
         items = self.model_.items
         meta = {"n_items": int(items.ids.weight.shape[0]), "side_sizes": [int(t.weight.shape[0]) for t in items.sides],
-                "profile": json.loads(self.profiles_.to_json()), "log": self.log_}
+                "profile": json.loads(self.profiles_.to_json()), "log": self.log_,
+                "history": self.history_, "history_scores": self.history_scores_}
         (path / "meta.json").write_text(json.dumps(meta, indent=1))
         with open(path / "model.npz", "wb") as f:
             np.savez(f, **{k: v.detach().numpy() for k, v in self.model_.state_dict().items()})
@@ -285,6 +297,7 @@ class MIND(Recaller):
             rec.vectors_ = z["vectors"]
         rec.index_ = AnnIndex.load(path / "index")
         rec.log_ = meta.get("log", {})
+        rec.history_, rec.history_scores_ = meta.get("history", "score"), meta.get("history_scores", {})
         return rec
 
 

@@ -86,9 +86,9 @@ class UserTower(nn.Module):
 
     def __init__(self, items: ItemTower, profile_sizes: list[int], *, dim: int, interests: int, max_len: int,
                  profile_dim: int = 8, hidden: tuple[int, ...] = (128,), iterations: int = 3, sigma: float = 1.0,
-                 pooled: bool = False, seed: int = 0):
+                 pooled: bool = False, residual: bool = False, seed: int = 0):
         super().__init__()
-        self.items, self.max_len = items, max_len
+        self.items, self.max_len, self.residual = items, max_len, residual
         self.profile = nn.ModuleList(_table(size, profile_dim, 0.05) for size in profile_sizes)
         self.routing = CapsuleRouting(dim, interests, max_len, iterations=iterations, sigma=sigma, pooled=pooled, seed=seed)
         layers, width = [], dim + profile_dim * len(profile_sizes)
@@ -96,6 +96,11 @@ class UserTower(nn.Module):
             layers += [nn.Linear(width, h), nn.ReLU()]
             width = h
         self.mlp = nn.Sequential(*layers, nn.Linear(width, dim))
+        if residual:  # interest = capsule + MLP: starts as the routed mean of the behaviours, in the item space
+            with torch.no_grad():
+                self.routing.bilinear.weight.copy_(torch.eye(dim))
+                self.mlp[-1].weight.zero_()
+                self.mlp[-1].bias.zero_()
 
     def encode(self, behaviors: Tensor, profile: Tensor, logits: Tensor | None = None) -> tuple[Tensor, Tensor, Tensor]:
         """(interests (B, K, D), routing weights (B, L, K), mask (B, K) bool) from item codes (B, L) (0 = padding)
@@ -104,10 +109,12 @@ class UserTower(nn.Module):
         real = behaviors > 0  # (B, L)
         capsules, weights, mask = self.routing(self.items(behaviors), real, logits)  # (B, K, D), (B, L, K), (B, K)
         parts = [table(profile[:, f]) for f, table in enumerate(self.profile)]  # F x (B, P)
+        x = capsules
         if parts:
             prof = torch.cat(parts, 1).unsqueeze(1).expand(-1, capsules.shape[1], -1)  # (B, K, F P)
-            capsules = torch.cat([capsules, prof], 2)
-        interests = self.mlp(capsules) * mask.unsqueeze(2).to(capsules.dtype)  # (B, K, D)
+            x = torch.cat([capsules, prof], 2)
+        interests = self.mlp(x) + capsules if self.residual else self.mlp(x)
+        interests = interests * mask.unsqueeze(2).to(capsules.dtype)  # (B, K, D)
         return interests, weights, mask
 
     def forward(self, behaviors: Tensor, profile: Tensor) -> tuple[Tensor, Tensor, Tensor]:
@@ -167,7 +174,7 @@ class MINDModel(nn.Module):
     def __init__(self, *, n_items: int, side_codes: np.ndarray, side_sizes: list[int], profile_sizes: list[int],
                  dim: int = 64, interests: int = 4, max_len: int = 30, profile_dim: int = 8,
                  hidden: tuple[int, ...] = (128,), iterations: int = 3, sigma: float = 1.0, power: float = 2.0,
-                 attend_negatives: bool = True, pooled: bool = False, seed: int = 0):
+                 attend_negatives: bool = True, pooled: bool = False, residual: bool = False, seed: int = 0):
         super().__init__()
         if power < 0:
             raise ValueError(f"label-aware attention power must be >= 0, got {power}")
@@ -175,7 +182,7 @@ class MINDModel(nn.Module):
         self.items = ItemTower(n_items, side_codes, side_sizes, dim)
         self.user = UserTower(self.items, profile_sizes, dim=dim, interests=interests, max_len=max_len,
                               profile_dim=profile_dim, hidden=tuple(hidden), iterations=iterations, sigma=sigma,
-                              pooled=pooled and interests > 1, seed=seed)
+                              pooled=pooled and interests > 1, residual=residual, seed=seed)
 
     def forward(self, behaviors: Tensor, profile: Tensor, targets: Tensor, target_logq: Tensor,
                 negatives: Tensor, negative_logq: Tensor, routing_logits: Tensor | None = None) -> Tensor:
