@@ -54,6 +54,7 @@ class MergeSettings(Section):
     min_share: float = Field(0.01, ge=0.0, le=1.0)  # floor on every channel's share: none starves
     max_share: float = Field(1.0, ge=0.0, le=1.0)  # ceiling: none takes over
     consensus: bool = True  # an item found by several channels sums their terms (off: the best term counts)
+    min_gain_z: float = Field(2.0, ge=0.0)  # learning shares: a step must gain this many standard errors over validation users (0 = any gain)
     seen_weight: float | None = Field(None, ge=0.0)  # factor on items the user already acted on; 0 drops them; None = learned (1 until then)
     aliases: dict[str, str] = Field(default_factory=dict)  # channel name in the exposure log -> channel name here
 
