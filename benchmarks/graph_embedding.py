@@ -16,7 +16,9 @@ What it measures, all in one run on the same walks (so speeds are comparable eve
 - peak memory (max RSS);
 - with --real-logs: link-prediction AUC of DeepWalk, GES and EGES on every shared real log (../shared/data,
   ingested and cached as `benchmarks/real_logs.py` does; a missing log is skipped), by the default
-  `LinkProtocol` and, with --directed, also walking the training graph one way as the channel does.
+  `LinkProtocol` and, with --directed, also walking the training graph one way as the channel does. Each
+  method is scored by cosine (the paper's) and by "<method>_context", skip-gram's own score H_a.z_b + H_b.z_a
+  (what the channel's default table ranks by), beside Adamic-Adar on the same training graph (no training).
 
 Progress goes to stderr; stdout gets one table per section, or one JSON object with --json.
 """
@@ -32,6 +34,7 @@ from pathlib import Path
 import numpy as np
 from rich.console import Console
 
+from homefeed.evaluate.metrics import auc
 from homefeed.evaluate.report import format_value, metrics_table, to_json
 
 from homefeed.recall.ann import AnnIndex, normalize, resolve_spec
@@ -42,7 +45,7 @@ from homefeed.recall.graph.graph import GraphSettings, ItemGraph, build_graph, s
 from homefeed.recall.graph.partition import has_metis
 from homefeed.recall.graph.skipgram import TrainSettings
 from homefeed.recall.graph.walks import WalkSettings, alias_tables, random_walks
-from homefeed.recall.graph_evaluate import LinkProtocol, link_prediction, link_split, pair_auc
+from homefeed.recall.graph_evaluate import METHODS, LinkProtocol, link_split, pair_auc
 
 
 def note(*parts) -> None:
@@ -250,6 +253,20 @@ def bench_channel(graph: ItemGraph, side: SideInfo, walks: WalkSettings, train: 
             "walk_seconds": emb.log.get("walk_seconds"), "words_per_s": emb.log.get("words_per_s"), "vectors": emb.vectors}
 
 
+def adamic_adar(graph: ItemGraph, pairs: np.ndarray) -> np.ndarray:
+    """(P,) Adamic-Adar scores of unordered pairs on `graph` taken both ways: sum over shared neighbours w of
+    1 / log(degree w) (Liben-Nowell & Kleinberg 2007), the classic link-prediction heuristic without training."""
+    import scipy.sparse as sp
+
+    src, dst, _ = graph.edges()
+    n = graph.n_nodes
+    adj = sp.csr_matrix((np.ones(src.size), (src, dst)), shape=(n, n))
+    adj = ((adj + adj.T) > 0).astype(np.float64).tocsr()
+    degree = np.asarray(adj.sum(1)).ravel()
+    weighted = adj @ sp.diags(1.0 / np.log(np.maximum(degree, 2.0)))
+    return np.asarray(adj[pairs[:, 0]].multiply(weighted[pairs[:, 1]]).sum(1)).ravel()
+
+
 def real_log_aucs(names: list[str], walks: WalkSettings, train: TrainSettings, *, directed: bool, cache: Path) -> dict:
     """Per shared real log: link-prediction AUC of each method (the log's train part, default `LinkProtocol`)."""
     import importlib.util
@@ -276,11 +293,16 @@ def real_log_aucs(names: list[str], walks: WalkSettings, train: TrainSettings, *
         for label, protocol in [("", LinkProtocol())] + ([("_directed", LinkProtocol(undirected=False))] if directed else []):
             t0 = time.perf_counter()
             try:
-                link = link_prediction(graph, side, settings=settings, protocol=protocol)
+                train_graph, pairs, labels = link_split(graph, protocol)
             except ValueError as e:  # e.g. a forest: no edge can be held out with its ends still connected
                 note(f"{name}{label}: {e}")
                 continue
-            out[name + label] = {**link["auc"], "held_out_edges": link["pairs"], "nodes": int(graph.active().sum()),
+            row = {"adamic_adar": auc(labels, adamic_adar(train_graph, pairs))}  # the neighbourhood peer
+            for method in METHODS:
+                emb = embed_graph(train_graph, side, mode=method, walks=walks, train=train)
+                row[method] = auc(labels, emb.pair_scores(pairs, "cosine"))
+                row[f"{method}_context"] = auc(labels, emb.pair_scores(pairs, "context"))
+            out[name + label] = {**row, "held_out_edges": int(labels.sum()), "nodes": int(graph.active().sum()),
                                  "edges": graph.nnz, "walked_by": sequence_unit(events, settings.graph),
                                  "side_fields": ",".join(side.names) or "-", "seconds": time.perf_counter() - t0}
             note(name + label, out[name + label])

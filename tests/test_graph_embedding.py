@@ -126,3 +126,25 @@ def test_training_is_deterministic(world):
     a = embed_graph(graph, side, mode="eges", walks=WALKS, train=TRAIN)
     b = embed_graph(graph, side, mode="eges", walks=WALKS, train=TRAIN)
     np.testing.assert_array_equal(a.vectors, b.vectors)
+
+
+def test_pair_scores_by_cosine_and_by_skipgram_context(world):
+    """cosine = the unit centre vectors' dot product; context = H_a . z_b + H_b . z_a (symmetric), and it ranks
+    pairs inside a planted community above pairs across."""
+    graph, comm, side = world
+    emb = embed_graph(graph, side, mode="deepwalk", walks=WALKS, train=TRAIN)
+    pairs = np.array([[1, 2], [2, 1], [1, 30], [5, 65]])
+    h, z = emb.vectors * emb.norms[:, None], emb.context()
+    np.testing.assert_allclose(emb.pair_scores(pairs), [emb.vectors[a] @ emb.vectors[b] for a, b in pairs], rtol=1e-5)
+    ctx = emb.pair_scores(pairs, "context")
+    np.testing.assert_allclose(ctx, [h[a] @ z[b] + h[b] @ z[a] for a, b in pairs], rtol=1e-4, atol=1e-5)
+    assert ctx[0] == pytest.approx(ctx[1])
+    rng = np.random.default_rng(0)
+    a, b = rng.integers(1, 81, 400), rng.integers(1, 81, 400)
+    same = comm[a] == comm[b]
+    scores = emb.pair_scores(np.stack([a, b], 1), "context")
+    assert scores[same & (a != b)].mean() > scores[~same].mean() + 1.0
+    with pytest.raises(ValueError, match="similarity"):
+        emb.pair_scores(pairs, "dot")
+    with pytest.raises(ValueError, match=r"\(P, 2\)"):
+        emb.pair_scores(np.array([1, 2, 3]))

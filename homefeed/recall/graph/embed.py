@@ -61,6 +61,20 @@ class Embedding:
         """(N, D) float32 skip-gram context vectors z (zero for items never seen as a context)."""
         return self.model.context.numpy()
 
+    def pair_scores(self, pairs: np.ndarray, similarity: Literal["cosine", "context"] = "cosine") -> np.ndarray:
+        """(P,) float32 scores of unordered item pairs (P, 2): cos(H_a, H_b) (the paper's), or skip-gram's own
+        score both ways, H_a . z_b + H_b . z_a (what the channel's default "context" table ranks by)."""
+        pairs = np.asarray(pairs, np.int64)
+        if pairs.ndim != 2 or pairs.shape[1] != 2:
+            raise ValueError(f"pairs must be (P, 2), got shape {pairs.shape}")
+        a, b = pairs[:, 0], pairs[:, 1]
+        if similarity == "cosine":
+            return np.einsum("ij,ij->i", self.vectors[a], self.vectors[b])
+        if similarity != "context":
+            raise ValueError(f"unknown similarity {similarity!r}; valid: cosine, context")
+        h, z = self.vectors * self.norms[:, None], self.context()
+        return np.einsum("ij,ij->i", h[a], z[b]) + np.einsum("ij,ij->i", h[b], z[a])
+
 
 def neighbours(graph: ItemGraph) -> np.ndarray:
     """(N,) int64 distinct neighbours of each node, in or out."""
