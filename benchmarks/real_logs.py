@@ -242,17 +242,22 @@ def best(row: dict, k: int) -> float:
 
 
 def targets(result: dict) -> dict:
-    """Issue 13's targets for one log, each with the figures it compares."""
-    rows = result["rows"]
+    """Issue 13's targets for one log, each with the figures it compares; a miss says by how many test users."""
+    rows, users = result["rows"], result.get("users") or 0
     channels = [r for r in rows if r != "merged" and r not in PEERS]
     out = {}
+
+    def verdict(ok: bool, ours: float, name: str, theirs: float) -> dict:
+        short = {} if ok else {"short_by_users": round((theirs - ours) * users)}
+        return {"ok": ok, "merged": ours, name: theirs, **short}
+
     for k in KS:
         top = max(channels, key=lambda c: best(rows[c], k))
-        out[f"merged>=best_channel@{k}"] = {"ok": best(rows["merged"], k) >= best(rows[top], k),
-                                            "merged": best(rows["merged"], k), top: best(rows[top], k)}
+        out[f"merged>=best_channel@{k}"] = verdict(best(rows["merged"], k) >= best(rows[top], k), best(rows["merged"], k),
+                                                   top, best(rows[top], k))
     for k in (10, 50):
         bm25 = best(rows["implicit_bm25"], k)
-        out[f"merged>=bm25@{k}"] = {"ok": best(rows["merged"], k) >= bm25, "merged": best(rows["merged"], k), "bm25": bm25}
+        out[f"merged>=bm25@{k}"] = verdict(best(rows["merged"], k) >= bm25, best(rows["merged"], k), "bm25", bm25)
     if "optional" in result:
         base, more = best(rows["merged"], 50), best(result["optional"], 50)
         out["optional_costs<=1%@50"] = {"ok": more >= 0.99 * base, "merged": base, "with_optional": more}
@@ -274,13 +279,15 @@ def print_tables(results: dict) -> None:
         rows = dict(result["rows"])
         if "optional" in result:
             rows["merged+optional"] = {c: v for c, v in result["optional"].items() if ":" in c}
+            rows.update({f"{c} (optional)": v for c, v in result["optional"].get("channels", {}).items()})
         shares = {c: f"{s:.2f}" for c, s in result["shares"].items()}
         title = (f"{name}: test HitRate, {result['users']} users; shares {shares}, seen weight {result['seen_weight']:g}, "
                  f"repeat share {result['learned'].get('repeat_share', 0):.2f}")
         console.print(metrics_table(rows, title=title, columns=[f"{p}:hr@{k}" for p in PROTOCOLS for k in KS],
                                     name_header="list", digits=3))
-        for target, verdict in result["targets"].items():
-            figures = ", ".join(f"{a} {b:.3f}" for a, b in verdict.items() if a != "ok")
+        for target, verdict in targets(result).items():  # recomputed: a saved run shows today's verdicts
+            figures = ", ".join(f"{a} {b:.3f}" if a != "short_by_users" else f"short by {b} of {result['users']} users"
+                                for a, b in verdict.items() if a != "ok")
             console.print(f"  {'ok  ' if verdict['ok'] else 'MISS'} {target}: {figures}")
         if "rank" in result:
             console.print(json.dumps(result["rank"], indent=1, default=float))
