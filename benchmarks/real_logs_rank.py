@@ -11,10 +11,15 @@ and calibration on valid), and check issue 13's Rank targets per log:
     python benchmarks/real_logs_rank.py                          # every log, every preset, a table per log
     python benchmarks/real_logs_rank.py --logs toys --presets lr,deepfm,din --json
     python benchmarks/real_logs_rank.py --out /tmp/rank.json     # also write the JSON object there, log by log
+    python benchmarks/real_logs_rank.py --logs toys --max-users 3000   # a seeded sample of 3,000 users' events
+
+`--max-users N` keeps every event of a seeded sample of N users (and the whole catalogue), so a
+big log trains in minutes on a small machine; the per-user structure of the split is kept.
 """
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import sys
 import tempfile
@@ -47,6 +52,23 @@ def targets(rows: dict, has_history: bool) -> dict:
     return out
 
 
+def sample_users(dataset, max_users: int | None, seed: int = 0):
+    """The dataset restricted to the events of a seeded sample of `max_users` users (all of them when None or more)."""
+    import numpy as np
+    import polars as pl
+
+    if max_users is None:
+        return dataset
+    if max_users < 1:
+        raise ValueError(f"--max-users must be >= 1, got {max_users}")
+    users = np.sort(dataset.events["user_id"].unique().to_numpy())
+    if users.size <= max_users:
+        return dataset
+    kept = np.random.default_rng(seed).choice(users, max_users, replace=False)
+    events = dataset.events.filter(pl.col("user_id").is_in(pl.Series(kept).cast(dataset.events.schema["user_id"]).implode()))
+    return dataclasses.replace(dataset, events=events)
+
+
 def evaluate_log(name: str, dataset, presets: list[str], overrides: list[str]) -> dict:
     from homefeed.config import load_config
     from homefeed.rank.evaluate import RankSettings, evaluate_rank
@@ -75,7 +97,7 @@ def print_tables(results: dict) -> None:
             console.print(f"[bold]{name}[/bold]: skipped ({result if isinstance(result, str) else result['error']})")
             continue
         s = result["meta"]["samples"]
-        title = (f"{name}: rank test metrics ({result['meta']['protocol']} protocol; rows train/valid/test "
+        title = (f"{name} ({result.get('users', '?')} users): rank test metrics ({result['meta']['protocol']} protocol; rows train/valid/test "
                  f"{s['train']['rows']}/{s['valid']['rows']}/{s['test']['rows']}; history len {result['meta']['fields']['max_len']})")
         console.print(metrics_table(result["rows"], title=title, columns=columns, name_header="model"))
         misses = [(t, v) for t, v in result["targets"].items() if not v["ok"]]
@@ -91,6 +113,7 @@ def main(argv=None) -> int:
     parser.add_argument("--presets", default=",".join(PRESETS))
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="config override, e.g. rank.train.lr=0.002")
     parser.add_argument("--cache", type=Path, default=Path(tempfile.gettempdir()) / "homefeed_real_logs")
+    parser.add_argument("--max-users", type=int, default=None, help="keep the events of a seeded sample of this many users")
     parser.add_argument("--out", type=Path, default=None, help="write the JSON object here after each log")
     parser.add_argument("--json", action="store_true", help="print exactly one JSON object on stdout")
     args = parser.parse_args(argv)
@@ -102,13 +125,19 @@ def main(argv=None) -> int:
     results: dict = {}
     for name in names:
         dataset = load_log(name, LOGS[name], args.cache)
-        results[name] = dataset if isinstance(dataset, str) else evaluate_log(name, dataset, args.presets.split(","), args.set)
+        if isinstance(dataset, str):
+            results[name] = dataset
+        else:
+            dataset = sample_users(dataset, args.max_users)
+            results[name] = evaluate_log(name, dataset, args.presets.split(","), args.set)
+            results[name]["users"] = int(dataset.events["user_id"].n_unique())
         if args.out:
-            args.out.write_text(json.dumps({"logs": results}, default=float))
+            args.out.write_text(json.dumps({"logs": results, "max_users": args.max_users}, default=float))
         if not args.json:
             print_tables({name: results[name]})
     if args.json:
-        print(json.dumps({"logs": results, "presets": args.presets.split(","), "margin": MARGIN}, default=float))
+        print(json.dumps({"logs": results, "presets": args.presets.split(","), "margin": MARGIN,
+                          "max_users": args.max_users}, default=float))
     return 0
 
 

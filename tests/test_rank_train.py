@@ -9,7 +9,7 @@ import torch
 from homefeed.evaluate.metrics import auc, logloss
 from homefeed.rank.model import build_model
 from homefeed.rank.samples import SampleSettings, build_all
-from homefeed.rank.train import (RowPenalty, TrainSettings, batch_size_for, fit_platt, load_checkpoint, platt_generalises,
+from homefeed.rank.train import (RowPenalty, TrainSettings, batch_size_for, check_steps, fit_platt, load_checkpoint, platt_generalises,
                                  predict, predict_logits, train)
 from test_rank_samples import toy_dataset
 
@@ -37,7 +37,8 @@ def test_training_learns_the_planted_signal(parts, preset):
     model, result = _fit(parts, preset)
     test_auc = auc(_labels(parts["test"]), predict(model, parts["test"]))
     assert result.best_valid_auc > 0.7 and test_auc > 0.7, (preset, result.best_valid_auc, test_auc)
-    assert result.history[result.best_epoch]["valid_auc"] == result.best_valid_auc
+    assert result.history[result.best_check]["valid_auc"] == result.best_valid_auc
+    assert result.best_epoch == result.history[result.best_check]["epochs"] > 0
     assert result.samples_per_s > 0 and len(result.history) >= 1
 
 
@@ -52,12 +53,12 @@ def test_same_seed_gives_the_same_model(parts):
 
 def test_early_stopping_restores_the_best_epoch(parts):
     # a learning rate far too high for deepfm: valid AUC peaks early, then `patience` worse epochs stop it
-    settings = FAST.model_copy(update={"lr": 0.1, "epochs": 30, "patience": 2, "calibrate": False})
+    settings = FAST.model_copy(update={"lr": 0.1, "epochs": 30, "patience": 2, "calibrate": False, "checks_per_epoch": 1})
     rows = []
     model, result = _fit(parts, settings=settings, hidden=[64, 64])
-    assert len(result.history) == result.best_epoch + 1 + settings.patience < settings.epochs  # stopped, not ran out
-    best = result.history[result.best_epoch]
-    assert all(h["valid_auc"] <= best["valid_auc"] for h in result.history[result.best_epoch + 1:])
+    assert len(result.history) == result.best_check + 1 + settings.patience < settings.epochs  # stopped, not ran out
+    best = result.history[result.best_check]
+    assert all(h["valid_auc"] <= best["valid_auc"] for h in result.history[result.best_check + 1:])
     p = predict(model, parts["valid"])
     assert auc(_labels(parts["valid"]), p) == pytest.approx(best["valid_auc"])  # the kept weights, not the last epoch's
     assert logloss(_labels(parts["valid"]), p) == pytest.approx(best["valid_logloss"])
@@ -71,9 +72,24 @@ def test_early_stopping_restores_the_best_epoch(parts):
 
 def test_monitor_logloss_stops_when_the_logloss_stops_falling(parts):
     # a learning rate too small to change anything: epoch 0 stays best by logloss, `patience` stale epochs stop it
-    settings = FAST.model_copy(update={"lr": 1e-12, "epochs": 10, "patience": 3, "monitor": "logloss", "embedding_l2": 0.0})
+    settings = FAST.model_copy(update={"lr": 1e-12, "epochs": 10, "patience": 3, "monitor": "logloss", "embedding_l2": 0.0,
+                                       "checks_per_epoch": 1})
     _, result = _fit(parts, settings=settings)
-    assert result.best_epoch == 0 and len(result.history) == 4
+    assert result.best_check == 0 and result.best_epoch == 1.0 and len(result.history) == 4
+
+
+def test_checks_inside_an_epoch_keep_the_best_weights_between_epoch_ends(parts):
+    assert check_steps(20, 4) == {5, 10, 15, 20} and check_steps(3, 4) == {1, 2, 3} and check_steps(7, 1) == {7}
+    settings = FAST.model_copy(update={"lr": 0.1, "epochs": 30, "patience": 2, "calibrate": False, "checks_per_epoch": 4})
+    model, result = _fit(parts, settings=settings, hidden=[64, 64])
+    steps = math.ceil(len(parts["train"]) / result.batch_size)
+    assert [h["epochs"] for h in result.history[:4]] == [round(s / steps, 4) for s in sorted(check_steps(steps, 4))]
+    n, stale_stop = len(result.history), result.best_check + 1 + settings.patience * 4  # patience still counts epochs
+    assert n % 4 == 0 and n - 4 < stale_stop <= n < 30 * 4  # stopped at the first epoch end after `patience` stale epochs
+    best = result.history[result.best_check]
+    assert result.best_epoch == best["epochs"]
+    assert auc(_labels(parts["valid"]), predict(model, parts["valid"])) == pytest.approx(best["valid_auc"])
+    assert best["valid_auc"] == max(h["valid_auc"] for h in result.history)
 
 
 def test_calibration_matches_the_valid_rate_without_changing_the_ranking(parts):

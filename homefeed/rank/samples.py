@@ -16,6 +16,13 @@ Two protocols, chosen automatically (`protocol="auto"`):
   positive are drawn by popularity at the same time (the item's events in the same
   `popularity_window_s` bucket) and take the positive's user and time. The same cleaning applies.
 
+Leave-one-out logs (`ingest.split=leave_one_out`: each user's last event is test, the one before
+valid) are sampled through `homefeed.rank.held_out.held_out_view`: each held-out event at its
+user's own time, one split step after the user's previous event, not at the split's instant. The
+valid part is then one positive per tested user, as in SASRec and its successors, and as large as
+the test part; before, ml-100k kept 72 valid rows of 943 users (the activity filter saw months of
+silence before the split instant) and its valid/test features saw none of the user's recent history.
+
 `train_window_days` keeps only the last days of train samples (their features still see the
 whole history before them), a common way to train on recent behaviour at a fraction of the cost.
 
