@@ -68,7 +68,7 @@ def fit_preset(preset: str, parts: dict[str, Samples], settings: RankSettings = 
 
     With `out`, the folder gets everything serving needs: encoders.json/.npz (fitted on train),
     model.json (preset, model config, feature spec, valid AUC, calibration) and best.npz/best.json (weights).
-    `progress` receives each epoch's history row.
+    `progress` receives each valid check's history row (`TrainSettings.checks_per_epoch` an epoch).
     """
     from homefeed.rank.model import build_model
 
@@ -103,7 +103,7 @@ def constant_row(parts: dict[str, Samples]) -> dict[str, float]:
 def _trained_row(preset: str, parts: dict[str, Samples], settings: RankSettings, say: Callable[[str], None]) -> dict:
     say(f"train {preset}")
     model, fit = fit_preset(preset, parts, settings, progress=lambda r: say(
-        f"train {preset}: epoch {r['epoch']} valid AUC {r['valid_auc']:.4f} logloss {r['valid_logloss']:.4f}"))
+        f"train {preset}: epochs {r.get('epochs', r['epoch']):g} valid AUC {r['valid_auc']:.4f} logloss {r['valid_logloss']:.4f}"))
     return score(model, parts["test"], settings.train) | {
         "valid_auc": fit.best_valid_auc, "valid_logloss": fit.best_valid_logloss, "best_epoch": fit.best_epoch,
         "calibration_scale": fit.calibration[0], "train_s": fit.train_seconds, "samples_per_s": fit.samples_per_s}
