@@ -46,7 +46,7 @@ from homefeed.data.dataset import Dataset
 from homefeed.data.sessions import add_sessions
 from homefeed.recall import i2i_kernels as kernels
 from homefeed.recall.i2i import I2IRecaller, I2ITable, TriggerSettings, behavior_weight_array, check_behavior_weights
-from homefeed.recall.itemcf_prep import group_actions, partners_by_slot
+from homefeed.recall.itemcf_prep import group_actions, group_by_user, partners_by_slot
 
 
 class ItemCFSettings(Section):
@@ -129,28 +129,39 @@ def collapse_actions(events: pl.DataFrame, n_items: int, settings: ItemCFSetting
                      now: int | None = None) -> Actions:
     """Events -> one action per (user, item[, session]) with the strongest behaviour and the last time.
 
-    Grouping sorts by (user, item, session) with counting sorts; ordering by time within user packs
-    (user, time) into one int64 key.
+    Grouping sorts by (user, item, session) with counting sorts (without sessions: by user, then per user
+    by item, `itemcf_prep.group_by_user`); ordering by time within user packs (user, time) into one int64 key.
     """
     s = settings
     bw = behavior_weight_array(s.behavior_weights)
     per_session = not unique_pairs(s)
     if per_session and "session_id" not in events.columns:
         events = add_sessions(events, gap_s=s.session_gap_s)
-    ev = events.select(dense_users(events["user_id"]), pl.col("item_id").cast(pl.Int64), "ts",
-                       sess=pl.col("session_id") if per_session else pl.lit(0, pl.Int64),
-                       b=pl.lit(pl.Series(bw)).gather(pl.col("behavior").to_physical())).filter(pl.col("b") > 0)
-    user, item, ts, sess, b = (ev[c].to_numpy() for c in ("user_id", "item_id", "ts", "sess", "b"))
-    if user.size == 0:
+    if per_session:
+        ev = events.select(dense_users(events["user_id"]), pl.col("item_id").cast(pl.Int64), "ts",
+                           sess=pl.col("session_id"),
+                           b=pl.lit(pl.Series(bw)).gather(pl.col("behavior").to_physical())).filter(pl.col("b") > 0)
+        user, item, ts, sess, b = (ev[c].to_numpy() for c in ("user_id", "item_id", "ts", "sess", "b"))
+    else:  # no session: the events stay where they are (weights looked up, b = 0 skipped by group_by_user)
+        user, item = dense_users(events["user_id"]).to_numpy(), events["item_id"].to_numpy()
+        ts = events["ts"].to_numpy()
+        b = np.r_[bw, 0.0][events["behavior"].to_physical().fill_null(bw.size).to_numpy()]  # null: weight 0
+    if user.size == 0 or b.max(initial=0.0) <= 0.0:
         empty = np.zeros(0, np.int64)
         return Actions(empty, empty, empty, empty, np.zeros(0), empty, np.zeros(n_items))
     n_users = int(user.max()) + 1
-    order = np.argsort(sess, kind="stable") if per_session else np.arange(user.size)
-    order = kernels.stable_order_by(user, n_users, kernels.stable_order_by(item, n_items, order))  # radix sort
-    a_user, a_item, a_sess, a_t, a_b, pop, n_user_items, counts = group_actions(
-        order, user, item, sess, ts, b, per_session, n_items, n_users)
-    t, now = a_t, int(ts.max()) if now is None else int(now)
+    if per_session:
+        order = kernels.stable_order_by(item, n_items, np.argsort(sess, kind="stable"))
+        order = kernels.stable_order_by(user, n_users, order)  # radix sort: by user, item, session
+        a_user, a_item, a_sess, a_t, a_b, pop, n_user_items, counts = group_actions(
+            order, user, item, sess, ts, b, True, n_items, n_users)
+    else:
+        a_user, a_item, a_sess, a_t, a_b, pop, n_user_items, counts = group_by_user(user, item, ts, b, n_users, n_items)
+    t, now = a_t, (int(ts.max()) if per_session else int(ts[b > 0].max())) if now is None else int(now)
     if s.window != "user" or counts.max() > s.max_actions_per_user:
+        if not per_session:  # group_by_user leaves a user's actions unsorted: by item, for the ties in time below
+            by_item = np.lexsort((a_item, a_user))
+            a_user, a_item, a_sess, a_t, a_b = a_user[by_item], a_item[by_item], a_sess, a_t[by_item], a_b[by_item]
         by_time = np.argsort((a_user << 32) | (a_t - a_t.min()), kind="stable")  # by user, then time
         left = np.repeat(counts, counts) - (np.arange(by_time.size) - np.repeat(np.cumsum(counts) - counts, counts))
         by_time = by_time[left <= s.max_actions_per_user]  # the most recent actions of each user

@@ -84,3 +84,50 @@ def partners_by_slot(item_ptr, by_item, user_lo, code_of):
             out[first + fill[first]] = p
             fill[first] += 1
     return out
+
+
+@njit(cache=True)
+def group_by_user(user, item, ts, b, n_users, n_items):
+    """`group_actions` for one action per (user, item), without sorting the events by item.
+
+    Events with b > 0 are counting-sorted by user; each user's events then fold into one action per item
+    through a per-item stamp. The outputs equal `group_actions`'s on the (user, item)-sorted events (a_sess
+    all 0) except that a user's actions come in the order of their first events, not by item: nothing
+    downstream depends on that order but the tie-break of the per-user cap, which sorts them first.
+    """
+    start = np.zeros(n_users + 1, np.int64)
+    for k in range(user.size):
+        if b[k] > 0.0:
+            start[user[k] + 1] += 1
+    for u in range(n_users):
+        start[u + 1] += start[u]
+    ev = np.empty(start[n_users], np.int64)
+    cur = start[:n_users].copy()
+    for k in range(user.size):
+        if b[k] > 0.0:
+            ev[cur[user[k]]] = k
+            cur[user[k]] += 1
+    stamp = np.full(n_items, -1, np.int64)
+    at = np.empty(n_items, np.int64)
+    a_item, a_t, a_b = np.empty(ev.size, np.int64), np.empty(ev.size, np.int64), np.empty(ev.size, np.float64)
+    pop = np.zeros(n_items, np.float64)
+    counts = np.zeros(n_users, np.int64)
+    na = 0
+    for u in range(n_users):
+        first = na
+        for x in range(start[u], start[u + 1]):
+            k = ev[x]
+            i = item[k]
+            if stamp[i] != u:
+                stamp[i], at[i] = u, na
+                a_item[na], a_t[na], a_b[na] = i, ts[k], b[k]
+                na += 1
+            else:
+                y = at[i]
+                a_t[y] = max(a_t[y], ts[k])
+                a_b[y] = max(a_b[y], b[k])
+        for y in range(first, na):
+            pop[a_item[y]] += a_b[y] * a_b[y]
+        counts[u] = na - first
+    a_user = np.repeat(np.arange(n_users), counts)
+    return a_user, a_item[:na], np.zeros(na, np.int64), a_t[:na], a_b[:na], pop, counts.copy(), counts
