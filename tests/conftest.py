@@ -1,5 +1,6 @@
 """Shared fixtures: a real redis-server and a real 3-node Redis Cluster started for the session (skipped with a
-reason when redis-server is absent), and the tiny shop's dataset and bundles."""
+reason when redis-server is absent), the test run's one local[2] SparkSession (skipped with a reason when Java
+or pyspark is absent), and the tiny shop's dataset and bundles."""
 import shutil
 import socket
 import subprocess
@@ -72,6 +73,37 @@ def redis_cluster_url(tmp_path_factory):
         for proc, _ in nodes:
             proc.terminate()
             proc.wait(10)
+
+
+def spark_missing() -> str | None:
+    """Why Spark cannot run here, or None."""
+    import importlib.util
+
+    if shutil.which("java") is None:
+        return "no Java runtime on PATH (make test installs openjdk-17-jre-headless with apt-get)"
+    if importlib.util.find_spec("pyspark") is None:
+        return "pyspark is not installed (make test installs the `spark` extra)"
+    return None
+
+
+SPARK_TEST_CONF = {"spark.driver.extraJavaOptions": "-XX:TieredStopAtLevel=1 -XX:+UseSerialGC"}
+"""Short-lived driver JVM: compile with the quick JIT tier only and collect on one thread (~10% off the Spark
+tests on 2 cores); no result depends on it."""
+
+
+@pytest.fixture(scope="session")
+def spark():
+    """The test run's one local[2] SparkSession, 2 shuffle partitions (every Spark test and in-process `--engine
+    spark` command uses it; stopped at the end)."""
+    reason = spark_missing()
+    if reason:
+        pytest.skip(reason)
+    from homefeed.distributed.session import SparkSettings, spark_session
+
+    session = spark_session(SparkSettings(master="local[2]", shuffle_partitions=2, driver_memory="1g",
+                                          conf=SPARK_TEST_CONF))
+    yield session
+    session.stop()
 
 
 def _made_once(tmp_path_factory, name: str, make) -> Path:

@@ -1,41 +1,12 @@
-"""Spark test fixtures: ONE local[2] session for the whole test run, and a hand-made log with hot items and
-heavy users (the cases the single-process jobs cap), for the Spark-vs-single-process equality tests.
-
-Import the fixtures into a test module with `from spark_fixtures import spark  # noqa: F401`. The session
-skips, with the reason, only when Java or pyspark is missing (`make test` installs both).
+"""Spark test data: a hand-made log with hot items and heavy users (the cases the single-process jobs cap), for
+the Spark-vs-single-process equality tests. The run's one SparkSession is the `spark` fixture of conftest.py.
 """
 from __future__ import annotations
 
-import importlib.util
-import shutil
-
 import numpy as np
-import pytest
 from recall_fixtures import DAY, T0, dataset_from
 
 from homefeed.data.schema import BEHAVIORS
-
-
-def spark_missing() -> str | None:
-    """Why Spark cannot run here, or None."""
-    if shutil.which("java") is None:
-        return "no Java runtime on PATH (make test installs openjdk-17-jre-headless with apt-get)"
-    if importlib.util.find_spec("pyspark") is None:
-        return "pyspark is not installed (make test installs the `spark` extra)"
-    return None
-
-
-@pytest.fixture(scope="session")
-def spark():
-    """The test run's one local[2] SparkSession (stopped at the end)."""
-    reason = spark_missing()
-    if reason:
-        pytest.skip(reason)
-    from homefeed.distributed.session import SparkSettings, spark_session
-
-    session = spark_session(SparkSettings(master="local[2]", shuffle_partitions=2, driver_memory="1g"))
-    yield session
-    session.stop()
 
 
 def hot_log(seed: int = 3, *, n_users: int = 70, n_items: int = 90):

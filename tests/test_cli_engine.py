@@ -14,7 +14,6 @@ import httpx
 import numpy as np
 import polars as pl
 import pytest
-from spark_fixtures import spark  # noqa: F401
 from typer.testing import CliRunner
 
 from homefeed.cli import app
@@ -41,7 +40,7 @@ def test_engine_options_are_checked(tiny_dataset_dir):
     assert stray.exit_code == 2 and "--spark-master needs --engine spark" in stray.output
 
 
-def test_evaluate_recall_engine_spark_gives_the_local_figures(spark, tiny_dataset_dir):  # noqa: F811
+def test_evaluate_recall_engine_spark_gives_the_local_figures(spark, tiny_dataset_dir):
     """Two Spark channels and a local one (every channel's Spark table on the tiny shop: the build test below)."""
     runs = {}
     for engine in ("spark", "local"):
@@ -70,7 +69,7 @@ def _pages(bundle_dir, users, now, tmp_path, name):
     return [[(slot, it.item_id, it.channel, it.score) for slot, items in p.slots.items() for it in items] for p in pages]
 
 
-def test_build_engine_spark_serves_the_local_homepage(spark, tiny_bundle, tiny_dataset_dir, tmp_path):  # noqa: F811
+def test_build_engine_spark_serves_the_local_homepage(spark, tiny_bundle, tiny_dataset_dir, tmp_path):
     """The tiny bundle (built locally) copied, its recall part rebuilt by `homefeed build --engine spark`: every
     recall file (tables, popularity, crowd lists, the learned merger) is byte-identical, and both bundles serve
     the same homepages."""

@@ -11,7 +11,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 from recall_fixtures import tiny_dataset
-from spark_fixtures import hot_log, spark  # noqa: F401
+from spark_fixtures import hot_log
 
 pytestmark = pytest.mark.filterwarnings("ignore:PySpark does not yet fully support pandas:FutureWarning")
 
@@ -29,7 +29,7 @@ def hot():
 
 
 @pytest.fixture(scope="module")
-def hot_sds(spark, hot):  # noqa: F811
+def hot_sds(spark, hot):
     from homefeed.distributed.frames import from_dataset
 
     sds = from_dataset(spark, hot)
@@ -92,7 +92,7 @@ def test_session_graph_equals_single_process_bitwise(hot, hot_sds, settings):
     np.testing.assert_array_equal(dist.weights, local.weights)
 
 
-def test_tiny_log_tables(spark):  # noqa: F811
+def test_tiny_log_tables(spark):
     from homefeed.distributed.frames import from_dataset
     from homefeed.distributed.popular import fit_popular
 
@@ -143,7 +143,7 @@ def test_swing_table_equals_single_process_bitwise(hot, hot_sds, name):
     np.testing.assert_array_equal(dist.scores, local.scores)
 
 
-def test_tiny_shop_session_graph_read_from_the_folder(spark, tiny_dataset_dir):  # noqa: F811
+def test_tiny_shop_session_graph_read_from_the_folder(spark, tiny_dataset_dir):
     """The default session graph of the tiny shop, Spark reading the dataset folder, equals the local one. (Its
     channel tables and recall figures under `--engine spark`: tests/test_cli_engine.py.)"""
     from homefeed.data.dataset import Dataset

@@ -5,9 +5,12 @@ Spark does the parts that need the whole log: distinct (user, item) pairs of the
 users kept by activity (`min_user_items`..`max_user_items`), user weights, the deterministic sample
 of at most `max_users_per_item` users per item (the same 32-bit hash, smallest keys first, ties by
 user), and each sampled user's full item list. One group is one item: its users, most active first
-(as the kernel expects them), with their weights and lists. The UDF renumbers the group's items
+(as the kernel expects them), with their weights and lists. The UDF renumbers the item's neighbours
 monotonically (ties still go to the lower code), runs `i2i_kernels.swing_rows` for that one row and
 maps the neighbours back. Weights are computed with the same numpy expressions (pandas UDFs).
+Spark groups `ITEMS_PER_GROUP` items into one `applyInPandas` call (by item code modulo the group
+count) and the UDF computes their rows one by one: a call per item costs ~5 ms of Arrow and pandas
+overhead, which dominated small jobs; a group's memory stays bounded whatever the log's size.
 
     >>> table = swing_table_spark(sds.events_in("train"), sds.n_items, settings=SwingSettings())   # doctest: +SKIP
 """
@@ -23,6 +26,8 @@ from homefeed.recall.i2i import I2ITable
 from homefeed.recall.swing import Swing, SwingSettings, sample_key
 
 ROW_SCHEMA = "i long, j long, score float, rank int"
+ITEMS_PER_GROUP = 64
+"""Items whose rows one `applyInPandas` call computes (each item's row alone: the grouping changes no result)."""
 
 
 def user_weights(counts: np.ndarray, settings: SwingSettings) -> tuple[np.ndarray, np.ndarray]:
@@ -54,6 +59,15 @@ def one_row(group: pd.DataFrame, settings: SwingSettings) -> pd.DataFrame:
     neighbors, scores = row.neighbors_of(local_i)
     return pd.DataFrame({"i": np.full(neighbors.size, i, np.int64), "j": codes[neighbors].astype(np.int64),
                          "score": scores.astype(np.float32), "rank": np.arange(1, neighbors.size + 1, dtype=np.int32)})
+
+
+def rows_of_group(group: pd.DataFrame, settings: SwingSettings) -> pd.DataFrame:
+    """The Swing rows of every item in `group` (its items' sampled users), each item's row by `one_row`."""
+    rows = [one_row(users, settings) for _, users in group.groupby("item_id", sort=True)]
+    if not rows:
+        return pd.DataFrame({"i": np.zeros(0, np.int64), "j": np.zeros(0, np.int64), "score": np.zeros(0, np.float32),
+                             "rank": np.zeros(0, np.int32)})
+    return pd.concat(rows, ignore_index=True)
 
 
 def swing_rows(events, n_items: int, settings: SwingSettings):
@@ -89,7 +103,9 @@ def swing_rows(events, n_items: int, settings: SwingSettings):
     fewest = 1 if s.self_pairs else 2  # users an item needs for a row
     kept = kept.withColumn("_users", F.count(F.lit(1)).over(Window.partitionBy("item_id"))).filter(F.col("_users") >= fewest)
     groups = kept.join(users, on="user_id").select("item_id", "user_id", "n", "user_w", "self_w", "items")
-    return groups.groupBy("item_id").applyInPandas(lambda g: one_row(g, s), schema=ROW_SCHEMA), pairs
+    n_groups = max(1, -(-n_items // ITEMS_PER_GROUP))
+    by_group = groups.groupBy((F.col("item_id") % n_groups).alias("_group"))
+    return by_group.applyInPandas(lambda g: rows_of_group(g, s), schema=ROW_SCHEMA), pairs
 
 
 def swing_table_spark(events, n_items: int, *, settings: SwingSettings | None = None) -> I2ITable:
