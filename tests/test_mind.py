@@ -265,7 +265,7 @@ def test_interests_triggers_and_save_load(fitted_tiny, tmp_path):
 
 def test_history_modes(fitted_tiny):
     ds = tiny_dataset()
-    drop, first, score = (fitted_tiny.with_serve(history=m) for m in ("drop", "first", "score"))
+    drop, first, score, recent = (fitted_tiny.with_serve(history=m) for m in ("drop", "first", "score", "recent"))
     assert drop.settings.serve.history == "drop" and fitted_tiny.settings.serve.history == "auto"
     tried = 0
     for s in states_at(ds.events, ds.users, ds.split.valid_end):
@@ -283,13 +283,16 @@ def test_history_modes(fitted_tiny):
             if seen.size < 12:  # then the rest of the list: the dropped list's head
                 np.testing.assert_array_equal(got.items[seen.size:], drop.recall(s, 12).items[:12 - seen.size])
         assert np.isin(score.recall(s, 12).items, s.recent(behaviors=("buy",))).sum() == 0
+        newest = [i for i in dict.fromkeys(s.items[::-1].tolist()) if i in set(seen.tolist())][:12]
+        assert recent.recall(s, 12).items[:len(newest)].tolist() == newest  # the history, the newest first
     assert tried > 0
 
 
 def test_history_mode_is_picked_on_validation(fitted_tiny, tmp_path):
     from homefeed.recall.mind.history import MODES, pick
 
-    assert pick({"score": 0.2, "drop": 0.5, "first": 0.5}.get) == ("drop", {"score": 0.2, "drop": 0.5, "first": 0.5})
+    scores = {"score": 0.2, "drop": 0.5, "first": 0.5, "recent": 0.4}
+    assert pick(scores.get) == ("drop", scores)
     assert pick(lambda m: 0.0)[0] == "score"  # ties: the paper's way
     rec = fitted_tiny
     assert set(rec.history_scores_) == set(MODES) and rec.history_ == pick(rec.history_scores_.get)[0]

@@ -83,8 +83,8 @@ class ServeSettings(Section):
     ann_spec: str = "auto"  # faiss factory string ("Flat", "HNSW32", ...) or "auto" (Flat below 100k items)
     ann_params: str = ""  # faiss search parameters, e.g. "efSearch=128"
     keep_bought: bool = False  # keep items the user already bought (default: drop them)
-    history: Literal["auto", "score", "drop", "first"] = "auto"  # items the user acted on: ranked as scored, dropped,
-    # or first; "auto": the best of the three on the validation days, picked at fit (`history.py`)
+    history: Literal["auto", "score", "drop", "first", "recent"] = "auto"  # items the user acted on: ranked as scored,
+    # dropped, first (by score) or first (newest first); "auto": the best on the validation days, picked at fit (`history.py`)
     interest_merge: InterestMerge = "quota"  # how the interests' lists become one (see `merge_interests`)
     threads: int | None = Field(1, ge=1)  # torch threads of the calling thread during one request's forward pass; None = as is
 
@@ -231,6 +231,9 @@ class MIND(Recaller):
         rows = merge_interests(self.index_, vectors, k, channel=self.name, exclude=exclude, how=how, weights=weights)
         if mode == "first":
             rows = history.history_first(rows, np.setdiff1d(seen, bought), self.vectors_, vectors, k)
+        elif mode == "recent":
+            newest = history.newest_first(state.items)
+            rows = history.history_first(rows, newest[~np.isin(newest, bought)], self.vectors_, vectors, k, by="given")
         if len(rows) == 0:
             return rows, np.zeros(0, np.int64)
         interest = (self.vectors_[rows.items] @ vectors.T).argmax(1)  # (n,)
