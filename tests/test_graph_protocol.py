@@ -12,7 +12,7 @@ from graph_fixtures import planted
 from homefeed.data.schema import BEHAVIOR
 from homefeed.data.sessions import add_sessions
 from homefeed.recall.graph.channel import EGESSettings
-from homefeed.recall.graph.eges import EGESModel, SideInfo, side_agreement, side_information
+from homefeed.recall.graph.eges import EGESModel, SideInfo, side_agreement, side_information, side_information_gain
 from homefeed.recall.graph.embed import embed_graph
 from homefeed.recall.graph.graph import GraphSettings, ItemGraph, build_graph, sequence_unit
 from homefeed.recall.graph.skipgram import TrainSettings
@@ -143,6 +143,11 @@ def test_side_agreement_and_the_attention_start_by_hand():
     # leaf: the ends agree on 2 of 3 edges; chance (values 1 and 2, half each) 1/2 -> kappa (2/3 - 1/2) / (1/2)
     # brand: known at both ends of edges (1, 2) and (1, 3) only, always 7: chance 1 too, so no information
     np.testing.assert_allclose(side_agreement(side, src, dst), [1 / 3, 0.0])
+    # information gain of the leaf: KL(Bernoulli(2/3) || Bernoulli(1/2)) nats; the brand again none
+    gain = 2 / 3 * np.log(4 / 3) + 1 / 3 * np.log(2 / 3)
+    np.testing.assert_allclose(side_information_gain(side, src, dst), [gain, 0.0], rtol=1e-9, atol=1e-12)
+    never = SideInfo(np.array([[0, 0], [1, 7], [2, 7], [1, 7], [2, 0]]), [3, 8], ["leaf", "brand"])
+    assert side_information_gain(never, src, dst)[0] == 0.0  # ends share less often than chance: no gain, not negative
     model = EGESModel(5, side, dim=4, mode="eges").start_attention(np.array([0, 30, 1, 2, 1]), np.array([1 / 3, 0.0]), 6.0)
     w = model.field_weights(np.array([1, 2]))
     np.testing.assert_allclose(w[:, 0], [30 / 32.01, 1 / 3.01], rtol=1e-5)  # neighbours against 6 * kappa = 2 for the leaf

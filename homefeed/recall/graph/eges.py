@@ -18,8 +18,12 @@ without a brand towards one point. Three modes, as in the paper's comparison:
 The paper starts every a_v at 0 (GES's equal weights). Trained from there the logits barely move in
 a few epochs, so an item seen with hundreds of neighbours kept a third of its vector from a genre
 shared by 500 films, and EGES fell below DeepWalk (link AUC .69 vs .77 on MovieLens). So `start_attention`
-starts the mix in proportion to [d_v, prior * kappa_j]: the item's distinct neighbours against how
-well each field predicts neighbours (`side_agreement`); training moves the logits from there.
+starts the mix in proportion to [d_v, prior * g_j]: the item's distinct neighbours against how
+much each field tells about neighbours (`side_information_gain`, in nats; Cohen's kappa,
+`side_agreement`, is the older choice); training moves the logits from there. Kappa missed how
+specific a value is: on Toys a leaf category of ~12 items (gain .16) and on MovieLens a genre of
+hundreds of films (gain .01) have the same kappa (.09, .08), yet only the first helps (GES .762 vs
+DeepWalk .751 on Toys, .706 vs .765 on MovieLens); 25 x gain gives EGES .764 and .765.
 
 A cold-start item (never in a walk) has no trained id vector, so its vector comes from side
 information alone: sum_{j>=1} beta_j W^j[s_j(v)], with beta the softmax of the warm items' mean side
@@ -133,6 +137,28 @@ def side_agreement(side: SideInfo, src: np.ndarray, dst: np.ndarray) -> np.ndarr
     return out
 
 
+def side_information_gain(side: SideInfo, src: np.ndarray, dst: np.ndarray) -> np.ndarray:
+    """(m,) float64 per field: what an edge tells about its ends sharing the field's value, in nats: the KL divergence
+    KL(Bernoulli(p_edge) || Bernoulli(p_chance)) of "the two ends share it" over edges (src, dst) whose ends both know
+    the field, against two ends drawn at random (as in `side_agreement`); 0 for a field known on no edge.
+
+    Unlike kappa it counts how *specific* a shared value is: a leaf category of 10 items that linked items share 9%
+    of the time (chance 0.7%) gives 0.16 nats, a genre of 300 films shared 25% of the time (chance 19%) 0.01, while
+    their kappas are alike (0.09, 0.08)."""
+    out = np.zeros(side.n_fields)
+    for j in range(side.n_fields):
+        c = side.codes[:, j]
+        known = (c[src] > 0) & (c[dst] > 0)
+        if not known.any():
+            continue
+        a, b = c[src[known]], c[dst[known]]
+        share = np.bincount(np.r_[a, b]) / (2.0 * a.size)
+        p0 = float(np.clip((share ** 2).sum(), 1e-12, 1 - 1e-12))
+        p1 = float(np.clip((a == b).mean(), 1e-12, 1 - 1e-12))
+        out[j] = max(p1 * np.log(p1 / p0) + (1 - p1) * np.log((1 - p1) / (1 - p0)), 0.0) if p1 > p0 else 0.0
+    return out
+
+
 def _uniform(rows: int, dim: int, gen: torch.Generator) -> torch.Tensor:
     return (torch.rand(rows, dim, generator=gen) - 0.5) / dim  # word2vec's initialisation
 
@@ -167,9 +193,9 @@ class EGESModel:
         self.known = self.codes > 0  # (N, m) bool: code 0 is an unknown value and adds nothing
 
     def start_attention(self, evidence: np.ndarray, agreement: np.ndarray, prior: float) -> "EGESModel":
-        """Start item v's mix with weights in proportion to [d_v, prior * kappa_1, ..., prior * kappa_m]: d_v = evidence[v]
-        (its distinct neighbours in the graph), kappa_j = agreement[j] (how much more often linked items share field
-        j than chance, `side_agreement`). An empirical-Bayes start: an item seen next to many others trusts its own
+        """Start item v's mix with weights in proportion to [d_v, prior * g_1, ..., prior * g_m]: d_v = evidence[v]
+        (its distinct neighbours in the graph), g_j = agreement[j] >= 0 (how much an edge says about its ends sharing
+        field j: `side_information_gain` or `side_agreement`). An empirical-Bayes start: an item seen next to many others trusts its own
         vector, a rare one the fields that really predict its neighbours, and a field that predicts nothing starts
         as FLOOR neighbours (~0). prior 0 keeps the paper's equal start; training then moves the logits."""
         if self.mode != "eges" or prior <= 0 or not self.sides:

@@ -21,7 +21,7 @@ from pydantic import Field
 
 from homefeed.config import Section
 from homefeed.recall.ann import AnnIndex, normalize
-from homefeed.recall.graph.eges import EGESModel, Mode, SideInfo, side_agreement
+from homefeed.recall.graph.eges import EGESModel, Mode, SideInfo, side_agreement, side_information_gain
 from homefeed.recall.graph.graph import ItemGraph
 from homefeed.recall.graph.skipgram import Shard, TrainSettings, train_skipgram
 from homefeed.recall.graph.walks import WalkCorpus, WalkSettings, random_walks
@@ -126,7 +126,8 @@ def embed_graph(graph: ItemGraph, side: SideInfo | None, *, mode: Mode = "eges",
     model = EGESModel(graph.n_nodes, side, dim=train.dim, mode=mode, attention_lr=train.attention_lr, seed=train.seed)
     if model.mode == "eges":
         src, dst, _ = graph.edges()
-        model.start_attention(neighbours(graph), side_agreement(model.side, src, dst), train.side_prior)
+        measure = side_information_gain if train.side_measure == "information" else side_agreement
+        model.start_attention(neighbours(graph), measure(model.side, src, dst), train.side_prior)
     with tempfile.TemporaryDirectory(dir=workdir) as tmp:
         if partition.parts > 1:
             if shard is not None:
