@@ -69,20 +69,31 @@ def sample_users(dataset, max_users: int | None, seed: int = 0):
     return dataclasses.replace(dataset, events=events)
 
 
-def evaluate_log(name: str, dataset, presets: list[str], overrides: list[str]) -> dict:
+def evaluate_log(name: str, dataset, presets: list[str], overrides: list[str], saved=None) -> dict:
+    """One log: samples built once, then the baselines and each preset in turn; `saved(partial)` after each one,
+    so a run cut short still keeps the presets it finished."""
     from homefeed.config import load_config
-    from homefeed.rank.evaluate import RankSettings, evaluate_rank
+    from homefeed.rank.evaluate import RankSettings, check_baselines, evaluate_rank
+    from homefeed.rank.samples import build_all
 
     settings = RankSettings.from_section(load_config(overrides=overrides).rank) if overrides else RankSettings()
     t0 = time.perf_counter()
     try:
-        results = evaluate_rank(dataset, presets, settings, progress=lambda text: say(f"{name}: {text}"))
+        parts = build_all(dataset, settings.samples)
+        rows, meta = {}, {}
+        for i, preset in enumerate(["lr"] + [p for p in presets if p != "lr"]):
+            results = evaluate_rank(dataset, [preset], settings, samples=parts, baselines=i == 0,
+                                    progress=lambda text: say(f"{name}: {text}"))
+            rows |= {k: dict(v) for k, v in results.items()}
+            meta = meta or dict(results.meta)
+            meta["warnings"] = check_baselines(rows)
+            out = {"rows": rows, "meta": meta, "targets": targets(rows, meta["fields"]["max_len"] > 0),
+                   "seconds": time.perf_counter() - t0, "done": list(rows)}
+            if saved is not None:
+                saved(out)
     except ValueError as e:  # a log the sample protocol cannot use: say why, go on
         return {"error": str(e)}
-    meta = dict(results.meta)
-    rows = {k: dict(v) for k, v in results.items()}
-    return {"rows": rows, "meta": meta, "targets": targets(rows, meta["fields"]["max_len"] > 0),
-            "seconds": time.perf_counter() - t0}
+    return out
 
 
 def print_tables(results: dict) -> None:
@@ -129,8 +140,14 @@ def main(argv=None) -> int:
             results[name] = dataset
         else:
             dataset = sample_users(dataset, args.max_users)
-            results[name] = evaluate_log(name, dataset, args.presets.split(","), args.set)
-            results[name]["users"] = int(dataset.events["user_id"].n_unique())
+            users = int(dataset.events["user_id"].n_unique())
+
+            def saved(partial, name=name):
+                results[name] = partial | {"users": users}
+                if args.out:
+                    args.out.write_text(json.dumps({"logs": results, "max_users": args.max_users}, default=float))
+
+            results[name] = evaluate_log(name, dataset, args.presets.split(","), args.set, saved) | {"users": users}
         if args.out:
             args.out.write_text(json.dumps({"logs": results, "max_users": args.max_users}, default=float))
         if not args.json:
