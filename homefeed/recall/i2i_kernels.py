@@ -1,4 +1,4 @@
-"""Numba kernels behind Item-CF and Swing: one row of the i2i table per item, items in parallel.
+"""Numba kernels behind the i2i tables (Swing here, Item-CF in `itemcf_kernels`): one row per item, in parallel.
 
 Both kernels follow the layout of a sparse "row times matrix" product (the one `implicit` uses for
 its item-item models): for item i they walk i's users, then those users' other items j, and sum
@@ -14,8 +14,6 @@ Each row writes its top-N, best first, into its own slice of flat output arrays 
 min(top_n, a bound on the row's neighbours) long); `run_rows` packs them into an `I2ITable`.
 """
 from __future__ import annotations
-
-import math
 
 import numba
 import numpy as np
@@ -111,107 +109,6 @@ def _lowest_tied(hv, hj, n, sums, touched, m, scratch):
 
 
 @njit(cache=True)
-def _itemcf_row_once(b0, b1, ci, item_pos, item_user, act_item, act_w, act_wn, lo, hi, iuf, cat, use_cat,
-                     dense, touched):
-    """Accumulate one row (its actions item_pos[b0:b1]) when every user meets each item pair at most once: a
-    plain weighted sum into dense[j]; an item's first (positive) contribution appends it to `touched`."""
-    m = 0
-    for b in range(b0, b1):
-        p = item_pos[b]
-        wa = act_w[p] * iuf[item_user[b]]
-        if use_cat:
-            for q in range(lo[p], hi[p]):
-                j = act_item[q]
-                if cat[j] != ci:
-                    continue
-                x = dense[j]
-                if x == 0.0:
-                    touched[m] = j
-                    m += 1
-                dense[j] = x + wa * act_wn[q]
-        else:
-            for q in range(lo[p], hi[p]):
-                j = act_item[q]
-                x = dense[j]
-                touched[m] = j  # branch-free: kept (m advances) only on the item's first contribution
-                m += x == 0.0
-                dense[j] = x + wa * act_wn[q]
-    return m
-
-
-@njit(cache=True)
-def _select_best(bv, bj, n, k):
-    """Move the best k of the n (score, code) entries (higher score, then lower code) to the front, in no order
-    (Wirth's quickselect; codes are distinct, so the order is total); return the worst kept (score, code)."""
-    lo, hi = 0, n - 1
-    while lo < hi:
-        pv, pj = bv[(lo + hi) >> 1], bj[(lo + hi) >> 1]
-        a, b = lo, hi
-        while a <= b:
-            while _worse(pv, pj, bv[a], bj[a]):
-                a += 1
-            while _worse(bv[b], bj[b], pv, pj):
-                b -= 1
-            if a <= b:
-                bv[a], bv[b] = bv[b], bv[a]
-                bj[a], bj[b] = bj[b], bj[a]
-                a += 1
-                b -= 1
-        if k - 1 <= b:
-            hi = b
-        elif k - 1 >= a:
-            lo = a
-        else:
-            break
-    wv, wj = bv[0], bj[0]
-    for q in range(1, k):
-        if _worse(bv[q], bj[q], wv, wj):
-            wv, wj = bv[q], bj[q]
-    return wv, wj
-
-
-@njit(cache=True)
-def _emit_dense(start, limit, touched, m, dense, code_of, scale, bv, bj, out_items, out_scores):
-    """Write the best `limit` of scale * dense[touched[q]] to out[start:] (score descending, ties by lower item
-    code) and zero `dense` for the next row; return the count.
-
-    A buffer, not a heap: entries better than the running bar (t, tj) are appended to bv/bj (4 x top_n
-    long); a full buffer shrinks to the best `limit` by one quickselect, which raises the bar. Most entries
-    cost one comparison, whatever their order (a heap in discovery order re-sifted for ~1 entry in 6 on the
-    Zipf benchmark log, and the top-N cost three times the accumulation). Touched items are read last found
-    first: later users' items tend to be rarer and score higher under cosine, so the bar rises early.
-    """
-    if limit == 0:
-        for q in range(m):
-            dense[touched[q]] = 0.0
-        return 0
-    t, tj = 0.0, np.int32(0)  # the bar: entries must beat it (score > 0 to start with)
-    nb = 0
-    for q in range(m - 1, -1, -1):
-        r = touched[q]
-        v = dense[r] * scale
-        dense[r] = 0.0
-        if v > t or (v == t and v > 0.0 and code_of[r] < tj):
-            j = code_of[r]
-            if nb == bv.size:
-                t, tj = _select_best(bv, bj, nb, limit)
-                nb = limit
-                if not (v > t or (v == t and j < tj)):
-                    continue
-            bv[nb], bj[nb] = v, j
-            nb += 1
-    if nb > limit:
-        _select_best(bv, bj, nb, limit)
-        nb = limit
-    _heapify(bv, bj, nb)
-    for k in range(nb - 1, -1, -1):  # pop the worst to the back: descending order
-        out_items[start + k], out_scores[start + k] = bj[0], bv[0]
-        bv[0], bj[0] = bv[k], bj[k]
-        _sift_down(bv, bj, 0, k)
-    return nb
-
-
-@njit(cache=True)
 def _emit_top(start, limit, touched, m, sums, scale, pos, hv, hj, scratch, out_items, out_scores):
     """Write the best `limit` of scale * sums[q] (the score of item touched[q]) to out[start:], score
     descending, ties by lower item code; reset pos[touched] to -1 for the next row; return the count."""
@@ -253,88 +150,6 @@ def _top_of(start, limit, touched, m, sums, hv, hj, scratch, out_items, out_scor
         hv[0], hj[0] = hv[k], hj[k]
         _sift_down(hv, hj, 0, k)
     return n
-
-
-@njit(cache=True)
-def _itemcf_row_max(a, end, ci, item_pos, item_user, act_item, act_w, act_wn, act_t, lo, hi, iuf, cat, use_cat,
-                    gap_rate, dense, touched, best, in_user, ubuf):
-    """Accumulate one row (its actions item_pos[a:end], grouped by user) taking, per user, the best-weighted of
-    their (i, j) pairs (with pair decay)."""
-    m = 0
-    while a < end:
-        u = item_user[a]
-        g = a
-        while g < end and item_user[g] == u:
-            g += 1
-        mu = 0
-        for b in range(a, g):
-            p = item_pos[b]
-            ta, wa = act_t[p], act_w[p]
-            for q in range(lo[p], hi[p]):
-                j = act_item[q]
-                if use_cat and cat[j] != ci:
-                    continue
-                v = wa * act_wn[q]
-                if gap_rate > 0.0:
-                    v *= math.exp(-gap_rate * abs(ta - act_t[q]))
-                if not in_user[j]:
-                    in_user[j] = True
-                    ubuf[mu] = j
-                    mu += 1
-                    best[j] = v
-                elif v > best[j]:
-                    best[j] = v
-        for q in range(mu):
-            j = ubuf[q]
-            in_user[j] = False
-            x = dense[j]
-            if x == 0.0:
-                touched[m] = j
-                m += 1
-            dense[j] = x + iuf[u] * best[j]
-        a = g
-    return m
-
-
-@njit(parallel=True, cache=True)
-def itemcf_rows(rows, chunk_ptr, chunk_rows, item_ptr, item_pos, item_user,
-                act_slot, act_w, act_wn, act_t, lo, hi, iuf, row_scale, slot_of, code_of, row_cat, slot_cat, use_cat,
-                gap_rate, unique_pairs, n_items, top_n, out_ptr, out_items, out_scores, out_len):
-    """Item-CF rows. Actions are (user, item, time, weight); `item_ptr`/`item_pos` list each item's
-    actions (grouped by user) as positions into the user-ordered action arrays, and `lo[p]:hi[p]`
-    are the partner actions of action p inside its time window.
-
-    s(i, j) = row_scale[i] * sum_u iuf[u] * max over (a on i, p on j) of
-              act_w[a] * act_wn[p] * exp(-gap_rate * |t_a - t_p|)
-    where act_wn is act_w already divided by the partner item's normaliser (so no per-entry lookup is
-    needed, as in implicit's pre-normalised matrix). With `unique_pairs` (each user acts on an item
-    once, no pair decay) the max is a plain sum.
-
-    Partners are read as dense slots, not item codes: act_slot[q] = slot_of[item of q], code_of its inverse,
-    with the most used items in the lowest slots, so the hot part of the accumulator stays in cache
-    (row_cat is by item code, slot_cat by slot). Each row sums into dense[slot] (zeroed again as it is
-    emitted) in the same order as ever: per (i, j), the terms of i's users in (user, time) order.
-    """
-    for c in prange(chunk_ptr.size - 1):
-        dense = np.zeros(n_items, np.float64)
-        touched = np.empty(n_items, np.int32)
-        bv = np.empty(4 * top_n, np.float64)  # top-N buffer of _emit_dense
-        bj = np.empty(4 * top_n, np.int32)
-        size = 1 if unique_pairs else n_items  # per-user scratch of the max path
-        best, in_user, ubuf = np.zeros(size, np.float64), np.zeros(size, np.bool_), np.empty(size, np.int32)
-        for r in range(chunk_ptr[c], chunk_ptr[c + 1]):
-            out_row = chunk_rows[r]
-            i = rows[out_row]
-            if unique_pairs:
-                m = _itemcf_row_once(item_ptr[i], item_ptr[i + 1], row_cat[i], item_pos, item_user, act_slot,
-                                     act_w, act_wn, lo, hi, iuf, slot_cat, use_cat, dense, touched)
-            else:
-                m = _itemcf_row_max(item_ptr[i], item_ptr[i + 1], row_cat[i], item_pos, item_user, act_slot,
-                                    act_w, act_wn, act_t, lo, hi, iuf, slot_cat, use_cat, gap_rate, dense, touched,
-                                    best, in_user, ubuf)
-            dense[slot_of[i]] = 0.0  # an item is not its own neighbour
-            out_len[out_row] = _emit_dense(out_ptr[out_row], out_ptr[out_row + 1] - out_ptr[out_row], touched, m,
-                                           dense, code_of, row_scale[i], bv, bj, out_items, out_scores)
 
 
 @njit(parallel=True, cache=True)

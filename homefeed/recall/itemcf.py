@@ -30,7 +30,7 @@ The classic item-based collaborative filtering (Sarwar et al., WWW 2001; Linden 
 Tiny example (unit weights, window "user", no IUF, no normalisation): users A: {1, 2},
 B: {1, 2, 3} give c(1, 2) = 2, c(1, 3) = 1, so row 1 is [2 (2.0), 3 (1.0)].
 
-The work runs in `i2i_kernels.itemcf_rows` (numba): no Python loop touches a pair.
+The work runs in `itemcf_kernels.itemcf_rows` (numba): no Python loop touches a pair.
 """
 from __future__ import annotations
 
@@ -46,7 +46,7 @@ from homefeed.data.dataset import Dataset
 from homefeed.data.sessions import add_sessions
 from homefeed.recall import i2i_kernels as kernels
 from homefeed.recall.i2i import I2IRecaller, I2ITable, TriggerSettings, behavior_weight_array, check_behavior_weights
-from homefeed.recall.itemcf_prep import group_actions, group_by_user, partners_by_slot
+from homefeed.recall.itemcf_kernels import group_actions, group_by_user, itemcf_rows, partners_by_slot
 
 
 class ItemCFSettings(Section):
@@ -130,7 +130,7 @@ def collapse_actions(events: pl.DataFrame, n_items: int, settings: ItemCFSetting
     """Events -> one action per (user, item[, session]) with the strongest behaviour and the last time.
 
     Grouping sorts by (user, item, session) with counting sorts (without sessions: by user, then per user
-    by item, `itemcf_prep.group_by_user`); ordering by time within user packs (user, time) into one int64 key.
+    by item, `itemcf_kernels.group_by_user`); ordering by time within user packs (user, time) into one int64 key.
     """
     s = settings
     bw = behavior_weight_array(s.behavior_weights)
@@ -258,7 +258,7 @@ def itemcf_table(events: pl.DataFrame, n_items: int, *, settings: ItemCFSettings
     if unique_pairs(s):  # a user meets each pair once, so their partners may be read in slot order (lo = user's first)
         partner = partners_by_slot(item_ptr, by_item, lo, code_of)
     table = kernels.run_rows(
-        kernels.itemcf_rows, rows, cost, np.minimum(cost, n_items), s.top_n, n_items,  # how to run
+        itemcf_rows, rows, cost, np.minimum(cost, n_items), s.top_n, n_items,  # how to run
         item_ptr, by_item, acts.user[by_item], act_slot[partner], acts.w, partner_w[partner], acts.t,
         lo, hi, iuf, 1.0 / left, slot_of, code_of, cat, cat[code_of], use_cat, gap_rate, unique_pairs(s),
         n_items)  # the kernel's inputs
