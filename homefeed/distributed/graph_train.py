@@ -3,9 +3,9 @@
 The skip-gram trainer is a hand-written sparse SGD (`homefeed.recall.graph.skipgram`), so there is no
 DistributedDataParallel module to wrap; the same scheme is written out instead. Every rank builds the
 same graph, walks and windows (all seeded) and draws every batch's negatives from the same generator;
-rank r computes the updates of the r-th slice of each batch, `gather_updates` (all_gather over gloo)
-hands every rank all slices' updates in rank order, and every rank applies the whole batch: the
-single-process step, with the rows added in the same order. So all ranks keep identical tables,
+rank r scores the r-th slice of each batch (logits and their gradients), `gather_rows` (one all_gather
+over gloo) hands every rank all slices' gradients w.r.t. the logits and centre vectors, (B, C + K) and
+(B, D), and every rank applies the whole batch: the single-process step, rows added in the same order. So all ranks keep identical tables,
 equal to one process up to float rounding of the split dot products. Rank 0 builds the i2i table
 and saves the channel: the artefact `EGES(settings).fit(dataset).save(out)` writes.
 
@@ -29,34 +29,17 @@ from homefeed.recall.graph.skipgram import Shard
 CHANNELS = {"eges": EGES, "deepwalk": DeepWalk}
 
 
-def gather_updates(updates: list, per_centre: list[int], sizes: list[int]) -> list:
-    """Every rank's sparse updates of one batch, concatenated in rank order (an `Exchange` for `Shard`).
-
-    `updates` are this rank's (table, rows, values, lr_scale, shared); update i has sizes[r] * per_centre[i] rows on
-    rank r, so the layout of every rank's buffer is known without asking. Rows and values travel in two padded
-    buffers (gloo's all_gather wants equal sizes)."""
-    rank = dist.get_rank()
-    widths = [u[0].shape[1] for u in updates]
-    n_rows = lambda n: sum(n * f for f in per_centre)  # noqa: E731
-    n_values = lambda n: sum(n * f * w for f, w in zip(per_centre, widths))  # noqa: E731
-    top = max(sizes)
-    rows = torch.zeros(n_rows(top), dtype=torch.int64)
-    values = torch.zeros(n_values(top), dtype=torch.float32)
-    if sizes[rank]:
-        rows[:n_rows(sizes[rank])] = torch.cat([u[1].reshape(-1) for u in updates])
-        values[:n_values(sizes[rank])] = torch.cat([u[2].reshape(-1).float() for u in updates])
-    all_rows, all_values = [torch.empty_like(rows) for _ in sizes], [torch.empty_like(values) for _ in sizes]
-    dist.all_gather(all_rows, rows)
-    dist.all_gather(all_values, values)
-    parts: list[tuple[list, list]] = [([], []) for _ in updates]
-    for r, n in enumerate(sizes):
-        at_row = at_value = 0
-        for i, (f, w) in enumerate(zip(per_centre, widths)):
-            k = n * f
-            parts[i][0].append(all_rows[r][at_row:at_row + k])
-            parts[i][1].append(all_values[r][at_value:at_value + k * w].view(k, w))
-            at_row, at_value = at_row + k, at_value + k * w
-    return [(u[0], torch.cat(r), torch.cat(v), u[3], u[4]) for u, (r, v) in zip(updates, parts)]
+def gather_rows(tensors: list[torch.Tensor], sizes: list[int]) -> list[torch.Tensor]:
+    """Every rank's rows of each tensor, concatenated in rank order (`Shard.gather`): this rank holds
+    sizes[rank] rows of each (n, w_i) float32 tensor. One all_gather of the rows packed side by side, padded to
+    the largest slice (gloo's all_gather wants equal sizes); every rank knows `sizes`, so nothing else travels."""
+    widths = [t.shape[1] for t in tensors]
+    packed = torch.zeros(max(sizes), sum(widths), dtype=torch.float32)
+    packed[:sizes[dist.get_rank()]] = torch.cat([t.float() for t in tensors], 1)
+    every = [torch.empty_like(packed) for _ in sizes]
+    dist.all_gather(every, packed)
+    whole = torch.cat([block[:n] for block, n in zip(every, sizes)])
+    return list(torch.split(whole, widths, dim=1))
 
 
 def _total(x: float) -> float:
@@ -69,7 +52,7 @@ def group_shard() -> Shard:
     """This process's `Shard` of the initialised torch.distributed group."""
     if not dist.is_available() or not dist.is_initialized():
         raise RuntimeError("group_shard needs an initialised process group (torch.distributed.init_process_group)")
-    return Shard(dist.get_rank(), dist.get_world_size(), gather_updates, _total)
+    return Shard(dist.get_rank(), dist.get_world_size(), gather_rows, _total)
 
 
 def channel_name(settings: DeepWalkSettings) -> str:

@@ -92,29 +92,32 @@ class Encoder(Protocol):
         """(N, D) float32 current centre vectors of every node."""
 
 
-# (this rank's updates [(table, rows, values, lr_scale, shared), ...], rows per centre of each update, centres of
-# every rank) -> the whole batch's updates, rank 0's rows first
-Exchange = Callable[[list, list[int], list[int]], list]
-
-
 @dataclass(frozen=True)
 class Shard:
     """This process's part of data-parallel training (`homefeed.distributed.graph_train`).
 
-    Every rank reads the same walks, windows and negatives; rank r trains the r-th of `world` slices of
-    each batch (`torch.tensor_split`), then `exchange` gathers every rank's sparse updates in rank order
-    and every rank applies them all: the single-process step, so all ranks keep the same tables.
-    `total` sums a float over the ranks (the loss in the log).
+    Every rank reads the same walks, windows and negatives and gathers the whole batch's centre vectors;
+    rank r scores only the r-th of `world` slices of it (`torch.tensor_split`: the logits and their
+    gradients, most of the arithmetic), `gather` hands every rank all slices' gradients (B, C + K) and
+    (B, D) in rank order, and every rank applies the whole batch's update: the single-process step, so
+    all ranks keep the same tables. `gather(tensors, sizes)`: this rank's (n_r, w) float32 tensors and
+    every rank's n_r -> the (sum n_r, w) tensors. `total` sums a float over the ranks (the loss).
     """
 
     rank: int
     world: int
-    exchange: Exchange
+    gather: Callable[[list[torch.Tensor], list[int]], list[torch.Tensor]]
     total: Callable[[float], float]
 
     def __post_init__(self):
         if not 0 <= self.rank < self.world:
             raise ValueError(f"shard rank {self.rank} is outside 0..{self.world - 1}")
+
+    def rows(self, n: int) -> tuple[slice, list[int]]:
+        """(this rank's rows of a batch of n, every rank's row count)."""
+        sizes = [n // self.world + (r < n % self.world) for r in range(self.world)]
+        start = sum(sizes[:self.rank])
+        return slice(start, start + sizes[self.rank]), sizes
 
 
 @njit(cache=True, inline="always")
@@ -187,33 +190,35 @@ def unigram_table(counts: np.ndarray, *, power: float = 0.75, size: int = 1 << 2
 
 
 def sgd_step(model: Encoder, centers: torch.Tensor, contexts: torch.Tensor, negatives: torch.Tensor, lr: float,
-             *, bf16: bool = False, exchange: Callable[[list, list[int]], list] | None = None) -> float:
+             *, bf16: bool = False, shard: Shard | None = None) -> float:
     """One sparse SGD step on B centres, each with up to C contexts ((B, C), -1 = none) and K negatives ((B, K))
-    shared by its contexts; returns the summed loss.
+    shared by its contexts; returns the summed loss (of this rank's rows, with `shard`).
 
     A centre with n contexts weighs its negatives by n, so every positive pair still meets K negatives
     (word2vec's balance) while the centre gathers C + K context rows instead of n (1 + K). Every update is
-    computed at the point before the step and applied after it; `exchange(updates, rows_per_centre)` may
-    replace them first (data parallel: every rank's updates of the whole batch).
+    computed at the point before the step and applied after it. With `shard`, this rank scores its slice of
+    the centres and `shard.gather` brings the other slices' gradients (see `Shard`).
     """
     h, saved = model.encode(centers)  # (B, D)
-    positive = contexts >= 0  # (B, C)
-    targets = torch.cat([contexts.clamp(min=0), negatives], 1).reshape(-1)  # (B (C + K),)
-    z = model.context.index_select(0, targets).view(h.shape[0], -1, h.shape[1])  # (B, C + K, D)
-    n_pos = positive.sum(1, keepdim=True).float()  # (B, 1)
-    weight = torch.cat([positive.float(), n_pos.expand(-1, negatives.shape[1])], 1)  # (B, C + K)
+    mine, sizes = (slice(None), []) if shard is None else shard.rows(centers.numel())
+    hm, cm, nm = h[mine], contexts[mine], negatives[mine]  # this rank's centres
+    positive = cm >= 0  # (b, C)
+    z = model.context.index_select(0, torch.cat([cm.clamp(min=0), nm], 1).reshape(-1)).view(hm.shape[0], -1, h.shape[1])
+    n_pos = positive.sum(1, keepdim=True).float()  # (b, 1)
+    weight = torch.cat([positive.float(), n_pos.expand(-1, nm.shape[1])], 1)  # (b, C + K)
     label = torch.zeros_like(weight)
-    label[:, :contexts.shape[1]] = 1.0
+    label[:, :cm.shape[1]] = 1.0
     with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
-        logits = torch.bmm(z, h.unsqueeze(2)).squeeze(2).float()  # (B, C + K)
+        logits = torch.bmm(z, hm.unsqueeze(2)).squeeze(2).float()  # (b, C + K)
         step = (torch.sigmoid(logits) - label) * (weight * -lr)  # -lr * d loss / d logit
-        step_h = torch.bmm(step.unsqueeze(1), z).squeeze(1).float()  # (B, D) -lr * d loss / d h
-    step_z = step.unsqueeze(2) * h.unsqueeze(1)  # (B, C + K, D)
+        step_h = torch.bmm(step.unsqueeze(1), z).squeeze(1).float()  # (b, D) -lr * d loss / d h
     loss = (torch.nn.functional.softplus(torch.where(label > 0, -logits, logits)) * weight).sum()
-    updates = [(model.context, targets, step_z.view(-1, z.shape[-1]), 1.0, False), *model.backward(saved, step_h)]
-    if exchange is not None:  # data parallel: every rank's updates of the whole batch, in rank order
-        updates = exchange(updates, [contexts.shape[1] + negatives.shape[1]] + [1] * (len(updates) - 1))
-    apply_updates(updates)
+    if shard is not None:  # data parallel: every rank's gradients of the whole batch, in rank order
+        step, step_h = shard.gather([step.float(), step_h], sizes)
+    targets = torch.cat([contexts.clamp(min=0), negatives], 1).reshape(-1)  # (B (C + K),)
+    step_z = step.unsqueeze(2) * h.unsqueeze(1)  # (B, C + K, D)
+    model.context.index_add_(0, targets, step_z.view(-1, h.shape[1]))
+    apply_updates(model.backward(saved, step_h))
     return float(loss)
 
 
@@ -264,7 +269,7 @@ def train_skipgram(model: Encoder, corpus: WalkCorpus, *, settings: TrainSetting
         negative_counts: (N,) counts the negatives are drawn by (e.g. the whole graph's, when the corpus is one part).
         hard_miner: (vectors (N, D), pool) -> (N, pool) int64 near neighbours (-1 = none); needed when
             `hard_negatives > 0`.
-        shard: train this rank's slice of every batch and apply every rank's updates (data parallel, `Shard`).
+        shard: score this rank's slice of every batch and apply the whole batch's updates (data parallel, `Shard`).
     """
     s = settings if settings is not None else TrainSettings()
     n_nodes = model.context.shape[0]
@@ -301,13 +306,7 @@ def _epochs(model: Encoder, corpus: WalkCorpus, s: TrainSettings, table: torch.T
                 lr = s.lr * max(1.0 - progress, 1e-4)
                 cb, xb = centers[lo:lo + batch_size], contexts[lo:lo + batch_size]
                 neg = draw_negatives(table, cb, s.negatives, gen, hard=hard, hard_share=s.hard_negatives)
-                exchange = None
-                if shard is not None:  # every rank drew the whole batch (the same generator state); it trains its slice
-                    slices = torch.tensor_split(torch.arange(cb.numel()), shard.world)
-                    mine, sizes = slices[shard.rank], [x.numel() for x in slices]
-                    cb, xb, neg = cb[mine], xb[mine], neg[mine]
-                    exchange = lambda u, f, sizes=sizes: shard.exchange(u, f, sizes)  # noqa: E731
-                loss_sum += sgd_step(model, cb, xb, neg, lr, bf16=s.bf16, exchange=exchange)
+                loss_sum += sgd_step(model, cb, xb, neg, lr, bf16=s.bf16, shard=shard)
             done += walks.shape[0]
             pairs_epoch += int((contexts >= 0).sum())
             log.tokens += int(np.count_nonzero(walks != PAD))
