@@ -148,3 +148,15 @@ def test_pair_scores_by_cosine_and_by_skipgram_context(world):
         emb.pair_scores(pairs, "dot")
     with pytest.raises(ValueError, match=r"\(P, 2\)"):
         emb.pair_scores(np.array([1, 2, 3]))
+
+
+def test_information_gain_start_trusts_the_informative_field(world):
+    """side_measure="information": the brand (= community) gets a real share of every item's mix, the random field
+    none to speak of, and the vectors still separate the communities."""
+    graph, comm, side = world
+    emb = embed_graph(graph, side, mode="eges", walks=WALKS,
+                      train=TRAIN.model_copy(update={"side_measure": "information", "side_prior": 25.0}))
+    warm = np.flatnonzero(emb.warm)
+    w = emb.model.field_weights(warm)  # id, brand, noise
+    assert w[:, 1].mean() > 0.1 and w[:, 2].mean() < 0.01, w.mean(0)
+    assert nearest_same_share(emb.vectors, comm, warm, warm) >= 0.9

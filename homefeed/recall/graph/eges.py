@@ -19,11 +19,13 @@ The paper starts every a_v at 0 (GES's equal weights). Trained from there the lo
 a few epochs, so an item seen with hundreds of neighbours kept a third of its vector from a genre
 shared by 500 films, and EGES fell below DeepWalk (link AUC .69 vs .77 on MovieLens). So `start_attention`
 starts the mix in proportion to [d_v, prior * g_j]: the item's distinct neighbours against how
-much each field tells about neighbours (`side_information_gain`, in nats; Cohen's kappa,
-`side_agreement`, is the older choice); training moves the logits from there. Kappa missed how
-specific a value is: on Toys a leaf category of ~12 items (gain .16) and on MovieLens a genre of
-hundreds of films (gain .01) have the same kappa (.09, .08), yet only the first helps (GES .762 vs
-DeepWalk .751 on Toys, .706 vs .765 on MovieLens); 25 x gain gives EGES .764 and .765.
+much each field tells about neighbours (Cohen's kappa, `side_agreement`, by default; or the
+information gain in nats, `side_information_gain`); training moves the logits from there. Kappa
+misses how specific a value is: on Toys a leaf category of ~12 items (gain .16) and on MovieLens a
+genre of hundreds of films (gain .01) have the same kappa (.09, .08), yet only the first helps (GES
+.762 vs DeepWalk .751 on Toys, .706 vs .765 on MovieLens). 25 x gain gives EGES .764 on Toys and
+.765 on MovieLens, but on Taobao (gain ~1, one or two neighbours an item) nearly all of the mix goes
+to the leaf and cosine AUC falls (.948 -> .927 on the tail), so it is not the default.
 
 A cold-start item (never in a walk) has no trained id vector, so its vector comes from side
 information alone: sum_{j>=1} beta_j W^j[s_j(v)], with beta the softmax of the warm items' mean side
