@@ -324,6 +324,9 @@ def main() -> None:
     ap.add_argument("--epochs", type=int, default=2)
     ap.add_argument("--dim", type=int, default=64)
     ap.add_argument("--batch", type=int, default=1024)
+    ap.add_argument("--side-measure", choices=["kappa", "information"], default="kappa",
+                    help="what starts EGES's mix: each side field's kappa or information gain (TrainSettings.side_measure)")
+    ap.add_argument("--side-prior", type=float, default=5.0, help="TrainSettings.side_prior (25 suits --side-measure information)")
     ap.add_argument("--speed-walks", type=int, default=100_000, help="walks of the corpus timed in the speed section")
     ap.add_argument("--parts", default="2,4", help="comma-separated partition counts ('' = none)")
     ap.add_argument("--gensim-workers", default="1,2")
@@ -334,7 +337,8 @@ def main() -> None:
     skip = set(filter(None, args.skip.split(",")))
     t0 = time.perf_counter()
     walks = WalkSettings(walks_per_node=args.walks_per_node, length=args.length)
-    train = TrainSettings(dim=args.dim, epochs=args.epochs, batch_size=args.batch)
+    train = TrainSettings(dim=args.dim, epochs=args.epochs, batch_size=args.batch, side_measure=args.side_measure,
+                          side_prior=args.side_prior)
     if args.real_logs:
         result = {"link_auc": real_log_aucs(args.real_logs.split(","), walks, train, directed=args.directed,
                                             cache=args.cache), "peak_mb": peak_mb()}
