@@ -5,7 +5,9 @@ softmax (`model.py`, `train.py`) -> every item's vector from the item tower -> a
 index (`recall.ann.AnnIndex`). recall: the user's behaviour list at request time (`UserState`) ->
 the user tower's K'_u interests in one forward pass -> each interest queries the index, and the lists
 are interleaved with a quota per interest in proportion to the behaviours it explains (`merge_interests`,
-"quota"; merged on raw scores, one interest took most slots), items the user bought are dropped.
+"quota"; merged on raw scores, one interest took most slots), items the user bought are dropped, and
+the user's other history is served as the validation days said pays on this log (`history.py`: as
+scored, dropped, or first; on a Taobao log nearly every hit is a repeat, on movie ratings none is).
 `recall_with_interests` also says which interest recalled each item; the candidate's trigger is
 the behaviour that interest drew most of its routing weight from ("because you viewed t").
 
@@ -66,7 +68,7 @@ class ModelSettings(Section):
     routing_sigma: float = Field(1.0, gt=0)  # std of the initial routing logits
     power: float = Field(2.0, ge=0)  # p of label-aware attention: 0 averages the interests, large picks one
     attend_negatives: bool = True  # score negatives by their own label-aware attention (False: the target's, the paper)
-    residual: bool = False  # interest = capsule + MLP([capsule; profile]), S and the MLP's output starting at identity and 0
+    residual: bool = True  # interest = capsule + MLP([capsule; profile]), S = I and the MLP's last layer 0 at start
     pooled: bool = False  # with K > 1, one more interest pooled from every behaviour (the K = 1 capsule) before the routed ones
     seed: int = 0
 

@@ -5,7 +5,10 @@ Li et al., "Multi-Interest Network with Dynamic Routing for Recommendation at Tm
     item tower   e_v = mean(E_id[v], E_leaf[leaf(v)], E_brand[brand(v)], E_shop[shop(v)])      (D,)
     user tower   behaviours (L items) -> item tower -> B2I routing (`routing.py`) -> K capsules;
                  each capsule is concatenated with the profile embedding (gender, age band, city,
-                 purchase power) and passed through ReLU layers and a last linear map: V_u (K, D)
+                 purchase power) and passed through ReLU layers and a last linear map: V_u (K, D);
+                 with `residual` (the channels' default) V_u = capsules + that MLP, S starting at the identity and
+                 the last map at 0, so each interest starts as its behaviours' routed sum in the item
+                 space and learns what to add (on small real logs the item space is most of the signal)
     training     label-aware attention picks the interests that explain the target item t:
                      v_u = V_u softmax(p * V_u^T e_t)
                  (the paper writes softmax(pow(V_u^T e_t, p)); raising the softmax weights to the power p
