@@ -86,9 +86,9 @@ def spark_missing() -> str | None:
     return None
 
 
-SPARK_TEST_CONF = {"spark.driver.extraJavaOptions": "-XX:TieredStopAtLevel=1 -XX:+UseSerialGC"}
-"""Short-lived driver JVM: compile with the quick JIT tier only and collect on one thread (~10% off the Spark
-tests on 2 cores); no result depends on it."""
+SPARK_TEST_CONF = {f"spark.{jvm}.extraJavaOptions": "-XX:TieredStopAtLevel=1 -XX:+UseSerialGC" for jvm in ("driver", "executor")}
+"""Short-lived JVMs: compile with the quick JIT tier only and collect on one thread (~10% off the local[2] tests,
+~25% off the local-cluster check, on 2 cores); no result depends on it."""
 
 
 @pytest.fixture(scope="session")

@@ -89,9 +89,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--tables", default=",".join(TABLES), help=f"comma-separated, of {', '.join(TABLES)}")
     parser.add_argument("--shuffle-partitions", type=int, default=SparkSettings().shuffle_partitions,
                         help="spark.sql.shuffle.partitions (~2-4x the cluster's cores)")
+    parser.add_argument("--conf", action="append", default=[], metavar="KEY=VALUE",
+                        help="an extra spark.* setting (repeatable), as spark-submit's --conf")
     parser.add_argument("--json", action="store_true", help="one JSON object instead of a table")
     args = parser.parse_args(argv)
-    spark = spark_session(SparkSettings(master=args.master, shuffle_partitions=args.shuffle_partitions))
+    conf = {}
+    for pair in args.conf:
+        key, eq, value = pair.partition("=")
+        if not eq or not key.startswith("spark."):
+            parser.error(f"--conf {pair!r}: expected spark.KEY=VALUE")
+        conf[key] = value
+    spark = spark_session(SparkSettings(master=args.master, shuffle_partitions=args.shuffle_partitions, conf=conf))
     try:
         report = run_checks(spark, Dataset.load(args.dataset), tuple(t for t in args.tables.split(",") if t))
     finally:
