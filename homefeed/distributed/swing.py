@@ -1,10 +1,10 @@
 """Swing on Spark: inputs built with DataFrames, each item's row computed by the single-process numba kernel
-inside `groupBy(item).applyInPandas`, so the table is bitwise `homefeed.recall.swing.swing_table`.
+inside `applyInPandas` (items grouped 64 to a call), so the table is bitwise `homefeed.recall.swing.swing_table`.
 
 Spark does the parts that need the whole log: distinct (user, item) pairs of the chosen behaviours,
 users kept by activity (`min_user_items`..`max_user_items`), user weights, the deterministic sample
 of at most `max_users_per_item` users per item (the same 32-bit hash, smallest keys first, ties by
-user), and each sampled user's full item list. One group is one item: its users, most active first
+user), and each sampled user's full item list. Per item, the UDF takes its users, most active first
 (as the kernel expects them), with their weights and lists. The UDF renumbers the item's neighbours
 monotonically (ties still go to the lower code), runs `i2i_kernels.swing_rows` for that one row and
 maps the neighbours back. Weights are computed with the same numpy expressions (pandas UDFs).
