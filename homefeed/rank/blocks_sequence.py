@@ -77,7 +77,8 @@ class TargetAttention(nn.Module):
 @torch.jit.script_if_tracing  # the branch on U stays a branch in a TorchScript trace
 def _first_layer(query: Tensor, keys: Tensor, mask: Tensor, a: Tensor, a_bias: Tensor, c: Tensor, g: Tensor
                  ) -> tuple[Tensor, Tensor, Tensor]:
-    """DIN's first activation layer A q + b + C k + G (q * k) in eval mode -> (h (B, L', H), keys (U, L', E), mask (U, L')).
+    """DIN's first activation layer A q + b + C k + G (q * k) in eval mode -> (h (B, L', H), keys (U, L', E),
+    weight (U, L') float: 1/0 for real/padded steps, or how often a step repeats in one user's history).
 
     One user's history (U = 1) for B > 1 targets: only its real steps are kept (padding weighs 0
     anyway), and the layer is one (B, E) x (E, L' H) product whose bias holds the user-side part:
@@ -86,15 +87,15 @@ def _first_layer(query: Tensor, keys: Tensor, mask: Tensor, a: Tensor, a_bias: T
     """
     if keys.size(0) == 1 and query.size(0) > 1:
         real = torch.nonzero(mask[0]).squeeze(1)  # (L',)
-        k = keys[0].index_select(0, real)  # (L', E)
+        k, counts = torch.unique(keys[0].index_select(0, real), dim=0, return_counts=True)  # (L'', E): a repeated step once
         weight = a.t().unsqueeze(0) + k.unsqueeze(-1) * g.t().unsqueeze(0)  # (L', E, H)
         bias = torch.nn.functional.linear(k, c) + a_bias  # (L', H)
         n, width = k.size(0), a.size(0)
         h = torch.addmm(bias.reshape(-1), query, weight.permute(1, 0, 2).reshape(query.size(1), n * width))
-        return h.view(query.size(0), n, width), k.unsqueeze(0), mask.index_select(1, real)
+        return h.view(query.size(0), n, width), k.unsqueeze(0), counts.unsqueeze(0).to(k.dtype)  # weight x count
     q = query.unsqueeze(1)  # (B, 1, E)
     h = torch.nn.functional.linear(q, a, a_bias) + torch.nn.functional.linear(keys, c) + torch.nn.functional.linear(q * keys, g)
-    return h, keys, mask
+    return h, keys, mask.to(keys.dtype)  # float in both branches (an ONNX If needs one type)
 
 
 class TransformerLayer(nn.Module):

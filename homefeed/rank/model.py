@@ -185,10 +185,23 @@ class RankModel(nn.Module):
             else:  # eval: the small fields' part of the first layer by lookup (same function, a third of the work)
                 first = self.deep.first_layer()
                 tail = torch.cat([x[:, e.size(1) * e.size(2):]] + extra, dim=1)  # [dense, sequence, product, bi]
+                lookup, w_large_t = self._first_layer_tables(first)
                 h = deep_first_layer(e, tail, sparse, first.weight, first.bias, self.small, self.large,
-                                     self.small_rows, self.small_base, self.embedding.table.weight, self.small_batch)
+                                     self.small_base, lookup, w_large_t, self.small_batch)
                 parts.append(self.deep.after_first(h))
         return [self.head(torch.cat(parts, dim=1)).squeeze(-1)] if parts else []
+
+    def _first_layer_tables(self, first: nn.Module) -> tuple[Tensor, Tensor]:
+        """The eval-mode first layer's weight-only parts: the small fields' lookup (S * V, H), every code's W_f e_f,
+        and the large fields' + tail's weight transposed (K', H). They read the weights only (shapes from the spec,
+        not the batch), so a frozen TorchScript export (`torch.jit.freeze`, as `serve.ranker` loads it) folds them
+        into constants once instead of building them on every call."""
+        weight, n_fields, dim = first.weight, len(self.spec.sparse), self.config.embed_dim
+        width = weight.size(0)
+        head = weight[:, : n_fields * dim].reshape(width, n_fields, dim)  # (H, F, D)
+        lookup = torch.bmm(self.embedding.table.weight[self.small_rows], head.index_select(1, self.small).permute(1, 2, 0))
+        w_large = torch.cat([head.index_select(1, self.large).reshape(width, -1), weight[:, n_fields * dim:]], 1)
+        return lookup.reshape(-1, width).contiguous(), w_large.t().contiguous()
 
     def embedding_rows(self, batch: dict[str, Tensor]) -> list[tuple[nn.Embedding, Tensor]]:
         """[(table, rows)]: the rows of each embedding table this batch reads, repeats kept (M,) int64.
@@ -224,27 +237,24 @@ SMALL_VOCAB = 64  # fields with at most this many codes enter the eval-mode deep
 
 @torch.jit.script_if_tracing  # the branch on the batch size stays a branch in a TorchScript trace
 def deep_first_layer(e: Tensor, tail: Tensor, sparse: Tensor, weight: Tensor, bias: Tensor, small: Tensor, large: Tensor,
-                     rows: Tensor, base: Tensor, table: Tensor, min_rows: int) -> Tensor:
+                     base: Tensor, lookup: Tensor, w_large_t: Tensor, min_rows: int) -> Tensor:
     """The deep tower's first Linear on [flatten(e), tail] (B, H), computed by field in eval mode.
 
     A field of V codes contributes W_f e_f, one of only V vectors: for the small fields these are
-    computed once per call (S, V, D) x (S, D, H), then summed per row by lookup (`embedding_bag`);
-    the GEMM keeps the large fields and the tail. Serving 500 candidates of the small shop's DIN,
-    22 of 27 fields are small (profile, context, cross counts): the layer's multiply-adds fall from
-    60M to about 23M. Same function as the plain Linear (float rounding aside); batches under
-    `min_rows` take the plain Linear, where the per-call tables would cost more than they save.
+    precomputed per model (`RankModel._first_layer_tables`: lookup (S * V, H)), then summed per row by
+    lookup (`embedding_bag`); the GEMM keeps the large fields and the tail (w_large_t (K', H)). Serving
+    500 candidates of the small shop's DIN, 22 of 27 fields are small (profile, context, cross counts):
+    the layer's multiply-adds fall from 60M to about 23M. Same function as the plain Linear (float
+    rounding aside); batches under `min_rows` take the plain Linear.
     """
     n, n_fields, dim = e.shape
     if small.numel() == 0 or n < min_rows:
         return torch.nn.functional.linear(torch.cat([e.reshape(n, n_fields * dim), tail], 1), weight, bias)
-    width = weight.size(0)
-    head = weight[:, : n_fields * dim].reshape(width, n_fields, dim)  # (H, F, D)
-    lookup = torch.bmm(table[rows], head.index_select(1, small).permute(1, 2, 0))  # (S, V, D) x (S, D, H) -> (S, V, H)
-    out = torch.nn.functional.embedding_bag(sparse.index_select(1, small) + base, lookup.reshape(-1, width), mode="sum")
-    n_large = large.numel() * dim
-    w_large = torch.cat([head.index_select(1, large).reshape(width, n_large), weight[:, n_fields * dim:]], 1)  # (H, K')
-    x_large = torch.cat([e.index_select(1, large).reshape(n, n_large), tail], 1)  # (B, K')
-    return torch.addmm(out + bias, x_large, w_large.t())
+    out = torch.nn.functional.embedding_bag(sparse.index_select(1, small) + base, lookup, mode="sum")
+    x_large = torch.cat([e.index_select(1, large).reshape(n, large.numel() * dim), tail], 1)  # (B, K')
+    return torch.addmm(out + bias, x_large, w_large_t)
+
+
 PRESETS: dict[str, ModelConfig] = {
     "lr": ModelConfig(linear=True),
     "wdl": ModelConfig(linear=True, **_MLP),  # Wide & Deep, Cheng et al. 2016
