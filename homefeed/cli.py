@@ -407,7 +407,8 @@ def recommend(
 
     cfg = get_config(config, set_)
     try:
-        pipeline = Pipeline(ServingBundle.load(bundle), open_store(state or cfg.serve.state), cfg)
+        pipeline = Pipeline(ServingBundle.load(bundle), open_store(state or cfg.serve.state, max_events=cfg.serve.history_len,
+                                                                idle_s=int(cfg.serve.state_idle_days * 86_400)), cfg)
     except (BundleError, FileNotFoundError) as e:
         fail(str(e))
     pipeline.warm_up()  # compile and load once, so the timings are those of a running server
