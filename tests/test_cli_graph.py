@@ -27,6 +27,8 @@ def graph_json(tiny_dataset_dir):
 def test_json_holds_link_auc_per_method_and_cold_start_hitrate(graph_json):
     assert set(graph_json["auc"]) == {"deepwalk", "ges", "eges"}
     assert all(0.5 < v <= 1.0 for v in graph_json["auc"].values()), graph_json["auc"]  # better than chance
+    assert set(graph_json["auc_context"]) == {"deepwalk", "ges", "eges"}  # the channel's own score, too
+    assert all(0.5 < v <= 1.0 for v in graph_json["auc_context"].values()), graph_json["auc_context"]
     cold = graph_json["cold_start_hitrate@50"]
     assert {"deepwalk", "ges", "eges", "itemcf", "swing"} <= set(cold)
     # nothing clicked a cold item before the test days: only side information can reach one

@@ -4,7 +4,9 @@
    unordered pairs) are held out, vectors are trained on the rest, and each held-out pair must score
    higher (cosine of the two vectors) than pairs that are not edges, as many as there are held-out
    edges. AUC = P(score(held-out edge) > score(negative pair)), by `homefeed.evaluate.metrics.auc`.
-   The paper (Amazon): BGE 0.9327 < GES 0.9575 < EGES 0.9700. `LinkProtocol` says how:
+   The paper (Amazon): BGE 0.9327 < GES 0.9575 < EGES 0.9700. The same pairs are also scored by
+   skip-gram's own score both ways ("auc_context"), which is what the channel's default table ranks by.
+   `LinkProtocol` says how:
    - keep "connected" (node2vec, Grover & Leskovec, KDD 2016): a random spanning forest is never held
      out, so every held-out edge joins two nodes the training graph still connects; "endpoints": both
      ends keep some training edge. Either way no held-out pair scores against an empty vector. (Holding
@@ -183,12 +185,15 @@ def link_split(graph: ItemGraph, protocol: LinkProtocol) -> tuple[ItemGraph, np.
 def link_prediction(graph: ItemGraph, side: SideInfo | None, *, settings: EGESSettings | None = None,
                     methods: tuple[str, ...] = METHODS, protocol: LinkProtocol | None = None,
                     partition: PartitionSettings | None = None) -> dict:
-    """`{"auc": {method: AUC}, "pairs": held-out edges scored}`; with `partition` (parts > 1) also AUCs of
-    "<method>_p<P>" trained partitioned."""
+    """`{"auc": {method: AUC}, "auc_context": {method: AUC}, "pairs": held-out edges scored}`: "auc" scores pairs
+    by the cosine of their vectors (the paper's test), "auc_context" by skip-gram's own score both ways
+    (`Embedding.pair_scores(..., "context")`, what the channel's default table ranks by). With `partition`
+    (parts > 1) also AUCs of "<method>_p<P>" trained partitioned."""
     s = settings or EGESSettings()
     check_methods(methods)
     train_graph, pairs, labels = link_split(graph, protocol or LinkProtocol())
     out: dict[str, float] = {}
+    context: dict[str, float] = {}
     for method in methods:
         runs = {method: PartitionSettings()}
         if partition is not None and partition.parts > 1:
@@ -196,7 +201,8 @@ def link_prediction(graph: ItemGraph, side: SideInfo | None, *, settings: EGESSe
         for name, part in runs.items():
             emb = embed_graph(train_graph, side, mode=method, walks=s.walks, train=s.train, partition=part)
             out[name] = pair_auc(emb.vectors, pairs, labels)
-    return {"auc": out, "pairs": int(labels.sum())}
+            context[name] = auc(labels, emb.pair_scores(pairs, "context"))
+    return {"auc": out, "auc_context": context, "pairs": int(labels.sum())}
 
 
 def cold_items(dataset: Dataset) -> np.ndarray:
@@ -247,7 +253,8 @@ def evaluate_graph(dataset: Dataset, *, settings: EGESSettings | None = None, me
                    baselines: dict[str, Recaller] | None = None, fitted: dict[str, Recaller] | None = None,
                    k: int = 50, part: str = "test", max_users: int | None = None, seed: int = 0,
                    partitions: int = 1, protocol: LinkProtocol | None = None, cold_start: bool = True) -> dict:
-    """`{"auc": {method: AUC}, "cold_start_hitrate@k": {channel: HR}, "cold_start": {channel: {...}}, "setup": {...}}`.
+    """`{"auc": {method: AUC}, "auc_context": {method: AUC}, "cold_start_hitrate@k": {channel: HR}, "cold_start":
+    {channel: {...}}, "setup": {...}}` (the two AUCs as `link_prediction` says).
 
     Parameters:
         baselines: fitted channels scored on cold-start too (e.g. fitted Item-CF and Swing).
@@ -269,7 +276,8 @@ def evaluate_graph(dataset: Dataset, *, settings: EGESSettings | None = None, me
              "sequences": sequence_unit(events, s.graph), "link_pairs": link["pairs"], "link_protocol": protocol.model_dump(),
              "cold_items": int(cold_items(dataset)[1:].sum()), "side_fields": side.names}
     if not cold_start:
-        return {"auc": link["auc"], f"cold_start_hitrate@{k}": {}, "cold_start": {}, "setup": setup}
+        return {"auc": link["auc"], "auc_context": link["auc_context"], f"cold_start_hitrate@{k}": {}, "cold_start": {},
+                "setup": setup}
     fitted = fitted or {}
     channels = {name: fitted[name] if name in fitted else ch.fit(dataset)
                 for name, ch in graph_channels(s, methods).items()}
@@ -277,7 +285,8 @@ def evaluate_graph(dataset: Dataset, *, settings: EGESSettings | None = None, me
         channels.update({f"{m}_cosine": channels[m].with_similarity("cosine") for m in methods if m != "deepwalk"})
     channels.update(baselines or {})
     cold = cold_start_hitrate(dataset, channels, k=k, part=part, max_users=max_users, seed=seed)
-    return {"auc": link["auc"], f"cold_start_hitrate@{k}": {n: v[f"hitrate@{k}"] for n, v in cold.items()},
+    return {"auc": link["auc"], "auc_context": link["auc_context"],
+            f"cold_start_hitrate@{k}": {n: v[f"hitrate@{k}"] for n, v in cold.items()},
             "cold_start": cold, "setup": setup}
 
 
@@ -301,6 +310,8 @@ def format_graph_table(result: dict) -> Table:
     rows: dict[str, dict] = {}
     for name, value in result["auc"].items():
         rows.setdefault(name, {})["link_auc"] = value
+    for name, value in result.get("auc_context", {}).items():
+        rows.setdefault(name, {})["link_auc_context"] = value
     for name, metrics in result["cold_start"].items():
         rows.setdefault(name, {}).update({f"cold_{m}": v for m, v in metrics.items()})
     setup = result["setup"]
