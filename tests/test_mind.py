@@ -298,7 +298,8 @@ def test_history_mode_is_picked_on_validation(fitted_tiny, tmp_path):
     assert set(rec.history_scores_) == set(MODES) and rec.history_ == pick(rec.history_scores_.get)[0]
     check = Validation.of(tiny_dataset(), max_users=2000, k=50)
     for mode, value in rec.history_scores_.items():
-        assert check.score(rec.with_serve(history=mode)) == pytest.approx(value)
+        assert check.score(rec.with_serve(history=mode), tie_break=True) == pytest.approx(value, abs=1e-9)
+        assert check.score(rec.with_serve(history=mode)) == pytest.approx(value, abs=1.01e-6)  # HR@50 + 1e-6 HR@10
     rec.save(tmp_path / "m")
     assert MIND.load(tmp_path / "m").history_ == rec.history_
 

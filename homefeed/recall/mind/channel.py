@@ -185,7 +185,7 @@ class MIND(Recaller):
         if check is not None and self.settings.serve.history == "auto":
             share = parallel if parallel is not None else Parallel()
             self.history_, self.history_scores_ = history.pick(
-                lambda mode: share.score(lambda: check.score(self.with_serve(history=mode))))
+                lambda mode: share.score(lambda: check.score(self.with_serve(history=mode), tie_break=True)))
             log.info("%s: history mode %s (validation HitRate@%d %s)", self.name, self.history_, check.k, self.history_scores_)
         return self
 

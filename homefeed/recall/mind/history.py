@@ -10,8 +10,9 @@ rank the history neither first nor last. Four ways to serve it:
     "first"   history items come first, ordered by their best interest score, then the rest
     "recent"  history items come first, the most recent first (repeat consumption is mostly recent), then the rest
 
-`pick` scores each on the validation queries the channel stops on (`validate.py`) and keeps the best
-(ties: the earlier of score, drop, first, recent), so a repeat-heavy log learns "first" and a log without
+`pick` scores each on the validation queries the channel stops on (`validate.py`: HitRate@50, ties broken
+by HitRate@10, since a history shorter than the list fits either way and only its order differs) and keeps
+the best (remaining ties: the earlier of score, drop, first, recent), so a repeat-heavy log learns "first" and a log without
 repeats learns "drop", from its own data.
 
     >>> mode, scores = pick(lambda mode: check.score(channel.with_serve(history=mode)))   # doctest: +SKIP

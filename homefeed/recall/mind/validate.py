@@ -50,12 +50,15 @@ class Validation:
             keep = np.sort(np.random.default_rng(seed).choice(keep, max_users, replace=False)).tolist()
         return cls([states[i] for i in keep], [relevant[i] for i in keep], k)
 
-    def score(self, channel) -> float:
-        """HitRate@k of `channel.recall_batch` over the queries."""
+    def score(self, channel, *, tie_break: bool = False) -> float:
+        """HitRate@k of `channel.recall_batch` over the queries; with `tie_break`, plus 1e-6 x HitRate@max(1, k // 5),
+        so two lists equal at k are told apart by their heads (the term is below one user's share of up to 1M users)."""
         from homefeed.recall.evaluate import as_matrix
 
         lists = as_matrix(channel.recall_batch(self.states, self.k), self.k)
-        return float(topk_metrics(lists, self.relevant, (self.k,))[f"hitrate@{self.k}"])
+        head = max(1, self.k // 5)
+        got = topk_metrics(lists, self.relevant, tuple(sorted({self.k, head})))
+        return float(got[f"hitrate@{self.k}"]) + (1e-6 * float(got[f"hitrate@{head}"]) if tie_break else 0.0)
 
 
 def holdout_split(dataset: Dataset, share: float) -> Dataset | None:
