@@ -127,6 +127,14 @@ def side_agreement(side: SideInfo, src: np.ndarray, dst: np.ndarray) -> np.ndarr
     latter), over edges (src, dst) whose ends both know the field; 0 for a field known on no edge. 1 = linked items
     always share it, 0 = no more than chance (Cohen's kappa of the edge's two ends)."""
     out = np.zeros(side.n_fields)
+    for j, same, chance in _shared_values(side, src, dst):
+        out[j] = (same - chance) / max(1.0 - chance, 1e-12)
+    return out
+
+
+def _shared_values(side: SideInfo, src: np.ndarray, dst: np.ndarray):
+    """Per field known at both ends of some edge: (field, P(an edge's ends share the value), P(two ends drawn at
+    random from the edges' ends do))."""
     for j in range(side.n_fields):
         c = side.codes[:, j]
         known = (c[src] > 0) & (c[dst] > 0)
@@ -134,9 +142,7 @@ def side_agreement(side: SideInfo, src: np.ndarray, dst: np.ndarray) -> np.ndarr
             continue
         a, b = c[src[known]], c[dst[known]]
         share = np.bincount(np.r_[a, b]) / (2.0 * a.size)
-        chance = float((share ** 2).sum())
-        out[j] = ((a == b).mean() - chance) / max(1.0 - chance, 1e-12)
-    return out
+        yield j, float((a == b).mean()), float((share ** 2).sum())
 
 
 def side_information_gain(side: SideInfo, src: np.ndarray, dst: np.ndarray) -> np.ndarray:
@@ -148,15 +154,9 @@ def side_information_gain(side: SideInfo, src: np.ndarray, dst: np.ndarray) -> n
     of the time (chance 0.7%) gives 0.16 nats, a genre of 300 films shared 25% of the time (chance 19%) 0.01, while
     their kappas are alike (0.09, 0.08)."""
     out = np.zeros(side.n_fields)
-    for j in range(side.n_fields):
-        c = side.codes[:, j]
-        known = (c[src] > 0) & (c[dst] > 0)
-        if not known.any():
-            continue
-        a, b = c[src[known]], c[dst[known]]
-        share = np.bincount(np.r_[a, b]) / (2.0 * a.size)
-        p0 = float(np.clip((share ** 2).sum(), 1e-12, 1 - 1e-12))
-        p1 = float(np.clip((a == b).mean(), 1e-12, 1 - 1e-12))
+    for j, same, chance in _shared_values(side, src, dst):
+        p0 = float(np.clip(chance, 1e-12, 1 - 1e-12))
+        p1 = float(np.clip(same, 1e-12, 1 - 1e-12))
         out[j] = max(p1 * np.log(p1 / p0) + (1 - p1) * np.log((1 - p1) / (1 - p0)), 0.0) if p1 > p0 else 0.0
     return out
 
