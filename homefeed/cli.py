@@ -17,8 +17,8 @@ from typing import Annotated, Optional
 import typer
 from rich.console import Console
 
-from homefeed.cli_support import (ConfigOpt, EngineOpt, JsonOpt, SetOpt, SparkMasterOpt, channel_fitter, fail, get_config,
-                                  print_report, serve_env, stdout_console, steps)
+from homefeed.cli_support import (VECTOR_CHANNELS, ConfigOpt, EngineOpt, JsonOpt, SetOpt, SparkMasterOpt, channel_fitter, fail,
+                                  get_config, print_report, serve_env, stdout_console, steps, train_vector_channel)
 from homefeed.config import ConfigError
 
 app = typer.Typer(help="homefeed: an end-to-end recommender for an e-commerce homepage feed.",
@@ -264,7 +264,7 @@ def train(
     from homefeed.rank.samples import build_all
 
     if model in VECTOR_CHANNELS:
-        train_vector_channel(dataset, out, model, nproc, get_config(config, set_))
+        train_vector_channel(console, dataset, out, model, nproc, get_config(config, set_))
         return
     overrides = list(set_ or []) + ([f'rank.preset="{model}"'] if model else [])
     cfg = get_config(config, overrides)
@@ -294,35 +294,6 @@ def train(
     stdout.print(rank_table(results, title=f"test metrics ({metrics['protocol']} protocol), served {metrics['served']}"))
     for line in results.meta["warnings"]:
         stdout.print(line, style="bold yellow", highlight=False)
-
-
-VECTOR_CHANNELS = ("eges", "deepwalk", "mind", "mind1")
-
-
-def train_vector_channel(dataset: Path, out: Path, name: str, nproc: int, cfg) -> None:
-    """`train --model eges|deepwalk|mind|mind1`: that channel's vectors and table, in one process or under DDP."""
-    from homefeed.data.dataset import Dataset
-    from homefeed.recall import CHANNELS
-    from homefeed.recall.part import RecallSettings
-
-    try:
-        knobs = RecallSettings.from_section(cfg.recall).channel_settings
-        settings = knobs.get(name) or CHANNELS[name].Settings()
-        with steps(console, f"training the {name} channel") as progress:
-            progress("walks/samples, training, table" + (f" ({nproc} DDP processes)" if nproc > 1 else ""))
-            if nproc > 1 and name in ("eges", "deepwalk"):
-                from homefeed.distributed.graph_train import fit_eges_distributed
-
-                fit_eges_distributed(dataset, out, settings, nproc)
-            elif nproc > 1:
-                from homefeed.distributed.mind_train import fit_mind_distributed
-
-                fit_mind_distributed(dataset, out, settings, nproc, channel=name)
-            else:
-                CHANNELS[name](settings=settings).fit(Dataset.load(dataset)).save(out)
-    except (ValueError, KeyError, RuntimeError, TypeError) as e:
-        fail(str(e))
-    stdout_console().print(f"saved the {name} channel to {out}" + (f" (trained by {nproc} DDP processes)" if nproc > 1 else ""))
 
 
 BundleArg = Annotated[Path, typer.Argument(help="A bundle folder written by `homefeed build`.")]

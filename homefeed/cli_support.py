@@ -128,3 +128,32 @@ def print_report(console: Console, report: dict) -> None:
     out.print(f"users {report['users']:,}  items {report['items']:,}  sessions {report['sessions']:,}  "
               f"events train/valid/test {s['train']:,}/{s['valid']:,}/{s['test']:,}  split {s.get('method', 'time')}  "
               f"in {report['timings']['total_s']:.1f}s")
+
+
+VECTOR_CHANNELS = ("eges", "deepwalk", "mind", "mind1")
+
+
+def train_vector_channel(console: Console, dataset: Path, out: Path, name: str, nproc: int, cfg: Config) -> None:
+    """`train --model eges|deepwalk|mind|mind1`: that channel's vectors and table, in one process or under DDP."""
+    from homefeed.data.dataset import Dataset
+    from homefeed.recall import CHANNELS
+    from homefeed.recall.part import RecallSettings
+
+    try:
+        knobs = RecallSettings.from_section(cfg.recall).channel_settings
+        settings = knobs.get(name) or CHANNELS[name].Settings()
+        with steps(console, f"training the {name} channel") as progress:
+            progress("walks/samples, training, table" + (f" ({nproc} DDP processes)" if nproc > 1 else ""))
+            if nproc > 1 and name in ("eges", "deepwalk"):
+                from homefeed.distributed.graph_train import fit_eges_distributed
+
+                fit_eges_distributed(dataset, out, settings, nproc)
+            elif nproc > 1:
+                from homefeed.distributed.mind_train import fit_mind_distributed
+
+                fit_mind_distributed(dataset, out, settings, nproc, channel=name)
+            else:
+                CHANNELS[name](settings=settings).fit(Dataset.load(dataset)).save(out)
+    except (ValueError, KeyError, RuntimeError, TypeError) as e:
+        fail(str(e))
+    stdout_console().print(f"saved the {name} channel to {out}" + (f" (trained by {nproc} DDP processes)" if nproc > 1 else ""))
