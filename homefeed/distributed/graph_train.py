@@ -13,16 +13,12 @@ and saves the channel: the artefact `EGES(settings).fit(dataset).save(out)` writ
 """
 from __future__ import annotations
 
-import argparse
-import os
-import subprocess
-import sys
-import tempfile
 from pathlib import Path
 
 import torch
 import torch.distributed as dist
 
+from homefeed.distributed.launch import rank_parser, run_torchrun
 from homefeed.recall.graph.channel import EGES, DeepWalk, DeepWalkSettings, EGESSettings
 from homefeed.recall.graph.skipgram import Shard
 
@@ -59,17 +55,6 @@ def channel_name(settings: DeepWalkSettings) -> str:
     return "eges" if isinstance(settings, EGESSettings) else "deepwalk"
 
 
-def torchrun_command(dataset: str | Path, out: str | Path, settings_file: str | Path, channel: str, nproc: int) -> list[str]:
-    """The single-machine torchrun command line that trains the graph channel with `nproc` processes."""
-    from homefeed.distributed.launch import free_port
-
-    if nproc < 1:
-        raise ValueError(f"--nproc must be >= 1, got {nproc}")
-    return [sys.executable, "-m", "torch.distributed.run", "--nnodes", "1", "--nproc_per_node", str(nproc),
-            "--master_addr", "127.0.0.1", "--master_port", str(free_port()), "-m", "homefeed.distributed.graph_train",
-            str(dataset), "--out", str(out), "--settings", str(settings_file), "--channel", channel]
-
-
 def fit_eges_distributed(dataset: str | Path, out: str | Path, settings: DeepWalkSettings, nproc: int) -> DeepWalk:
     """Train the `eges` channel (EGESSettings) or `deepwalk` (DeepWalkSettings) with `nproc` DDP processes;
     rank 0 saves it to `out`; returns the saved channel, loaded."""
@@ -78,14 +63,8 @@ def fit_eges_distributed(dataset: str | Path, out: str | Path, settings: DeepWal
     if settings.partition.parts > 1:
         raise ValueError("distributed graph training trains the whole graph; set partition.parts = 1")
     channel = channel_name(settings)
-    with tempfile.TemporaryDirectory(prefix="homefeed_ddp_graph_") as tmp:
-        settings_file = Path(tmp) / "graph_settings.json"
-        settings_file.write_text(settings.model_dump_json())
-        threads = str(max(1, (os.cpu_count() or 1) // nproc))
-        env = os.environ | {"OMP_NUM_THREADS": threads, "NUMBA_NUM_THREADS": threads}
-        done = subprocess.run(torchrun_command(dataset, out, settings_file, channel, nproc), env=env)
-    if done.returncode:
-        raise RuntimeError(f"distributed graph training failed (torchrun exit code {done.returncode}); see the ranks' output above")
+    run_torchrun("homefeed.distributed.graph_train", dataset, out, settings.model_dump_json(), nproc,
+                 what="graph training", extra=("--channel", channel))
     return CHANNELS[channel].load(out)
 
 
@@ -94,10 +73,7 @@ def main(argv: list[str] | None = None) -> None:
     from homefeed.data.dataset import Dataset
     from homefeed.distributed.train import process_group
 
-    parser = argparse.ArgumentParser(description=main.__doc__)
-    parser.add_argument("dataset")
-    parser.add_argument("--out", required=True)
-    parser.add_argument("--settings", required=True, help="EGESSettings or DeepWalkSettings as JSON")
+    parser = rank_parser(main.__doc__, "EGESSettings or DeepWalkSettings as JSON")
     parser.add_argument("--channel", choices=sorted(CHANNELS), default="eges")
     args = parser.parse_args(argv)
     cls = CHANNELS[args.channel]

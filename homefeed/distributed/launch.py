@@ -31,25 +31,42 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def torchrun_command(dataset: str | Path, out: str | Path, settings_file: str | Path, nproc: int, *,
-                     port: int | None = None) -> list[str]:
-    """The single-machine torchrun command line that trains with `nproc` processes."""
+def torchrun_command(module: str, dataset: str | Path, out: str | Path, settings_file: str | Path, nproc: int, *,
+                     extra: tuple[str, ...] = (), port: int | None = None) -> list[str]:
+    """The single-machine torchrun command line that runs `module`'s `main` in `nproc` processes."""
     if nproc < 1:
         raise ValueError(f"--nproc must be >= 1, got {nproc}")
     return [sys.executable, "-m", "torch.distributed.run", "--nnodes", "1", "--nproc_per_node", str(nproc),
             "--master_addr", "127.0.0.1", "--master_port", str(port or free_port()),
-            "-m", "homefeed.distributed.launch", str(dataset), "--out", str(out), "--settings", str(settings_file)]
+            "-m", module, str(dataset), "--out", str(out), "--settings", str(settings_file), *extra]
+
+
+def run_torchrun(module: str, dataset: str | Path, out: str | Path, settings_json: str, nproc: int, *,
+                 what: str, extra: tuple[str, ...] = ()) -> None:
+    """Run `module`'s rank entry in `nproc` local processes with the settings (JSON, in a temporary file); the
+    machine's threads (torch and numba) are split between the processes; a failed rank raises RuntimeError."""
+    with tempfile.TemporaryDirectory(prefix="homefeed_ddp_") as tmp:
+        settings_file = Path(tmp) / "settings.json"
+        settings_file.write_text(settings_json)
+        threads = str(max(1, (os.cpu_count() or 1) // nproc))
+        env = os.environ | {"OMP_NUM_THREADS": threads, "NUMBA_NUM_THREADS": threads}
+        done = subprocess.run(torchrun_command(module, dataset, out, settings_file, nproc, extra=extra), env=env)
+    if done.returncode:
+        raise RuntimeError(f"distributed {what} failed (torchrun exit code {done.returncode}); see the ranks' output above")
+
+
+def rank_parser(description: str | None, settings_help: str) -> argparse.ArgumentParser:
+    """The arguments every rank entry takes: the dataset, --out and --settings (a JSON file)."""
+    parser = argparse.ArgumentParser(description=description)
+    parser.add_argument("dataset")
+    parser.add_argument("--out", required=True)
+    parser.add_argument("--settings", required=True, help=settings_help)
+    return parser
 
 
 def train_distributed(dataset: str | Path, out: str | Path, settings: RankPartSettings, nproc: int) -> dict:
     """Train the rank part with `nproc` DDP processes; returns the metrics rank 0 saved in `out/metrics.json`."""
-    with tempfile.TemporaryDirectory(prefix="homefeed_ddp_") as tmp:
-        settings_file = Path(tmp) / "rank_settings.json"
-        settings_file.write_text(settings.model_dump_json())
-        env = os.environ | {"OMP_NUM_THREADS": str(max(1, (os.cpu_count() or 1) // nproc))}
-        done = subprocess.run(torchrun_command(dataset, out, settings_file, nproc), env=env)
-    if done.returncode:
-        raise RuntimeError(f"distributed training failed (torchrun exit code {done.returncode}); see the ranks' output above")
+    run_torchrun("homefeed.distributed.launch", dataset, out, settings.model_dump_json(), nproc, what="training")
     return json.loads((Path(out) / "metrics.json").read_text())
 
 
@@ -77,11 +94,7 @@ def main(argv: list[str] | None = None) -> None:
     from homefeed.distributed.train import process_group
     from homefeed.rank.part import RankPart
 
-    parser = argparse.ArgumentParser(description=main.__doc__)
-    parser.add_argument("dataset")
-    parser.add_argument("--out", required=True)
-    parser.add_argument("--settings", required=True, help="RankPartSettings as JSON")
-    args = parser.parse_args(argv)
+    args = rank_parser(main.__doc__, "RankPartSettings as JSON").parse_args(argv)
     settings = RankPartSettings.model_validate_json(Path(args.settings).read_text())
     dataset = Dataset.load(args.dataset)
     with process_group() as (rank, world), ddp_trainer():

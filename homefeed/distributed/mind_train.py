@@ -17,19 +17,14 @@ machines run the same module with `torchrun --nnodes` (docs/scale-out.md).
 """
 from __future__ import annotations
 
-import argparse
 import json
-import os
-import subprocess
-import sys
-import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
 import torch
 import torch.distributed as dist
 
-from homefeed.distributed.launch import free_port
+from homefeed.distributed.launch import rank_parser, run_torchrun
 from homefeed.distributed.train import Replica, _weighted_sum_hook, process_group
 from homefeed.recall.mind import MIND, MIND1, MIND1Settings, MINDSettings
 from homefeed.recall.mind.model import MINDModel
@@ -74,16 +69,6 @@ class DDPShare(Parallel):
         return float(t[0])
 
 
-def torchrun_command(dataset: str | Path, out: str | Path, settings_file: str | Path, nproc: int, *,
-                     port: int | None = None) -> list[str]:
-    """The single-machine torchrun command line that trains MIND with `nproc` processes."""
-    if nproc < 1:
-        raise ValueError(f"--nproc must be >= 1, got {nproc}")
-    return [sys.executable, "-m", "torch.distributed.run", "--nnodes", "1", "--nproc_per_node", str(nproc),
-            "--master_addr", "127.0.0.1", "--master_port", str(port or free_port()),
-            "-m", "homefeed.distributed.mind_train", str(dataset), "--out", str(out), "--settings", str(settings_file)]
-
-
 def fit_mind_distributed(dataset: str | Path, out: str | Path, settings: MINDSettings, nproc: int, *,
                          channel: str | None = None) -> dict:
     """Fit the MIND channel (`mind1` when `settings` is MIND1Settings, or as `channel` says) with `nproc` DDP
@@ -91,14 +76,8 @@ def fit_mind_distributed(dataset: str | Path, out: str | Path, settings: MINDSet
     channel = channel or ("mind1" if isinstance(settings, MIND1Settings) else "mind")
     if channel not in CHANNELS:
         raise ValueError(f"unknown MIND channel {channel!r}; valid: {', '.join(CHANNELS)}")
-    with tempfile.TemporaryDirectory(prefix="homefeed_mind_ddp_") as tmp:
-        settings_file = Path(tmp) / "mind_settings.json"
-        settings_file.write_text(json.dumps({"channel": channel, "settings": settings.model_dump()}))
-        env = os.environ | {"OMP_NUM_THREADS": str(max(1, (os.cpu_count() or 1) // nproc))}
-        done = subprocess.run(torchrun_command(dataset, out, settings_file, nproc), env=env)
-    if done.returncode:
-        raise RuntimeError(f"distributed MIND training failed (torchrun exit code {done.returncode}); "
-                           "see the ranks' output above")
+    spec = json.dumps({"channel": channel, "settings": settings.model_dump()})
+    run_torchrun("homefeed.distributed.mind_train", dataset, out, spec, nproc, what="MIND training")
     return json.loads((Path(out) / "meta.json").read_text())["log"]
 
 
@@ -106,11 +85,7 @@ def main(argv: list[str] | None = None) -> None:
     """One rank: join the group, fit the MIND channel with DDP, rank 0 saves it to --out."""
     from homefeed.data.dataset import Dataset
 
-    parser = argparse.ArgumentParser(description=main.__doc__)
-    parser.add_argument("dataset")
-    parser.add_argument("--out", required=True)
-    parser.add_argument("--settings", required=True, help='{"channel": "mind" | "mind1", "settings": MINDSettings} as JSON')
-    args = parser.parse_args(argv)
+    args = rank_parser(main.__doc__, '{"channel": "mind" | "mind1", "settings": MINDSettings} as JSON').parse_args(argv)
     spec = json.loads(Path(args.settings).read_text())
     if spec.get("channel") not in CHANNELS:
         raise SystemExit(f"{args.settings}: \"channel\" must be one of {', '.join(CHANNELS)}, got {spec.get('channel')!r}")
