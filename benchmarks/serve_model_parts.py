@@ -84,7 +84,7 @@ def main() -> None:
     load0 = Path("/proc/loadavg").read_text().split()[:3]
     torch.set_num_threads(1)
     sys.path.insert(0, str(Path(__file__).parent))
-    from serve import bundle_users
+    from serve_common import bundle_users
 
     from homefeed.config import Config
     from homefeed.rank.export import load_torchscript

@@ -36,7 +36,7 @@ def main() -> None:
 
     torch.set_num_threads(1)
     sys.path.insert(0, str(Path(__file__).parent))
-    from serve import bundle_users
+    from serve_common import bundle_users
 
     from homefeed.config import Config
     from homefeed.serve.artefacts import ServingBundle
