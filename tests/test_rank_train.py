@@ -9,7 +9,7 @@ import torch
 from homefeed.evaluate.metrics import auc, logloss
 from homefeed.rank.model import build_model
 from homefeed.rank.samples import SampleSettings, build_all
-from homefeed.rank.train import (RowPenalty, TrainSettings, batch_size_for, check_steps, fit_platt, load_checkpoint, platt_generalises,
+from homefeed.rank.train import (RowPenalty, TrainSettings, batch_size_for, check_steps, checks_in_epoch, fit_platt, load_checkpoint, platt_generalises,
                                  predict, predict_logits, train)
 from test_rank_samples import toy_dataset
 
@@ -80,13 +80,16 @@ def test_monitor_logloss_stops_when_the_logloss_stops_falling(parts):
 
 def test_checks_inside_an_epoch_keep_the_best_weights_between_epoch_ends(parts):
     assert check_steps(20, 4) == {5, 10, 15, 20} and check_steps(3, 4) == {1, 2, 3} and check_steps(7, 1) == {7}
+    assert [checks_in_epoch(e, 4) for e in range(6)] == [4, 2, 2, 1, 1, 1] and checks_in_epoch(0, 1) == 1
     settings = FAST.model_copy(update={"lr": 0.1, "epochs": 30, "patience": 2, "calibrate": False, "checks_per_epoch": 4})
     model, result = _fit(parts, settings=settings, hidden=[64, 64])
     steps = math.ceil(len(parts["train"]) / result.batch_size)
-    assert [h["epochs"] for h in result.history[:4]] == [round(s / steps, 4) for s in sorted(check_steps(steps, 4))]
-    n, stale_stop = len(result.history), result.best_check + 1 + settings.patience * 4  # patience still counts epochs
-    assert n % 4 == 0 and n - 4 < stale_stop <= n < 30 * 4  # stopped at the first epoch end after `patience` stale epochs
+    epochs = [h["epochs"] for h in result.history]
+    schedule = [round(e + s / steps, 4) for e in range(30) for s in sorted(check_steps(steps, checks_in_epoch(e, 4)))]
+    assert epochs == schedule[:len(epochs)]  # 4 checks in the first epoch, 2 in the next two, then one per epoch
     best = result.history[result.best_check]
+    assert epochs[-1] - best["epochs"] >= settings.patience > epochs[-2] - best["epochs"]  # stopped at the first check past patience
+    assert len(epochs) < len(schedule)  # stopped, not ran out
     assert result.best_epoch == best["epochs"]
     assert auc(_labels(parts["valid"]), predict(model, parts["valid"])) == pytest.approx(best["valid_auc"])
     assert best["valid_auc"] == max(h["valid_auc"] for h in result.history)

@@ -68,7 +68,7 @@ def fit_preset(preset: str, parts: dict[str, Samples], settings: RankSettings = 
 
     With `out`, the folder gets everything serving needs: encoders.json/.npz (fitted on train),
     model.json (preset, model config, feature spec, valid AUC, calibration) and best.npz/best.json (weights).
-    `progress` receives each valid check's history row (`TrainSettings.checks_per_epoch` an epoch).
+    `progress` receives each valid check's history row (`TrainSettings.checks_per_epoch` in the first epoch, then fewer).
     """
     from homefeed.rank.model import build_model
 
