@@ -13,7 +13,9 @@ import math
 import numpy as np
 from numba import njit, prange
 
-from homefeed.recall.i2i_kernels import _heapify, _sift_down, _worse
+from homefeed.recall.i2i_kernels import _heapify, _sift_down
+
+RANKED_UP_TO = 64  # rows of at most this many neighbours are ordered by rank counting, longer ones by a heap
 
 
 @njit(cache=True)
@@ -168,35 +170,52 @@ def _itemcf_row_once(b0, b1, ci, item_pos, item_user, act_item, act_w, act_wn, l
     return m
 
 
+@njit(cache=True, inline="always")
+def _better(v1, j1, v2, j2):
+    """Whether (v1, j1) ranks above (v2, j2), without branches: higher score, or equal score and lower code."""
+    return (v1 > v2) | ((v1 == v2) & (j1 < j2))
+
+
 @njit(cache=True)
 def _select_best(bv, bj, n, k):
-    """Move the best k of the n (score, code) entries (higher score, then lower code) to the front, in no order
-    (Wirth's quickselect; codes are distinct, so the order is total); return the worst kept (score, code)."""
-    lo, hi = 0, n - 1
-    while lo < hi:
-        pv, pj = bv[(lo + hi) >> 1], bj[(lo + hi) >> 1]
-        a, b = lo, hi
-        while a <= b:
-            while _worse(pv, pj, bv[a], bj[a]):
-                a += 1
-            while _worse(bv[b], bj[b], pv, pj):
-                b -= 1
-            if a <= b:
-                bv[a], bv[b] = bv[b], bv[a]
-                bj[a], bj[b] = bj[b], bj[a]
-                a += 1
-                b -= 1
-        if k - 1 <= b:
-            hi = b
-        elif k - 1 >= a:
-            lo = a
+    """Move the best k of the n (score, code) entries to bv/bj[:k], in no order, and return the k-th best.
+
+    Quickselect with a branch-free Lomuto partition (every entry is swapped, the boundary advances by the
+    comparison's 0 or 1): the outcome of a comparison is a coin flip here, so a branching partition
+    mispredicted about every other entry. Codes are distinct, so the order is total and the k-th is unique.
+    """
+    lo, hi = 0, n
+    while True:
+        mid, e = (lo + hi) >> 1, hi - 1
+        pv, pj = bv[mid], bj[mid]  # the pivot goes to the end of the range, and back to its place after
+        bv[mid], bj[mid] = bv[e], bj[e]
+        s = lo
+        for x in range(lo, e):
+            tv, tj = bv[x], bj[x]
+            up = _better(tv, tj, pv, pj)
+            bv[x], bj[x] = bv[s], bj[s]
+            bv[s], bj[s] = tv, tj
+            s += up
+        bv[e], bj[e] = bv[s], bj[s]
+        bv[s], bj[s] = pv, pj
+        if s == k - 1:
+            return pv, pj
+        if s > k - 1:
+            hi = s
         else:
-            break
-    wv, wj = bv[0], bj[0]
-    for q in range(1, k):
-        if _worse(bv[q], bj[q], wv, wj):
-            wv, wj = bv[q], bj[q]
-    return wv, wj
+            lo = s + 1
+
+
+@njit(cache=True)
+def _write_ranked(start, bv, bj, n, out_items, out_scores):
+    """Write the n entries to out[start:] best first: each goes to its rank, the number of entries better than it
+    (n^2 branch-free comparisons, which the compiler vectorises; at top-50 cheaper than a heap's pops)."""
+    for a in range(n):
+        va, ja = bv[a], bj[a]
+        rank = 0
+        for b in range(n):
+            rank += _better(bv[b], bj[b], va, ja)
+        out_items[start + rank], out_scores[start + rank] = ja, va
 
 
 @njit(cache=True)
@@ -232,6 +251,9 @@ def _emit_dense(start, limit, touched, m, dense, code_of, scale, bv, bj, out_ite
     if nb > limit:
         _select_best(bv, bj, nb, limit)
         nb = limit
+    if nb <= RANKED_UP_TO:
+        _write_ranked(start, bv, bj, nb, out_items, out_scores)
+        return nb
     _heapify(bv, bj, nb)
     for k in range(nb - 1, -1, -1):  # pop the worst to the back: descending order
         out_items[start + k], out_scores[start + k] = bj[0], bv[0]
