@@ -80,10 +80,11 @@ def evaluate_log(name: str, dataset, presets: list[str], overrides: list[str], s
     t0 = time.perf_counter()
     try:
         parts = build_all(dataset, settings.samples)
-        rows, meta = {}, {}
+        rows, meta, lr_model = {}, {}, None
         for i, preset in enumerate(["lr"] + [p for p in presets if p != "lr"]):
-            results = evaluate_rank(dataset, [preset], settings, samples=parts, baselines=i == 0,
+            results = evaluate_rank(dataset, [preset], settings, samples=parts, baselines=i == 0, lr_model=lr_model,
                                     progress=lambda text: say(f"{name}: {text}"))
+            lr_model = lr_model or results.lr_model  # trained once: the baseline and the warm start
             rows |= {k: dict(v) for k, v in results.items()}
             meta = meta or dict(results.meta)
             meta["warnings"] = check_baselines(rows)

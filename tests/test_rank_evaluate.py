@@ -125,3 +125,41 @@ def test_real_sequence_log_gives_leave_one_out_samples(tmp_path):
     assert int(labels.sum()) == 19_412 and np.unique(users[labels == 1]).size == 19_412  # each user's last item
     assert len(test) == 2 * 19_412                                                     # + one negative each
     assert (test.tensors["seq"][..., 0] > 0).sum(1).min() >= 3  # every history holds the user's earlier items
+
+
+def test_warm_start_begins_as_the_trained_lr_and_keeps_it_when_nothing_beats_it(toy_parts):
+    import torch
+
+    from homefeed.rank.evaluate import warm_start
+    from homefeed.rank.model import build_model
+    from homefeed.rank.train import predict_logits
+
+    lr_model, _ = fit_preset("lr", toy_parts, QUICK)
+    lr_raw = build_model(toy_parts["train"].spec, "lr")
+    lr_raw.load_state_dict(lr_model.state_dict())
+    lr_raw.calibration.copy_(torch.tensor([1.0, 0.0]))  # LR's own logit, before its Platt scaling
+    wdl = build_model(toy_parts["train"].spec, "wdl", **QUICK.model)
+    assert warm_start(wdl, lr_model) and float(wdl.head.weight.detach().abs().sum()) == 0.0
+    np.testing.assert_allclose(predict_logits(wdl, toy_parts["valid"]), predict_logits(lr_raw, toy_parts["valid"]), atol=1e-5)
+    assert not warm_start(build_model(toy_parts["train"].spec, "din", **QUICK.model), lr_model)  # no wide term: untouched
+    frozen = QUICK.model_copy(update={"warm_start": True, "train": QUICK.train.model_copy(update={"lr": 1e-12})})
+    model, fit = fit_preset("wdl", toy_parts, frozen, lr_model=lr_model)
+    assert fit.history[0]["epochs"] == 0.0 and fit.best_check == 0  # a learning rate that changes nothing: the start is kept
+    assert fit.history[0]["valid_auc"] == pytest.approx(_auc_of(lr_raw, toy_parts["valid"]))  # the start ranks as LR does
+    cold = fit_preset("wdl", toy_parts, QUICK)[1]
+    assert cold.history[0]["epochs"] > 0  # no step-0 check without a warm start
+
+
+def _auc_of(model, samples):
+    from homefeed.evaluate.metrics import auc
+
+    return auc(samples.tensors["label"].numpy(), predict(model, samples))
+
+
+def test_evaluate_rank_warm_starts_from_its_own_lr_baseline(toy_parts):
+    warm = QUICK.model_copy(update={"warm_start": True})
+    results = evaluate_rank(None, ["deepfm", "din"], warm, samples=toy_parts)
+    assert results.lr_model is not None and results.lr_model.embedding is None
+    again = evaluate_rank(None, ["deepfm"], warm, samples=toy_parts, baselines=False, lr_model=results.lr_model)
+    assert list(again) == ["deepfm"] and again["deepfm"]["auc"] == results["deepfm"]["auc"]  # the same start, reused
+    assert results["deepfm"]["valid_auc"] >= _auc_of(results.lr_model, toy_parts["valid"]) - 1e-9  # never below its start

@@ -51,6 +51,8 @@ class RankSettings(Section):
     samples: SampleSettings = SampleSettings()
     train: TrainSettings = TrainSettings()
     model: dict[str, Any] = Field(default_factory=dict, description="overrides for every preset, e.g. {embed_dim: 8}")
+    warm_start: bool = Field(False, description="a deep preset with a wide term starts from the trained LR (`warm_start`) "
+                             "and keeps that start when no valid check beats it")
 
 
 class RankResults(dict):
@@ -60,21 +62,55 @@ class RankResults(dict):
     def __init__(self, rows: dict, meta: dict):
         super().__init__(rows)
         self.meta = meta
+        self.lr_model = None  # the trained LR baseline, if one was trained or given
+
+
+def warm_start(model, lr_model) -> bool:
+    """Start `model` as the trained LR: LR's wide weights and bias copied in, the deep head's weights at 0.
+
+    The model's logit is then LR's (plus a small FM term of the random embeddings, if any); the deep
+    parts learn what LR leaves, and a step-0 valid check (`TrainSettings.check_start`) keeps LR's
+    ranking when no later check beats it. False, and nothing changed, for a model without a wide
+    term or with one of another shape.
+    """
+    wide, lr_wide = getattr(model, "wide", None), getattr(lr_model, "wide", None)
+    if wide is None or lr_wide is None or preset_of(model) == "lr":
+        return False
+    theirs, mine = lr_wide.state_dict(), wide.state_dict()
+    if set(theirs) != set(mine) or any(theirs[k].shape != mine[k].shape for k in mine):
+        return False
+    with torch.no_grad():
+        wide.load_state_dict(theirs)
+        model.bias.copy_(lr_model.bias)
+        if getattr(model, "head", None) is not None:
+            model.head.weight.zero_()
+    return True
+
+
+def preset_of(model) -> str | None:
+    """'lr' for a wide-only model, else None (the deep presets all have an embedding)."""
+    return "lr" if getattr(model, "embedding", 0) is None else None
 
 
 def fit_preset(preset: str, parts: dict[str, Samples], settings: RankSettings = RankSettings(), *,
-               out: str | Path | None = None, progress: Callable[[dict], None] | None = None):
+               out: str | Path | None = None, progress: Callable[[dict], None] | None = None, lr_model=None):
     """Seed, build and train one preset on prepared samples -> (model, TrainResult).
 
     With `out`, the folder gets everything serving needs: encoders.json/.npz (fitted on train),
     model.json (preset, model config, feature spec, valid AUC, calibration) and best.npz/best.json (weights).
     `progress` receives each valid check's history row (`TrainSettings.checks_per_epoch` in the first epoch, then fewer).
+    With `settings.warm_start`, a preset with a wide term starts from `lr_model` (LR trained here first when None).
     """
-    from homefeed.rank.model import build_model
+    from homefeed.rank.model import build_model, model_config
 
+    train_settings = settings.train if out is None else settings.train.model_copy(update={"checkpoint_dir": str(out)})
+    warm = settings.warm_start and preset != "lr" and model_config(preset, **settings.model).linear
+    if warm and lr_model is None:
+        lr_model, _ = fit_preset("lr", parts, settings.model_copy(update={"model": {}, "warm_start": False}))
     torch.manual_seed(settings.train.seed)
     model = build_model(parts["train"].spec, preset, **settings.model)
-    train_settings = settings.train if out is None else settings.train.model_copy(update={"checkpoint_dir": str(out)})
+    if warm and warm_start(model, lr_model):
+        train_settings = train_settings.model_copy(update={"check_start": True})
     fit = train(model, parts["train"], parts["valid"], train_settings, progress=progress)
     if out is not None:
         parts["train"].encoders.save(out)
@@ -100,11 +136,12 @@ def constant_row(parts: dict[str, Samples]) -> dict[str, float]:
     return {k: m[k] for k in METRICS} | {"train_rate": rate}
 
 
-def _trained_row(preset: str, parts: dict[str, Samples], settings: RankSettings, say: Callable[[str], None]) -> dict:
+def _trained_row(preset: str, parts: dict[str, Samples], settings: RankSettings, say: Callable[[str], None],
+                 lr_model=None) -> tuple[dict, Any]:
     say(f"train {preset}")
-    model, fit = fit_preset(preset, parts, settings, progress=lambda r: say(
+    model, fit = fit_preset(preset, parts, settings, lr_model=lr_model, progress=lambda r: say(
         f"train {preset}: epochs {r.get('epochs', r['epoch']):g} valid AUC {r['valid_auc']:.4f} logloss {r['valid_logloss']:.4f}"))
-    return score(model, parts["test"], settings.train) | {
+    return model, score(model, parts["test"], settings.train) | {
         "valid_auc": fit.best_valid_auc, "valid_logloss": fit.best_valid_logloss, "best_epoch": fit.best_epoch,
         "calibration_scale": fit.calibration[0], "train_s": fit.train_seconds, "samples_per_s": fit.samples_per_s}
 
@@ -114,7 +151,7 @@ def baseline_rows(parts: dict[str, Samples], settings: RankSettings = RankSettin
     """{"constant": ..., "lr": ...} on prepared samples; LR is trained with `settings.train` and no model overrides."""
     say = progress or (lambda text: None)
     lr_settings = settings.model_copy(update={"model": {}})
-    return {"constant": constant_row(parts), "lr": _trained_row("lr", parts, lr_settings, say)}
+    return {"constant": constant_row(parts), "lr": _trained_row("lr", parts, lr_settings, say)[1]}
 
 
 def check_baselines(rows: dict[str, dict], *, margin: float = AUC_MARGIN) -> list[str]:
@@ -138,8 +175,11 @@ def check_baselines(rows: dict[str, dict], *, margin: float = AUC_MARGIN) -> lis
 
 def evaluate_rank(dataset: Dataset, presets: list[str], settings: RankSettings = RankSettings(), *,
                   samples: dict[str, Samples] | None = None, progress: Callable[[str], None] | None = None,
-                  baselines: bool = True) -> RankResults:
-    """Train and test each preset on one set of samples; rows: the baselines (constant, lr), then `presets` in order."""
+                  baselines: bool = True, lr_model=None) -> RankResults:
+    """Train and test each preset on one set of samples; rows: the baselines (constant, lr), then `presets` in order.
+
+    The LR model trained here (or `lr_model`, reused when given) is `results.lr_model`: the warm start of the presets.
+    """
     from homefeed.rank.model import PRESETS
 
     unknown = [p for p in presets if p not in PRESETS]
@@ -150,12 +190,16 @@ def evaluate_rank(dataset: Dataset, presets: list[str], settings: RankSettings =
     parts = samples or build_all(dataset, settings.samples)
     build_s = time.perf_counter() - t0
     rows: dict[str, dict] = {}
+    lr_settings = settings.model_copy(update={"model": {}})
     if baselines:
         rows["constant"] = constant_row(parts)
-        if "lr" not in presets:
-            rows |= {"lr": baseline_rows(parts, settings, progress=say)["lr"]}
+    if "lr" in presets or baselines or (settings.warm_start and lr_model is None):
+        lr_model, rows["lr"] = _trained_row("lr", parts, lr_settings, say)  # the start of warm-started presets
     for preset in presets:
-        rows[preset] = _trained_row(preset, parts, settings, say)
+        if preset != "lr":
+            rows[preset] = _trained_row(preset, parts, settings, say, lr_model)[1]
+    if "lr" in rows and not baselines and "lr" not in presets:
+        del rows["lr"]
     if "lr" in rows:  # baselines first, whatever the order of `presets`
         rows = {name: rows[name] for name in [n for n in BASELINES if n in rows] + [n for n in rows if n not in BASELINES]}
     warnings = check_baselines(rows) if baselines else []
@@ -163,7 +207,9 @@ def evaluate_rank(dataset: Dataset, presets: list[str], settings: RankSettings =
     meta = {"protocol": test.protocol, "why": test.report.get("why"), "build_samples_s": build_s, "warnings": warnings,
             "samples": {p: {k: s.report.get(k) for k in ("rows", "positives", "ctr", "removed")} for p, s in parts.items()},
             "fields": {"sparse": len(test.spec.sparse), "dense": len(test.spec.dense), "max_len": test.spec.max_len}}
-    return RankResults(rows, meta)
+    results = RankResults(rows, meta)
+    results.lr_model = lr_model
+    return results
 
 
 def rank_table(results: RankResults, *, title: str | None = None):

@@ -88,6 +88,8 @@ class TrainSettings(Section):
     monitor: Literal["auc", "logloss"] = Field("auc", description="valid metric that picks the best epoch")
     calibrate: bool = Field(True, description="fit the logit's scale and shift on valid (Platt) after training")
     patience: int = Field(3, ge=1, description="epochs trained since the best monitored valid check before stopping")
+    check_start: bool = Field(False, description="also score valid before the first step: a warm-started model "
+                              "(`evaluate.fit_preset`) may already be the best one")
     checks_per_epoch: int = Field(4, ge=1, description="valid is scored this many times in the first epoch (evenly spaced "
                                   "steps), then fewer: checks_in_epoch")
     seed: int = 0
@@ -335,6 +337,19 @@ def _fit(model: nn.Module, train: Samples, valid: Samples, settings: TrainSettin
     steps_per_epoch = math.ceil(len(train) / batch_size)
     state = {"best": None, "stop": False}
     seen, t_train = 0, 0.0
+
+    def keep(row: dict) -> None:
+        best.history.append(row)
+        progress(row)
+        best.best_check, best.best_epoch = len(best.history) - 1, row["epochs"]
+        best.best_valid_auc, best.best_valid_logloss = row["valid_auc"], row["valid_logloss"]
+        state["best"] = copy.deepcopy(model.state_dict())
+        if settings.checkpoint_dir:
+            best.checkpoint = save_checkpoint(model, Path(settings.checkpoint_dir) / "best", meta=row)
+
+    if settings.check_start:  # the weights as given, before any step
+        keep({"epoch": 0, "epochs": 0.0, "loss": None, **_valid_metrics(model, valid, y_valid, settings),
+              "seconds": 0.0, "samples_per_s": 0.0})
     for epoch in range(settings.epochs):
         checks = check_steps(steps_per_epoch, checks_in_epoch(epoch, settings.checks_per_epoch))
         model.train()
@@ -356,17 +371,14 @@ def _fit(model: nn.Module, train: Samples, valid: Samples, settings: TrainSettin
             t_train, seen, done = t_train + seconds, seen + since, done + since
             row = {"epoch": epoch, "epochs": round(epoch + steps / steps_per_epoch, 4), "loss": total / steps,
                    **_valid_metrics(model, valid, y_valid, settings), "seconds": seconds, "samples_per_s": since / seconds}
-            best.history.append(row)
-            progress(row)
             if state["best"] is None or _better(row, best, settings.monitor):
-                best.best_check, best.best_epoch = len(best.history) - 1, row["epochs"]
-                best.best_valid_auc, best.best_valid_logloss = row["valid_auc"], row["valid_logloss"]
-                state["best"] = copy.deepcopy(model.state_dict())
-                if settings.checkpoint_dir:
-                    best.checkpoint = save_checkpoint(model, Path(settings.checkpoint_dir) / "best", meta=row)
-            elif row["epochs"] - best.best_epoch >= settings.patience - 1e-9:  # `patience` epochs since the kept check
-                state["stop"] = True
-                break
+                keep(row)
+            else:
+                best.history.append(row)
+                progress(row)
+                if row["epochs"] - best.best_epoch >= settings.patience - 1e-9:  # `patience` epochs since the kept check
+                    state["stop"] = True
+                    break
             model.train()
             t0 = time.perf_counter()
         if state["stop"]:
