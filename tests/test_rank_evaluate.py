@@ -142,7 +142,7 @@ def test_warm_start_begins_as_the_trained_lr_and_keeps_it_when_nothing_beats_it(
     assert warm_start(wdl, lr_model) and float(wdl.head.weight.detach().abs().sum()) == 0.0
     np.testing.assert_allclose(predict_logits(wdl, toy_parts["valid"]), predict_logits(lr_raw, toy_parts["valid"]), atol=1e-5)
     assert not warm_start(build_model(toy_parts["train"].spec, "din", **QUICK.model), lr_model)  # no wide term: untouched
-    frozen = QUICK.model_copy(update={"warm_start": True, "train": QUICK.train.model_copy(update={"lr": 1e-12})})
+    frozen = QUICK.model_copy(update={"train": QUICK.train.model_copy(update={"lr": 1e-12, "warm_start": True})})
     model, fit = fit_preset("wdl", toy_parts, frozen, lr_model=lr_model)
     assert fit.history[0]["epochs"] == 0.0 and fit.best_check == 0  # a learning rate that changes nothing: the start is kept
     assert fit.history[0]["valid_auc"] == pytest.approx(_auc_of(lr_raw, toy_parts["valid"]))  # the start ranks as LR does
@@ -157,7 +157,7 @@ def _auc_of(model, samples):
 
 
 def test_evaluate_rank_warm_starts_from_its_own_lr_baseline(toy_parts):
-    warm = QUICK.model_copy(update={"warm_start": True})
+    warm = QUICK.model_copy(update={"train": QUICK.train.model_copy(update={"warm_start": True})})
     results = evaluate_rank(None, ["deepfm", "din"], warm, samples=toy_parts)
     assert results.lr_model is not None and results.lr_model.embedding is None
     again = evaluate_rank(None, ["deepfm"], warm, samples=toy_parts, baselines=False, lr_model=results.lr_model)

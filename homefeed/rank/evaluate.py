@@ -51,8 +51,6 @@ class RankSettings(Section):
     samples: SampleSettings = SampleSettings()
     train: TrainSettings = TrainSettings()
     model: dict[str, Any] = Field(default_factory=dict, description="overrides for every preset, e.g. {embed_dim: 8}")
-    warm_start: bool = Field(False, description="a deep preset with a wide term starts from the trained LR (`warm_start`) "
-                             "and keeps that start when no valid check beats it")
 
 
 class RankResults(dict):
@@ -99,14 +97,14 @@ def fit_preset(preset: str, parts: dict[str, Samples], settings: RankSettings = 
     With `out`, the folder gets everything serving needs: encoders.json/.npz (fitted on train),
     model.json (preset, model config, feature spec, valid AUC, calibration) and best.npz/best.json (weights).
     `progress` receives each valid check's history row (`TrainSettings.checks_per_epoch` in the first epoch, then fewer).
-    With `settings.warm_start`, a preset with a wide term starts from `lr_model` (LR trained here first when None).
+    With `settings.train.warm_start`, a preset with a wide term starts from `lr_model` (LR trained here first when None).
     """
     from homefeed.rank.model import build_model, model_config
 
     train_settings = settings.train if out is None else settings.train.model_copy(update={"checkpoint_dir": str(out)})
-    warm = settings.warm_start and preset != "lr" and model_config(preset, **settings.model).linear
+    warm = settings.train.warm_start and preset != "lr" and model_config(preset, **settings.model).linear
     if warm and lr_model is None:
-        lr_model, _ = fit_preset("lr", parts, settings.model_copy(update={"model": {}, "warm_start": False}))
+        lr_model, _ = fit_preset("lr", parts, settings.model_copy(update={"model": {}}))
     torch.manual_seed(settings.train.seed)
     model = build_model(parts["train"].spec, preset, **settings.model)
     if warm and warm_start(model, lr_model):
@@ -193,7 +191,7 @@ def evaluate_rank(dataset: Dataset, presets: list[str], settings: RankSettings =
     lr_settings = settings.model_copy(update={"model": {}})
     if baselines:
         rows["constant"] = constant_row(parts)
-    if "lr" in presets or baselines or (settings.warm_start and lr_model is None):
+    if "lr" in presets or baselines or (settings.train.warm_start and lr_model is None):
         lr_model, rows["lr"] = _trained_row("lr", parts, lr_settings, say)  # the start of warm-started presets
     for preset in presets:
         if preset != "lr":

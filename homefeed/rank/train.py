@@ -88,6 +88,8 @@ class TrainSettings(Section):
     monitor: Literal["auc", "logloss"] = Field("auc", description="valid metric that picks the best epoch")
     calibrate: bool = Field(True, description="fit the logit's scale and shift on valid (Platt) after training")
     patience: int = Field(3, ge=1, description="epochs trained since the best monitored valid check before stopping")
+    warm_start: bool = Field(False, description="a deep preset with a wide term starts as the trained LR and keeps that "
+                             "start when no valid check beats it (`homefeed.rank.evaluate.fit_preset`)")
     check_start: bool = Field(False, description="also score valid before the first step: a warm-started model "
                               "(`evaluate.fit_preset`) may already be the best one")
     checks_per_epoch: int = Field(4, ge=1, description="valid is scored this many times in the first epoch (evenly spaced "
