@@ -64,10 +64,12 @@ class RankResults(dict):
 
 
 def warm_start(model, lr_model) -> bool:
-    """Start `model` as the trained LR: LR's wide weights and bias copied in, the deep head's weights at 0.
+    """Start `model` as the trained LR: LR's calibrated wide weights and bias copied in, the deep head's weights at 0.
 
-    The model's logit is then LR's (plus a small FM term of the random embeddings, if any); the deep
-    parts learn what LR leaves, and a step-0 valid check (`TrainSettings.check_start`) keeps LR's
+    LR's Platt scaling (a, b) is folded in (weights x a, bias a * bias + b), so the model's first
+    logit is LR's calibrated one (plus a small FM term of the random embeddings, if any): LR's own
+    logits are small when it stopped early, and the random FM term would drown them. The deep parts
+    then learn what LR leaves, and a step-0 valid check (`TrainSettings.check_start`) keeps LR's
     ranking when no later check beats it. False, and nothing changed, for a model without a wide
     term or with one of another shape.
     """
@@ -77,9 +79,10 @@ def warm_start(model, lr_model) -> bool:
     theirs, mine = lr_wide.state_dict(), wide.state_dict()
     if set(theirs) != set(mine) or any(theirs[k].shape != mine[k].shape for k in mine):
         return False
+    scale, shift = (float(v) for v in lr_model.calibration)
     with torch.no_grad():
-        wide.load_state_dict(theirs)
-        model.bias.copy_(lr_model.bias)
+        wide.load_state_dict({k: v * scale for k, v in theirs.items()})
+        model.bias.copy_(lr_model.bias * scale + shift)
         if getattr(model, "head", None) is not None:
             model.head.weight.zero_()
     return True
