@@ -74,9 +74,11 @@ def evaluate_log(name: str, dataset, presets: list[str], overrides: list[str], s
     so a run cut short still keeps the presets it finished."""
     from homefeed.config import load_config
     from homefeed.rank.evaluate import RankSettings, check_baselines, evaluate_rank
+    from homefeed.rank.part import RankPartSettings
     from homefeed.rank.samples import build_all
 
-    settings = RankSettings.from_section(load_config(overrides=overrides).rank) if overrides else RankSettings()
+    # the config's [rank] tables, as `homefeed evaluate rank` reads them (--set rank.train.KEY=V, rank.model={...})
+    settings = RankPartSettings.from_section(load_config(overrides=overrides).rank).rank_settings() if overrides else RankSettings()
     t0 = time.perf_counter()
     try:
         parts = build_all(dataset, settings.samples)
