@@ -254,12 +254,13 @@ def itemcf_table(events: pl.DataFrame, n_items: int, *, settings: ItemCFSettings
     left, right = normalizers(acts.pop, s)
     partner_w = acts.w / right[acts.item]  # pre-normalised, as implicit normalises its matrix
     slot_of, code_of = popularity_slots(acts.item, n_items)
-    act_slot, partner = slot_of[acts.item], np.arange(acts.item.size)
+    act_slot = partner_slot = slot_of[acts.item]
     if unique_pairs(s):  # a user meets each pair once, so their partners may be read in slot order (lo = user's first)
-        partner = partners_by_slot(item_ptr, by_item, lo, code_of)
+        partner_slot, partner_w = partners_by_slot(np.r_[np.flatnonzero(np.diff(lo, prepend=-1)), lo.size], act_slot,
+                                                   partner_w)
     table = kernels.run_rows(
         itemcf_rows, rows, cost, np.minimum(cost, n_items), s.top_n, n_items,  # how to run
-        item_ptr, by_item, acts.user[by_item], act_slot[partner], acts.w, partner_w[partner], acts.t,
+        item_ptr, by_item, acts.user[by_item], partner_slot, acts.w, partner_w, acts.t,
         lo, hi, iuf, 1.0 / left, slot_of, code_of, cat, cat[code_of], use_cat, gap_rate, unique_pairs(s),
         n_items)  # the kernel's inputs
     return table.discretize(s.levels) if s.levels else table
