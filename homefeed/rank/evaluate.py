@@ -18,6 +18,11 @@ than `AUC_MARGIN`; the flags are in `results.meta["warnings"]` and in each row's
     >>> print_table(rank_table(results)); results.meta["warnings"]                        # doctest: +SKIP
     []
 
+**Warm start** (`rank.train.warm_start`, off by default): a preset with a wide term starts as the
+trained LR (`warm_start`: LR's calibrated weights in its wide term, its deep head at zero) and its
+valid is also scored before the first step, so the kept check is never below LR's valid AUC; the
+deep parts learn what LR leaves. `evaluate_rank` reuses its LR baseline for it (`results.lr_model`).
+
 Public logs without an impression log (`homefeed ingest --format sequences|recbole|taobao`) use the
 DIN protocol automatically (see `samples`).
 """
