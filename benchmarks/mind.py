@@ -3,7 +3,8 @@
 With --real, for every log of `benchmarks/real_logs.py` present in ../shared/data (ingested and cached
 by that script's `load_log`; a missing log is skipped with the reason): `mind` (K = --interests) and
 `mind1` fitted on the training part (each stopping on its HitRate@50 on the validation part, where it also
-picks how its list serves the user's history: as scored, dropped or first, `recall/mind/history.py`),
+picks how its list serves the user's history: as scored, dropped or first, `recall/mind/history.py`, and
+how many interests a user of |I_u| behaviours gets, the shift of K'_u, `recall/mind/interests.py`),
 `popular` on the training part, and implicit's ALS (64 factors, the peer of `real_logs.py`) on train +
 valid (it has no use for a validation part, so it gets those events as training data). All are scored
 on the test part by `evaluate_recall`, HitRate@10/50, in both protocols ("keep": repeat items stay in
@@ -152,7 +153,8 @@ def real_log(ds, interests: int, *, pooled: bool = False) -> dict:
     fit_s["implicit_als"] = time.process_time() - t0
     minds = {n: c for n, c in fitted.items() if n.startswith("mind")}
     out = {"users": 0, "fit_cpu_s": fit_s, "best_epoch": {n: c.log_.get("best_epoch") for n, c in minds.items()},
-           "history": {n: {"picked": c.history_, "valid_hitrate": c.history_scores_} for n, c in minds.items()}}
+           "history": {n: {"picked": c.history_, "valid_hitrate": c.history_scores_} for n, c in minds.items()},
+           "interest_shift": {n: {"picked": c.served_shift(), "valid_hitrate": c.shift_scores_} for n, c in minds.items()}}
     for protocol, drop in {"keep": False, "drop": True}.items():
         r = evaluate_recall(ds, fitted, None, ks=(10, 50), exclude_seen=drop)
         out["users"] = r["setup"]["users"]
@@ -188,8 +190,9 @@ def real_logs_main(args) -> None:
             continue
         rows = {n: {f"{p}:{m}": r[p][n][m] for p in ("keep", "drop") for m in ("hitrate@10", "hitrate@50")} for n in r["keep"]}
         picked = {n: h["picked"] for n, h in r["history"].items()}
+        shift = {n: h["picked"] for n, h in r["interest_shift"].items()}
         print_table(metrics_table(rows, title=f"{name}: test HitRate, {r['users']} users; MIND stopped at epochs {r['best_epoch']}, "
-                                  f"history served {picked}", name_header="list", digits=3))
+                                  f"history served {picked}, interest shift {shift}", name_header="list", digits=3))
 
 
 def main() -> None:

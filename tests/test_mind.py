@@ -227,7 +227,7 @@ def test_interests_triggers_and_save_load(fitted_tiny, tmp_path):
     for s in states:
         vectors, triggers = rec.interests(s)
         n = int((state_behaviors(s, max_len=10) > 0).sum())
-        assert vectors.shape == (max(1, min(4, int(math.log2(max(n, 1))))), 16)
+        assert vectors.shape == (max(1, min(4, int(math.log2(max(n, 1))) - rec.served_shift())), 16)
         assert np.isin(triggers, s.items).all()  # the reason is one of the user's behaviours
         rows, interest = rec.recall_with_interests(s, 8)
         assert interest.shape == (len(rows),) and interest.max(initial=0) < len(vectors)

@@ -6,6 +6,7 @@
     samples.py   training sequences from events, the serving sequence, negative sampling
     train.py     the training loop, early stopping
     validate.py  the validation HitRate training stops on (a holdout when the dataset has no validation days)
+    interests.py the served K'_u (its shift picked on validation) and how the interests' lists merge
     channel.py   the `mind` and `mind1` (K = 1) Recallers
     export.py    TorchScript / ONNX user tower, checked against the eager one
     evaluate.py  MIND-K vs MIND-1 vs other channels: HitRate@K and category diversity

@@ -3,7 +3,8 @@
 fit: training events -> samples (`samples.py`) -> MIND trained with label-aware attention and sampled
 softmax (`model.py`, `train.py`) -> every item's vector from the item tower -> an inner-product ANN
 index (`recall.ann.AnnIndex`). recall: the user's behaviour list at request time (`UserState`) ->
-the user tower's K'_u interests in one forward pass -> each interest queries the index, and the lists
+the user tower's K'_u interests in one forward pass (K'_u's shift picked on the validation days: a log of
+short histories serves fewer, `interests.py`) -> each interest queries the index, and the lists
 are interleaved with a quota per interest in proportion to the behaviours it explains (`merge_interests`,
 "quota"; merged on raw scores, one interest took most slots), items the user bought are dropped, and
 the user's other history is served as the validation days said pays on this log (`history.py`: as
@@ -38,11 +39,12 @@ from homefeed.config import Section
 from homefeed.data.dataset import Dataset
 from homefeed.data.schema import BEHAVIORS
 from homefeed.data.user_state import UserState
-from homefeed.recall.ann import AnnIndex, search_candidates
+from homefeed.recall.ann import AnnIndex
 from homefeed.recall.base import Candidates, Recaller
 from homefeed.recall.graph.eges import SideInfo, side_information
 from homefeed.recall.mind import history
 from homefeed.recall.mind.export import check_torchscript, export_torchscript, load_torchscript, trace
+from homefeed.recall.mind.interests import InterestMerge, merge_interests, pick_shift
 from homefeed.recall.mind.model import MINDModel
 from homefeed.recall.mind.profile import ProfileVocab
 from homefeed.recall.mind.samples import NegativeSampler, build_sequences, check_behaviors, state_behaviors
@@ -51,7 +53,6 @@ from homefeed.recall.mind.validate import Validation, holdout_split
 from homefeed.threads import torch_threads
 
 log = logging.getLogger("homefeed.recall.mind")
-InterestMerge = Literal["max", "unit", "rank", "quota"]
 
 
 class ModelSettings(Section):
@@ -88,7 +89,17 @@ class ServeSettings(Section):
     history: Literal["auto", "score", "drop", "first", "recent"] = "auto"  # items the user acted on: ranked as scored,
     # dropped, first (by score) or first (newest first); "auto": the best on the validation days, picked at fit (`history.py`)
     interest_merge: InterestMerge = "quota"  # how the interests' lists become one (see `merge_interests`)
+    interest_shift: int | Literal["auto"] = "auto"  # served K'_u = max(1, min(K, floor(log2 |I_u|) - shift)); training
+    # routes with 0 (the paper); "auto": the best on the validation days, picked at fit (`interests.py`)
     threads: int | None = Field(1, ge=1)  # torch threads of the calling thread during one request's forward pass; None = as is
+
+
+    @field_validator("interest_shift")
+    @classmethod
+    def _shift(cls, v):
+        if v != "auto" and v < 0:
+            raise ValueError(f"interest_shift must be 'auto' or an integer >= 0, got {v}")
+        return v
 
 
 class MINDSettings(Section):
@@ -130,6 +141,7 @@ class MIND(Recaller):
         self.model_ = self.tower_ = self.profiles_ = self.vectors_ = self.index_ = None
         self.log_: dict = {}
         self.history_, self.history_scores_ = "score", {}  # the fitted "auto" history mode and its validation scores
+        self.shift_, self.shift_scores_ = 0, {}  # the fitted "auto" interest shift and its validation scores
 
     def _build(self, n_items: int, side_codes: np.ndarray, side_sizes: list[int], profile_sizes: list[int]) -> MINDModel:
         m = self.settings.model
@@ -180,14 +192,45 @@ class MIND(Recaller):
         settings = t if epochs is None else t.model_copy(update={"epochs": epochs})
         self.log_ = train_mind(self.model_, seqs, profiles, sampler, settings=settings, progress=progress, validate=validate,
                                parallel=parallel)
-        self.tower_ = trace(self.model_.user, *example_inputs(self.model_.user, self.profiles_.sizes))
         self._index()
-        if check is not None and self.settings.serve.history == "auto":
-            share = parallel if parallel is not None else Parallel()
-            self.history_, self.history_scores_ = history.pick(
-                lambda mode: share.score(lambda: check.score(self.with_serve(history=mode), tie_break=True)))
-            log.info("%s: history mode %s (validation HitRate@%d %s)", self.name, self.history_, check.k, self.history_scores_)
+        if check is not None:
+            self._pick(check, parallel if parallel is not None else Parallel())
+        self._serve_shift(self.model_, self.served_shift())
+        self.tower_ = trace(self.model_.user, *example_inputs(self.model_.user, self.profiles_.sizes))
         return self
+
+    def _pick(self, check: Validation, share: Parallel) -> None:
+        """The "auto" serve choices on the validation queries: the history mode, then the interest shift (with
+        K > 1), then the history mode again if the shift moved (the eager tower answers; traced afterwards)."""
+        s = self.settings.serve
+
+        def score(**serve) -> float:
+            return share.score(lambda: check.score(self.with_serve(**serve), tie_break=True))
+
+        def pick_history() -> None:
+            if s.history == "auto":
+                self.history_, self.history_scores_ = history.pick(lambda mode: score(history=mode))
+
+        pick_history()
+        shift = ""
+        if s.interest_shift == "auto" and self.settings.model.interests > 1:
+            self.shift_, self.shift_scores_ = pick_shift(lambda v: score(interest_shift=v), max_len=self.settings.model.max_len)
+            self._serve_shift(self.model_, self.shift_)
+            shift = f", interest shift {self.shift_} (validation HitRate@{check.k} {self.shift_scores_})"
+            if self.shift_ != 0:
+                pick_history()
+        if s.history == "auto" or shift:
+            log.info("%s: history mode %s (validation HitRate@%d %s)%s", self.name, self.history_, check.k,
+                     self.history_scores_, shift)
+
+    def served_shift(self) -> int:
+        """The shift of K'_u requests are served with: the setting, or the one picked at fit when "auto"."""
+        s = self.settings.serve.interest_shift
+        return self.shift_ if s == "auto" else int(s)
+
+    @staticmethod
+    def _serve_shift(model: MINDModel, shift: int) -> None:
+        model.user.routing.shift.fill_(float(shift))
 
     def _score(self, check: Validation) -> float:
         """The validation score of the model as it is now: its item vectors indexed, its tower answering."""
@@ -253,11 +296,16 @@ class MIND(Recaller):
         return 1.0 + np.bincount(best, minlength=len(vectors)).astype(np.float64)
 
     def with_serve(self, **changes) -> "MIND":
-        """A copy of this fitted channel with other serve settings (same model and index when the index spec is kept)."""
+        """A copy of this fitted channel with other serve settings (same model and index when the index spec is kept;
+        a copy of the model, its tower traced anew, when the interest shift changes)."""
         twin = copy.copy(self)
         twin.settings = self.settings.model_copy(update={"serve": ServeSettings(**{**self.settings.serve.model_dump(), **changes})})
         if {"ann_spec", "ann_params"} & set(changes) and self.vectors_ is not None:
             twin._index()
+        if self.model_ is not None and twin.served_shift() != int(self.model_.user.routing.shift):
+            twin.model_ = copy.deepcopy(self.model_)
+            self._serve_shift(twin.model_, twin.served_shift())
+            twin.tower_ = trace(twin.model_.user, *example_inputs(twin.model_.user, self.profiles_.sizes))
         return twin
 
     def recall(self, state: UserState, k: int) -> Candidates:
@@ -273,7 +321,8 @@ class MIND(Recaller):
         items = self.model_.items
         meta = {"n_items": int(items.ids.weight.shape[0]), "side_sizes": [int(t.weight.shape[0]) for t in items.sides],
                 "profile": json.loads(self.profiles_.to_json()), "log": self.log_,
-                "history": self.history_, "history_scores": self.history_scores_}
+                "history": self.history_, "history_scores": self.history_scores_,
+                "interest_shift": self.shift_, "interest_shift_scores": self.shift_scores_}
         (path / "meta.json").write_text(json.dumps(meta, indent=1))
         with open(path / "model.npz", "wb") as f:
             np.savez(f, **{k: v.detach().numpy() for k, v in self.model_.state_dict().items()})
@@ -293,6 +342,7 @@ class MIND(Recaller):
         rec.profiles_ = ProfileVocab.from_json(json.dumps(meta["profile"]))
         with np.load(path / "model.npz", allow_pickle=False) as z:
             state = {k: torch.from_numpy(z[k]) for k in z.files}
+        state.setdefault("user.routing.shift", torch.zeros(()))  # saved before the served shift existed: the paper's K'_u
         rec.model_ = rec._build(meta["n_items"], state["items.codes"].numpy(), meta["side_sizes"], rec.profiles_.sizes)
         rec.model_.load_state_dict(state)
         rec.model_.eval()
@@ -303,6 +353,7 @@ class MIND(Recaller):
         rec.index_ = AnnIndex.load(path / "index")
         rec.log_ = meta.get("log", {})
         rec.history_, rec.history_scores_ = meta.get("history", "score"), meta.get("history_scores", {})
+        rec.shift_, rec.shift_scores_ = meta.get("interest_shift", 0), meta.get("interest_shift_scores", {})
         return rec
 
 
@@ -311,47 +362,6 @@ class MIND1(MIND):
 
     name = "mind1"
     Settings = MIND1Settings
-
-
-def merge_interests(index: AnnIndex, vectors: np.ndarray, k: int, *, channel: str, exclude: np.ndarray | None,
-                    how: InterestMerge = "max", weights: np.ndarray | None = None) -> Candidates:
-    """One list from K'_u interest queries (K'_u, D): every interest searches the index, then
-        "max"   an item's score is its best inner product with any interest (the paper); one interest with
-                larger scores (a long vector, a popular region) can take every slot
-        "unit"  the same with each interest scaled to unit length, so a long vector cannot fill the list alone
-        "rank"  an item's score is 1 / (1 + its best rank in any interest's own list): the lists interleaved
-        "quota" each interest j gets a share of the list proportional to weights[j] (default: equal): the item at
-                rank r of j's own list scores weights[j] / (r + 1/2) (Sainte-Lague), its best over the interests.
-                `MIND` passes 1 + the behaviours each interest explains, so a main interest gets most slots and
-                a minor one still gets its share at every depth
-    """
-    if how == "unit":
-        norms = np.linalg.norm(vectors, axis=1)
-        return search_candidates(index, vectors, k, channel=channel, exclude=exclude,
-                                 query_weights=1.0 / np.maximum(norms, 1e-12))
-    if how == "max":
-        return search_candidates(index, vectors, k, channel=channel, exclude=exclude)
-    if how not in ("rank", "quota"):
-        raise ValueError(f"unknown interest merge {how!r}; valid: max, unit, rank, quota")
-    exclude = np.zeros(0, np.int64) if exclude is None else np.asarray(exclude, np.int64)
-    if k <= 0 or len(vectors) == 0:
-        return Candidates.empty(channel)
-    if how == "rank":
-        weights = np.ones(len(vectors))
-    else:
-        weights = np.ones(len(vectors)) if weights is None else np.asarray(weights, np.float64)
-        if weights.shape != (len(vectors),) or not np.all(np.isfinite(weights)) or np.any(weights < 0) or weights.sum() <= 0:
-            raise ValueError(f"quota weights must be {len(vectors)} finite non-negative numbers, not all 0; got {weights}")
-    scores, items = index.search(vectors, min(k + exclude.size + 1, max(len(index), 1)))  # (K', k') each
-    keep = (items > 0) & np.isfinite(scores) & ~np.isin(items, exclude)
-    rank = np.cumsum(keep, axis=1) - 1  # (K', k'): rank among the interest's kept items
-    rank = rank[keep]
-    scores = 1.0 / (1.0 + rank) if how == "rank" else weights[np.nonzero(keep)[0]] / (rank + 0.5)
-    items = items[keep]
-    order = np.lexsort((-scores, items))  # by item, best first
-    items, scores = items[order], scores[order]
-    first = np.r_[True, items[1:] != items[:-1]]
-    return Candidates.top(items[first], scores[first].astype(np.float32), k, channel)
 
 
 def informative_sides(side: SideInfo) -> SideInfo:

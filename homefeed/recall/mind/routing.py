@@ -5,7 +5,11 @@ borrows capsule routing (Sabour et al., NIPS 2017) with three changes: one bilin
 every (behaviour, interest) pair, routing logits initialised at random instead of zero (with a shared S
 and zero logits every capsule would stay identical), and a per-user number of interests
 
-    K'_u = max(1, min(K, floor(log2 |I_u|)))                 (|I_u| the user's behaviours)
+    K'_u = max(1, min(K, floor(log2 |I_u|) - shift))         (|I_u| the user's behaviours; the paper: shift 0)
+
+`shift` is a buffer (0 while training): the channel picks the served one on the validation days
+(`channel.MIND`), so a log of short histories (Amazon reviews, 5-10 items a user) can serve one interest
+to a user whose few behaviours the paper's rule would split two or three ways.
 
 For behaviour embeddings e_i (i = 1..L) and interests j = 1..K'_u, Algorithm 1 of the paper:
 
@@ -38,10 +42,10 @@ from torch import Tensor, nn
 EPS = 1e-9
 
 
-def interest_count(n_behaviors: Tensor, max_interests: int) -> Tensor:
-    """K'_u = max(1, min(K, floor(log2 n))) for (B,) behaviour counts; (B,) int64. n = 0 gives 1."""
+def interest_count(n_behaviors: Tensor, max_interests: int, shift: Tensor | float = 0.0) -> Tensor:
+    """K'_u = max(1, min(K, floor(log2 n) - shift)) for (B,) behaviour counts; (B,) int64. n = 0 gives 1."""
     n = n_behaviors.to(torch.float32).clamp(min=1.0)
-    return torch.floor(torch.log2(n)).clamp(min=1.0, max=float(max_interests)).to(torch.int64)
+    return (torch.floor(torch.log2(n)) - shift).clamp(min=1.0, max=float(max_interests)).to(torch.int64)
 
 
 def squash(z: Tensor) -> Tensor:
@@ -73,6 +77,7 @@ class CapsuleRouting(nn.Module):
         nn.init.normal_(self.bilinear.weight, std=dim ** -0.5)
         gen = torch.Generator().manual_seed(seed)
         self.register_buffer("serve_logits", sigma * torch.randn(max_len, max_interests, generator=gen))  # (L_max, K)
+        self.register_buffer("shift", torch.zeros(()))  # of K'_u; a tensor, so a traced tower reads the value it holds
 
     def draw_logits(self, batch: int, length: int, generator: torch.Generator | None = None) -> Tensor:
         """(B, L, K) fresh N(0, sigma^2) starting logits (from `generator`, else the global one)."""
@@ -100,7 +105,7 @@ class CapsuleRouting(nn.Module):
         """
         batch, length, _ = behaviors.shape
         hat = self.bilinear(behaviors)  # (B, L, D_out): S e_i
-        k_u = interest_count(real.sum(1), self.max_interests)  # (B,)
+        k_u = interest_count(real.sum(1), self.max_interests, self.shift)  # (B,)
         mask = torch.arange(self.max_interests, device=behaviors.device).unsqueeze(0) < k_u.unsqueeze(1)  # (B, K)
         closed = torch.where(mask, 0.0, float("-inf")).unsqueeze(1)  # (B, 1, K)
         keep = real.unsqueeze(2).to(hat.dtype)  # (B, L, 1)
