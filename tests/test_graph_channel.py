@@ -76,7 +76,7 @@ def test_eges_gives_cold_items_vectors_and_neighbours_deepwalk_cannot(tiny, fitt
 def test_context_similarity_ranks_by_h_dot_z(fitted):
     rec = fitted["eges"]
     item = int(np.flatnonzero(rec.warm_ & (rec.norms_ > 0))[5])
-    scores = (rec.vectors_[item] * rec.norms_[item]) @ rec.context_.T
+    scores = rec.centre_[item] @ rec.context_.T
     scores[[0, item]] = -np.inf
     scores[~rec.warm_] = -np.inf
     expected = np.argsort(-scores, kind="stable")[:10]
@@ -94,7 +94,7 @@ def test_save_load_round_trip(tmp_path, tiny, fitted):
     rec = fitted["eges"]
     rec.save(tmp_path / "eges")
     back = EGES.load(tmp_path / "eges")
-    for name in ("vectors_", "norms_", "context_", "warm_"):
+    for name in ("vectors_", "norms_", "context_", "warm_", "centre_"):
         np.testing.assert_array_equal(getattr(back, name), getattr(rec, name))
     np.testing.assert_array_equal(back.table_.neighbors, rec.table_.neighbors)
     assert back.settings == rec.settings

@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from graph_fixtures import nearest_same_share, planted
+from homefeed.recall.ann import normalize
 from homefeed.recall.graph.eges import EGESModel, SideInfo
 from homefeed.recall.graph.embed import embed_graph
 from homefeed.recall.graph.skipgram import TrainSettings, keep_probability, unigram_table, window_contexts
@@ -59,10 +60,9 @@ def test_cold_start_vectors_come_from_side_information(world):
     emb = embed_graph(graph, side, mode="eges", walks=WALKS, train=TRAIN)
     cold = np.flatnonzero(~emb.warm)[1:]  # item 0 is the unknown item
     assert cold.size == 12
-    expected = emb.model.side_only(cold, emb.warm)
-    expected /= np.linalg.norm(expected, axis=1, keepdims=True)
-    np.testing.assert_allclose(emb.vectors[cold], expected, atol=1e-5)
+    np.testing.assert_allclose(emb.centre[cold], emb.model.side_only(cold, emb.warm), atol=1e-6)
     assert nearest_same_share(emb.vectors, comm, cold, np.flatnonzero(emb.warm)) >= 0.9
+    assert nearest_same_share(normalize(emb.centre), comm, cold, np.flatnonzero(emb.warm)) >= 0.9
     # DeepWalk has nothing to go on for them
     dw = embed_graph(graph, side, mode="deepwalk", walks=WALKS, train=TRAIN)
     assert not np.any(dw.vectors[cold]) and not np.any(dw.vectors[0])
@@ -129,12 +129,12 @@ def test_training_is_deterministic(world):
 
 
 def test_pair_scores_by_cosine_and_by_skipgram_context(world):
-    """cosine = the unit centre vectors' dot product; context = H_a . z_b + H_b . z_a (symmetric), and it ranks
+    """cosine = the unit similarity vectors' dot product; context = H_a . z_b + H_b . z_a (symmetric), and it ranks
     pairs inside a planted community above pairs across."""
     graph, comm, side = world
     emb = embed_graph(graph, side, mode="deepwalk", walks=WALKS, train=TRAIN)
     pairs = np.array([[1, 2], [2, 1], [1, 30], [5, 65]])
-    h, z = emb.vectors * emb.norms[:, None], emb.context()
+    h, z = emb.centre, emb.context()
     np.testing.assert_allclose(emb.pair_scores(pairs), [emb.vectors[a] @ emb.vectors[b] for a, b in pairs], rtol=1e-5)
     ctx = emb.pair_scores(pairs, "context")
     np.testing.assert_allclose(ctx, [h[a] @ z[b] + h[b] @ z[a] for a, b in pairs], rtol=1e-4, atol=1e-5)
@@ -160,3 +160,56 @@ def test_information_gain_start_trusts_the_informative_field(world):
     w = emb.model.field_weights(warm)  # id, brand, noise
     assert w[:, 1].mean() > 0.1 and w[:, 2].mean() < 0.01, w.mean(0)
     assert nearest_same_share(emb.vectors, comm, warm, warm) >= 0.9
+
+
+def test_similarity_vectors_are_centre_plus_context_for_warm_items(world):
+    """vectors="sum": a warm item's vector is H + z (unit), a cold one's H plus its side values' mean z; "centre": H;
+    both runs train the same tables (same seed), so only the read-out differs."""
+    graph, _, side = world
+    cold = 77
+    sub = graph.subgraph(np.arange(graph.n_nodes) != cold)
+    both = embed_graph(sub, side, mode="eges", walks=WALKS, train=TRAIN)
+    plain = embed_graph(sub, side, mode="eges", walks=WALKS, train=TRAIN, vectors="centre")
+    np.testing.assert_array_equal(both.centre, plain.centre)
+    warm = np.flatnonzero(both.warm)
+    assert cold not in warm and warm.size > 50
+    raw = both.centre[warm] + both.context()[warm]
+    np.testing.assert_allclose(both.vectors[warm], raw / np.linalg.norm(raw, axis=1, keepdims=True), rtol=1e-4, atol=1e-6)
+    np.testing.assert_allclose(both.norms[warm], np.linalg.norm(raw, axis=1), rtol=1e-4)
+    # a cold item has no z: it borrows the mean z of the warm items sharing each side value, mixed like its H
+    z, codes = both.context(), side.codes
+    beta = both.model.side_weights(np.array([cold]), both.warm)[0]
+    borrowed = sum(b * z[warm[codes[warm, j] == codes[cold, j]]].mean(0) for j, b in enumerate(beta)) / beta.sum()
+    expected = plain.centre[cold] + borrowed
+    np.testing.assert_allclose(both.vectors[cold], expected / np.linalg.norm(expected), rtol=1e-4, atol=1e-6)
+    np.testing.assert_allclose(plain.vectors * plain.norms[:, None], plain.centre, rtol=1e-4, atol=1e-6)
+    assert not np.allclose(both.vectors[warm], plain.vectors[warm], atol=1e-3)
+    with pytest.raises(ValueError, match="vectors"):
+        embed_graph(sub, side, mode="eges", walks=WALKS, train=TRAIN, vectors="context")
+
+
+def test_side_start_is_picked_on_held_out_training_edges(world):
+    """side_start="validation": both starts are scored on edges held out of the given graph, the better one trains
+    the real model (the same vectors as training with it directly), and the report says which and why."""
+    from homefeed.recall.graph.side_start import pick_side_start
+
+    graph, _, side = world
+    picked, report = pick_side_start(graph, side, walks=WALKS, train=TRAIN)
+    assert set(report) == {"kappa", "information", "picked", "validation_edges"}
+    assert report["validation_edges"] > 50 and all(0.5 < report[k] <= 1.0 for k in ("kappa", "information"))
+    best = max(("kappa", "information"), key=lambda k: report[k])
+    assert report["picked"] == best == picked.side_measure
+    assert picked.side_prior == (TRAIN.side_prior if best == "kappa" else 5 * TRAIN.side_prior)
+    auto = embed_graph(graph, side, mode="eges", walks=WALKS, train=TRAIN)
+    direct = embed_graph(graph, side, mode="eges", walks=WALKS, train=picked, side_start="settings")
+    assert auto.log["side_start"] == report and "side_start" not in direct.log
+    np.testing.assert_array_equal(auto.vectors, direct.vectors)
+    # nothing to pick: the paper's equal start, or a forest (no edge can go with its ends still connected)
+    assert pick_side_start(graph, side, walks=WALKS, train=TRAIN.model_copy(update={"side_prior": 0.0}))[1]["picked"] == "equal"
+    from homefeed.recall.graph.graph import ItemGraph
+
+    path = ItemGraph.from_edges(np.arange(1, 40), np.arange(2, 41), np.ones(39), graph.n_nodes, undirected=True)
+    kept, why = pick_side_start(path, side, walks=WALKS, train=TRAIN)
+    assert kept == TRAIN and why == {"picked": "kappa", "validation_edges": 0}
+    with pytest.raises(ValueError, match="side_start"):
+        embed_graph(graph, side, mode="eges", walks=WALKS, train=TRAIN, side_start="test")

@@ -199,7 +199,8 @@ def link_prediction(graph: ItemGraph, side: SideInfo | None, *, settings: EGESSe
         if partition is not None and partition.parts > 1:
             runs[f"{method}_p{partition.parts}"] = partition
         for name, part in runs.items():
-            emb = embed_graph(train_graph, side, mode=method, walks=s.walks, train=s.train, partition=part)
+            emb = embed_graph(train_graph, side, mode=method, walks=s.walks, train=s.train, partition=part,
+                              vectors=s.vectors, side_start=s.side_start)
             out[name] = pair_auc(emb.vectors, pairs, labels)
             context[name] = auc(labels, emb.pair_scores(pairs, "context"))
     return {"auc": out, "auc_context": context, "pairs": int(labels.sum())}

@@ -9,8 +9,9 @@ Which items are "best" for item i (`similarity`):
   vectors; their length carries j's popularity), stored as sigmoid(h_i . z_j). On the small synthetic shop this doubles HitRate@50
   over cosine (0.43 vs 0.21), so it is the default. Only items seen in walks have a z, so only they
   are candidates; every item with a vector (cold ones too) gets a row as a trigger.
-- "cosine": the largest cos(H_i, H_j), the paper's item similarity: symmetric, popularity-blind,
-  long-tail heavy, and able to list cold items (side-information vectors) as candidates.
+- "cosine": the largest cosine of the items' similarity vectors (H + z for warm items, `embed.py`; the
+  paper's cos(H_i, H_j) with `vectors="centre"`): symmetric, popularity-blind, long-tail heavy, and able
+  to list cold items (side-information vectors) as candidates.
 
 The EGES channel also has vectors for items nobody has clicked yet, from side information alone
 (`eges.py`): a new item of a known brand and category gets neighbours from day one.
@@ -51,7 +52,8 @@ class DeepWalkSettings(Section):
     ann_spec: str = "auto"  # faiss factory string ("Flat", "HNSW32", "IVF1024,Flat") or "auto"
     ann_params: str = ""  # faiss search parameters, e.g. "efSearch=128"
     top_n: int = Field(100, ge=1)  # neighbours kept per item in the i2i table
-    similarity: Literal["context", "cosine"] = "context"  # h_i . z_j (skip-gram's own score) or cos(H_i, H_j)
+    similarity: Literal["context", "cosine"] = "context"  # h_i . z_j (skip-gram's own score) or cosine of `vectors`
+    vectors: Literal["sum", "centre"] = "sum"  # what the cosine compares: H + z of warm items, or H alone (the paper's)
     triggers: TriggerSettings = TriggerSettings()
 
 
@@ -61,6 +63,9 @@ class EGESSettings(DeepWalkSettings):
     mode: Literal["eges", "ges"] = "eges"  # learned per-item weights, or equal weights
     side_fields: list[str] | None = None  # items columns used; None = leaf, standard category (if any), brand, shop, price band
     price_bands: int = Field(5, ge=1)  # equal-frequency price bands within each leaf category
+    # how EGES's mix starts: "validation" picks kappa or information gain on held-out edges of the training graph
+    # (`side_start.py`), "settings" uses train.side_measure and train.side_prior as given
+    side_start: Literal["validation", "settings"] = "validation"
 
 
 class DeepWalk(I2IRecaller):
@@ -68,8 +73,9 @@ class DeepWalk(I2IRecaller):
 
     Attributes (after fit or load):
         table_: I2ITable of each item's best items (see `similarity`).
-        vectors_: (n_items, D) float32 unit centre vectors H / |H|; zero rows have none.
-        norms_: (n_items,) float32 |H| (0 = no vector).
+        vectors_: (n_items, D) float32 unit similarity vectors (`Embedding.vectors`); zero rows have none.
+        norms_: (n_items,) float32 their length before normalising (0 = no vector).
+        centre_: (n_items, D) float32 raw centre vectors H (skip-gram's score is H . z).
         context_: (n_items, D) float32 context vectors z (zero rows: never in a walk).
         warm_: (n_items,) bool items that were in the training walks.
         log_: training counters (walk steps, pairs, words/s, loss per epoch).
@@ -78,11 +84,11 @@ class DeepWalk(I2IRecaller):
     name = "deepwalk"
     Settings = DeepWalkSettings
     mode: Mode = "deepwalk"
-    ARRAYS = ("vectors_", "norms_", "context_", "warm_")
+    ARRAYS = ("vectors_", "norms_", "context_", "warm_", "centre_")
 
     def __init__(self, *, settings: Section | None = None):
         super().__init__(settings=settings)
-        self.vectors_ = self.norms_ = self.context_ = self.warm_ = None
+        self.vectors_ = self.norms_ = self.context_ = self.warm_ = self.centre_ = None
         self.log_: dict = {}
 
     def _side(self, dataset: Dataset):
@@ -94,7 +100,7 @@ class DeepWalk(I2IRecaller):
         s = self.settings
         graph = build_graph(dataset.events_in("train"), dataset.n_items, settings=s.graph)
         return embed_graph(graph, self._side(dataset), mode=self.mode, walks=s.walks, train=s.train, partition=s.partition,
-                           shard=shard)
+                           shard=shard, vectors=s.vectors, side_start=getattr(s, "side_start", "settings"))
 
     def fit(self, dataset: Dataset) -> "DeepWalk":
         return self.fit_embedding(self.embed(dataset))
@@ -102,6 +108,7 @@ class DeepWalk(I2IRecaller):
     def fit_embedding(self, emb: Embedding) -> "DeepWalk":
         """Keep the trained vectors of `emb` and build the i2i table from them (what `fit` does after training)."""
         self.vectors_, self.norms_, self.warm_, self.log_ = emb.vectors, emb.norms, emb.warm, emb.log
+        self.centre_ = emb.centre
         self.context_ = emb.context().copy()
         self.context_[~emb.warm] = 0.0
         self.table_ = self.build_table()
@@ -118,7 +125,7 @@ class DeepWalk(I2IRecaller):
         return AnnIndex.build(self.vectors_[ids], ids=ids, spec=self.settings.ann_spec, params=self.settings.ann_params)
 
     def context_index(self) -> AnnIndex:
-        """The ANN index over the context vectors z of warm items: query with raw H for skip-gram scores h . z."""
+        """The ANN index over the context vectors z of warm items: query with `centre_` H for skip-gram scores h . z."""
         self._fitted()
         ids = np.flatnonzero(self.warm_ & (self.norms_ > 0))
         ids = ids[ids > 0]
@@ -130,7 +137,7 @@ class DeepWalk(I2IRecaller):
         if self.settings.similarity == "cosine":
             index, x = self.index(), self.vectors_[queries]
         else:
-            index, x = self.context_index(), self.vectors_[queries] * self.norms_[queries, None]
+            index, x = self.context_index(), self.centre_[queries]
         return i2i_table(index, x, queries, self.vectors_.shape[0], top_n=self.settings.top_n,
                          sigmoid=self.settings.similarity == "context")
 
@@ -154,6 +161,9 @@ class DeepWalk(I2IRecaller):
             raise FileNotFoundError(f"{path} holds no item vectors (vectors.npz); save a fitted {cls.__name__} there")
         with np.load(Path(path) / "vectors.npz", allow_pickle=False) as z:
             for a in cls.ARRAYS:
+                if a.rstrip("_") not in z.files and a == "centre_":  # saved before H + z: vectors were H itself
+                    rec.centre_ = z["vectors"] * z["norms"][:, None]
+                    continue
                 setattr(rec, a, z[a.rstrip("_")])
         return rec
 

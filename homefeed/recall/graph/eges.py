@@ -25,7 +25,8 @@ misses how specific a value is: on Toys a leaf category of ~12 items (gain .16) 
 genre of hundreds of films (gain .01) have the same kappa (.09, .08), yet only the first helps (GES
 .762 vs DeepWalk .751 on Toys, .706 vs .765 on MovieLens). 25 x gain gives EGES .764 on Toys and
 .765 on MovieLens, but on Taobao (gain ~1, one or two neighbours an item) nearly all of the mix goes
-to the leaf and cosine AUC falls (.948 -> .927 on the tail), so it is not the default.
+to the leaf and cosine AUC falls (.948 -> .927 on the tail). Neither suits every log, so by default
+`side_start.py` picks one per graph on held-out edges of the training graph itself.
 
 A cold-start item (never in a walk) has no trained id vector, so its vector comes from side
 information alone: sum_{j>=1} beta_j W^j[s_j(v)], with beta the softmax of the warm items' mean side
@@ -272,14 +273,20 @@ class EGESModel:
         idx = torch.as_tensor(np.asarray(items), dtype=torch.int64)
         if self.mode == "deepwalk" or not self.sides:
             return np.zeros((idx.numel(), self.dim), np.float32)
+        beta = torch.from_numpy(self.side_weights(items, warm))
+        parts = torch.stack([t[self.codes[idx, j]] for j, t in enumerate(self.sides)], 1)  # (B, m, D)
+        return (beta[:, :, None] * parts).sum(1).numpy()
+
+    def side_weights(self, items: np.ndarray, warm: np.ndarray | None = None) -> np.ndarray:
+        """(len(items), m) float32 field weights of `side_only`: the softmax of the warm items' mean side logits
+        (eges) or equal (ges), renormalised over each item's known fields (all 0 for an item with none)."""
+        idx = torch.as_tensor(np.asarray(items), dtype=torch.int64)
         if self.mode == "eges" and warm is not None and warm.any():
             beta = torch.softmax(self.attention[torch.from_numpy(np.flatnonzero(warm)), 1:].mean(0), 0)
         else:
-            beta = torch.full((len(self.sides),), 1.0 / len(self.sides))
+            beta = torch.full((len(self.sides),), 1.0 / max(len(self.sides), 1))
         beta = beta[None, :] * self.known[idx].float()  # (B, m)
-        beta = beta / beta.sum(1, keepdim=True).clamp(min=1e-12)
-        parts = torch.stack([t[self.codes[idx, j]] for j, t in enumerate(self.sides)], 1)  # (B, m, D)
-        return (beta[:, :, None] * parts).sum(1).numpy()
+        return (beta / beta.sum(1, keepdim=True).clamp(min=1e-12)).numpy()
 
     @torch.no_grad()
     def item_vectors(self, warm: np.ndarray | None = None) -> np.ndarray:
