@@ -92,3 +92,22 @@ def test_a_fixed_shift_is_served_and_one_interest_is_not_shifted():
     assert one.served_shift() == 0 and one.shift_scores_ == {}
     with pytest.raises(ValueError, match="interest_shift"):
         MINDSettings(serve={"interest_shift": -1})
+
+
+def test_early_stopping_can_weigh_the_lists_head():
+    from homefeed.recall.popular import Popular
+
+    ds = tiny_dataset()
+    check = Validation.of(ds, max_users=100, k=5)
+    pop = Popular().fit(ds)
+    hit = {k: np.mean([np.isin(rel, pop.recall(s, k).items).any() for s, rel in zip(check.states, check.relevant)]) for k in (1, 5)}
+    assert check.score(pop) == pytest.approx(hit[5]) and check.score(pop, head_weight=1.0) == pytest.approx(hit[1])
+    assert check.score(pop, head_weight=0.25) == pytest.approx(0.75 * hit[5] + 0.25 * hit[1])
+    with pytest.raises(ValueError, match="head_weight"):
+        check.score(pop, head_weight=2.0)
+    rec = MIND(settings=MINDSettings(**{**FAST, "train": {**FAST["train"], "epochs": 2, "valid_head_weight": 1.0}}))
+    rec.fit(ds)  # one check, after the last epoch, with the history as scored and the paper's K'_u
+    trained = Validation.of(ds, max_users=2000, k=50)
+    as_trained = rec.with_serve(history="score", interest_shift=0)
+    assert rec.log_["valid_epochs"] == [2]
+    assert rec.log_["valid"][0] == pytest.approx(trained.score(as_trained, head_weight=1.0), abs=1e-9)

@@ -235,7 +235,7 @@ class MIND(Recaller):
     def _score(self, check: Validation) -> float:
         """The validation score of the model as it is now: its item vectors indexed, its tower answering."""
         self._index()
-        return check.score(self)
+        return check.score(self, head_weight=self.settings.train.valid_head_weight)
 
     def _index(self) -> None:
         self.vectors_ = self.model_.item_vectors()

@@ -50,15 +50,19 @@ class Validation:
             keep = np.sort(np.random.default_rng(seed).choice(keep, max_users, replace=False)).tolist()
         return cls([states[i] for i in keep], [relevant[i] for i in keep], k)
 
-    def score(self, channel, *, tie_break: bool = False) -> float:
-        """HitRate@k of `channel.recall_batch` over the queries; with `tie_break`, plus 1e-6 x HitRate@max(1, k // 5),
-        so two lists equal at k are told apart by their heads (the term is below one user's share of up to 1M users)."""
+    def score(self, channel, *, tie_break: bool = False, head_weight: float = 0.0) -> float:
+        """(1 - head_weight) HitRate@k + head_weight HitRate@max(1, k // 5) of `channel.recall_batch` over the queries
+        (default: HitRate@k alone); with `tie_break`, plus 1e-6 x HitRate@max(1, k // 5), so two lists equal at k are
+        told apart by their heads (the term is below one user's share of up to 1M users)."""
         from homefeed.recall.evaluate import as_matrix
 
+        if not 0.0 <= head_weight <= 1.0:
+            raise ValueError(f"head_weight must be in [0, 1], got {head_weight}")
         lists = as_matrix(channel.recall_batch(self.states, self.k), self.k)
         head = max(1, self.k // 5)
         got = topk_metrics(lists, self.relevant, tuple(sorted({self.k, head})))
-        return float(got[f"hitrate@{self.k}"]) + (1e-6 * float(got[f"hitrate@{head}"]) if tie_break else 0.0)
+        at_k, at_head = float(got[f"hitrate@{self.k}"]), float(got[f"hitrate@{head}"])
+        return (1.0 - head_weight) * at_k + head_weight * at_head + (1e-6 * at_head if tie_break else 0.0)
 
 
 def holdout_split(dataset: Dataset, share: float) -> Dataset | None:
