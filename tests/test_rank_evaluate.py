@@ -139,6 +139,10 @@ def test_warm_start_begins_as_the_trained_lr_and_keeps_it_when_nothing_beats_it(
     # the start is LR's calibrated logit, with wdl's own calibration at identity
     np.testing.assert_allclose(predict_logits(wdl, toy_parts["valid"]), predict_logits(lr_model, toy_parts["valid"]), atol=1e-4)
     assert not warm_start(build_model(toy_parts["train"].spec, "din", **QUICK.model), lr_model)  # no wide term: untouched
+    deepfm = build_model(toy_parts["train"].spec, "deepfm", **QUICK.model)  # an FM term of random embeddings: kept tiny
+    assert warm_start(deepfm, lr_model)
+    gap = np.abs(predict_logits(deepfm, toy_parts["valid"]) - predict_logits(lr_model, toy_parts["valid"]))
+    assert gap.max() < 0.01 * np.ptp(predict_logits(lr_model, toy_parts["valid"]))
     frozen = QUICK.model_copy(update={"train": QUICK.train.model_copy(update={"lr": 1e-12, "warm_start": True})})
     model, fit = fit_preset("wdl", toy_parts, frozen, lr_model=lr_model)
     assert fit.history[0]["epochs"] == 0.0 and fit.best_check == 0  # a learning rate that changes nothing: the start is kept
