@@ -112,22 +112,36 @@ def numpy_walks(graph: ItemGraph, tables, starts: np.ndarray, length: int, seed:
     return np.stack(out, 1)
 
 
-def bench_walks(graph: ItemGraph, walks: WalkSettings) -> dict:
+def bench_walks(graph: ItemGraph, walks: WalkSettings, *, repeats: int = 3) -> dict:
+    """Steps/s of the numba walker (its default layout, and each `locality` layout) against the numpy reference,
+    `repeats` rounds with the walkers interleaved, the median round of each kept (a busy machine slows them alike)."""
     t0 = time.perf_counter()
     tables = alias_tables(graph)
     t_alias = time.perf_counter() - t0
     random_walks(ItemGraph.from_edges([1], [2], [1.0], 3), settings=walks)  # compile outside the clock
-    t0 = time.perf_counter()
     w = random_walks(graph, settings=walks, tables=tables)
-    t_numba = time.perf_counter() - t0
     steps = int((w[:, 1:] >= 0).sum())
     starts = w[:, 0].astype(np.int64)
-    t0 = time.perf_counter()
-    numpy_walks(graph, tables, starts, walks.length)
-    t_numpy = time.perf_counter() - t0
-    numpy_rate = w.shape[0] * (walks.length - 1) / t_numpy
-    return {"alias_seconds": t_alias, "walks": int(w.shape[0]), "steps": steps, "numba_steps_per_s": steps / t_numba,
-            "numpy_steps_per_s": numpy_rate, "numba_vs_numpy": steps / t_numba / numpy_rate}
+    del w
+    runs: dict[str, list[float]] = {"default": [], "none": [], "bfs": [], "numpy": []}
+    for _ in range(repeats):
+        for name in runs:
+            t0 = time.perf_counter()
+            if name == "numpy":
+                numpy_walks(graph, tables, starts, walks.length)
+            elif name == "default":
+                random_walks(graph, settings=walks, tables=tables)
+            else:
+                random_walks(graph, settings=walks, tables=tables, locality=None if name == "none" else name)
+            runs[name].append(time.perf_counter() - t0)
+    median = {name: float(np.median(t)) for name, t in runs.items()}
+    numpy_rate = starts.size * (walks.length - 1) / median["numpy"]
+    out = {"alias_seconds": t_alias, "walks": int(starts.size), "steps": steps, "repeats": repeats,
+           "numba_steps_per_s": steps / median["default"], "numpy_steps_per_s": numpy_rate,
+           "numba_vs_numpy": steps / median["default"] / numpy_rate}
+    for name in ("none", "bfs"):
+        out[f"numba_{name}_vs_numpy"] = steps / median[name] / numpy_rate
+    return out
 
 
 def gensim_reference(graph: ItemGraph, walks: WalkSettings, train: TrainSettings, pairs, labels, workers: int) -> dict:
@@ -193,14 +207,17 @@ def bench_speed(graph: ItemGraph, side: SideInfo, walks: WalkSettings, train: Tr
     return {"tokens": tokens, **best}
 
 
+TRAINING_RUNS = ("deepwalk", "ges", "eges", "eges_bf16", "deepwalk_bf16")
+
+
 def bench_training(graph: ItemGraph, side: SideInfo, walks: WalkSettings, train: TrainSettings, parts: list[int],
-                   gensim_workers: list[int]) -> dict:
+                   gensim_workers: list[int], methods: tuple[str, ...] = TRAINING_RUNS) -> dict:
     train_graph, pairs, labels = link_split(graph, LinkProtocol())
     out = {}
     runs = [("deepwalk", "deepwalk", train), ("ges", "ges", train), ("eges", "eges", train),
             ("eges_bf16", "eges", train.model_copy(update={"bf16": True})),
             ("deepwalk_bf16", "deepwalk", train.model_copy(update={"bf16": True}))]
-    for name, mode, settings in runs:
+    for name, mode, settings in [r for r in runs if r[0] in methods]:
         t0 = time.perf_counter()
         emb = embed_graph(train_graph, side, mode=mode, walks=walks, train=settings)
         out[name] = {"auc": pair_auc(emb.vectors, pairs, labels), "pairs_per_s": emb.log.get("pairs_per_s"),
@@ -330,11 +347,16 @@ def main() -> None:
     ap.add_argument("--speed-walks", type=int, default=100_000, help="walks of the corpus timed in the speed section")
     ap.add_argument("--parts", default="2,4", help="comma-separated partition counts ('' = none)")
     ap.add_argument("--gensim-workers", default="1,2")
+    ap.add_argument("--methods", default=",".join(TRAINING_RUNS),
+                    help="comma-separated runs of the training section (link AUC), of: " + ",".join(TRAINING_RUNS))
     ap.add_argument("--skip", default="", help="comma-separated sections to skip: walks,speed,training,faiss,channel")
     ap.add_argument("--json", action="store_true", help="print one JSON object instead of tables")
     ap.add_argument("--out", type=Path, help="also write the JSON object to this file")
     args = ap.parse_args()
     skip = set(filter(None, args.skip.split(",")))
+    methods = tuple(filter(None, args.methods.split(",")))
+    if set(methods) - set(TRAINING_RUNS):
+        raise SystemExit(f"unknown --methods {sorted(set(methods) - set(TRAINING_RUNS))}; valid: {', '.join(TRAINING_RUNS)}")
     t0 = time.perf_counter()
     walks = WalkSettings(walks_per_node=args.walks_per_node, length=args.length)
     train = TrainSettings(dim=args.dim, epochs=args.epochs, batch_size=args.batch, side_measure=args.side_measure,
@@ -365,7 +387,7 @@ def main() -> None:
     if "training" not in skip:
         parts = [int(p) for p in args.parts.split(",") if p]
         result["training"] = bench_training(graph, side, walks, train, parts,
-                                            [int(w) for w in args.gensim_workers.split(",") if w])
+                                            [int(w) for w in args.gensim_workers.split(",") if w], methods)
     if "channel" not in skip:
         channel = bench_channel(graph, side, walks, train, top_n=100)
         vectors = channel.pop("vectors")

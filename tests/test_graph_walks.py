@@ -77,3 +77,83 @@ def test_corpus_writes_once_and_streams_chunks(tmp_path):
     assert corpus.counts(30).sum() == 29 and corpus.counts(30)[29] == 0
     with pytest.raises(ValueError, match="int32"):
         WalkCorpus(np.zeros((2, 2), np.float32))
+
+
+MASK = (1 << 64) - 1
+
+
+def _splitmix(state: int) -> tuple[int, int]:
+    state = (state + 0x9E3779B97F4A7C15) & MASK
+    z = ((state ^ (state >> 30)) * 0xBF58476D1CE4E5B9) & MASK
+    z = ((z ^ (z >> 27)) * 0x94D049BB133111EB) & MASK
+    return state, z ^ (z >> 31)
+
+
+def reference_walks(graph: ItemGraph, s: WalkSettings) -> np.ndarray:
+    """The walker's documented algorithm in plain Python, one walk at a time in original node ids: walk w draws
+    from splitmix64 seeded (seed * 0x2545F4914F6CDD1D + w), high 32 bits pick an alias slot, low 32 keep it."""
+    prob, alias = alias_tables(graph)
+    deg, ptr, idx = graph.out_degree(), graph.indptr, graph.indices
+    starts = np.tile(np.flatnonzero(deg > 0), s.walks_per_node)
+    np.random.default_rng(s.seed).shuffle(starts)
+    keep_at = np.where(prob >= 1.0, 2 ** 32, np.minimum(prob.astype(np.float64) * 2.0 ** 32, 2.0 ** 32 - 1).astype(np.int64))
+    inv_p, inv_q = 1.0 / s.p, 1.0 / s.q
+    top = max(inv_p, 1.0, inv_q)
+    out = np.full((starts.size, s.length), PAD, np.int32)
+
+    def draw(state, v):
+        state, z = _splitmix(state)
+        e = int(ptr[v]) + (((z >> 32) * int(deg[v])) >> 32)
+        return state, int(idx[e] if (z & 0xFFFFFFFF) < keep_at[e] else idx[ptr[v] + alias[e]])
+
+    for w, v in enumerate(starts):
+        state, _ = _splitmix((s.seed * 0x2545F4914F6CDD1D + w) & MASK)
+        out[w, 0] = v
+        for step in range(1, s.length):
+            if deg[v] == 0:
+                break
+            state, nxt = draw(state, v)
+            while (inv_p != 1.0 or inv_q != 1.0) and step >= 2:
+                prev = int(out[w, step - 2])
+                bias = inv_p if nxt == prev else (1.0 if nxt in idx[ptr[prev]:ptr[prev + 1]] else inv_q)
+                state, z = _splitmix(state)
+                if (z >> 11) * (1.0 / 9007199254740992.0) * top < bias:
+                    break
+                state, nxt = draw(state, v)
+            out[w, step] = v = nxt
+    return out
+
+
+def seeded_graph(n: int = 400, seed: int = 5) -> ItemGraph:
+    """A random weighted graph in 8 communities with ids shuffled across them, and a few dead ends."""
+    rng = np.random.default_rng(seed)
+    src = rng.integers(0, n - 10, 6 * n)
+    dst = np.where(rng.random(src.size) < 0.85, (src // 50) * 50 + rng.integers(0, 50, src.size), rng.integers(0, n, src.size))
+    perm = rng.permutation(n)
+    return ItemGraph.from_edges(perm[src], perm[dst], rng.integers(1, 6, src.size).astype(float), n)
+
+
+@pytest.mark.parametrize("p,q", [(1.0, 1.0), (0.5, 2.0)])
+@pytest.mark.parametrize("locality", ["bfs", "community", None])
+def test_walks_equal_the_reference_walker_bit_for_bit(p, q, locality):
+    g = seeded_graph()
+    s = WalkSettings(walks_per_node=3, length=12, p=p, q=q, seed=11)
+    expected = reference_walks(g, s)
+    assert (expected == PAD).any() and (expected[:, -1] != PAD).any()  # dead ends and full walks both occur
+    np.testing.assert_array_equal(random_walks(g, settings=s, locality=locality), expected)
+
+
+def test_locality_order_is_a_permutation_and_keeps_rows():
+    from homefeed.recall.graph.walks import locality_order, packed_edges, reordered_edges
+
+    g = seeded_graph()
+    for method in ("bfs", "community"):
+        old_of = locality_order(g, method)
+        assert np.array_equal(np.sort(old_of), np.arange(g.n_nodes))
+        indptr, edges = reordered_edges(g, packed_edges(g), old_of)
+        u = int(np.flatnonzero(np.diff(indptr) > 2)[0])  # a node with several edges, in new ids
+        row = edges[indptr[u]:indptr[u + 1]]
+        orig = packed_edges(g)[g.indptr[old_of[u]]:g.indptr[old_of[u] + 1]]
+        assert np.array_equal(old_of[row[:, 1]], orig[:, 1]) and np.array_equal(row[:, 0], orig[:, 0])
+    with pytest.raises(ValueError, match="locality"):
+        locality_order(g, "random")

@@ -30,17 +30,20 @@ the centre under the current model, mined again before every epoch after the fir
 """
 from __future__ import annotations
 
+import contextlib
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Literal, Protocol
 
+import numba
 import numpy as np
 import torch
 from numba import njit, prange
 from pydantic import Field
 
 from homefeed.config import Section
+from homefeed.recall.graph.sgns_kernel import scatter_add, sgns_step
 from homefeed.recall.graph.walks import PAD, WalkCorpus, splitmix, uniform
 from homefeed.threads import torch_threads
 
@@ -190,16 +193,24 @@ def unigram_table(counts: np.ndarray, *, power: float = 0.75, size: int = 1 << 2
 
 
 def sgd_step(model: Encoder, centers: torch.Tensor, contexts: torch.Tensor, negatives: torch.Tensor, lr: float,
-             *, bf16: bool = False, shard: Shard | None = None) -> float:
+             *, bf16: bool = False, shard: Shard | None = None, fused: bool = True) -> float:
     """One sparse SGD step on B centres, each with up to C contexts ((B, C), -1 = none) and K negatives ((B, K))
     shared by its contexts; returns the summed loss (of this rank's rows, with `shard`).
 
     A centre with n contexts weighs its negatives by n, so every positive pair still meets K negatives
     (word2vec's balance) while the centre gathers C + K context rows instead of n (1 + K). Every update is
     computed at the point before the step and applied after it. With `shard`, this rank scores its slice of
-    the centres and `shard.gather` brings the other slices' gradients (see `Shard`).
+    the centres and `shard.gather` brings the other slices' gradients (see `Shard`). Without `shard` or `bf16`
+    the scoring and the context update run as one numba kernel (`sgns_kernel.sgns_step`; `fused=False`: torch).
     """
     h, saved = model.encode(centers)  # (B, D)
+    if fused and shard is None and not bf16:  # one numba kernel: same maths, fewer passes over memory (sgns_kernel)
+        h = h.contiguous()
+        step_h = torch.empty_like(h)
+        loss = sgns_step(model.context.numpy(), h.numpy(), contexts.contiguous().numpy(),
+                         negatives.contiguous().numpy(), np.float32(lr), step_h.numpy(), numba.get_num_threads())
+        apply_updates(model.backward(saved, step_h))
+        return float(loss)
     mine, sizes = (slice(None), []) if shard is None else shard.rows(centers.numel())
     hm, cm, nm = h[mine], contexts[mine], negatives[mine]  # this rank's centres
     positive = cm >= 0  # (b, C)
@@ -226,6 +237,9 @@ def apply_updates(updates) -> None:
     """table[rows] += update for each RowGrad (already times -lr; `backward` is linear in its input), the mean
     update per row for shared tables. No `alpha=` in index_add_: torch's alpha path is ~4x slower on CPU."""
     for table, rows, update, scale, shared in updates:
+        if table.dtype == torch.float32 and update.dtype == torch.float32 and not update.requires_grad:
+            scatter_add(table.numpy(), rows.numpy(), update.numpy(), float(scale), bool(shared))
+            continue
         if shared:
             update = update / torch.bincount(rows, minlength=table.shape[0]).index_select(0, rows).unsqueeze(1)
         table.index_add_(0, rows, update if scale == 1.0 else update * scale)
@@ -257,6 +271,18 @@ class TrainLog:
                 "pairs_per_s": self.pairs / s, "words_per_s": self.tokens / s, "epoch_loss": self.epoch_loss}
 
 
+@contextlib.contextmanager
+def numba_threads(n: int) -> Iterator[None]:
+    """numba's thread count for the fused step set to n (0: as is) for the block, then restored."""
+    before = numba.get_num_threads()
+    if n:
+        numba.set_num_threads(min(n, numba.config.NUMBA_NUM_THREADS))
+    try:
+        yield
+    finally:
+        numba.set_num_threads(before)
+
+
 def train_skipgram(model: Encoder, corpus: WalkCorpus, *, settings: TrainSettings | None = None,
                    counts: np.ndarray | None = None, negative_counts: np.ndarray | None = None,
                    hard_miner: Callable[[np.ndarray, int], np.ndarray] | None = None,
@@ -278,7 +304,7 @@ def train_skipgram(model: Encoder, corpus: WalkCorpus, *, settings: TrainSetting
     keep = keep_probability(counts, s.subsample)
     if s.hard_negatives > 0 and hard_miner is None:
         raise ValueError("hard_negatives > 0 needs a hard_miner (near neighbours of every node)")
-    with torch_threads(s.threads):
+    with torch_threads(s.threads), numba_threads(s.threads):
         return _epochs(model, corpus, s, table, keep, counts, hard_miner, shard)
 
 
