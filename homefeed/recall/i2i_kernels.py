@@ -7,7 +7,7 @@ touched j, so resetting costs only what was used; Swing keeps its sums in discov
 top-N of the touched j are written out, and the next row starts.
 
 Rows are spread over threads in chunks. A row's cost grows with the square of its users, so the
-caller sorts rows by estimated cost and deals them round-robin into chunks (`balanced_chunks`),
+caller sorts rows by estimated cost and deals them back and forth into chunks (`balanced_chunks`),
 which keeps every thread about equally busy under numba's static scheduling.
 
 Each row writes its top-N, best first, into its own slice of flat output arrays (the slice is
@@ -23,14 +23,16 @@ from homefeed.recall.i2i import I2ITable
 
 
 def balanced_chunks(rows: np.ndarray, cost: np.ndarray, n_chunks: int) -> tuple[np.ndarray, np.ndarray]:
-    """Deal `rows` (sorted by `cost`, heaviest first) round-robin into `n_chunks` chunks.
+    """Deal `rows` (sorted by `cost`, heaviest first) into `n_chunks` chunks, back and forth (0..n-1, n-1..0, ...).
 
     Returns (chunk_ptr (n_chunks + 1,) int64, chunk_rows (len(rows),) int64): chunk c is
-    chunk_rows[chunk_ptr[c]:chunk_ptr[c + 1]].
+    chunk_rows[chunk_ptr[c]:chunk_ptr[c + 1]]. Back and forth, not round-robin: numba gives each thread a
+    contiguous run of chunks, and round-robin handed the first run the heavier row of every round.
     """
     order = rows[np.argsort(-cost, kind="stable")]
     n_chunks = max(1, min(n_chunks, rows.size))
-    slot = np.arange(order.size) % n_chunks
+    at = np.arange(order.size)
+    slot = np.where((at // n_chunks) % 2 == 0, at % n_chunks, n_chunks - 1 - at % n_chunks)
     by_chunk = np.argsort(slot, kind="stable")
     chunk_ptr = np.zeros(n_chunks + 1, np.int64)
     np.cumsum(np.bincount(slot, minlength=n_chunks), out=chunk_ptr[1:])

@@ -157,7 +157,8 @@ def collapse_actions(events: pl.DataFrame, n_items: int, settings: ItemCFSetting
             order, user, item, sess, ts, b, True, n_items, n_users)
     else:
         a_user, a_item, a_sess, a_t, a_b, pop, n_user_items, counts = group_by_user(user, item, ts, b, n_users, n_items)
-    t, now = a_t, (int(ts.max()) if per_session else int(ts[b > 0].max())) if now is None else int(now)
+    t = a_t  # now (the last event with a weight, by default) matters only to the age decay
+    now = (int(a_t.max()) if now is None else int(now)) if s.age_half_life_s > 0 else 0
     if s.window != "user" or counts.max() > s.max_actions_per_user:
         if not per_session:  # group_by_user leaves a user's actions unsorted: by item, for the ties in time below
             by_item = np.lexsort((a_item, a_user))
