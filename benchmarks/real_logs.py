@@ -172,6 +172,23 @@ def recall_settings(names: list[str] | None, overrides: list[str]):
     return settings.model_copy(update={"channels": names}) if names else settings
 
 
+class Fitted:
+    """`fit_recall`'s channel fitter with a memory: a channel already fitted on the same training events with the
+    same knobs is reused, so the --optional merge refits only the optional channels."""
+
+    def __init__(self):
+        self.done: dict[tuple, object] = {}
+
+    def __call__(self, dataset, names, knobs):
+        from homefeed.recall.part import fit_channels
+
+        part = (dataset.split.train_end, dataset.split.valid_end, dataset.events_in("train").height)
+        key = {n: (n, json.dumps(knobs.get(n, {}), sort_keys=True, default=str), *part) for n in names}
+        missing = [n for n in names if key[n] not in self.done]
+        self.done.update({key[n]: c for n, c in fit_channels(dataset, missing, knobs).items()} if missing else {})
+        return {n: self.done[key[n]] for n in names}
+
+
 def evaluate_log(name: str, dataset, args) -> dict:
     from homefeed.recall.evaluate import evaluate_recall
     from homefeed.recall.part import fit_recall
@@ -179,7 +196,8 @@ def evaluate_log(name: str, dataset, args) -> dict:
     settings = recall_settings(args.channels, args.set)
     t0 = time.perf_counter()
     say(f"{name}: fit {', '.join(settings.channels)}; learn shares on valid; refit (recall.part.fit_recall)")
-    channels, merger, served = fit_recall(dataset, settings, progress=lambda text: say(f"{name}: {text}"))
+    args.fitter = Fitted()
+    channels, merger, served = fit_recall(dataset, settings, progress=lambda text: say(f"{name}: {text}"), fitter=args.fitter)
     peers = {}
     for peer in PEERS:
         say(f"{name}: fit {peer}")
@@ -196,7 +214,7 @@ def evaluate_log(name: str, dataset, args) -> dict:
             rows.setdefault(row, {}).update({f"{protocol}:hr@{k}": metrics[f"hitrate@{k}"] for k in KS})
     result = {"users": setup.get("users"), "split": {"train_end": dataset.split.train_end, "valid_end": dataset.split.valid_end},
               "events": {p: dataset.events_in(p).height for p in ("train", "valid", "test")},
-              "shares": merger.shares_, "seen_weight": merger.seen_weight_, "learned": merger.learned_,
+              "shares": merger.shares_, "head": merger.head_, "seen_weight": merger.seen_weight_, "learned": merger.learned_,
               "rows": rows, "fit_s": fit_s}
     if args.optional:
         result["optional"] = evaluate_optional(name, dataset, settings, args)
@@ -214,8 +232,8 @@ def evaluate_optional(name, dataset, settings, args) -> dict:
     extra = [c for c in OPTIONAL if c not in settings.channels]
     say(f"{name}: + {', '.join(extra)}")
     channels, merger, served = fit_recall(dataset, settings.model_copy(update={"channels": settings.channels + extra}),
-                                          progress=lambda text: say(f"{name}: {text}"))
-    out = {"shares": merger.shares_}
+                                          progress=lambda text: say(f"{name}: {text}"), fitter=getattr(args, "fitter", None))
+    out = {"shares": merger.shares_, "head": merger.head_, "learned": merger.learned_}
     for protocol, exclude in PROTOCOLS.items():
         r = evaluate_recall(served, channels, merger, ks=KS, max_users=args.max_users, exclude_seen=exclude)
         out.update({f"{protocol}:hr@{k}": r["merged"][f"hitrate@{k}"] for k in KS})
@@ -282,7 +300,7 @@ def print_tables(results: dict) -> None:
             rows.update({f"{c} (optional)": v for c, v in result["optional"].get("channels", {}).items()})
         shares = {c: f"{s:.2f}" for c, s in result["shares"].items()}
         title = (f"{name}: test HitRate, {result['users']} users; shares {shares}, seen weight {result['seen_weight']:g}, "
-                 f"repeat share {result['learned'].get('repeat_share', 0):.2f}")
+                 f"repeat share {result['learned'].get('repeat_share', 0):.2f}, head {result.get('head')}")
         console.print(metrics_table(rows, title=title, columns=[f"{p}:hr@{k}" for p in PROTOCOLS for k in KS],
                                     name_header="list", digits=3))
         for target, verdict in targets(result).items():  # recomputed: a saved run shows today's verdicts

@@ -300,8 +300,8 @@ def test_a_channel_of_seen_items_only_falls_to_the_floor_where_users_never_retur
 
 def test_prune_sends_channels_that_buy_nothing_to_the_floor_weakest_first():
     gain = np.array([0.5, 0.2, 0.001, 0.0])  # what each channel's weight adds to the objective
-    objective = lambda w, rho: np.array([gain[w > 0].sum()])  # one user's score
+    objective = lambda w, rho, head=None: np.array([gain[w > 0].sum()])  # one user's score
     w, current = prune(objective, np.array([1.0, 0.5, 0.25, 2.0]), 1.0, objective(np.ones(4), 1.0), tol=0.002)
     assert w.tolist() == [1.0, 0.5, 0.0, 0.0] and current.mean() == pytest.approx(0.7)
-    w, _ = prune(lambda w, rho: np.zeros(1), np.array([0.0, 1.0, 1.0]), 1.0, np.zeros(1), tol=0.002)
+    w, _ = prune(lambda w, rho, head=None: np.zeros(1), np.array([0.0, 1.0, 1.0]), 1.0, np.zeros(1), tol=0.002)
     assert np.count_nonzero(w) == 1  # one channel always stays

@@ -1,10 +1,13 @@
 """The share search (recall.shares): sure gains only (a paired test that scales with the validation set), channels
-with no relevant item left after the seen factor kept out of it, and the hit-free users dropped without changing a figure."""
+with no relevant item left after the seen factor kept out of it, the hit-free users dropped without changing a figure,
+and the head of the list reserved for one channel, scored by the search exactly as the merger serves it."""
 import numpy as np
 import pytest
 
-from homefeed.recall.merge import Merger, MergeSettings
-from homefeed.recall.shares import coordinate_search, gain, learn_from, merged_hit_rates, recalled_from, users_with_hits
+from homefeed.recall.base import Candidates
+from homefeed.recall.merge import Merger, MergeSettings, bounded
+from homefeed.recall.shares import (coordinate_search, gain, learn_from, merged_hit_rates, merged_positions, recalled_from,
+                                    users_with_hits)
 
 KS = (10, 30, 60)
 
@@ -27,7 +30,7 @@ def test_gain_is_a_paired_test_that_scales_with_the_validation_set():
 
 def test_the_search_steps_only_on_sure_gains():
     def objective_for(n, won, lost):  # channel 1's weight wins `won` users and loses `lost`, whatever its value
-        def objective(w, rho):
+        def objective(w, rho, head=None):
             d = np.zeros(n)
             if w[1] > 0:
                 d[:won], d[won:won + lost] = 1.0, -1.0
@@ -35,8 +38,8 @@ def test_the_search_steps_only_on_sure_gains():
         return objective
 
     for n, won, lost, z, stepped in ((100, 5, 1, 2.0, False), (100, 5, 1, 0.0, True), (3000, 150, 30, 2.0, True)):
-        w, rho, current = coordinate_search(objective_for(n, won, lost), 2, [0, 1], (1.0,), tol=0.0, z=z)
-        assert (w[1] > 0) == stepped and w[0] == 1.0 and rho == 1.0, (n, won, lost, z)
+        w, rho, head, current = coordinate_search(objective_for(n, won, lost), 2, [0, 1], (1.0,), tol=0.0, z=z)
+        assert (w[1] > 0) == stepped and w[0] == 1.0 and rho == 1.0 and head is None, (n, won, lost, z)
         assert current.mean() == pytest.approx((won - lost) / n if stepped else 0.0)
 
 
@@ -114,3 +117,40 @@ def test_recalled_from_checks_its_input():
         recalled_from({"a": [np.array([1])]}, [np.array([1]), np.array([2])], [np.array([], np.int64)] * 2)
     with pytest.raises(ValueError, match="seen items are given for 0 users; relevant items for 1"):
         recalled_from({"a": [np.array([1])]}, [np.array([1])], [])
+
+
+def test_the_head_leads_in_its_channels_order_without_seen_items_and_survives_save(tmp_path):
+    a = Candidates(np.array([1, 2, 3, 4, 5, 6], np.int32), np.ones(6, np.float32), np.full(6, -1, np.int32), "a")
+    b = Candidates(np.array([7, 8, 9, 1], np.int32), np.ones(4, np.float32), np.full(4, -1, np.int32), "b")
+    merger = Merger(settings=MergeSettings(k=6, seen_weight=0.0)).set_shares({"a": 1.0, "b": 3.0})
+    np.testing.assert_array_equal(merger.merge([a, b], seen=np.array([1])).items, [7, 8, 9, 2, 3, 4])  # shares .25/.75
+    merger.set_shares({"a": 1.0, "b": 3.0}, head=("a", 2))  # a's first two unseen items lead, then the fused order
+    np.testing.assert_array_equal(merger.merge([a, b], seen=np.array([1])).items, [2, 3, 7, 8, 9, 4])
+    merger.save(tmp_path / "merger")
+    assert Merger.load(tmp_path / "merger").head_ == ("a", 2)
+    np.testing.assert_array_equal(Merger.load(tmp_path / "merger").merge([a, b], seen=np.array([1])).items, [2, 3, 7, 8, 9, 4])
+    assert merger.set_shares({"a": 1.0}, head=("a", 0)).head_ is None
+    with pytest.raises(ValueError, match="merge head \\('c', 2\\): needs a channel among \\['a', 'b'\\]"):
+        merger.set_shares({"a": 1.0, "b": 1.0}, head=("c", 2))
+
+
+def test_the_search_scores_the_head_exactly_as_the_merger_serves_it():
+    rng = np.random.default_rng(3)
+    n_users, names = 60, ("a", "b", "c")
+    lists = {c: [rng.permutation(80)[:int(rng.integers(0, 30))] for _ in range(n_users)] for c in names}
+    relevant = [rng.permutation(80)[:2] for _ in range(n_users)]
+    seen = [rng.permutation(80)[:8] for _ in range(n_users)]
+    r = recalled_from(lists, relevant, seen)
+    for trial in range(12):
+        raw, rho = rng.random(3) + 0.05, float(rng.choice([0.0, 0.3, 1.0, 3.0]))
+        head = (int(rng.integers(3)), int(rng.choice([1, 5, 10])))
+        merger = Merger(settings=MergeSettings(k=100)).set_shares(dict(zip(names, raw)), seen_weight=rho,
+                                                                  head=(names[head[0]], head[1]))
+        served = []
+        for u in range(n_users):
+            got = merger.merge([Candidates(lists[c][u].astype(np.int32), np.ones(len(lists[c][u]), np.float32),
+                                           np.full(len(lists[c][u]), -1, np.int32), c) for c in names], seen=seen[u]).items
+            at = np.flatnonzero(np.isin(got, relevant[u]))
+            served.append(at[0] if at.size else np.inf)
+        w = bounded(raw, merger.settings.min_share, merger.settings.max_share)
+        np.testing.assert_array_equal(merged_positions(r, w, rho, head=head), served, err_msg=f"trial {trial}")

@@ -10,7 +10,8 @@ review logs):
     F(i) = seen_weight^[i seen] * sum over channels c that recalled i of  w_c / (rank_c(i) + 1)
 
 The list is the items by F descending (ties: lower item code), each credited to the channel whose
-term is largest, with `sources` recording every channel that found it.
+term is largest, with `sources` recording every channel that found it. A learned head (`head_`:
+channel, slots) puts that channel's first items still in the list ahead of all others (`with_head`).
 
 Where the shares come from:
 - configured base weights (`quotas`; empty = equal), bounded to [min_share, max_share];
@@ -145,6 +146,30 @@ def fused_scores(inverse: np.ndarray, n_keys: int, channel: np.ndarray, rank: np
     return out
 
 
+def with_head(fused: np.ndarray, inverse: np.ndarray, channel: np.ndarray, rank: np.ndarray, head: tuple[int, int],
+              user: np.ndarray | None = None) -> np.ndarray:
+    """F with the head reserved: each user's first `size` items of channel `head[0]` that are still in the list
+    (F > 0, i.e. not dropped as seen) lead it, in that channel's order; the rest keep their fused order.
+
+    A bonus of (size - position) * (1 + max F) puts them above every other key. user: (n,) user of each row
+    (None: one user). The channel best at the shortest cut-off on validation owns the head of the page, so
+    a share mix chosen for the deeper cut-offs cannot cost the head its hits.
+    """
+    c, size = head
+    rows = np.flatnonzero((channel == c) & (fused[inverse] > 0))
+    if rows.size == 0 or size <= 0:
+        return fused
+    who = user[rows] if user is not None else np.zeros(rows.size, np.int64)
+    order = np.lexsort((rank[rows], who))
+    rows, who = rows[order], who[order]
+    first = np.flatnonzero(np.r_[True, who[1:] != who[:-1]])
+    position = np.arange(rows.size) - np.repeat(first, np.diff(np.r_[first, rows.size]))
+    take = position < size
+    out = fused.copy()
+    out[inverse[rows[take]]] += (size - position[take]) * (1.0 + float(fused.max()))
+    return out
+
+
 @dataclass
 class MergedCandidates:
     """The merged list for one user, in merged order.
@@ -204,6 +229,7 @@ class Merger:
         ctr_: dict channel -> measured CTR figures from the last `update` (empty before).
         mapped_: dict log channel name -> the served channel it counted for (None: unmatched), from the last `update`.
         learned_: what `learn_merge` measured on validation (empty when shares were not learned).
+        head_: (channel, slots) whose first items lead every merged list (`with_head`), or None; learned.
     """
 
     def __init__(self, *, settings: MergeSettings | None = None):
@@ -220,6 +246,7 @@ class Merger:
         self.shares_ = dict(zip(names, w.tolist()))
         self.seen_weight_ = 1.0 if s.seen_weight is None else float(s.seen_weight)
         self.ctr_, self.learned_, self.mapped_ = {}, {}, {}
+        self.head_: tuple[str, int] | None = None
         self._cache: dict[tuple[str, ...], np.ndarray] = {}
         return self
 
@@ -234,8 +261,13 @@ class Merger:
             self.update(exposures, served=served)
         return self
 
-    def set_shares(self, shares: dict[str, float], *, seen_weight: float | None = None, learned: dict | None = None) -> "Merger":
-        """Shares measured elsewhere (e.g. on validation), bounded; `seen_weight` unless the settings fix it."""
+    def set_shares(self, shares: dict[str, float], *, seen_weight: float | None = None, learned: dict | None = None,
+                   head: tuple[str, int] | None = None) -> "Merger":
+        """Shares measured elsewhere (e.g. on validation), bounded; `seen_weight` unless the settings fix it;
+        `head`: (channel, slots) reserved at the top of every list (`with_head`), None for none."""
+        if head is not None and (head[0] not in shares or int(head[1]) < 0):
+            raise ValueError(f"merge head {head!r}: needs a channel among {sorted(shares)} and slots >= 0")
+        self.head_ = None if head is None or int(head[1]) == 0 else (str(head[0]), int(head[1]))
         names = sorted(shares)
         w = bounded(np.array([shares[c] for c in names]), self.settings.min_share, self.settings.max_share)
         self.shares_ = dict(zip(names, w.tolist()))
@@ -313,6 +345,8 @@ class Merger:
         fused = fused_scores(inverse, uniq.size, channel, rank, weights, consensus=self.settings.consensus)
         if seen is not None and len(seen) and self.seen_weight_ != 1.0:
             fused = np.where(contains(np.asarray(seen), uniq), fused * self.seen_weight_, fused)
+        if self.head_ is not None and self.head_[0] in names:
+            fused = with_head(fused, inverse, channel, rank, (names.index(self.head_[0]), self.head_[1]))
         sources = np.bitwise_or.reduceat(np.left_shift(np.uint32(1), channel[by_item].astype(np.uint32)), first)
         keep = np.flatnonzero(fused > 0)
         top = keep[np.lexsort((uniq[keep], -fused[keep]))[:k]]
@@ -323,7 +357,7 @@ class Merger:
 
     def save(self, path: Path) -> None:
         Path(path).write_text(json.dumps({"settings": self.settings.model_dump(), "shares": self.shares_,
-                                          "seen_weight": self.seen_weight_, "ctr": self.ctr_, "mapped": self.mapped_,
+                                          "seen_weight": self.seen_weight_, "head": self.head_, "ctr": self.ctr_, "mapped": self.mapped_,
                                           "learned": self.learned_}, indent=1))
 
     @classmethod
@@ -333,4 +367,5 @@ class Merger:
         merger.shares_, merger.ctr_, merger._cache = meta["shares"], meta["ctr"], {}
         merger.seen_weight_, merger.learned_ = float(meta.get("seen_weight", 1.0)), meta.get("learned", {})
         merger.mapped_ = meta.get("mapped", {})
+        merger.head_ = tuple(meta["head"]) if meta.get("head") else None
         return merger

@@ -19,7 +19,10 @@ the plain `tol` rule took). Shares are searched only over channels with a releva
 the seen factor: with seen items dropped, Retarget's weight could otherwise only rescale the other
 channels against the floor (on Video Games it took .63 of the shares). The factor on seen items is
 learned the same way: about 1 where users come back to what they viewed (Taobao), 0 where they never
-do (reviews).
+do (reviews). The head of the list: the search starts with the first min(ks) slots reserved for the
+channel best alone at HR@min(ks) (`merge.with_head`; the search may give the head to another channel
+or more slots), so a mix chosen for the deeper cut-offs cannot cost the head its hits; a second search
+without a head replaces it only by a sure gain (a mix can beat every channel at the head too).
 
     >>> merger = learn_merge(ds, fitted_on_train, MergeSettings())    # doctest: +SKIP
     >>> merger.shares_, merger.seen_weight_, merger.learned_["marginal"]   # doctest: +SKIP
@@ -35,7 +38,7 @@ from homefeed.data.dataset import Dataset
 from homefeed.data.schema import BEHAVIORS
 from homefeed.recall.base import Recaller
 from homefeed.recall.evaluate import queries
-from homefeed.recall.merge import Merger, MergeSettings, bounded, fused_scores
+from homefeed.recall.merge import Merger, MergeSettings, bounded, fused_scores, with_head
 
 WEIGHT_GRID = (0.0, 1 / 64, 1 / 32, 1 / 16, 1 / 8, 1 / 4, 1 / 2, 1.0, 2.0)  # 0 = the floor share
 SEEN_GRID = (0.0, 0.1, 0.3, 1.0, 3.0, 10.0)
@@ -98,20 +101,24 @@ def recalled_from(lists: dict[str, list[np.ndarray]], relevant: list[np.ndarray]
 
 
 def merged_hit_rates(r: Recalled, weights: np.ndarray, seen_weight: float, *, ks: tuple[int, ...],
-                     consensus: bool = True) -> dict[int, float]:
+                     consensus: bool = True, head: tuple[int, int] | None = None) -> dict[int, float]:
     """HitRate@K of the merged lists, exactly as `Merger.merge` orders them (F descending, ties by item)."""
-    position = merged_positions(r, weights, seen_weight, consensus=consensus)
+    position = merged_positions(r, weights, seen_weight, consensus=consensus, head=head)
     return {k: float((position < k).mean()) for k in ks}
 
 
-def merged_positions(r: Recalled, weights: np.ndarray, seen_weight: float, *, consensus: bool = True) -> np.ndarray:
+def merged_positions(r: Recalled, weights: np.ndarray, seen_weight: float, *, consensus: bool = True,
+                     head: tuple[int, int] | None = None) -> np.ndarray:
     """(n_users,) 0-based position of each user's first relevant item in their merged list (inf: none in it).
 
-    No sort of the lists: a user's first hit sits at the number of their keys that rank above it.
+    head: (channel index, slots) reserved at the top (`merge.with_head`). No sort of the lists: a user's
+    first hit sits at the number of their keys that rank above it.
     """
     fused = fused_scores(r.inverse, r.key_user.size, r.channel, r.rank, np.asarray(weights, np.float64), consensus=consensus)
     if seen_weight != 1.0:
         fused = np.where(r.seen, fused * seen_weight, fused)
+    if head is not None:
+        fused = with_head(fused, r.inverse, r.channel, r.rank, head, user=r.key_user[r.inverse])
     hits = np.flatnonzero(r.hit & (fused > 0))
     if hits.size == 0:
         return np.full(r.n_users, np.inf)
@@ -174,38 +181,43 @@ def gain(after: np.ndarray, before: np.ndarray, *, tol: float, z: float) -> floa
     return mean if mean > tol and mean > z * float(np.sqrt(np.square(d).sum())) / d.size else -np.inf
 
 
-def coordinate_search(objective: Callable[[np.ndarray, float], np.ndarray], n: int, order: list[int],
-                      seen_grid: tuple[float, ...], *, tol: float, z: float = 0.0,
-                      passes: int = 3) -> tuple[np.ndarray, float, np.ndarray]:
-    """Greedy coordinate ascent over raw channel weights (WEIGHT_GRID) and the seen-item factor (seen_grid).
+Head = tuple[int, int] | None  # (channel index, slots) reserved at the top of the list, or none
 
-    `objective(weights, seen factor)` is per user; J is its mean. Starts from channel order[0] alone (every
-    other weight 0, the floor) and the seen factor 1 (or the only one allowed); a step is taken only when
-    its gain is sure (`gain`). Returns (weights (n,), seen factor, the per-user objective there).
+
+def coordinate_search(objective: Callable[[np.ndarray, float, Head], np.ndarray], n: int, order: list[int],
+                      seen_grid: tuple[float, ...], *, tol: float, z: float = 0.0, passes: int = 3,
+                      heads: tuple[Head, ...] = (None,), head: Head = None) -> tuple[np.ndarray, float, Head, np.ndarray]:
+    """Greedy coordinate ascent over raw channel weights (WEIGHT_GRID), the seen-item factor (seen_grid) and the head.
+
+    `objective(weights, seen factor, head)` is per user; J is its mean. Starts from channel order[0] alone
+    (every other weight 0, the floor), the seen factor 1 (or the only one allowed) and `head`; a step is
+    taken only when its gain is sure (`gain`). Returns (weights (n,), seen factor, head, the per-user
+    objective there).
     """
     w = np.zeros(n)
     w[order[0]] = 1.0
     rho = 1.0 if 1.0 in seen_grid else seen_grid[0]
-    current = objective(w, rho)
+    current = objective(w, rho, head)
     for _ in range(passes):
         changed = False
-        for i in [*order, None]:  # None: the seen-item factor
-            for v in seen_grid if i is None else WEIGHT_GRID:
-                trial_w, trial_rho = w.copy(), (v if i is None else rho)
-                if i is not None:
+        for i in [*order, "seen", "head"]:
+            grid = {"seen": seen_grid, "head": heads if len(heads) > 1 else ()}.get(i, WEIGHT_GRID)
+            for v in grid:
+                trial_w, trial_rho, trial_head = w.copy(), (v if i == "seen" else rho), (v if i == "head" else head)
+                if isinstance(i, int):
                     trial_w[i] = v
-                if trial_w.sum() == 0:
+                if trial_w.sum() == 0 or (i == "head" and v == head):
                     continue
-                score = objective(trial_w, trial_rho)
+                score = objective(trial_w, trial_rho, trial_head)
                 if gain(score, current, tol=tol, z=z) > 0:
-                    w, rho, current, changed = trial_w, trial_rho, score, True
+                    w, rho, head, current, changed = trial_w, trial_rho, trial_head, score, True
         if not changed:
             break
-    return w, rho, current
+    return w, rho, head, current
 
 
-def prune(objective: Callable[[np.ndarray, float], np.ndarray], w: np.ndarray, rho: float, current: np.ndarray, *,
-          tol: float, z: float = 0.0) -> tuple[np.ndarray, np.ndarray]:
+def prune(objective: Callable[[np.ndarray, float, Head], np.ndarray], w: np.ndarray, rho: float, current: np.ndarray, *,
+          tol: float, z: float = 0.0, head: Head = None) -> tuple[np.ndarray, np.ndarray]:
     """Channels whose weight is no sure gain (`gain`) back to the floor (weight 0), weakest first.
 
     The search can leave weight on a channel that recalls nothing useful, e.g. one whose items are all
@@ -219,7 +231,7 @@ def prune(objective: Callable[[np.ndarray, float], np.ndarray], w: np.ndarray, r
         for i in np.flatnonzero(w):
             without = w.copy()
             without[i] = 0.0
-            score = objective(without, rho)
+            score = objective(without, rho, head)
             trials.append((float((current - score).mean()), int(i), without, score))
         loss, i, without, score = min(trials, key=lambda t: (t[0], t[1]))
         if gain(current, score, tol=tol, z=z) > 0:
@@ -243,19 +255,23 @@ def learn_merge(dataset: Dataset, channels: dict[str, Recaller], settings: Merge
     r = recall_on(dataset, channels, k=max(ks), behaviors=behaviors, max_users=max_users, seed=seed)
     say("search shares")
     weights, rho, learned = learn_from(r, settings, ks=ks, tol=tol)
-    return Merger(settings=settings).set_shares(weights, seen_weight=rho, learned=learned)
+    head = learned.get("head")
+    return Merger(settings=settings).set_shares(weights, seen_weight=rho, learned=learned, head=tuple(head) if head else None)
 
 
 def learn_from(r: Recalled, settings: MergeSettings, *, ks: tuple[int, ...] = (10, 50, 200),
-               tol: float = 0.002) -> tuple[dict[str, float], float | None, dict]:
-    """(raw weight per channel, seen factor, report) searched on the channels' lists `r` (see `learn_merge`)."""
+               tol: float = 0.002, heads: bool = True) -> tuple[dict[str, float], float | None, dict]:
+    """(raw weight per channel, seen factor, report) searched on the channels' lists `r` (see `learn_merge`).
+
+    The report's "head" is [channel, slots] reserved at the top of the list, or None; `heads` off: no head.
+    """
     names, n = list(r.names), len(r.names)
     if r.n_users == 0 or n == 0:
         return {c: 1.0 for c in names}, None, {"users": r.n_users, "notes": ["no validation users: equal shares"]}
 
-    def rates(raw: np.ndarray, seen_weight: float, *, floor: bool = True) -> dict[int, float]:
+    def rates(raw: np.ndarray, seen_weight: float, *, floor: bool = True, head: Head = None) -> dict[int, float]:
         w = bounded(raw, settings.min_share, settings.max_share) if floor else raw
-        return merged_hit_rates(r, w, seen_weight, ks=ks, consensus=settings.consensus)
+        return merged_hit_rates(r, w, seen_weight, ks=ks, consensus=settings.consensus, head=head)
 
     copies = duplicates(r)
     r = users_with_hits(r)
@@ -269,12 +285,12 @@ def learn_from(r: Recalled, settings: MergeSettings, *, ks: tuple[int, ...] = (1
     able = {rho: np.bincount(r.channel[hit_rows & (rho > 0 or ~r.seen[r.inverse])], minlength=n) > 0
             for rho in (0.0, 1.0)}
 
-    def objective(raw: np.ndarray, seen_weight: float) -> np.ndarray:
+    def objective(raw: np.ndarray, seen_weight: float, head: Head = None) -> np.ndarray:
         raw = raw * able[float(seen_weight > 0)]
         if raw.sum() == 0:
             return np.zeros(r.n_users)
         w = bounded(raw, settings.min_share, settings.max_share)
-        position = merged_positions(r, w, seen_weight, consensus=settings.consensus)
+        position = merged_positions(r, w, seen_weight, consensus=settings.consensus, head=head)
         return np.mean([(position < k) / best_at[k] for k in ks], axis=0)
 
     tol = max(tol, 2.0 / (r.n_users * len(ks) * min(best_at.values())))  # a step must win two users' hits
@@ -282,21 +298,33 @@ def learn_from(r: Recalled, settings: MergeSettings, *, ks: tuple[int, ...] = (1
                    key=lambda i: -np.mean([solo[names[i]][k] / best_at[k] for k in ks]))  # best alone first
     seen_grid = SEEN_GRID if settings.seen_weight is None else (float(settings.seen_weight),)
     z = settings.min_gain_z
-    w, rho, current = coordinate_search(objective, n, order, seen_grid, tol=tol, z=z)
-    w, current = prune(objective, w, rho, current, tol=tol, z=z)
+    # two searches: with the head of the page held by the channel best alone at the shortest cut-off (the
+    # search may move it to another channel or more slots), and without a head; the second wins only by a sure gain
+    first, slots = min(ks), [k for k in ks if k < max(ks)]
+    top = max(order, key=lambda i: (solo[names[i]][first], -order.index(i)))
+    start = (top, first) if heads and slots and solo[names[top]][first] > 0 else None
+    options = tuple((i, k) for i in order if solo[names[i]][first] > 0 for k in slots)
+    found = []
+    for head in dict.fromkeys([start, None]):
+        w, rho, head, current = coordinate_search(objective, n, order, seen_grid, tol=tol, z=z,
+                                                  heads=options if head else (None,), head=head)
+        found.append((*prune(objective, w, rho, current, tol=tol, z=z, head=head), rho, head))
+    searches = {("head" if h else "no_head"): _named(rates(fw, frho, head=h)) for fw, _, frho, h in found}
+    w, current, rho, head = found[-1] if len(found) == 1 or gain(found[1][1], found[0][1], tol=tol, z=z) > 0 else found[0]
     w = w * able[float(rho > 0)]  # (prune drops them first: their weight gains nothing)
     marginal = {}
     for i, c in enumerate(names):
         without = w.copy()
         without[i] = 0.0
-        marginal[c] = float((current - objective(without, rho)).mean()) if without.sum() > 0 else float(current.mean())
-    merged = rates(w, rho)
+        marginal[c] = float((current - objective(without, rho, head)).mean()) if without.sum() > 0 else float(current.mean())
+    merged = rates(w, rho, head=head)
     notes = [f"{c}: the same lists as {copies[c]}, floor share" if c in copies else
              f"{c}: every relevant item it finds was seen before, and seen items are dropped: floor share"
              if able[1.0][i] and not able[0.0][i] and rho == 0 else
              f"{c}: adds nothing on validation ({solo[c][max(ks)]:.3f} HR@{max(ks)} alone), floor share"
              for i, c in enumerate(names) if w[i] == 0]
     learned = {"part": "valid", "users": r.n_users, "objective": float(current.mean()), "seen_weight": rho, "duplicates": copies,
+               "head": [names[head[0]], int(head[1])] if head else None, "searches": searches,
                "repeat_share": r.repeat_share, "solo": {c: _named(s) for c, s in solo.items()}, "merged": _named(merged),
                "equal_shares": _named(rates(np.ones(n), 1.0)), "marginal": marginal, "notes": notes}
     return {c: float(max(w[i], 0.0)) for i, c in enumerate(names)}, rho, learned
