@@ -149,3 +149,15 @@ def test_bst_uses_time_gaps_and_rejects_bad_heads():
     assert not torch.allclose(bst(query, keys, (gaps % 4 + 1) * mask, mask)[:2], out[:2])
     with pytest.raises(ValueError, match="not divisible by 3"):
         BST(E, n_gap_buckets=5, heads=3)
+
+
+def test_sum_by_slot_equals_index_add_per_field():
+    from homefeed.rank.first_layer import sum_by_slot
+    g = torch.Generator().manual_seed(0)
+    grad, slots = torch.randn(50, 7, generator=g), torch.randint(0, 9, (50, 3), generator=g)  # repeats within and across rows
+    expected = torch.zeros(9, 7)
+    for s in range(3):
+        expected.index_add_(0, slots[:, s], grad)
+    assert torch.allclose(sum_by_slot(grad, slots, 9), expected, atol=1e-5)
+    assert torch.allclose(sum_by_slot(grad.double(), slots, 9), expected.double(), atol=1e-5)  # the torch path
+    assert torch.equal(sum_by_slot(grad[:, :0], slots, 9), torch.zeros(9, 0))

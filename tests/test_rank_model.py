@@ -167,3 +167,52 @@ def test_a_spec_without_dense_or_sequence_fields_works():
     model = seeded("deepfm", spec)
     assert model.input_names == ["sparse"]
     assert model({"sparse": BATCH["sparse"]}).shape == (3,)
+
+
+@pytest.mark.parametrize("preset,sparse_grad", [("deepfm", True), ("dcn", True), ("din", True), ("pnn", False), ("deepresnet", False)])
+def test_training_first_layer_by_code_equals_the_plain_linear(preset, sparse_grad):
+    """FieldLookupLinear (the small fields' part of the deep tower's first layer by code) against the plain
+    Linear on the same weights and batch: logits within 1e-5, every gradient within 1e-5, same table rows."""
+    spec = tiny_spec(sparse=tiny_spec().sparse + [SparseField(name="shop", vocab_size=600, group="item")])  # one large field
+    batch = random_batch(spec, 64, seed=5)
+    results = []
+    for by_code in (True, False):
+        model = seeded(preset, spec, sparse_grad=sparse_grad).train()
+        assert model.train_small.tolist() == [0, 1, 2, 3] and model.train_large.tolist() == [4]
+        if not by_code:
+            model.train_min_rows = 10**9  # every batch takes the plain Linear
+        logits = model(batch)
+        (logits * torch.linspace(-1, 1, 64)).sum().backward()
+        grads = {n: p.grad for n, p in model.named_parameters() if p.grad is not None}
+        results.append((logits.detach(), grads))
+    (fast, fast_grads), (plain, plain_grads) = results
+    assert torch.allclose(fast, plain, atol=1e-5) and not torch.equal(fast, torch.zeros_like(fast))
+    assert set(fast_grads) == set(plain_grads)
+    for name, g in plain_grads.items():
+        f = fast_grads[name]
+        assert f.is_sparse == g.is_sparse, name
+        if g.is_sparse:  # the same rows (only those the batch read), then the same values
+            f, g = f.coalesce(), g.coalesce()
+            assert torch.equal(f.indices(), g.indices()), name
+            f, g = f.values(), g.values()
+        assert torch.allclose(f, g, atol=1e-5), (name, (f - g).abs().max())
+
+
+def test_training_first_layer_by_code_is_off_for_small_batches_and_without_deep_fields():
+    model = seeded("deepfm").train()
+    assert model.train_min_rows == 2 * 11 and model.train_sizes == [6, 11, 5, 4]  # twice the largest small vocabulary
+    nfm = seeded("nfm").train()
+    assert nfm.train_small.numel() == 0  # the deep tower reads only the pool
+    batch = random_batch(tiny_spec(), 64, seed=1)
+    torch.nn.functional.binary_cross_entropy_with_logits(nfm(batch), batch["label"]).backward()
+    assert nfm.deep[0].weight.grad.abs().sum() > 0
+
+
+def test_training_first_layer_by_code_under_bf16_autocast_trains():
+    spec = tiny_spec(sparse=tiny_spec().sparse + [SparseField(name="shop", vocab_size=600, group="item")])
+    model, batch = seeded("deepfm", spec, sparse_grad=True).train(), random_batch(spec, 64, seed=2)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        logits = model(batch)
+    torch.nn.functional.binary_cross_entropy_with_logits(logits.float(), batch["label"]).backward()
+    assert model.deep[0].weight.grad.dtype == torch.float32 and model.deep[0].weight.grad.abs().sum() > 0
+    assert model.embedding.table.weight.grad.is_sparse

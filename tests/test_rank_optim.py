@@ -8,11 +8,11 @@ from homefeed.rank import optim
 from homefeed.rank.optim import RowAdam
 
 
-def _train_pair(n_rows: int, steps: int = 25, *, coalesce: bool = False):
+def _train_pair(n_rows: int, steps: int = 25, *, coalesce: bool = False, fused: bool | None = None):
     torch.manual_seed(0)
     ours, theirs = (torch.nn.Embedding(n_rows, 8, sparse=True) for _ in range(2))
     theirs.load_state_dict(ours.state_dict())
-    opts = {id(ours): RowAdam(ours.parameters(), lr=0.01), id(theirs): torch.optim.SparseAdam(theirs.parameters(), lr=0.01)}
+    opts = {id(ours): RowAdam(ours.parameters(), lr=0.01, fused=fused), id(theirs): torch.optim.SparseAdam(theirs.parameters(), lr=0.01)}
     for _ in range(steps):
         idx = torch.randint(0, min(n_rows, 60), (64, 5))  # repeats within a batch: their gradients must be summed
         weights = torch.randn(64, 5, 8)
@@ -25,16 +25,24 @@ def _train_pair(n_rows: int, steps: int = 25, *, coalesce: bool = False):
     return ours.weight.detach(), theirs.weight.detach()
 
 
+@pytest.mark.parametrize("fused", [True, False])  # the numba kernel, and the torch operators
 @pytest.mark.parametrize("n_rows", [60, 100 * optim.SORT_RATIO * 320])  # the mark scan, and the sort for a huge table
-def test_row_adam_equals_sparse_adam(n_rows):
-    ours, theirs = _train_pair(n_rows)
+def test_row_adam_equals_sparse_adam(n_rows, fused):
+    ours, theirs = _train_pair(n_rows, fused=fused)
     assert (ours - theirs).abs().max().item() < 1e-5
-    assert (ours[:60] != _train_pair(n_rows, steps=1)[0][:60]).any()  # the weights did move over the steps
+    assert (ours[:60] != _train_pair(n_rows, steps=1, fused=fused)[0][:60]).any()  # the weights did move over the steps
 
 
-def test_row_adam_takes_coalesced_gradients():
-    ours, theirs = _train_pair(60, coalesce=True)
+@pytest.mark.parametrize("fused", [True, False])
+def test_row_adam_takes_coalesced_gradients(fused):
+    ours, theirs = _train_pair(60, coalesce=True, fused=fused)
     assert (ours - theirs).abs().max().item() < 1e-5
+
+
+def test_row_adam_kernel_equals_the_torch_operators_and_moves_only_read_rows():
+    fused, unfused, start = _train_pair(500, fused=True)[0], _train_pair(500, fused=False)[0], _train_pair(500, steps=0)[0]
+    assert (fused - unfused).abs().max().item() < 1e-6
+    assert (fused[:60] != start[:60]).all() and torch.equal(fused[60:], start[60:])  # batches read rows 0..59 only
 
 
 def test_row_adam_refuses_dense_gradients_and_bad_settings():

@@ -22,6 +22,7 @@ from torch import Tensor, nn
 from homefeed.config import Section
 from homefeed.rank.blocks import FM, MLP, BiInteraction, CrossNet, FieldEmbedding, InnerProduct, OuterProduct, ResidualMLP, Wide
 from homefeed.rank.blocks_sequence import BST, MeanPool, TargetAttention
+from homefeed.rank.first_layer import FieldLookupLinear
 from homefeed.rank.spec import FeatureSpec
 
 
@@ -108,6 +109,7 @@ class RankModel(nn.Module):
         head_in = (self.cross.out_dim if self.cross else 0) + (self.deep.out_dim if self.deep else 0)
         self.head = nn.Linear(head_in, 1, bias=False) if head_in else None
         self._small_fields(vocab, c)
+        self._train_small_fields(vocab, c, deep_in)
         self.bias = nn.Parameter(torch.zeros(1))
         # (scale, shift) applied to the final logit: identity while training, then fitted on the validation
         # part (Platt scaling, `train.calibrate`) so predicted CTRs match observed rates; ranking is unchanged
@@ -126,6 +128,27 @@ class RankModel(nn.Module):
                              persistent=False)
         self.register_buffer("small_rows", torch.tensor(rows, dtype=torch.int64).reshape(len(small), width), persistent=False)
         self.register_buffer("small_base", torch.arange(len(small), dtype=torch.int64) * width, persistent=False)
+
+    def _train_small_fields(self, vocab: list[int], c: ModelConfig, deep_in: int) -> None:
+        """Buffers for the training-mode first layer by code (`first_layer.FieldLookupLinear`): the fields of at most
+        TRAIN_SMALL_VOCAB codes, their codes on one grid of slots (`train_sizes` per field, from `train_base`) with the
+        table row of each slot (`train_rows`), and the first layer's columns of those fields (`train_small_cols`) and
+        of the rest (`train_rest_cols`: the large fields, then the tail)."""
+        d = c.embed_dim
+        small = [i for i, v in enumerate(vocab) if v <= TRAIN_SMALL_VOCAB] if self.deep is not None and c.deep_fields else []
+        self.train_sizes = [vocab[i] for i in small]
+        self.train_min_rows = 2 * max(self.train_sizes, default=0)  # smaller batches take the plain Linear
+        rows = [int(self.embedding.offsets[i]) + j for i in small for j in range(vocab[i])]
+        large = [i for i in range(len(vocab)) if i not in small]
+        cols = lambda fields: [f * d + k for f in fields for k in range(d)]  # noqa: E731
+        self.register_buffer("train_small", torch.tensor(small, dtype=torch.int64), persistent=False)  # (S,)
+        self.register_buffer("train_large", torch.tensor(large, dtype=torch.int64), persistent=False)
+        self.register_buffer("train_rows", torch.tensor(rows, dtype=torch.int64), persistent=False)  # (sum V_s,)
+        base = [sum(self.train_sizes[:s]) for s in range(len(small))]
+        self.register_buffer("train_base", torch.tensor(base, dtype=torch.int64), persistent=False)  # (S,)
+        self.register_buffer("train_small_cols", torch.tensor(cols(small), dtype=torch.int64), persistent=False)
+        rest = cols(large) + list(range(len(vocab) * d, deep_in)) if small else []
+        self.register_buffer("train_rest_cols", torch.tensor(rest, dtype=torch.int64), persistent=False)
 
     @staticmethod
     def _sequence_block(spec: FeatureSpec, c: ModelConfig) -> nn.Module | None:
@@ -146,11 +169,23 @@ class RankModel(nn.Module):
         if self.embedding is None:  # LR
             logit = self.bias + self.wide(batch["sparse"], *self._dense(batch))
         else:
-            e = self.embedding(batch["sparse"])  # (B, F, D)
-            x = torch.cat([e.flatten(1), *self._dense(batch), *self._pool_sequence(batch, e)], dim=1)  # (B, K)
-            terms = self._shallow(batch, e) + self._over(x, e, batch["sparse"])  # [(B,), ...]
+            e, by_code = self._embed(batch["sparse"])  # (B, F, D)
+            tail = self._dense(batch) + self._pool_sequence(batch, e)  # x = [flatten(e), *tail]
+            terms = self._shallow(batch, e) + self._over(e, tail, by_code, batch["sparse"])  # [(B,), ...]
             logit = self.bias + torch.stack(terms).sum(dim=0)  # (B,)
         return logit * self.calibration[0] + self.calibration[1]
+
+    def _embed(self, sparse: Tensor) -> tuple[Tensor, tuple[Tensor, Tensor, Tensor] | None]:
+        """e (B, F, D), and in training with small fields (`first_layer`) (e_read, read, slots): the slots of
+        the small fields' code grid the batch reads, looked up in the same call as e (one sparse gradient for the table)."""
+        if not (self.training and self.train_small.numel() > 0 and sparse.size(0) >= self.train_min_rows):
+            return self.embedding(sparse), None
+        n, n_fields = sparse.shape
+        slots = sparse.index_select(1, self.train_small) + self.train_base  # (B, S)
+        read = torch.bincount(slots.reshape(-1), minlength=self.train_rows.numel()).nonzero().squeeze(1)  # (R,)
+        codes = torch.cat([(sparse + self.embedding.offsets).reshape(-1), self.train_rows.index_select(0, read)])
+        looked = self.embedding.table(codes)  # (B * F + R, D)
+        return looked[: n * n_fields].reshape(n, n_fields, -1), (looked[n * n_fields :], read, slots)
 
     def _dense(self, batch: dict[str, Tensor]) -> list[Tensor]:
         return [batch["dense"]] if self.n_dense else []  # [(B, Dn)]
@@ -175,16 +210,24 @@ class RankModel(nn.Module):
         wide = [self.wide(batch["sparse"], *self._dense(batch))] if self.wide is not None else []
         return wide + ([self.fm(e)] if self.fm is not None else [])
 
-    def _over(self, x: Tensor, e: Tensor, sparse: Tensor) -> list[Tensor]:
-        """[head([cross(x), deep([x, product(e), bi(e)])])] -> [(B,)], or [] without cross and deep."""
+    def _over(self, e: Tensor, tail: list[Tensor], by_code: tuple[Tensor, Tensor, Tensor] | None, sparse: Tensor) -> list[Tensor]:
+        """[head([cross(x), deep([x, product(e), bi(e)])])] -> [(B,)], or [] without cross and deep; x = [flatten(e), *tail]."""
+        plain = self.deep is not None and by_code is None and (self.training or not self.config.deep_fields or self.small.numel() == 0)
+        x = torch.cat([e.flatten(1)] + tail, dim=1) if self.cross is not None or (plain and self.config.deep_fields) else None
         parts = [self.cross(x)] if self.cross is not None else []
         if self.deep is not None:
             extra = [m(e) for m in (self.product, self.bi) if m is not None]
-            if self.training or not self.config.deep_fields or self.small.numel() == 0:
-                parts.append(self.deep(torch.cat([x] * self.config.deep_fields + extra, dim=1)))
+            if by_code is not None:  # training: the small fields' part of the first layer by code (same function, less work)
+                first, (e_read, read, slots) = self.deep.first_layer(), by_code
+                x_rest = torch.cat([e.index_select(1, self.train_large).flatten(1)] + tail + extra, dim=1)
+                h = FieldLookupLinear.apply(e_read, first.weight, first.bias, x_rest, slots, read, self.train_sizes,
+                                            self.train_small_cols, self.train_rest_cols)
+                parts.append(self.deep.after_first(h))
+            elif plain:
+                parts.append(self.deep(torch.cat([x] * self.config.deep_fields + extra, dim=1)))  # x: (B, K)
             else:  # eval: the small fields' part of the first layer by lookup (same function, a third of the work)
                 first = self.deep.first_layer()
-                tail = torch.cat([x[:, e.size(1) * e.size(2):]] + extra, dim=1)  # [dense, sequence, product, bi]
+                tail = torch.cat(tail + extra, dim=1) if tail or extra else e.new_zeros(e.size(0), 0)  # [dense, sequence, product, bi]
                 lookup, w_large_t = self._first_layer_tables(first)
                 h = deep_first_layer(e, tail, sparse, first.weight, first.bias, self.small, self.large,
                                      self.small_base, lookup, w_large_t, self.small_batch)
@@ -232,6 +275,7 @@ class RankModel(nn.Module):
 
 
 _MLP = {"deep": "mlp"}
+TRAIN_SMALL_VOCAB = 512  # fields with at most this many codes enter the training-mode deep tower by code (`first_layer`)
 SMALL_VOCAB = 64  # fields with at most this many codes enter the eval-mode deep tower by lookup (`deep_first_layer`)
 
 

@@ -12,6 +12,12 @@ table's step count), so the weights agree with SparseAdam's to float rounding (t
 Very large tables touched by few rows per step (more than `SORT_RATIO` rows per touched index)
 use `torch.unique` instead of scanning the whole mark.
 
+On CPU float32 tables (`fused`, the default there) one numba kernel does the whole step: one pass over
+the gradient's rows finds each distinct row's slot by the mark and sums its gradients, then the Adam
+update of those rows happens in place, O(rows touched) whatever the table's size. About twenty torch
+kernels, each a pass over the rows, become two: for DeepFM's table (46k x 16, 65k looked-up rows a
+step) 6.0 ms against 10.6-12.7 ms on the loaded 2-core box (load 23). Same float32 arithmetic.
+
     >>> emb = torch.nn.Embedding(1000, 16, sparse=True)
     >>> opt = RowAdam([emb.weight], lr=1e-3)
     >>> emb(torch.tensor([[1, 2, 2]])).sum().backward(); opt.step()
@@ -20,16 +26,58 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import torch
+from numba import njit
 from torch import Tensor
 
 SORT_RATIO = 64  # a table with more rows than this x the indices of a step finds its rows by sorting instead
 
 
-class RowAdam(torch.optim.Optimizer):
-    """Lazy Adam for parameters with sparse (COO, row-wise) gradients, e.g. `nn.Embedding(sparse=True)` tables."""
+@njit(cache=True)
+def _row_adam_step(weight, exp_avg, exp_avg_sq, mark, slot, index, values, keep1, keep2, eps, neg_step):
+    """One lazy Adam step on the rows of an uncoalesced gradient (index (M,), values (M, D)), in place.
 
-    def __init__(self, params, lr: float = 1e-3, betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8):
+    keep1 = 1 - beta1, keep2 = 1 - beta2, neg_step = -lr * sqrt(1 - beta2^t) / (1 - beta1^t), all float32.
+    mark (N,) bool and slot (N,) int64 are scratch: mark is all False again on return.
+    """
+    n, dim = values.shape
+    rows = np.empty(n, np.int64)
+    grad = np.empty((n, dim), np.float32)
+    n_rows = 0
+    for i in range(n):  # the distinct rows in first-seen order, their gradients summed in index order
+        r = index[i]
+        if mark[r]:
+            j = slot[r]
+            for k in range(dim):
+                grad[j, k] += values[i, k]
+        else:
+            mark[r] = True
+            slot[r] = n_rows
+            rows[n_rows] = r
+            for k in range(dim):
+                grad[n_rows, k] = values[i, k]
+            n_rows += 1
+    for j in range(n_rows):  # SparseAdam's form: m += (g - m) * (1 - b1); v += (g^2 - v) * (1 - b2)
+        r = rows[j]
+        mark[r] = False
+        for k in range(dim):
+            g = grad[j, k]
+            m = exp_avg[r, k] + (g - exp_avg[r, k]) * keep1
+            v = exp_avg_sq[r, k] + (g * g - exp_avg_sq[r, k]) * keep2
+            exp_avg[r, k] = m
+            exp_avg_sq[r, k] = v
+            weight[r, k] += m / (np.sqrt(v) + eps) * neg_step
+
+
+class RowAdam(torch.optim.Optimizer):
+    """Lazy Adam for parameters with sparse (COO, row-wise) gradients, e.g. `nn.Embedding(sparse=True)` tables.
+
+    fused: the numba step (default: for CPU float32 tables); False: the torch operators, any device.
+    """
+
+    def __init__(self, params, lr: float = 1e-3, betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8,
+                 *, fused: bool | None = None):
         if not lr > 0:
             raise ValueError(f"learning rate must be > 0; got {lr}")
         if not (0 <= betas[0] < 1 and 0 <= betas[1] < 1):
@@ -37,6 +85,7 @@ class RowAdam(torch.optim.Optimizer):
         if not eps >= 0:
             raise ValueError(f"eps must be >= 0; got {eps}")
         super().__init__(params, {"lr": lr, "betas": betas, "eps": eps})
+        self.fused = fused
 
     @staticmethod
     def _rows(state: dict, index: Tensor, values: Tensor) -> tuple[Tensor, Tensor]:
@@ -76,15 +125,22 @@ class RowAdam(torch.optim.Optimizer):
                 index, values = g._indices()[0], g._values()
                 if values.numel() == 0:
                     continue
-                rows, grad = (index, values) if g.is_coalesced() else self._rows(state, index, values)
                 state["step"] += 1
                 step = state["step"]
+                step_size = group["lr"] * math.sqrt(1 - beta2**step) / (1 - beta1**step)
+                kernel = p.device.type == "cpu" and p.dtype == values.dtype == torch.float32 and p.dim() == 2 and p.is_contiguous()
+                if kernel if self.fused is None else self.fused:
+                    f32 = np.float32
+                    _row_adam_step(p.detach().numpy(), state["exp_avg"].numpy(), state["exp_avg_sq"].numpy(), state["mark"].numpy(),
+                                   state["slot"].numpy(), index.contiguous().numpy(), values.contiguous().numpy(),
+                                   f32(1 - beta1), f32(1 - beta2), f32(group["eps"]), f32(-step_size))
+                    continue
+                rows, grad = (index, values) if g.is_coalesced() else self._rows(state, index, values)
                 m = state["exp_avg"].index_select(0, rows)
                 v = state["exp_avg_sq"].index_select(0, rows)
                 m.add_(grad.sub(m).mul_(1 - beta1))  # SparseAdam's form: old += (1 - b) * (new - old)
                 v.add_(grad.square().sub_(v).mul_(1 - beta2))
                 state["exp_avg"].index_copy_(0, rows, m)
                 state["exp_avg_sq"].index_copy_(0, rows, v)
-                step_size = group["lr"] * math.sqrt(1 - beta2**step) / (1 - beta1**step)
                 p.index_add_(0, rows, m.div_(v.sqrt_().add_(group["eps"])).mul_(-step_size))
         return loss
