@@ -5,7 +5,8 @@
     .venv/bin/python benchmarks/graph_embedding.py --real-logs all                                # link AUC per real log
 
 What it measures, all in one run on the same walks (so speeds are comparable even on a busy machine):
-- graph build seconds; walk steps/s of the numba walker and of a vectorised numpy walker (reference);
+- graph build seconds; walk steps/s of the numba walker (its default layout, and on the graph as it is and
+  BFS-ordered) and of a vectorised numpy walker (reference), interleaved, median of 3 rounds;
 - training words/s (corpus tokens per second) of DeepWalk and EGES (fp32 and bf16 autocast, 1 torch thread)
   against gensim Word2Vec (skip-gram, same dim / window / negatives / sample) with 1 and 2
   workers, interleaved on the first `--speed-walks` walks of one corpus;
@@ -341,6 +342,8 @@ def main() -> None:
     ap.add_argument("--epochs", type=int, default=2)
     ap.add_argument("--dim", type=int, default=64)
     ap.add_argument("--batch", type=int, default=1024)
+    ap.add_argument("--threads", type=int, default=1, help="TrainSettings.threads (torch and the fused numba step) in "
+                                                            "the training and channel sections")
     ap.add_argument("--side-measure", choices=["kappa", "information"], default="kappa",
                     help="what starts EGES's mix: each side field's kappa or information gain (TrainSettings.side_measure)")
     ap.add_argument("--side-prior", type=float, default=5.0, help="TrainSettings.side_prior (25 suits --side-measure information)")
@@ -359,7 +362,8 @@ def main() -> None:
         raise SystemExit(f"unknown --methods {sorted(set(methods) - set(TRAINING_RUNS))}; valid: {', '.join(TRAINING_RUNS)}")
     t0 = time.perf_counter()
     walks = WalkSettings(walks_per_node=args.walks_per_node, length=args.length)
-    train = TrainSettings(dim=args.dim, epochs=args.epochs, batch_size=args.batch, side_measure=args.side_measure,
+    train = TrainSettings(dim=args.dim, epochs=args.epochs, batch_size=args.batch, threads=args.threads,
+                          side_measure=args.side_measure,
                           side_prior=args.side_prior)
     if args.real_logs:
         result = {"link_auc": real_log_aucs(args.real_logs.split(","), walks, train, directed=args.directed,
