@@ -188,28 +188,44 @@ def test_similarity_vectors_are_centre_plus_context_for_warm_items(world):
         embed_graph(sub, side, mode="eges", walks=WALKS, train=TRAIN, vectors="context")
 
 
-def test_side_start_is_picked_on_held_out_training_edges(world):
-    """side_start="validation": both starts are scored on edges held out of the given graph, the better one trains
-    the real model (the same vectors as training with it directly), and the report says which and why."""
-    from homefeed.recall.graph.side_start import pick_side_start
+def test_training_is_picked_on_held_out_training_edges(world):
+    """validate=True: each start (EGES: kappa, information gain) trains cycle after cycle on the graph less some
+    held-out edges while their AUC rises; the best start and cycle count train the real model (the same vectors as
+    training with them directly), and the report says which and why."""
+    from homefeed.recall.graph.graph import ItemGraph
+    from homefeed.recall.graph.validation import MAX_CYCLES, pick_training
 
     graph, _, side = world
-    picked, report = pick_side_start(graph, side, walks=WALKS, train=TRAIN)
-    assert set(report) == {"kappa", "information", "picked", "validation_edges"}
-    assert report["validation_edges"] > 50 and all(0.5 < report[k] <= 1.0 for k in ("kappa", "information"))
-    best = max(("kappa", "information"), key=lambda k: report[k])
-    assert report["picked"] == best == picked.side_measure
+    picked, cycles, report = pick_training(graph, side, mode="eges", walks=WALKS, train=TRAIN)
+    assert set(report) == {"kappa", "information", "picked", "cycles", "validation_edges"}
+    assert report["validation_edges"] > 50
+    for name in ("kappa", "information"):
+        aucs = report[name]
+        assert 1 <= len(aucs) <= MAX_CYCLES and all(0.5 < a <= 1.0 for a in aucs)
+        assert all(b > a for a, b in zip(aucs[:-2], aucs[1:-1]))  # it went on only while the AUC rose
+        assert len(aucs) == MAX_CYCLES or len(aucs) == 1 or aucs[-1] <= aucs[-2]
+    best = max(("kappa", "information"), key=lambda k: max(report[k]))
+    assert report["picked"] == best == picked.side_measure and cycles == report["cycles"] == np.argmax(report[best]) + 1
     assert picked.side_prior == (TRAIN.side_prior if best == "kappa" else 5 * TRAIN.side_prior)
     auto = embed_graph(graph, side, mode="eges", walks=WALKS, train=TRAIN)
-    direct = embed_graph(graph, side, mode="eges", walks=WALKS, train=picked, side_start="settings")
-    assert auto.log["side_start"] == report and "side_start" not in direct.log
+    direct = embed_graph(graph, side, mode="eges", walks=WALKS, train=picked, validate=False, cycles=cycles)
+    assert auto.log["validation"] == report and "validation" not in direct.log and direct.log["cycles"] == cycles
     np.testing.assert_array_equal(auto.vectors, direct.vectors)
-    # nothing to pick: the paper's equal start, or a forest (no edge can go with its ends still connected)
-    assert pick_side_start(graph, side, walks=WALKS, train=TRAIN.model_copy(update={"side_prior": 0.0}))[1]["picked"] == "equal"
-    from homefeed.recall.graph.graph import ItemGraph
-
+    # DeepWalk: only the cycles are picked
+    _, _, dw = pick_training(graph, side, mode="deepwalk", walks=WALKS, train=TRAIN)
+    assert dw["picked"] == "settings" and set(dw) == {"settings", "picked", "cycles", "validation_edges"}
+    # a forest: no edge can go with its ends still connected, so the settings train one cycle
     path = ItemGraph.from_edges(np.arange(1, 40), np.arange(2, 41), np.ones(39), graph.n_nodes, undirected=True)
-    kept, why = pick_side_start(path, side, walks=WALKS, train=TRAIN)
-    assert kept == TRAIN and why == {"picked": "kappa", "validation_edges": 0}
-    with pytest.raises(ValueError, match="side_start"):
-        embed_graph(graph, side, mode="eges", walks=WALKS, train=TRAIN, side_start="test")
+    kept, n, why = pick_training(path, side, mode="eges", walks=WALKS, train=TRAIN)
+    assert kept == TRAIN and n == 1 and why == {"picked": "kappa", "cycles": 1, "validation_edges": 0}
+    with pytest.raises(ValueError, match="cycles"):
+        embed_graph(graph, side, mode="eges", walks=WALKS, train=TRAIN, validate=False, cycles=0)
+
+
+def test_a_second_cycle_trains_on_fresh_walks_and_adds_up(world):
+    graph, _, side = world
+    one = embed_graph(graph, side, mode="deepwalk", walks=WALKS, train=TRAIN, validate=False)
+    two = embed_graph(graph, side, mode="deepwalk", walks=WALKS, train=TRAIN, validate=False, cycles=2)
+    assert two.log["cycles"] == 2 and two.log["walk_steps"] > 1.9 * one.log["walk_steps"]
+    assert len(two.log["epoch_loss"]) == 2 * len(one.log["epoch_loss"])
+    assert not np.allclose(one.vectors, two.vectors)

@@ -6,8 +6,10 @@ same graph, walks and windows (all seeded) and draws every batch's negatives fro
 rank r scores the r-th slice of each batch (logits and their gradients), `gather_rows` (one all_gather
 over gloo) hands every rank all slices' gradients w.r.t. the logits and centre vectors, (B, C + K) and
 (B, D), and every rank applies the whole batch: the single-process step, rows added in the same order. So all ranks keep identical tables,
-equal to one process up to float rounding of the split dot products. Rank 0 builds the i2i table
-and saves the channel: the artefact `EGES(settings).fit(dataset).save(out)` writes.
+equal to one process up to float rounding of the split dot products. Before that, every rank makes the
+same pick of training cycles and side start on held-out edges (`recall/graph/validation.py`: unsharded,
+seeded, so alike on every rank). Rank 0 builds the i2i table and saves the channel: the artefact
+`EGES(settings).fit(dataset).save(out)` writes.
 
     >>> rec = fit_eges_distributed("out/tiny_ds", "out/eges_ddp", EGESSettings(), nproc=2)  # doctest: +SKIP
 """

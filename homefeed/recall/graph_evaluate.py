@@ -16,6 +16,8 @@
      sides apart; "uniform": among nodes with a training edge (the paper's random pairs).
    - undirected (default): the training graph is walked both ways, since a held-out pair is unordered;
      off, it is walked as the channel walks it (sparse directed session graphs dead-end quickly).
+   The embedding may pick its own training cycles and side start on edges it holds out of the
+   training graph it is given (`recall/graph/validation.py`); the test edges are never in that graph.
 2. Cold-start recall: the users of the test part who acted on *cold* items (no training event at
    all); relevant = those cold items; HitRate@K of each channel's list. Item-CF and Swing cannot
    recall an item nobody touched, nor can a table by skip-gram context scores (a cold item has no
@@ -200,7 +202,7 @@ def link_prediction(graph: ItemGraph, side: SideInfo | None, *, settings: EGESSe
             runs[f"{method}_p{partition.parts}"] = partition
         for name, part in runs.items():
             emb = embed_graph(train_graph, side, mode=method, walks=s.walks, train=s.train, partition=part,
-                              vectors=s.vectors, side_start=s.side_start)
+                              vectors=s.vectors, validate=s.pick_on_validation)
             out[name] = pair_auc(emb.vectors, pairs, labels)
             context[name] = auc(labels, emb.pair_scores(pairs, "context"))
     return {"auc": out, "auc_context": context, "pairs": int(labels.sum())}

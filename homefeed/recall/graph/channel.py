@@ -54,6 +54,9 @@ class DeepWalkSettings(Section):
     top_n: int = Field(100, ge=1)  # neighbours kept per item in the i2i table
     similarity: Literal["context", "cosine"] = "context"  # h_i . z_j (skip-gram's own score) or cosine of `vectors`
     vectors: Literal["sum", "centre"] = "sum"  # what the cosine compares: H + z of warm items, or H alone (the paper's)
+    # pick the training cycles (1..3) and EGES's side start (kappa or information gain) on held-out edges of the
+    # training graph (`validation.py`); False: one cycle, train.side_measure and train.side_prior as given
+    pick_on_validation: bool = True
     triggers: TriggerSettings = TriggerSettings()
 
 
@@ -63,9 +66,6 @@ class EGESSettings(DeepWalkSettings):
     mode: Literal["eges", "ges"] = "eges"  # learned per-item weights, or equal weights
     side_fields: list[str] | None = None  # items columns used; None = leaf, standard category (if any), brand, shop, price band
     price_bands: int = Field(5, ge=1)  # equal-frequency price bands within each leaf category
-    # how EGES's mix starts: "validation" picks kappa or information gain on held-out edges of the training graph
-    # (`side_start.py`), "settings" uses train.side_measure and train.side_prior as given
-    side_start: Literal["validation", "settings"] = "validation"
 
 
 class DeepWalk(I2IRecaller):
@@ -100,7 +100,7 @@ class DeepWalk(I2IRecaller):
         s = self.settings
         graph = build_graph(dataset.events_in("train"), dataset.n_items, settings=s.graph)
         return embed_graph(graph, self._side(dataset), mode=self.mode, walks=s.walks, train=s.train, partition=s.partition,
-                           shard=shard, vectors=s.vectors, side_start=getattr(s, "side_start", "settings"))
+                           shard=shard, vectors=s.vectors, validate=s.pick_on_validation)
 
     def fit(self, dataset: Dataset) -> "DeepWalk":
         return self.fit_embedding(self.embed(dataset))

@@ -26,7 +26,7 @@ genre of hundreds of films (gain .01) have the same kappa (.09, .08), yet only t
 .762 vs DeepWalk .751 on Toys, .706 vs .765 on MovieLens). 25 x gain gives EGES .764 on Toys and
 .765 on MovieLens, but on Taobao (gain ~1, one or two neighbours an item) nearly all of the mix goes
 to the leaf and cosine AUC falls (.948 -> .927 on the tail). Neither suits every log, so by default
-`side_start.py` picks one per graph on held-out edges of the training graph itself.
+`validation.py` picks one per graph on held-out edges of the training graph itself.
 
 A cold-start item (never in a walk) has no trained id vector, so its vector comes from side
 information alone: sum_{j>=1} beta_j W^j[s_j(v)], with beta the softmax of the warm items' mean side

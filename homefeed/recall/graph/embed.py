@@ -7,7 +7,9 @@
 Items that appear in the walks are *warm* and get their trained vector H_v; every other item is
 *cold* and gets the side-information vector (EGES, GES) or none at all (DeepWalk: a zero row, never
 indexed); with no informative side field at all, GES and EGES train as DeepWalk. With
-`partitions > 1` the graph is cut into parts trained apart (`parallel.py`).
+`partitions > 1` the graph is cut into parts trained apart (`parallel.py`). Unless told otherwise,
+the number of training cycles and EGES's side start are picked on edges held out of the graph
+(`validation.py`) before the real training.
 
 The similarity vector of a warm item is H_v + z_v, its centre plus its context vector (`vectors="sum"`,
 the "w + c" of Levy, Goldberg & Dagan, TACL 2015, GloVe's W + W~): cos(H_a + z_a, H_b + z_b) adds the
@@ -153,48 +155,47 @@ def train_on_graph(model: EGESModel, graph: ItemGraph, *, walks: WalkSettings, t
     return {"walk_seconds": walk_s, "walk_steps": int(counts.sum()), **log.as_dict()}, counts
 
 
-def embed_graph(graph: ItemGraph, side: SideInfo | None, *, mode: Mode = "eges", walks: WalkSettings | None = None,
-                train: TrainSettings | None = None, partition: PartitionSettings | None = None,
-                workdir: str | Path | None = None, shard: Shard | None = None,
-                vectors: Literal["sum", "centre"] = "sum", side_start: str = "validation") -> Embedding:
-    """Item vectors for every node of `graph` (warm) and, with side information, for every other item (cold).
-    With `shard`, this process is one rank of data-parallel training (every rank ends with the same vectors).
-    vectors: "sum" compares items by H + z (see the module docstring), "centre" by H alone (the paper's).
-    side_start (EGES): "validation" picks how the mix starts on held-out edges of `graph` (`side_start.py`;
-    the report is in `log["side_start"]`), "settings" starts it as `train.side_measure` says."""
-    from homefeed.recall.graph.side_start import SIDE_STARTS, pick_side_start
+def train_cycles(model: EGESModel, graph: ItemGraph, *, walks: WalkSettings, train: TrainSettings, workdir: Path,
+                 cycles: int = 1, shard: Shard | None = None, after=None) -> tuple[dict, np.ndarray]:
+    """`train_on_graph` `cycles` times, cycle c on fresh walks and windows (seeds + c) with the learning rate annealed
+    from `train.lr` again (a warm restart); cycle 0 is the plain run. after(c, counts) -> bool, called after cycle c
+    (1-based) with the occurrences so far, stops early when False. Returns (log with "cycles", counts summed)."""
+    if cycles < 1:
+        raise ValueError(f"cycles must be >= 1, got {cycles}")
+    log: dict = {}
+    counts = np.zeros(graph.n_nodes, np.int64)
+    for c in range(cycles):
+        w = walks if c == 0 else walks.model_copy(update={"seed": walks.seed + c})
+        t = train if c == 0 else train.model_copy(update={"seed": train.seed + c})
+        step, seen = train_on_graph(model, graph, walks=w, train=t, workdir=workdir, shard=shard)
+        counts += seen
+        if not log:
+            log = dict(step)
+        else:
+            for key in ("walk_seconds", "walk_steps", "pairs", "tokens", "seconds"):
+                log[key] = log.get(key, 0) + step.get(key, 0)
+            log["epoch_loss"] = log.get("epoch_loss", []) + step.get("epoch_loss", [])
+        log["cycles"] = c + 1
+        if after is not None and not after(c + 1, counts):
+            break
+    return log, counts
 
-    if vectors not in ("sum", "centre"):
-        raise ValueError(f"unknown vectors {vectors!r}; valid: sum, centre")
-    if side_start not in SIDE_STARTS:
-        raise ValueError(f"unknown side_start {side_start!r}; valid: {', '.join(SIDE_STARTS)}")
-    walks = walks or WalkSettings()
-    train = train or TrainSettings()
-    partition = partition or PartitionSettings()
-    if mode != "deepwalk" and (side is None or side.n_fields == 0):
-        mode = "deepwalk"  # no informative side information (e.g. a log without item attributes): ids alone
-    picked = None
-    if mode == "eges" and side_start == "validation":
-        train, picked = pick_side_start(graph, side, walks=walks, train=train, vectors=vectors)
+
+def new_model(graph: ItemGraph, side: SideInfo | None, mode: Mode, train: TrainSettings) -> EGESModel:
+    """A fresh model for `graph`; in eges mode its mix starts as `train.side_measure` and `train.side_prior` say."""
     model = EGESModel(graph.n_nodes, side, dim=train.dim, mode=mode, attention_lr=train.attention_lr, seed=train.seed)
     if model.mode == "eges":
         src, dst, _ = graph.edges()
         measure = side_information_gain if train.side_measure == "information" else side_agreement
         model.start_attention(neighbours(graph), measure(model.side, src, dst), train.side_prior)
-    with tempfile.TemporaryDirectory(dir=workdir) as tmp:
-        if partition.parts > 1:
-            if shard is not None:
-                raise ValueError("data-parallel training (--nproc > 1) trains the whole graph; set partition.parts = 1")
-            from homefeed.recall.graph.parallel import train_partitioned
+    return model
 
-            log, counts = train_partitioned(model, graph, walks=walks, train=train, partition=partition, workdir=Path(tmp))
-        else:
-            log, counts = train_on_graph(model, graph, walks=walks, train=train, workdir=Path(tmp), shard=shard)
-    if picked is not None:
-        log["side_start"] = picked
+
+def read_out(model: EGESModel, counts: np.ndarray, vectors: str, log: dict | None = None) -> Embedding:
+    """The Embedding of a trained `model` (warm = counts > 0), similarity vectors as `vectors` says."""
     warm = counts > 0
     centre = model.item_vectors(warm)
-    if mode == "deepwalk":
+    if model.mode == "deepwalk":
         centre[~warm] = 0.0
     centre[0] = 0.0  # code 0 is the unknown item
     similar = centre
@@ -203,4 +204,44 @@ def embed_graph(graph: ItemGraph, side: SideInfo | None, *, mode: Mode = "eges",
         cold = np.flatnonzero(~warm)
         similar[cold] += side_context(model, warm, cold)
     similar[0] = 0.0
-    return Embedding(normalize(similar), np.linalg.norm(similar, axis=1).astype(np.float32), warm, model, log, centre)
+    return Embedding(normalize(similar), np.linalg.norm(similar, axis=1).astype(np.float32), warm, model, log or {},
+                     centre)
+
+
+def embed_graph(graph: ItemGraph, side: SideInfo | None, *, mode: Mode = "eges", walks: WalkSettings | None = None,
+                train: TrainSettings | None = None, partition: PartitionSettings | None = None,
+                workdir: str | Path | None = None, shard: Shard | None = None,
+                vectors: Literal["sum", "centre"] = "sum", validate: bool = True, cycles: int = 1) -> Embedding:
+    """Item vectors for every node of `graph` (warm) and, with side information, for every other item (cold).
+    With `shard`, this process is one rank of data-parallel training (every rank ends with the same vectors).
+    vectors: "sum" compares items by H + z (see the module docstring), "centre" by H alone (the paper's).
+    validate: pick the training cycles (and EGES's side start) on held-out edges of `graph` (`validation.py`, its
+    report in `log["validation"]`); else train `cycles` cycles as the settings say. Unpartitioned training only."""
+    from homefeed.recall.graph.validation import pick_training
+
+    if vectors not in ("sum", "centre"):
+        raise ValueError(f"unknown vectors {vectors!r}; valid: sum, centre")
+    walks = walks or WalkSettings()
+    train = train or TrainSettings()
+    partition = partition or PartitionSettings()
+    if mode != "deepwalk" and (side is None or side.n_fields == 0):
+        mode = "deepwalk"  # no informative side information (e.g. a log without item attributes): ids alone
+    report = None
+    if validate and partition.parts == 1:
+        train, cycles, report = pick_training(graph, side, mode=mode, walks=walks, train=train, vectors=vectors)
+    model = new_model(graph, side, mode, train)
+    with tempfile.TemporaryDirectory(dir=workdir) as tmp:
+        if partition.parts > 1:
+            if shard is not None:
+                raise ValueError("data-parallel training (--nproc > 1) trains the whole graph; set partition.parts = 1")
+            if cycles != 1:
+                raise ValueError(f"partitioned training runs one cycle, got cycles={cycles}")
+            from homefeed.recall.graph.parallel import train_partitioned
+
+            log, counts = train_partitioned(model, graph, walks=walks, train=train, partition=partition, workdir=Path(tmp))
+        else:
+            log, counts = train_cycles(model, graph, walks=walks, train=train, workdir=Path(tmp), cycles=cycles,
+                                       shard=shard)
+    if report is not None:
+        log["validation"] = report
+    return read_out(model, counts, vectors, log)
