@@ -23,9 +23,9 @@ trained LR (`warm_start`: LR's calibrated weights in its wide term, its deep hea
 valid is also scored before the first step, so the kept check is never below LR's valid AUC; the
 deep parts learn what LR leaves. `evaluate_rank` reuses its LR baseline for it (`results.lr_model`).
 Off by default because it costs the deep gains where there are some: Taobao tail DeepFM test AUC
-.802 warm vs .820 cold, Amazon Toys (1,000 users) .570 vs .590, both above LR (.791, .566); where
-nothing beats LR (Amazon Video Games, 1,000 users) a warm DIN with a wide term is LR (.528) instead
-of a constant (.500).
+.802 warm vs .820 cold (LR .791); Amazon Toys (1,000 users) DeepFM .570 vs .590 and DIN (with a
+wide term) .566 vs .605 (LR .566: the start was kept). Where nothing beats LR (Amazon Video Games,
+1,000 users) the warm DIN is LR (.528) and DeepFM .526 instead of a constant (.500).
 
 Public logs without an impression log (`homefeed ingest --format sequences|recbole|taobao`) use the
 DIN protocol automatically (see `samples`).
