@@ -24,6 +24,12 @@ to score 500 candidates of one request (eager fp32, eager int8, TorchScript int8
     python benchmarks/rank.py --rows 100000 --models deepfm,bst --json
 Targets (issue 7): >= 3x the peers' training samples/s at equal AUC (within 0.002); 500 candidates < 10 ms.
 
+Measured 2026-12-05, 500k rows, --threads 2, load average 20-28 (other jobs), the code before and after the
+first-layer-by-code and RowAdam-kernel change interleaved, 3 runs each, median: DeepFM 1.93x -> 2.49x (ours 73.4k ->
+82.9k samples/s), DCN 2.18x -> 2.00x (67.0k -> 62.5k; single runs spread 45-71k at this load); test AUC unchanged to
+4 digits (DeepFM 0.6057, DCN 0.6137). In one process, alternating 10-step rounds (load 14-17), the by-code first
+layer cut DeepFM's step 44.6 -> 40.9 ms and DCN's 56.7 -> 50.7 ms (best round).
+
 Measured 2026-12-04, 500k rows, --threads 2, load average 10-14 (3 runs, median): DeepFM ours 73.9k vs deepctr fit
 40.0k samples/s (1.85x; AUC 0.6057 vs 0.6129), DCN 63.1k vs 31.4k (2.01x; AUC 0.6137 vs 0.6122). RowAdam against
 torch's SparseAdam in the same loop (--table-optimizer): 1.16x (79.8k vs 68.5k), same AUC to 4 digits.
