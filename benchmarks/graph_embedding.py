@@ -5,8 +5,8 @@
     .venv/bin/python benchmarks/graph_embedding.py --real-logs all                                # link AUC per real log
 
 What it measures, all in one run on the same walks (so speeds are comparable even on a busy machine):
-- graph build seconds; walk steps/s of the numba walker (its default layout, and on the graph as it is and
-  BFS-ordered) and of a vectorised numpy walker (reference), interleaved, median of 3 rounds;
+- graph build seconds; walk steps/s of the numba walker and of a vectorised numpy walker (reference),
+  interleaved, median of 3 rounds;
 - training words/s (corpus tokens per second) of DeepWalk and EGES (fp32 and bf16 autocast, 1 torch thread)
   against gensim Word2Vec (skip-gram, same dim / window / negatives / sample) with 1 and 2
   workers, interleaved on the first `--speed-walks` walks of one corpus;
@@ -114,8 +114,8 @@ def numpy_walks(graph: ItemGraph, tables, starts: np.ndarray, length: int, seed:
 
 
 def bench_walks(graph: ItemGraph, walks: WalkSettings, *, repeats: int = 3) -> dict:
-    """Steps/s of the numba walker (its default layout, and each `locality` layout) against the numpy reference,
-    `repeats` rounds with the walkers interleaved, the median round of each kept (a busy machine slows them alike)."""
+    """Steps/s of the numba walker against the numpy reference, `repeats` rounds with the two interleaved, the median
+    round of each kept (a busy machine slows them alike; a process's first big walk also pays for fresh pages)."""
     t0 = time.perf_counter()
     tables = alias_tables(graph)
     t_alias = time.perf_counter() - t0
@@ -124,25 +124,20 @@ def bench_walks(graph: ItemGraph, walks: WalkSettings, *, repeats: int = 3) -> d
     steps = int((w[:, 1:] >= 0).sum())
     starts = w[:, 0].astype(np.int64)
     del w
-    runs: dict[str, list[float]] = {"default": [], "none": [], "bfs": [], "numpy": []}
+    runs: dict[str, list[float]] = {"numba": [], "numpy": []}
     for _ in range(repeats):
         for name in runs:
             t0 = time.perf_counter()
             if name == "numpy":
                 numpy_walks(graph, tables, starts, walks.length)
-            elif name == "default":
-                random_walks(graph, settings=walks, tables=tables)
             else:
-                random_walks(graph, settings=walks, tables=tables, locality=None if name == "none" else name)
+                random_walks(graph, settings=walks, tables=tables)
             runs[name].append(time.perf_counter() - t0)
     median = {name: float(np.median(t)) for name, t in runs.items()}
     numpy_rate = starts.size * (walks.length - 1) / median["numpy"]
-    out = {"alias_seconds": t_alias, "walks": int(starts.size), "steps": steps, "repeats": repeats,
-           "numba_steps_per_s": steps / median["default"], "numpy_steps_per_s": numpy_rate,
-           "numba_vs_numpy": steps / median["default"] / numpy_rate}
-    for name in ("none", "bfs"):
-        out[f"numba_{name}_vs_numpy"] = steps / median[name] / numpy_rate
-    return out
+    return {"alias_seconds": t_alias, "walks": int(starts.size), "steps": steps, "repeats": repeats,
+            "numba_steps_per_s": steps / median["numba"], "numpy_steps_per_s": numpy_rate,
+            "numba_vs_numpy": steps / median["numba"] / numpy_rate}
 
 
 def gensim_reference(graph: ItemGraph, walks: WalkSettings, train: TrainSettings, pairs, labels, workers: int) -> dict:

@@ -134,26 +134,9 @@ def seeded_graph(n: int = 400, seed: int = 5) -> ItemGraph:
 
 
 @pytest.mark.parametrize("p,q", [(1.0, 1.0), (0.5, 2.0)])
-@pytest.mark.parametrize("locality", ["bfs", "community", None])
-def test_walks_equal_the_reference_walker_bit_for_bit(p, q, locality):
+def test_walks_equal_the_reference_walker_bit_for_bit(p, q):
     g = seeded_graph()
     s = WalkSettings(walks_per_node=3, length=12, p=p, q=q, seed=11)
     expected = reference_walks(g, s)
     assert (expected == PAD).any() and (expected[:, -1] != PAD).any()  # dead ends and full walks both occur
-    np.testing.assert_array_equal(random_walks(g, settings=s, locality=locality), expected)
-
-
-def test_locality_order_is_a_permutation_and_keeps_rows():
-    from homefeed.recall.graph.walks import locality_order, packed_edges, reordered_edges
-
-    g = seeded_graph()
-    for method in ("bfs", "community"):
-        old_of = locality_order(g, method)
-        assert np.array_equal(np.sort(old_of), np.arange(g.n_nodes))
-        indptr, edges = reordered_edges(g, packed_edges(g), old_of)
-        u = int(np.flatnonzero(np.diff(indptr) > 2)[0])  # a node with several edges, in new ids
-        row = edges[indptr[u]:indptr[u + 1]]
-        orig = packed_edges(g)[g.indptr[old_of[u]]:g.indptr[old_of[u] + 1]]
-        assert np.array_equal(old_of[row[:, 1]], orig[:, 1]) and np.array_equal(row[:, 0], orig[:, 0])
-    with pytest.raises(ValueError, match="locality"):
-        locality_order(g, "random")
+    np.testing.assert_array_equal(random_walks(g, settings=s), expected)
