@@ -131,6 +131,23 @@ def test_failing_or_slow_channel_still_gives_full_pages(bundle, tmp_path):
         bundle.channels = channels
 
 
+def test_the_learned_seen_factor_applies_when_serving(bundle, tmp_path):
+    """A merger that learned seen_weight 0 (repeats never convert on this log) drops the user's items from the candidates."""
+    p = Pipeline(bundle, SQLiteStore(tmp_path / "s.db"), Config())
+    user, now = active_user(bundle)
+    state = p.user_state(user, now)
+    before, merger = p.recall(state, []), bundle.merger
+    assert np.isin(before.items, state.items).any()  # the tiny shop's channels do recall repeats
+    old = merger.seen_weight_
+    merger.seen_weight_ = 0.0
+    try:
+        after = p.recall(state, [])
+    finally:
+        merger.seen_weight_ = old
+        p.close()
+    assert len(after.items) and not np.isin(after.items, state.items).any()
+
+
 class Sleepy:
     """A real channel's answer for one user, given after `delay_s`."""
 

@@ -127,7 +127,7 @@ class Pipeline:
                 self.metrics.channel_errors.labels(name, "error", self.arm).inc()
             else:
                 results[name] = fut.result()
-        return self.bundle.merger.merge(results, k=self.k_merge)
+        return self.bundle.merger.merge(results, k=self.k_merge, seen=state.items)  # the learned factor on repeats
 
     def rank(self, state: UserState, cands: MergedCandidates, context: dict, degraded: list[str],
              exposures: tuple[np.ndarray, np.ndarray] | None = None) -> np.ndarray:
