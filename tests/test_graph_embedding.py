@@ -220,6 +220,13 @@ def test_training_is_picked_on_held_out_training_edges(world):
     assert kept == TRAIN and n == 1 and why == {"picked": "kappa", "cycles": 1, "validation_edges": 0}
     with pytest.raises(ValueError, match="cycles"):
         embed_graph(graph, side, mode="eges", walks=WALKS, train=TRAIN, validate=False, cycles=0)
+    # a graph above the edge cap trains once as set, and says why, in the embedding's log too
+    kept, n, why = pick_training(graph, side, mode="eges", walks=WALKS, train=TRAIN, max_edges=graph.nnz - 1)
+    assert kept == TRAIN and n == 1 and why["cycles"] == 1 and str(graph.nnz) in why["skipped"]
+    capped = embed_graph(graph, side, mode="eges", walks=WALKS, train=TRAIN, validate_max_edges=graph.nnz - 1)
+    np.testing.assert_array_equal(capped.vectors, embed_graph(graph, side, mode="eges", walks=WALKS, train=TRAIN,
+                                                              validate=False).vectors)
+    assert "skipped" in capped.log["validation"]
 
 
 def test_a_second_cycle_trains_on_fresh_walks_and_adds_up(world):

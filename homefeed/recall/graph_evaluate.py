@@ -202,7 +202,7 @@ def link_prediction(graph: ItemGraph, side: SideInfo | None, *, settings: EGESSe
             runs[f"{method}_p{partition.parts}"] = partition
         for name, part in runs.items():
             emb = embed_graph(train_graph, side, mode=method, walks=s.walks, train=s.train, partition=part,
-                              vectors=s.vectors, validate=s.pick_on_validation)
+                              vectors=s.vectors, validate=s.pick_on_validation, validate_max_edges=s.pick_max_edges)
             out[name] = pair_auc(emb.vectors, pairs, labels)
             context[name] = auc(labels, emb.pair_scores(pairs, "context"))
     return {"auc": out, "auc_context": context, "pairs": int(labels.sum())}

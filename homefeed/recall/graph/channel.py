@@ -57,6 +57,7 @@ class DeepWalkSettings(Section):
     # pick the training cycles (1..3) and EGES's side start (kappa or information gain) on held-out edges of the
     # training graph (`validation.py`); False: one cycle, train.side_measure and train.side_prior as given
     pick_on_validation: bool = True
+    pick_max_edges: int = Field(1_000_000, ge=0)  # larger graphs train once as set: the pick costs 3-5 trainings
     triggers: TriggerSettings = TriggerSettings()
 
 
@@ -100,7 +101,8 @@ class DeepWalk(I2IRecaller):
         s = self.settings
         graph = build_graph(dataset.events_in("train"), dataset.n_items, settings=s.graph)
         return embed_graph(graph, self._side(dataset), mode=self.mode, walks=s.walks, train=s.train, partition=s.partition,
-                           shard=shard, vectors=s.vectors, validate=s.pick_on_validation)
+                           shard=shard, vectors=s.vectors, validate=s.pick_on_validation,
+                           validate_max_edges=s.pick_max_edges)
 
     def fit(self, dataset: Dataset) -> "DeepWalk":
         return self.fit_embedding(self.embed(dataset))

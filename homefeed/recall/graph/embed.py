@@ -211,13 +211,15 @@ def read_out(model: EGESModel, counts: np.ndarray, vectors: str, log: dict | Non
 def embed_graph(graph: ItemGraph, side: SideInfo | None, *, mode: Mode = "eges", walks: WalkSettings | None = None,
                 train: TrainSettings | None = None, partition: PartitionSettings | None = None,
                 workdir: str | Path | None = None, shard: Shard | None = None,
-                vectors: Literal["sum", "centre"] = "sum", validate: bool = True, cycles: int = 1) -> Embedding:
+                vectors: Literal["sum", "centre"] = "sum", validate: bool = True, cycles: int = 1,
+                validate_max_edges: int | None = None) -> Embedding:
     """Item vectors for every node of `graph` (warm) and, with side information, for every other item (cold).
     With `shard`, this process is one rank of data-parallel training (every rank ends with the same vectors).
     vectors: "sum" compares items by H + z (see the module docstring), "centre" by H alone (the paper's).
     validate: pick the training cycles (and EGES's side start) on held-out edges of `graph` (`validation.py`, its
-    report in `log["validation"]`); else train `cycles` cycles as the settings say. Unpartitioned training only."""
-    from homefeed.recall.graph.validation import pick_training
+    report in `log["validation"]`; not above `validate_max_edges` edges, default `validation.MAX_EDGES`); else train
+    `cycles` cycles as the settings say. Unpartitioned training only."""
+    from homefeed.recall.graph.validation import MAX_EDGES, pick_training
 
     if vectors not in ("sum", "centre"):
         raise ValueError(f"unknown vectors {vectors!r}; valid: sum, centre")
@@ -228,7 +230,8 @@ def embed_graph(graph: ItemGraph, side: SideInfo | None, *, mode: Mode = "eges",
         mode = "deepwalk"  # no informative side information (e.g. a log without item attributes): ids alone
     report = None
     if validate and partition.parts == 1:
-        train, cycles, report = pick_training(graph, side, mode=mode, walks=walks, train=train, vectors=vectors)
+        train, cycles, report = pick_training(graph, side, mode=mode, walks=walks, train=train, vectors=vectors,
+                                              max_edges=MAX_EDGES if validate_max_edges is None else validate_max_edges)
     model = new_model(graph, side, mode, train)
     with tempfile.TemporaryDirectory(dir=workdir) as tmp:
         if partition.parts > 1:
