@@ -6,6 +6,7 @@ import threading
 import pytest
 
 from homefeed.serve.state import COMMIT_LUA, UNREADABLE, USER_KEYS, Event, RedisStore, SQLiteStore, StoreError, open_store
+from homefeed.serve.state_base import HEALTH_USER
 
 
 @pytest.fixture(params=["sqlite", "redis", "redis-cluster"])
@@ -174,7 +175,9 @@ def test_concurrent_folds_of_one_user_lose_nothing(store):
 
 def test_check_is_a_round_trip(store):
     store.check()
-    store.check()
+    first = store.get_blob(HEALTH_USER, f"check-{store._probe}")["nonce"]
+    store.check()  # a second probe writes a new value over the first one, and reads it back
+    assert store.get_blob(HEALTH_USER, f"check-{store._probe}")["nonce"] not in ("", first)
 
 
 def test_redis_keeps_each_users_last_events_and_ids(redis_url):
