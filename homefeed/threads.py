@@ -1,4 +1,4 @@
-"""torch's intra-op thread count set for one block and always restored, so no stage leaks its setting.
+"""torch's intra-op (and numba's) thread count set for one block and always restored, so no stage leaks its setting.
 
 `torch.set_num_threads` changes process state: a training job that sets it and never puts it back
 slows (or oversubscribes) whatever runs next in the same process, e.g. a test or a served request.
@@ -29,3 +29,19 @@ def torch_threads(n: int | None) -> Iterator[None]:
     finally:
         if torch.get_num_threads() != before:
             torch.set_num_threads(before)
+
+
+@contextlib.contextmanager
+def numba_threads(n: int | None) -> Iterator[None]:
+    """The same for numba's parallel kernels (capped at NUMBA_NUM_THREADS); None or 0 leaves it unchanged."""
+    import numba
+
+    if n is not None and (not isinstance(n, int) or n < 0):
+        raise ValueError(f"numba_threads: n must be a non-negative int or None, got {n!r}")
+    before = numba.get_num_threads()
+    if n:
+        numba.set_num_threads(min(n, numba.config.NUMBA_NUM_THREADS))
+    try:
+        yield
+    finally:
+        numba.set_num_threads(before)

@@ -8,7 +8,8 @@ import torch
 
 from homefeed.recall.graph.eges import EGESModel, SideInfo
 from homefeed.recall.graph.sgns_kernel import scatter_add
-from homefeed.recall.graph.skipgram import numba_threads, sgd_step
+from homefeed.recall.graph.skipgram import sgd_step
+from homefeed.threads import numba_threads
 
 
 def model(mode: str) -> EGESModel:

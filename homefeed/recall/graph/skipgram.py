@@ -32,9 +32,8 @@ the centre under the current model, mined again before every epoch after the fir
 """
 from __future__ import annotations
 
-import contextlib
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Literal, Protocol
 
@@ -47,7 +46,7 @@ from pydantic import Field
 from homefeed.config import Section
 from homefeed.recall.graph.sgns_kernel import scatter_add, sgns_step
 from homefeed.recall.graph.walks import PAD, WalkCorpus, splitmix, uniform
-from homefeed.threads import torch_threads
+from homefeed.threads import numba_threads, torch_threads
 
 
 class TrainSettings(Section):
@@ -271,18 +270,6 @@ class TrainLog:
         s = max(self.seconds, 1e-9)
         return {"pairs": self.pairs, "tokens": self.tokens, "seconds": self.seconds,
                 "pairs_per_s": self.pairs / s, "words_per_s": self.tokens / s, "epoch_loss": self.epoch_loss}
-
-
-@contextlib.contextmanager
-def numba_threads(n: int) -> Iterator[None]:
-    """numba's thread count for the fused step set to n (0: as is) for the block, then restored."""
-    before = numba.get_num_threads()
-    if n:
-        numba.set_num_threads(min(n, numba.config.NUMBA_NUM_THREADS))
-    try:
-        yield
-    finally:
-        numba.set_num_threads(before)
 
 
 def train_skipgram(model: Encoder, corpus: WalkCorpus, *, settings: TrainSettings | None = None,
