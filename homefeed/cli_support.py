@@ -24,6 +24,7 @@ EngineOpt = Annotated[str, typer.Option("--engine", help="local: one process (po
                                                          "Apache Spark ([spark] settings; equal to local).")]
 SparkMasterOpt = Annotated[Optional[str], typer.Option("--spark-master", help="--engine spark: the master URL, e.g. local[4], "
                                                                                "yarn, k8s://https://host:443, spark://host:7077 (default: spark.master).")]
+DatasetArg = Annotated[Path, typer.Argument(help="A dataset folder written by `homefeed ingest`.")]
 
 
 def stdout_console() -> Console:
