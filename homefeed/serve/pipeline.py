@@ -3,8 +3,9 @@
     pipeline = Pipeline(ServingBundle.load("bundle"), open_store("sqlite:state.db"), Config())
     page = pipeline.homepage(HomepageRequest(user_id="42"))
 
-The page is always returned. Recall channels run concurrently under `serve.recall_budget_ms`; a
-channel that raises or is late is left out of this page and counted. If the ranker fails, the
+The page is always returned. Recall channels run on the pool under `serve.recall_budget_ms` (one pool thread
+runs them in turn, and a slow one hands the rest to threads of their own: `recall_runner`); a channel that
+raises or is late is left out of this page and counted. If the ranker fails, the
 candidates keep their recall order. Pages are built several at a time as exposure templates
 (`mechanism.exposure`): the next request shows the next template, and new behaviour rebuilds them.
 
@@ -36,7 +37,7 @@ import threading
 import time
 import uuid
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor, wait
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
 
 import numpy as np
@@ -53,6 +54,7 @@ from homefeed.serve.artefacts import ServingBundle
 from homefeed.serve.metrics import ServeMetrics
 from homefeed.serve.page import (INT64_MAX, INT64_MIN, PageRows, StoredTemplates, plain_page, promotion_page,
                                   read_templates, reason_for, rows_to_slots)
+from homefeed.serve.recall_runner import ChannelRun
 from homefeed.serve.schemas import EventIn, HomepageRequest, HomepageResponse, Item
 from homefeed.serve.state import UNREADABLE, Event, StateStore
 
@@ -113,20 +115,13 @@ class Pipeline:
     # --- stages -----------------------------------------------------------------------------
     def recall(self, state: UserState, degraded: list[str]) -> MergedCandidates:
         """Every channel concurrently under the time budget; late or failing channels are dropped and counted."""
-        k = self.cfg.recall.k_per_channel
-        futures = {name: self.pool.submit(ch.recall, state, k) for name, ch in self.bundle.channels.items()}
-        done, _ = wait(futures.values(), timeout=self.cfg.serve.recall_budget_ms / 1000)
-        results = {}
-        for name, fut in futures.items():
-            if fut not in done:
-                fut.cancel()
-                degraded.append(f"recall:{name}:timeout")
-                self.metrics.channel_errors.labels(name, "timeout", self.arm).inc()
-            elif fut.exception() is not None:
-                degraded.append(f"recall:{name}:error")
-                self.metrics.channel_errors.labels(name, "error", self.arm).inc()
-            else:
-                results[name] = fut.result()
+        run = ChannelRun(self.bundle.channels, state, self.cfg.recall.k_per_channel)  # one thread hop, not one per channel
+        results, late, failed = run.collect(self.pool, budget_s=self.cfg.serve.recall_budget_ms / 1000)
+        for name in self.bundle.channels:
+            kind = "timeout" if name in late else "error" if name in failed else None
+            if kind:
+                degraded.append(f"recall:{name}:{kind}")
+                self.metrics.channel_errors.labels(name, kind, self.arm).inc()
         return self.bundle.merger.merge(results, k=self.k_merge, seen=state.items)  # the learned factor on repeats
 
     def rank(self, state: UserState, cands: MergedCandidates, context: dict, degraded: list[str],
