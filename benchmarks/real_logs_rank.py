@@ -8,6 +8,10 @@ and calibration on valid), and check issue 13's Rank targets per log:
 * every deep preset: test AUC >= LR's - 0.005 and test logloss < the constant predictor's;
 * DIN and BST >= DeepFM (test AUC) where the samples carry a behaviour history.
 
+Each preset starts as `rank.train.warm_start` says ("auto" by default: cold, and again from the
+trained LR only when the cold model's valid AUC is below LR's); its row's `start` says which model was
+kept, with `cold_valid_auc`, `warm_valid_auc` and `lr_valid_auc` in the JSON.
+
     python benchmarks/real_logs_rank.py                          # every log, every preset, a table per log
     python benchmarks/real_logs_rank.py --logs toys --presets lr,deepfm,din --json
     python benchmarks/real_logs_rank.py --out /tmp/rank.json     # also write the JSON object there, log by log
@@ -105,7 +109,9 @@ def print_tables(results: dict) -> None:
     from homefeed.evaluate.report import metrics_table
 
     console = Console(width=200)
-    columns = ("auc", "gauc", "logloss", "calibration", "ece", "best_epoch", "train_s", "check")
+    from homefeed.rank.evaluate import start_text
+
+    columns = ("auc", "gauc", "logloss", "calibration", "ece", "best_epoch", "train_s", "start", "check")
     for name, result in results.items():
         if isinstance(result, str) or "error" in result:
             console.print(f"[bold]{name}[/bold]: skipped ({result if isinstance(result, str) else result['error']})")
@@ -113,7 +119,8 @@ def print_tables(results: dict) -> None:
         s = result["meta"]["samples"]
         title = (f"{name} ({result.get('users', '?')} users): rank test metrics ({result['meta']['protocol']} protocol; rows train/valid/test "
                  f"{s['train']['rows']}/{s['valid']['rows']}/{s['test']['rows']}; history len {result['meta']['fields']['max_len']})")
-        console.print(metrics_table(result["rows"], title=title, columns=columns, name_header="model"))
+        shown = {model: row | {"start": start_text(row)} for model, row in result["rows"].items()}
+        console.print(metrics_table(shown, title=title, columns=columns, name_header="model"))
         misses = [(t, v) for t, v in result["targets"].items() if not v["ok"]]
         console.print(f"  targets: {len(result['targets']) - len(misses)} of {len(result['targets'])} met")
         for target, verdict in misses:

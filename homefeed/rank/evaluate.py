@@ -18,14 +18,11 @@ than `AUC_MARGIN`; the flags are in `results.meta["warnings"]` and in each row's
     >>> print_table(rank_table(results)); results.meta["warnings"]                        # doctest: +SKIP
     []
 
-**Warm start** (`rank.train.warm_start`, off by default): a preset with a wide term starts as the
-trained LR (`warm_start`: LR's calibrated weights in its wide term, its deep head at zero) and its
-valid is also scored before the first step, so the kept check is never below LR's valid AUC; the
-deep parts learn what LR leaves. `evaluate_rank` reuses its LR baseline for it (`results.lr_model`).
-Off by default because it costs the deep gains where there are some: Taobao tail DeepFM test AUC
-.802 warm vs .820 cold (LR .791); Amazon Toys (1,000 users) DeepFM .570 vs .590 and DIN (with a
-wide term) .566 vs .605 (LR .566: the start was kept). Where nothing beats LR (Amazon Video Games,
-1,000 users) the warm DIN is LR (.528) and DeepFM .526 instead of a constant (.500).
+**Where a preset starts** (`rank.train.warm_start`, `homefeed.rank.start`): "auto" by default, cold
+(random) first and, only when the cold model's valid AUC is below LR's, trained again as the trained LR
+(`warm_start`) and the better of the two on valid kept; each row says which (`start`) with both valid
+AUCs (`cold_valid_auc`, `warm_valid_auc`, `lr_valid_auc`). `evaluate_rank` reuses its LR baseline as
+that start (`results.lr_model`).
 
 Public logs without an impression log (`homefeed ingest --format sequences|recbole|taobao`) use the
 DIN protocol automatically (see `samples`).
@@ -39,16 +36,16 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
 from pydantic import Field
 
 from homefeed.config import Section
 from homefeed.data.dataset import Dataset
 from homefeed.evaluate.metrics import ctr_metrics
 from homefeed.rank.samples import SampleSettings, Samples, build_all
+from homefeed.rank.start import FM_START_SHRINK, fit_started, preset_of, warm_start  # noqa: F401  (re-exported)
 from homefeed.rank.train import TrainSettings, predict, train
 
-COLUMNS = ("auc", "gauc", "logloss", "calibration", "ece", "valid_auc", "best_epoch", "train_s", "check")
+COLUMNS = ("auc", "gauc", "logloss", "calibration", "ece", "valid_auc", "best_epoch", "train_s", "start", "check")
 METRICS = ("auc", "gauc", "logloss", "calibration", "ece", "predicted_mean", "observed_rate")
 BASELINES = ("constant", "lr")
 AUC_MARGIN = 0.005  # a preset more than this below LR's test AUC is flagged
@@ -72,69 +69,49 @@ class RankResults(dict):
         self.lr_model = None  # the trained LR baseline, if one was trained or given
 
 
-def warm_start(model, lr_model) -> bool:
-    """Start `model` as the trained LR: LR's calibrated wide weights and bias copied in, the deep head's weights at 0.
-
-    LR's Platt scaling (a, b) is folded in (weights x a, bias a * bias + b), so the model's first
-    logit is LR's calibrated one: LR's own logits are small when it stopped early. An FM term of
-    the random embeddings would still add noise (Amazon Video Games, 1,000 users: DeepFM's start
-    had valid AUC .518 against LR's .528), so its embeddings start `FM_START_SHRINK` times smaller. The deep parts
-    then learn what LR leaves, and a step-0 valid check (`TrainSettings.check_start`) keeps LR's
-    ranking when no later check beats it. False, and nothing changed, for a model without a wide
-    term or with one of another shape.
-    """
-    wide, lr_wide = getattr(model, "wide", None), getattr(lr_model, "wide", None)
-    if wide is None or lr_wide is None or preset_of(model) == "lr":
-        return False
-    theirs, mine = lr_wide.state_dict(), wide.state_dict()
-    if set(theirs) != set(mine) or any(theirs[k].shape != mine[k].shape for k in mine):
-        return False
-    scale, shift = (float(v) for v in lr_model.calibration)
-    with torch.no_grad():
-        wide.load_state_dict({k: v * scale for k, v in theirs.items()})
-        model.bias.copy_(lr_model.bias * scale + shift)
-        if getattr(model, "head", None) is not None:
-            model.head.weight.zero_()
-        if getattr(model, "fm", None) is not None:  # FM's pairwise products of random embeddings: 100x smaller
-            model.embedding.table.weight.mul_(FM_START_SHRINK)
-    return True
-
-
-FM_START_SHRINK = 0.1  # a warm start's embeddings x this when an FM term reads them (Adam's steps do not shrink with them)
-
-
-def preset_of(model) -> str | None:
-    """'lr' for a wide-only model, else None (the deep presets all have an embedding)."""
-    return "lr" if getattr(model, "embedding", 0) is None else None
-
-
 def fit_preset(preset: str, parts: dict[str, Samples], settings: RankSettings = RankSettings(), *,
-               out: str | Path | None = None, progress: Callable[[dict], None] | None = None, lr_model=None):
-    """Seed, build and train one preset on prepared samples -> (model, TrainResult).
+               out: str | Path | None = None, progress: Callable[[dict], None] | None = None, lr_model=None,
+               say: Callable[[str], None] | None = None):
+    """Seed, build and train one preset on prepared samples -> (model, TrainResult); `fit.start` says where it started.
 
     With `out`, the folder gets everything serving needs: encoders.json/.npz (fitted on train),
-    model.json (preset, model config, feature spec, valid AUC, calibration) and best.npz/best.json (weights).
-    `progress` receives each valid check's history row (`TrainSettings.checks_per_epoch` in the first epoch, then fewer).
-    With `settings.train.warm_start`, a preset with a wide term starts from `lr_model` (LR trained here first when None).
+    model.json (preset, model config, feature spec, valid AUC, calibration, start) and best.npz/best.json (weights).
+    `progress` receives each valid check's history row (`TrainSettings.checks_per_epoch` in the first epoch, then fewer);
+    `say`, a line when the "auto" start trains a warm model and which one it kept.
+    Unless `settings.train.warm_start` is false, the start is `lr_model` (LR trained here first when None):
+    see `homefeed.rank.start.fit_started`.
     """
-    from homefeed.rank.model import build_model, model_config
-
     train_settings = settings.train if out is None else settings.train.model_copy(update={"checkpoint_dir": str(out)})
-    warm = settings.train.warm_start and preset != "lr" and model_config(preset, **settings.model).linear
-    if warm and lr_model is None:
+    if lr_model is None and preset != "lr" and settings.train.warm_start is not False:
         lr_model, _ = fit_preset("lr", parts, settings.model_copy(update={"model": {}}))
-    torch.manual_seed(settings.train.seed)
-    model = build_model(parts["train"].spec, preset, **settings.model)
-    if warm and warm_start(model, lr_model):
-        train_settings = train_settings.model_copy(update={"check_start": True})
-    fit = train(model, parts["train"], parts["valid"], train_settings, progress=progress)
+    model, fit = fit_started(preset, parts, train_settings, dict(settings.model), lr_model=lr_model,
+                             progress=progress, say=say, trainer=train)  # `train` looked up at call time: DDP swaps it
     if out is not None:
         parts["train"].encoders.save(out)
         meta = {"preset": preset, "config": model.config.model_dump(), "spec": parts["train"].spec.model_dump(),
                 "valid_auc": fit.best_valid_auc, "valid_logloss": fit.best_valid_logloss, "best_epoch": fit.best_epoch,
-                "calibration": list(fit.calibration), "protocol": parts["train"].protocol}
+                "calibration": list(fit.calibration), "protocol": parts["train"].protocol, "start": fit.start}
         (Path(out) / "model.json").write_text(json.dumps(meta, indent=1))
     return model, fit
+
+
+START_FIELDS = ("lr_valid_auc", "cold_valid_auc", "warm_valid_auc")
+
+
+def start_fields(fit) -> dict:
+    """A row's record of where its model started: `start` ("cold" | "warm") and the valid AUCs behind the choice."""
+    start = getattr(fit, "start", None) or {}
+    return {"start": start["kept"], **{k: start.get(k) for k in START_FIELDS}} if start else {}
+
+
+def start_text(row: dict) -> str | None:
+    """The table's `start` cell: "cold", "warm", or, when both were trained, the kept one and both valid AUCs."""
+    cold, warm = row.get("cold_valid_auc"), row.get("warm_valid_auc")
+    kept = row.get("start") or (("warm" if cold is None or warm > cold else "cold") if warm is not None else
+                                ("cold" if cold is not None else None))  # rows that lost their string (`homefeed train`)
+    if kept is None or warm is None or cold is None:
+        return kept
+    return f"{kept} (cold {cold:.3f}, warm {warm:.3f})"
 
 
 def score(model, samples: Samples, settings: TrainSettings = TrainSettings()) -> dict[str, float]:
@@ -155,11 +132,12 @@ def constant_row(parts: dict[str, Samples]) -> dict[str, float]:
 def _trained_row(preset: str, parts: dict[str, Samples], settings: RankSettings, say: Callable[[str], None],
                  lr_model=None) -> tuple[dict, Any]:
     say(f"train {preset}")
-    model, fit = fit_preset(preset, parts, settings, lr_model=lr_model, progress=lambda r: say(
+    model, fit = fit_preset(preset, parts, settings, lr_model=lr_model, say=say, progress=lambda r: say(
         f"train {preset}: epochs {r.get('epochs', r['epoch']):g} valid AUC {r['valid_auc']:.4f} logloss {r['valid_logloss']:.4f}"))
     return model, score(model, parts["test"], settings.train) | {
         "valid_auc": fit.best_valid_auc, "valid_logloss": fit.best_valid_logloss, "best_epoch": fit.best_epoch,
-        "calibration_scale": fit.calibration[0], "train_s": fit.train_seconds, "samples_per_s": fit.samples_per_s}
+        "calibration_scale": fit.calibration[0], "train_s": fit.train_seconds, "samples_per_s": fit.samples_per_s,
+        **(start_fields(fit) if preset != "lr" else {})}
 
 
 def baseline_rows(parts: dict[str, Samples], settings: RankSettings = RankSettings(), *,
@@ -194,7 +172,8 @@ def evaluate_rank(dataset: Dataset, presets: list[str], settings: RankSettings =
                   baselines: bool = True, lr_model=None) -> RankResults:
     """Train and test each preset on one set of samples; rows: the baselines (constant, lr), then `presets` in order.
 
-    The LR model trained here (or `lr_model`, reused when given) is `results.lr_model`: the warm start of the presets.
+    The LR model trained here (or `lr_model`, reused when given) is `results.lr_model`: the warm start of the presets
+    (`rank.train.warm_start`: trained again from it when "auto" finds a cold model below LR on valid).
     """
     from homefeed.rank.model import PRESETS
 
@@ -209,7 +188,7 @@ def evaluate_rank(dataset: Dataset, presets: list[str], settings: RankSettings =
     lr_settings = settings.model_copy(update={"model": {}})
     if baselines:
         rows["constant"] = constant_row(parts)
-    if "lr" in presets or baselines or (settings.train.warm_start and lr_model is None):
+    if "lr" in presets or baselines or (settings.train.warm_start is not False and lr_model is None):
         lr_model, rows["lr"] = _trained_row("lr", parts, lr_settings, say)  # the start of warm-started presets
     for preset in presets:
         if preset != "lr":
@@ -234,4 +213,5 @@ def rank_table(results: RankResults, *, title: str | None = None):
 
     protocol = getattr(results, "meta", {}).get("protocol")
     title = title or (f"rank: test metrics ({protocol} protocol)" if protocol else "rank: test metrics")
-    return metrics_table(results, title=title, columns=COLUMNS, name_header="model")
+    shown = {name: dict(row) | {"start": start_text(row)} for name, row in results.items()}
+    return metrics_table(shown, title=title, columns=COLUMNS, name_header="model")

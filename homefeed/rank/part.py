@@ -24,7 +24,7 @@ from pydantic import Field, field_validator, model_validator
 from homefeed.config import Section, typed
 from homefeed.data.dataset import Dataset
 from homefeed.evaluate.metrics import auc, calibration_bins, ctr_metrics, logloss
-from homefeed.rank.evaluate import RankSettings, fit_preset
+from homefeed.rank.evaluate import RankSettings, fit_preset, score, start_fields
 from homefeed.rank.export import export_torchscript, quantize_int8
 from homefeed.rank.features import FeatureSettings
 from homefeed.rank.samples import SampleSettings, build_all
@@ -87,16 +87,25 @@ class RankPart:
         self._folder: Path | None = None  # fit writes here (a temporary folder) until `save` copies it
 
     def fit(self, dataset: Dataset, settings: RankPartSettings = RankPartSettings()) -> "RankPart":
-        """Train on the training days, stop early and choose the served variant on valid, score on test."""
-        parts = build_all(dataset, settings.rank_settings().samples)
+        """Train on the training days, stop early and choose the served variant on valid, score on test.
+
+        LR is trained first on the same samples: its test metrics are `metrics["baselines"]["lr"]` and it is
+        the warm start of `rank.train.warm_start` ("auto": used only when the cold preset is below LR on valid;
+        `metrics["start"]` and the valid AUCs say which start was kept).
+        """
+        rank = settings.rank_settings()
+        parts = build_all(dataset, rank.samples)
         self._folder = Path(tempfile.mkdtemp(prefix="homefeed_rank_"))
-        model, fit = fit_preset(settings.preset, parts, settings.rank_settings(), out=self._folder)
+        lr_model = None  # the LR baseline, trained on the same samples: reported, and the start of "auto"/warm presets
+        if settings.preset != "lr":
+            lr_model, _ = fit_preset("lr", parts, rank.model_copy(update={"model": {}}))
+        model, fit = fit_preset(settings.preset, parts, rank, out=self._folder, lr_model=lr_model)
         model.eval()
         valid, test = parts["valid"], parts["test"]
         y_valid = valid.tensors["label"].numpy()
         served, chosen = "model.pt", model
         metrics: dict = {"preset": settings.preset, "protocol": test.protocol, "valid_auc": fit.best_valid_auc,
-                         "train_rows": len(parts["train"])}
+                         "train_rows": len(parts["train"]), **start_fields(fit)}
         example = parts["train"].take(torch.arange(min(64, len(parts["train"]))))
         export_torchscript(model, example, self._folder / "model.pt")
         if settings.quantize:
@@ -110,7 +119,8 @@ class RankPart:
         bins = calibration_bins(y, p)  # the reliability diagram, for the console's bundle view
         metrics["calibration_bins"] = {k: [None if v != v else float(v) for v in a] for k, a in bins.items()}
         rate = float(parts["train"].tensors["label"].numpy().mean())  # the constant predictor: train CTR
-        metrics["baselines"] = {"constant": {"auc": 0.5, "logloss": logloss(y, np.full(y.shape, rate))}}
+        metrics["baselines"] = {"constant": {"auc": 0.5, "logloss": logloss(y, np.full(y.shape, rate))},
+                                "lr": score(lr_model if lr_model is not None else model, test, rank.train)}
         metrics["served"] = served
         # exported by this code, the model takes one user's history once for all rows (checked by the export)
         (self._folder / "served.json").write_text(json.dumps({

@@ -64,7 +64,7 @@ from typing import Literal
 import numpy as np
 import torch
 import torch.nn.functional as F
-from pydantic import Field
+from pydantic import Field, field_validator
 from scipy.special import expit
 from torch import Tensor, nn
 
@@ -88,8 +88,10 @@ class TrainSettings(Section):
     monitor: Literal["auc", "logloss"] = Field("auc", description="valid metric that picks the best epoch")
     calibrate: bool = Field(True, description="fit the logit's scale and shift on valid (Platt) after training")
     patience: int = Field(3, ge=1, description="epochs trained since the best monitored valid check before stopping")
-    warm_start: bool = Field(False, description="a deep preset with a wide term starts as the trained LR and keeps that "
-                             "start when no valid check beats it (`homefeed.rank.evaluate.fit_preset`)")
+    warm_start: bool | Literal["auto"] = Field("auto", description="where a deep preset starts (`homefeed.rank.start`): "
+                                               "false = random (cold); true = as the trained LR (warm, a wide term added "
+                                               "when the preset has none); \"auto\" = cold, then warm again only when the "
+                                               "cold model's valid AUC is below LR's, keeping the better on valid")
     check_start: bool = Field(False, description="also score valid before the first step: a warm-started model "
                               "(`evaluate.fit_preset`) may already be the best one")
     checks_per_epoch: int = Field(4, ge=1, description="valid is scored this many times in the first epoch (evenly spaced "
@@ -99,6 +101,13 @@ class TrainSettings(Section):
     threads: int | None = Field(None, description="torch CPU threads; None leaves torch's default")
     eval_batch_size: int = Field(16384, ge=1)
     checkpoint_dir: str | None = Field(None, description="folder for best.npz/best.json; None = memory only")
+
+    @field_validator("warm_start", mode="before")
+    @classmethod
+    def _start(cls, value):
+        if value is True or value is False or value == "auto":
+            return value
+        raise ValueError(f"warm_start must be true, false or \"auto\"; got {value!r}")
 
 
 @dataclass
@@ -113,6 +122,7 @@ class TrainResult:
     batch_size: int = 0  # the batch size used (see TrainSettings.min_steps_per_epoch)
     calibration: tuple[float, float] = (1.0, 0.0)  # (scale, shift) of the logit fitted on valid; identity if not calibrated
     checkpoint: Path | None = None
+    start: dict = field(default_factory=dict)  # where training started (`homefeed.rank.start.fit_started`): kept, valid AUCs
 
 
 def _autocast(enabled: bool):
