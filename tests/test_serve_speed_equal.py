@@ -88,3 +88,33 @@ def test_frozen_model_gives_the_logits_of_the_file(bundle, tiny_bundle, tmp_path
                 np.testing.assert_allclose(ranker.model(inputs).numpy(), as_file(inputs).numpy(), rtol=0, atol=1e-6)
     finally:
         probe.close()
+
+
+class InlineRecall(Pipeline):
+    """The plain path: every channel run on the request thread, in order, then merged (no pool, no budget)."""
+
+    def recall(self, state, degraded):
+        k = self.cfg.recall.k_per_channel
+        results = {name: ch.recall(state, k) for name, ch in self.bundle.channels.items()}
+        return self.bundle.merger.merge(results, k=self.k_merge, seen=state.items)
+
+
+def test_recall_on_the_pool_serves_the_page_of_inline_recall(bundle, tmp_path):
+    """The served recall (`recall_runner.ChannelRun`: the channels in turn on one pool thread) merges the same lists
+    as running them inline, so every full request and the next template serve the same page."""
+    users, now = active_users(bundle, 6)
+    cfg = Config.model_validate({"serve": {"recall_budget_ms": 30_000}})  # no channel late on a busy machine
+    served, inline = Pipeline(bundle, SQLiteStore(tmp_path / "a.db"), cfg), InlineRecall(bundle, SQLiteStore(tmp_path / "b.db"), cfg)
+    try:
+        for user in users:
+            state = served.user_state(user, now)
+            a, b = served.recall(state, []), inline.recall(state, [])
+            assert np.array_equal(a.items, b.items) and np.array_equal(a.channels, b.channels)
+            for t in (now, now + 1):  # a full request, then the next template
+                pa, pb = (p.homepage(HomepageRequest(user_id=user, now=t)) for p in (served, inline))
+                assert pa.degraded == [] and pa.template_index == pb.template_index
+                assert ({s: [(i.item_id, i.score) for i in v] for s, v in pa.slots.items()}
+                        == {s: [(i.item_id, i.score) for i in v] for s, v in pb.slots.items()})
+    finally:
+        served.close()
+        inline.close()
