@@ -13,8 +13,8 @@
    request, what most requests cost); and on the same (state, candidates) the ranker's feature
    paths: the exact training code (`exact_features`, the path served before) vs the online one
    (`features`), with the model time, as medians and a ratio; each recall channel's CPU ms run alone, and
-   the CPU ms of the whole recall stage as served (a pool thread per channel) against all channels inline on the
-   request's thread (the threads' cost), interleaved. `--din` repeats it for a second bundle.
+   the CPU ms (and wall) of the whole recall stage as served (the channels in turn on one pool thread,
+   `serve/recall_runner.py`) against all channels inline on the request's thread (the hop's cost), interleaved. `--din` repeats it for a second bundle.
 2. Over HTTP: the real server (`homefeed serve --workers W`) in a subprocess on 127.0.0.1 and a load
    generator in another process (http.client, C concurrent keep-alive clients): requests/s and p50/p99 at
    C = 1, 8, 32 for W = 1, 2, in two modes. `full`: every request rebuilds (its `now` is past the
@@ -48,6 +48,8 @@ import numpy as np
 from serve_common import bundle_users, med_ms, pct
 from serve_http import over_http
 
+SERVED, INLINE = "recall stage (served: the channels on a pool thread + merge)", "recall stage (inline, no thread + merge)"
+
 
 def in_process(bundle: Path, n: int) -> dict:
     from homefeed.config import Config
@@ -76,9 +78,10 @@ def in_process(bundle: Path, n: int) -> dict:
         p.homepage(HomepageRequest(user_id=user, now=t_req + 1, template_index=page.template_index))
         template.append(time.perf_counter() - t)
     paths = {"exact": [], "online": [], "model": []}
-    stage = {"recall stage (served: a thread per channel + merge)": lambda s: p.recall(s, []),
-             "recall stage (inline, no thread + merge)": lambda s: b.merger.merge(
-                 {name: ch.recall(s, cfg.recall.k_per_channel) for name, ch in b.channels.items()}, k=p.k_merge)}
+    stage = {SERVED: lambda s: p.recall(s, []),
+             INLINE: lambda s: b.merger.merge({name: ch.recall(s, cfg.recall.k_per_channel) for name, ch in b.channels.items()},
+                                             k=p.k_merge, seen=s.items)}
+    stage_wall: dict[str, list[float]] = {k: [] for k in stage}
     channels: dict[str, list[float]] = {name: [] for name in b.channels} | {k: [] for k in stage}
     r = b.ranker
     for i in range(min(n, 40) if r is not None else 0):  # the two feature paths on the same requests
@@ -88,9 +91,10 @@ def in_process(bundle: Path, n: int) -> dict:
             ch.recall(state, cfg.recall.k_per_channel)
             channels[name].append(time.process_time() - c0)
         for name, run in stage.items():  # interleaved, so load from other processes hits each alike
-            c0 = time.process_time()
+            c0, t = time.process_time(), time.perf_counter()
             cands = run(state)
             channels[name].append(time.process_time() - c0)
+            stage_wall[name].append(time.perf_counter() - t)
         sizes.append(len(cands))
         online = lambda s, c, x: r.features(s, c, x, shared_sequence=r.shared_sequence)  # noqa: E731 as `score` sends it
         for name, f in (("exact", r.exact_features), ("online", online)):
@@ -112,6 +116,7 @@ def in_process(bundle: Path, n: int) -> dict:
         out["features_speedup"] = med_ms(paths["exact"]) / med_ms(paths["online"])
         out["rank_stage_exact_ms"] = med_ms(paths["exact"]) + med_ms(paths["model"])
         out["recall_cpu_ms"] = {k: med_ms(v) for k, v in channels.items()}
+        out["recall_stage_wall_ms"] = {k: med_ms(v) for k, v in stage_wall.items()}
     return out
 
 
@@ -298,9 +303,11 @@ def report(result: dict) -> None:
             print(f"events: {e['events_per_s']:.0f}/s, {e['acked']} acked, {e['lost']} lost, {e['errors']} errors")
     loc = result["in_process"][0]
     rc = loc.get("recall_cpu_ms", {})
-    served, inline = rc.get("recall stage (served: a thread per channel + merge)"), rc.get("recall stage (inline, no thread + merge)")
+    served, inline = rc.get(SERVED), rc.get(INLINE)
     if served and inline:
-        print(f"recall stage CPU: served (threads) {served:.2f} ms vs inline {inline:.2f} ms: the threads cost {served - inline:.2f} ms")
+        wall = loc["recall_stage_wall_ms"]
+        print(f"recall stage CPU: served (pool thread) {served:.2f} ms vs inline {inline:.2f} ms: the hop costs {served - inline:.2f} ms "
+              f"(wall {wall[SERVED]:.2f} vs {wall[INLINE]:.2f} ms)")
     f8 = result["http"].get("w2", {}).get("full_c8")
     if f8:
         print(f"HTTP full, 2 workers, 8 clients: {f8['rps']:.0f} req/s ({f8['rps'] / 300:.2f}x the 300 target), "

@@ -80,8 +80,9 @@ class Pipeline:
         self.purchase_cfg = PurchaseConfig(**m.purchase)
         self.k_merge = MergeSettings(**self.cfg.recall.merge).k
         self.metrics = metrics or ServeMetrics()
-        # a thread per channel for each request the API admits (serve.max_inflight), so one request's
-        # channels never queue behind another's (threads start lazily, as requests need them)
+        # a thread per channel for each request the API admits (serve.max_inflight): a request normally runs its
+        # channels on one (recall_runner), but when one is slow the rest get their own, and never queue behind
+        # another request's (threads start lazily, as requests need them)
         n_threads = max(len(bundle.channels), 1) * self.cfg.serve.max_inflight
         self.pool = ThreadPoolExecutor(max_workers=n_threads, thread_name_prefix="recall")
         self._holders, self._retired, self._hold_lock = 0, False, threading.Lock()
@@ -114,7 +115,7 @@ class Pipeline:
 
     # --- stages -----------------------------------------------------------------------------
     def recall(self, state: UserState, degraded: list[str]) -> MergedCandidates:
-        """Every channel concurrently under the time budget; late or failing channels are dropped and counted."""
+        """Every channel under the time budget (`recall_runner.ChannelRun`); late or failing channels are dropped and counted."""
         run = ChannelRun(self.bundle.channels, state, self.cfg.recall.k_per_channel)  # one thread hop, not one per channel
         results, late, failed = run.collect(self.pool, budget_s=self.cfg.serve.recall_budget_ms / 1000)
         for name in self.bundle.channels:
