@@ -67,6 +67,8 @@ class ModelSettings(Section):
     hidden: list[int] = Field(default_factory=lambda: [128])  # ReLU layers after [capsule; profile]
     iterations: int = Field(3, ge=1)  # routing iterations
     routing_sigma: float = Field(1.0, gt=0)  # std of the initial routing logits
+    routing_start: Literal["random", "farthest"] = "random"  # starting logits: random draws (the paper) or seeded by
+    # the behaviours, farthest point from the newest (`routing.py`: on short histories the random start decides the split)
     power: float = Field(2.0, ge=0)  # p of label-aware attention: 0 averages the interests, large picks one
     attend_negatives: bool = True  # score negatives by their own label-aware attention (False: the target's, the paper)
     residual: bool = True  # interest = capsule + MLP([capsule; profile]), S = I and the MLP's last layer 0 at start
@@ -149,7 +151,8 @@ class MIND(Recaller):
         return MINDModel(n_items=n_items, side_codes=side_codes, side_sizes=side_sizes, profile_sizes=profile_sizes,
                          dim=m.dim, interests=m.interests, max_len=m.max_len, profile_dim=m.profile_dim,
                          hidden=tuple(m.hidden), iterations=m.iterations, sigma=m.routing_sigma, power=m.power,
-                         attend_negatives=m.attend_negatives, pooled=m.pooled, residual=m.residual, seed=m.seed)
+                         attend_negatives=m.attend_negatives, pooled=m.pooled, residual=m.residual,
+                         start=m.routing_start, seed=m.seed)
 
     def fit(self, dataset: Dataset, *, progress=None, parallel: Parallel | None = None) -> "MIND":
         """Train on `dataset.events_in("train")`, stopping on HitRate of the validation days (`validate.py`);

@@ -89,11 +89,12 @@ class UserTower(nn.Module):
 
     def __init__(self, items: ItemTower, profile_sizes: list[int], *, dim: int, interests: int, max_len: int,
                  profile_dim: int = 8, hidden: tuple[int, ...] = (128,), iterations: int = 3, sigma: float = 1.0,
-                 pooled: bool = False, residual: bool = False, seed: int = 0):
+                 pooled: bool = False, residual: bool = False, start: str = "random", seed: int = 0):
         super().__init__()
         self.items, self.max_len, self.residual = items, max_len, residual
         self.profile = nn.ModuleList(_table(size, profile_dim, 0.05) for size in profile_sizes)
-        self.routing = CapsuleRouting(dim, interests, max_len, iterations=iterations, sigma=sigma, pooled=pooled, seed=seed)
+        self.routing = CapsuleRouting(dim, interests, max_len, iterations=iterations, sigma=sigma, pooled=pooled,
+                                      start=start, seed=seed)
         layers, width = [], dim + profile_dim * len(profile_sizes)
         for h in hidden:
             layers += [nn.Linear(width, h), nn.ReLU()]
@@ -177,7 +178,8 @@ class MINDModel(nn.Module):
     def __init__(self, *, n_items: int, side_codes: np.ndarray, side_sizes: list[int], profile_sizes: list[int],
                  dim: int = 64, interests: int = 4, max_len: int = 30, profile_dim: int = 8,
                  hidden: tuple[int, ...] = (128,), iterations: int = 3, sigma: float = 1.0, power: float = 2.0,
-                 attend_negatives: bool = True, pooled: bool = False, residual: bool = False, seed: int = 0):
+                 attend_negatives: bool = True, pooled: bool = False, residual: bool = False, start: str = "random",
+                 seed: int = 0):
         super().__init__()
         if power < 0:
             raise ValueError(f"label-aware attention power must be >= 0, got {power}")
@@ -185,7 +187,7 @@ class MINDModel(nn.Module):
         self.items = ItemTower(n_items, side_codes, side_sizes, dim)
         self.user = UserTower(self.items, profile_sizes, dim=dim, interests=interests, max_len=max_len,
                               profile_dim=profile_dim, hidden=tuple(hidden), iterations=iterations, sigma=sigma,
-                              pooled=pooled and interests > 1, residual=residual, seed=seed)
+                              pooled=pooled and interests > 1, residual=residual, start=start, seed=seed)
 
     def forward(self, behaviors: Tensor, profile: Tensor, targets: Tensor, target_logq: Tensor,
                 negatives: Tensor, negative_logq: Tensor, routing_logits: Tensor | None = None) -> Tensor:
