@@ -82,6 +82,7 @@ def in_process(bundle: Path, n: int) -> dict:
              INLINE: lambda s: b.merger.merge({name: ch.recall(s, cfg.recall.k_per_channel) for name, ch in b.channels.items()},
                                              k=p.k_merge, seen=s.items)}
     stage_wall: dict[str, list[float]] = {k: [] for k in stage}
+    recall_differs = 0  # requests whose served recall merged other candidates than inline recall (must be 0)
     channels: dict[str, list[float]] = {name: [] for name in b.channels} | {k: [] for k in stage}
     r = b.ranker
     for i in range(min(n, 40) if r is not None else 0):  # the two feature paths on the same requests
@@ -90,11 +91,14 @@ def in_process(bundle: Path, n: int) -> dict:
             c0 = time.process_time()
             ch.recall(state, cfg.recall.k_per_channel)
             channels[name].append(time.process_time() - c0)
+        merged = {}
         for name, run in stage.items():  # interleaved, so load from other processes hits each alike
             c0, t = time.process_time(), time.perf_counter()
-            cands = run(state)
+            merged[name] = cands = run(state)
             channels[name].append(time.process_time() - c0)
             stage_wall[name].append(time.perf_counter() - t)
+        recall_differs += not (np.array_equal(merged[SERVED].items, merged[INLINE].items)
+                               and np.array_equal(merged[SERVED].channels, merged[INLINE].channels))
         sizes.append(len(cands))
         online = lambda s, c, x: r.features(s, c, x, shared_sequence=r.shared_sequence)  # noqa: E731 as `score` sends it
         for name, f in (("exact", r.exact_features), ("online", online)):
@@ -117,6 +121,7 @@ def in_process(bundle: Path, n: int) -> dict:
         out["rank_stage_exact_ms"] = med_ms(paths["exact"]) + med_ms(paths["model"])
         out["recall_cpu_ms"] = {k: med_ms(v) for k, v in channels.items()}
         out["recall_stage_wall_ms"] = {k: med_ms(v) for k, v in stage_wall.items()}
+        out["recall_served_vs_inline_differ"] = recall_differs
     return out
 
 
@@ -307,7 +312,8 @@ def report(result: dict) -> None:
     if served and inline:
         wall = loc["recall_stage_wall_ms"]
         print(f"recall stage CPU: served (pool thread) {served:.2f} ms vs inline {inline:.2f} ms: the hop costs {served - inline:.2f} ms "
-              f"(wall {wall[SERVED]:.2f} vs {wall[INLINE]:.2f} ms)")
+              f"(wall {wall[SERVED]:.2f} vs {wall[INLINE]:.2f} ms); requests whose merged candidates differ: "
+              f"{loc['recall_served_vs_inline_differ']}")
     f8 = result["http"].get("w2", {}).get("full_c8")
     if f8:
         print(f"HTTP full, 2 workers, 8 clients: {f8['rps']:.0f} req/s ({f8['rps'] / 300:.2f}x the 300 target), "
