@@ -13,6 +13,7 @@ sample of each log's users (their events only) to bound the CPU time.
 
     python benchmarks/mind.py --real --logs taobao_tail,ml-100k,toys --sample-users 4000
     python benchmarks/mind.py --real --json
+    python benchmarks/mind.py --real --logs toys --sample-users 2000 --seed 1 --set model.routing_start=farthest --json
 
 Without --real, the speed benchmark:
 
@@ -33,6 +34,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import json
 import sys
 import tempfile
 import time
@@ -128,16 +130,19 @@ def sample_users(ds, n: int | None, seed: int = 0):
     return dataclasses.replace(ds, events=ds.events.filter(pl.col("user_id").is_in(keep.tolist())))
 
 
-def real_log(ds, interests: int, *, pooled: bool = False) -> dict:
-    """{protocol: {list: {hitrate@10, hitrate@50}}}, plus fit seconds and MIND's stopping epochs, for one dataset.
-    With `pooled`, also `mind_pooled`: MIND with the pooled interest beside the routed ones (`model.pooled`)."""
+def real_log(ds, interests: int, *, pooled: bool = False, overrides: dict | None = None, seed: int = 0) -> dict:
+    """{protocol: {list: {hitrate@10, hitrate@50, hitrate@200}}}, plus fit seconds and MIND's stopping epochs, for one
+    dataset. With `pooled`, also `mind_pooled`: MIND with the pooled interest beside the routed ones (`model.pooled`).
+    `overrides` ({"model": {...}, "train": {...}}) apply to mind and mind1 alike; `seed` seeds both models' training."""
     from real_logs import make_peer  # the peer exactly as the real-logs benchmark fits it
 
     from homefeed.data.dataset import TimeSplit
     from homefeed.recall.evaluate import evaluate_recall
     from homefeed.recall.part import fit_channels
 
-    settings = {"mind": {"model": {"interests": interests}}}
+    extra = overrides or {}
+    base = {part: {**({"seed": seed} if part in ("model", "train") else {}), **extra.get(part, {})} for part in ("model", "train", "serve")}
+    settings = {"mind": {**base, "model": {**base["model"], "interests": interests}}, "mind1": base}
     fitted, fit_s = {}, {}
     for name in ("mind", "mind1", "popular"):
         t0 = time.process_time()
@@ -145,7 +150,7 @@ def real_log(ds, interests: int, *, pooled: bool = False) -> dict:
         fit_s[name] = time.process_time() - t0
     if pooled:
         t0 = time.process_time()
-        fitted["mind_pooled"] = fit_channels(ds, ["mind"], {"mind": {"model": {"interests": interests, "pooled": True}}})["mind"]
+        fitted["mind_pooled"] = fit_channels(ds, ["mind"], {"mind": {**settings["mind"], "model": {**settings["mind"]["model"], "pooled": True}}})["mind"]
         fit_s["mind_pooled"] = time.process_time() - t0
     served = dataclasses.replace(ds, split=TimeSplit(ds.split.valid_end, ds.split.valid_end))  # train + valid
     t0 = time.process_time()
@@ -156,9 +161,25 @@ def real_log(ds, interests: int, *, pooled: bool = False) -> dict:
            "history": {n: {"picked": c.history_, "valid_hitrate": c.history_scores_} for n, c in minds.items()},
            "interest_shift": {n: {"picked": c.served_shift(), "valid_hitrate": c.shift_scores_} for n, c in minds.items()}}
     for protocol, drop in {"keep": False, "drop": True}.items():
-        r = evaluate_recall(ds, fitted, None, ks=(10, 50), exclude_seen=drop)
+        r = evaluate_recall(ds, fitted, None, ks=(10, 50, 200), exclude_seen=drop)
         out["users"] = r["setup"]["users"]
-        out[protocol] = {n: {k: row[k] for k in ("hitrate@10", "hitrate@50")} for n, row in r["channels"].items()}
+        out[protocol] = {n: {k: row[k] for k in ("hitrate@10", "hitrate@50", "hitrate@200")} for n, row in r["channels"].items()}
+    return out
+
+
+def overrides(pairs: list[str]) -> dict:
+    """{"model": {...}, "train": {...}, "serve": {...}} from --set PART.KEY=JSON pairs (a bare word is a string)."""
+    out: dict = {}
+    for pair in pairs:
+        key, eq, raw = pair.partition("=")
+        part, dot, field = key.partition(".")
+        if not eq or not dot or part not in ("model", "train", "serve") or not field:
+            raise SystemExit(f"--set {pair!r}: expected model.KEY=VALUE, train.KEY=VALUE or serve.KEY=VALUE")
+        try:
+            value = json.loads(raw)
+        except json.JSONDecodeError:
+            value = raw
+        out.setdefault(part, {})[field] = value
     return out
 
 
@@ -180,15 +201,18 @@ def real_logs_main(args) -> None:
             results[name] = f"skipped: {ds}"
             continue
         print(f"[mind] {name}: fit mind, mind1, popular, implicit_als", file=sys.stderr, flush=True)
-        results[name] = real_log(sample_users(ds, args.sample_users), args.interests, pooled=args.pooled)
+        results[name] = real_log(sample_users(ds, args.sample_users, args.seed), args.interests, pooled=args.pooled,
+                                 overrides=overrides(args.set), seed=args.seed)
     if args.json:
-        print_json({"logs": results, "setup": {"interests": args.interests, "sample_users": args.sample_users, "pooled": args.pooled}})
+        print_json({"logs": results, "setup": {"interests": args.interests, "sample_users": args.sample_users, "pooled": args.pooled,
+                                               "seed": args.seed, "set": args.set}})
         return
     for name, r in results.items():
         if isinstance(r, str):
             print(f"{name}: {r}")
             continue
-        rows = {n: {f"{p}:{m}": r[p][n][m] for p in ("keep", "drop") for m in ("hitrate@10", "hitrate@50")} for n in r["keep"]}
+        rows = {n: {f"{p}:{m}": r[p][n][m] for p in ("keep", "drop") for m in ("hitrate@10", "hitrate@50", "hitrate@200")}
+                for n in r["keep"]}
         picked = {n: h["picked"] for n, h in r["history"].items()}
         shift = {n: h["picked"] for n, h in r["interest_shift"].items()}
         print_table(metrics_table(rows, title=f"{name}: test HitRate, {r['users']} users; MIND stopped at epochs {r['best_epoch']}, "
@@ -208,6 +232,9 @@ def main() -> None:
     ap.add_argument("--logs", default=None, help="with --real: comma-separated logs of benchmarks/real_logs.py (default: all)")
     ap.add_argument("--sample-users", type=int, default=None, help="with --real: keep a seeded sample of this many users per log")
     ap.add_argument("--pooled", action="store_true", help="with --real: also MIND with the pooled interest (model.pooled)")
+    ap.add_argument("--seed", type=int, default=0, help="with --real: seed of the user sample and of both MIND fits")
+    ap.add_argument("--set", action="append", default=[], metavar="PART.KEY=VALUE",
+                    help="with --real: a MIND setting for mind and mind1 alike, e.g. train.smooth_checks=1 (repeatable)")
     ap.add_argument("--cache", type=Path, default=Path(tempfile.gettempdir()) / "homefeed_real_logs",
                     help="with --real: where ingested logs are cached (shared with real_logs.py)")
     args = ap.parse_args()
