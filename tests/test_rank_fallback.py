@@ -71,6 +71,7 @@ def test_a_cold_model_below_lr_is_trained_again_from_lr_and_the_warm_one_kept(li
     assert row["lr_valid_auc"] == pytest.approx(lr_valid)
     assert row["cold_valid_auc"] < lr_valid - 0.05  # the cold BST is far below LR here
     assert row["start"] == "warm" and row["warm_valid_auc"] > row["cold_valid_auc"]
+    assert row["cold_train_s"] > 0 and row["warm_train_s"] > 0  # both runs' times, not the kept one's alone
     assert row["warm_valid_auc"] >= lr_valid - 1e-9  # the warm start keeps at least LR's valid ranking
     assert row["auc"] >= results["lr"]["auc"] - 0.005  # and so does not fall below LR on test either
     assert start_text(row).startswith("warm (cold") and "start" in [c.header for c in rank_table(results).columns]
@@ -90,7 +91,7 @@ def test_a_cold_model_above_lr_is_kept_and_no_warm_model_trained():
     results = evaluate_rank(None, ["deepfm"], QUICK, samples=parts, progress=said.append)
     row = results["deepfm"]
     assert row["cold_valid_auc"] > row["lr_valid_auc"] + 0.2  # XOR: LR cannot rank it, DeepFM can
-    assert row["start"] == "cold" and row["warm_valid_auc"] is None
+    assert row["start"] == "cold" and row["warm_valid_auc"] is None and row["warm_train_s"] is None
     assert not any("warm start" in line for line in said)  # the fallback did not even train
     assert row["valid_auc"] == pytest.approx(row["cold_valid_auc"], abs=0.02)  # the kept check is the cold one
 

@@ -95,7 +95,7 @@ def fit_preset(preset: str, parts: dict[str, Samples], settings: RankSettings = 
     return model, fit
 
 
-START_FIELDS = ("lr_valid_auc", "cold_valid_auc", "warm_valid_auc")
+START_FIELDS = ("lr_valid_auc", "cold_valid_auc", "warm_valid_auc", "cold_train_s", "warm_train_s")
 
 
 def start_fields(fit) -> dict:

@@ -110,8 +110,9 @@ def fit_started(preset: str, parts: dict[str, Samples], settings: TrainSettings,
                 say: Callable[[str], None] | None = None, trainer: Callable = train) -> tuple[torch.nn.Module, TrainResult]:
     """Train `preset` from the start `settings.warm_start` asks for -> (model, TrainResult with `start` filled).
 
-    `start`: mode, kept ("cold" | "warm") and, in "auto", lr_valid_auc, cold_valid_auc and
-    warm_valid_auc (None when the cold model was not below LR, so no warm model was trained).
+    `start`: mode, kept ("cold" | "warm"), lr_valid_auc, cold_valid_auc and warm_valid_auc (None for a model not
+    trained: in "auto", no warm model when the cold one was not below LR) and, in "auto", cold_train_s and
+    warm_train_s (the fit's `train_seconds` is the kept model's alone).
     `lr_model` (the trained LR on the same samples) is needed unless the preset is "lr" or the mode false.
     With `settings.checkpoint_dir`, `best.npz`/`best.json` there end as the kept model's. `trainer`: `train.train`'s
     signature (`homefeed.distributed` passes its DDP one).
@@ -132,7 +133,8 @@ def fit_started(preset: str, parts: dict[str, Samples], settings: TrainSettings,
         return model, fit
     cold, cold_fit = _fit_one(preset, parts, settings, overrides, None, progress, trainer)
     start = {"mode": "auto", "kept": "cold", "lr_valid_auc": served_valid_auc(lr_model, valid, settings),
-             "cold_valid_auc": served_valid_auc(cold, valid, settings), "warm_valid_auc": None}
+             "cold_valid_auc": served_valid_auc(cold, valid, settings), "warm_valid_auc": None,
+             "cold_train_s": cold_fit.train_seconds, "warm_train_s": None}
     cold_fit.start = start
     if not start["cold_valid_auc"] < start["lr_valid_auc"]:
         return cold, cold_fit
@@ -140,7 +142,7 @@ def fit_started(preset: str, parts: dict[str, Samples], settings: TrainSettings,
         "training again from the trained LR (warm start)")
     unsaved = settings.model_copy(update={"checkpoint_dir": None})  # the cold best stays on disk until warm wins
     warm, warm_fit = _fit_one(preset, parts, unsaved, overrides, lr_model, progress, trainer)
-    start["warm_valid_auc"] = served_valid_auc(warm, valid, settings)
+    start["warm_valid_auc"], start["warm_train_s"] = served_valid_auc(warm, valid, settings), warm_fit.train_seconds
     if not start["warm_valid_auc"] > start["cold_valid_auc"]:
         say(f"{preset}: kept the cold model (warm valid AUC {start['warm_valid_auc']:.4f})")
         return cold, cold_fit
