@@ -105,7 +105,7 @@ class RankPart:
         y_valid = valid.tensors["label"].numpy()
         served, chosen = "model.pt", model
         metrics: dict = {"preset": settings.preset, "protocol": test.protocol, "valid_auc": fit.best_valid_auc,
-                         "train_rows": len(parts["train"]), **start_fields(fit)}
+                         "train_rows": len(parts["train"])}
         example = parts["train"].take(torch.arange(min(64, len(parts["train"]))))
         export_torchscript(model, example, self._folder / "model.pt")
         if settings.quantize:
@@ -122,6 +122,7 @@ class RankPart:
         metrics["baselines"] = {"constant": {"auc": 0.5, "logloss": logloss(y, np.full(y.shape, rate))},
                                 "lr": score(lr_model if lr_model is not None else model, test, rank.train)}
         metrics["served"] = served
+        metrics |= start_fields(fit)  # after the test metrics: `homefeed build` prints the first few
         # exported by this code, the model takes one user's history once for all rows (checked by the export)
         (self._folder / "served.json").write_text(json.dumps({
             "model": served, "preset": settings.preset, "inputs": list(model.input_names),
