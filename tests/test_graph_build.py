@@ -84,29 +84,3 @@ def test_subgraph_active_and_save_load(tmp_path):
     assert g.active().tolist() == [False, True, True, True, False]
     back = ItemGraph.load(g.save(tmp_path / "g.npz"))
     assert as_dict(back) == as_dict(g) and back.n_nodes == 5
-
-
-def test_order_window_links_steps_further_apart_with_decayed_weight():
-    # one session 1 -> 2 -> 3 -> 4 and a second 5 -> 1 (unit weights); a window of 2 adds the pairs two steps apart
-    ev = events([(1, 1, 1, "pv", 0), (1, 1, 2, "pv", 1), (1, 1, 3, "pv", 2), (1, 1, 4, "pv", 3),
-                 (2, 2, 5, "pv", 0), (2, 2, 1, "pv", 1)])
-    plain = as_dict(build_graph(ev, 6))
-    assert plain == {(1, 2): 1.0, (2, 3): 1.0, (3, 4): 1.0, (5, 1): 1.0}
-    wide = as_dict(build_graph(ev, 6, settings=GraphSettings(order_window=2, order_decay=0.5)))
-    assert wide == {**plain, (1, 3): 0.5, (2, 4): 0.5}  # nothing across the two sessions
-    wider = as_dict(build_graph(ev, 6, settings=GraphSettings(order_window=3, order_decay=0.25)))
-    assert wider[(1, 4)] == pytest.approx(0.25 ** 2) and wider[(1, 3)] == pytest.approx(0.25)
-
-
-def test_order_window_drops_the_self_loop_of_a_return_and_validates():
-    from homefeed.recall.graph.graph import window_pairs
-
-    src, dst, w = window_pairs(np.array([1, 1, 1]), np.array([7, 8, 7]), np.array([1.0, 2.0, 3.0]), window=2)
-    g = as_dict(ItemGraph.from_edges(src, dst, w, 9))
-    assert g == {(7, 8): 2.0, (8, 7): 3.0}  # 7 -> 7 two steps apart is a loop and goes
-    with pytest.raises(ValueError, match="window"):
-        window_pairs(src, dst, w, window=0)
-    with pytest.raises(ValueError, match="decay"):
-        window_pairs(src, dst, w, decay=0.0)
-    with pytest.raises(ValueError):
-        GraphSettings(order_window=0)

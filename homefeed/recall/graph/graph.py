@@ -15,10 +15,6 @@ Steps (all vectorised; no Python loop over events):
 2. Runs: consecutive events on the same item collapse into one step whose weight is the strongest
    behaviour's weight (`behavior_weights`; pv 1, click 1, fav 2, cart 3, buy 4 by default).
 3. Edges: each pair of consecutive steps (i, j) adds weight(j) to edge i -> j; self loops vanish in 2.
-   With `order_window` W > 1, steps up to W apart are linked too, the pair g steps apart adding
-   weight(j) * order_decay ** (g - 1) (item2vec's window on the sequence itself: on Amazon Toys, a review
-   log with one sequence per user, 69% of held-out consecutive pairs share no neighbour in the rest of
-   the graph; W = 2 lifts DeepWalk's link AUC on the consecutive pairs .759 -> .786).
    Edges whose total weight is below `min_weight` are dropped.
 
 Tiny example (unit weights): sessions [1, 2, 3] and [1, 2, 2, 4] give edges 1->2 (2), 2->3 (1), 2->4 (1).
@@ -56,8 +52,6 @@ class GraphSettings(Section):
     # has at least MIN_USER_PAIRS such pairs to tell)
     sequences: Literal["auto", "sessions", "users"] = "auto"
     min_linked_share: float = Field(0.05, ge=0, le=1)
-    order_window: int = Field(1, ge=1)  # link steps up to this many apart in a sequence (1: consecutive steps only)
-    order_decay: float = Field(0.5, gt=0, le=1)  # a pair g steps apart adds its weight times order_decay ** (g - 1)
 
     @field_validator("behavior_weights")
     @classmethod
@@ -211,21 +205,7 @@ def build_graph(events: pl.DataFrame, n_items: int, *, settings: GraphSettings |
     if steps.height and int(steps["item_id"].max()) >= n_items:
         raise ValueError(f"events hold item code {int(steps['item_id'].max())} but n_items is {n_items}; "
                          "pass n_items = the item vocabulary size (dataset.n_items)")
-    src, dst, w = window_pairs(*(steps[c].to_numpy() for c in ("session_id", "item_id", "w")),
-                               window=s.order_window, decay=s.order_decay)
-    return ItemGraph.from_edges(src, dst, w, n_items, min_weight=s.min_weight, undirected=s.undirected)
-
-
-def window_pairs(sess: np.ndarray, item: np.ndarray, w: np.ndarray, *, window: int = 1,
-                 decay: float = 0.5) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(src, dst, weight) for every pair of steps of one sequence g = 1..window apart (in order): weight
-    w[dst step] * decay ** (g - 1). Steps are grouped by `sess` (consecutive rows of one sequence)."""
-    if window < 1:
-        raise ValueError(f"window must be >= 1, got {window}")
-    if not 0 < decay <= 1:
-        raise ValueError(f"decay must lie in (0, 1], got {decay}")
-    parts: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []
-    for g in range(1, min(window, max(item.size - 1, 1)) + 1):
-        same = sess[g:] == sess[:-g]  # steps g apart within one sequence
-        parts.append((item[:-g][same], item[g:][same], w[g:][same] * decay ** (g - 1)))
-    return tuple(np.concatenate(c) for c in zip(*parts))  # type: ignore[return-value]
+    sess, item, w = (steps[c].to_numpy() for c in ("session_id", "item_id", "w"))
+    same = sess[1:] == sess[:-1]  # consecutive steps of one session
+    return ItemGraph.from_edges(item[:-1][same], item[1:][same], w[1:][same], n_items,
+                                min_weight=s.min_weight, undirected=s.undirected)
