@@ -19,7 +19,8 @@ What it measures, all in one run on the same walks (so speeds are comparable eve
   ingested and cached as `benchmarks/real_logs.py` does; a missing log is skipped), by the default
   `LinkProtocol` and, with --directed, also walking the training graph one way as the channel does. Each
   method is scored by cosine (the paper's) and by "<method>_context", skip-gram's own score H_a.z_b + H_b.z_a
-  (what the channel's default table ranks by), beside Adamic-Adar on the same training graph (no training).
+  (what the channel's default table ranks by), beside Adamic-Adar on the same training graph (no training);
+  with --breakdown also every score's AUC by the pairs' smaller endpoint degree and by shared neighbours.
 
 Progress goes to stderr; stdout gets one table per section, or one JSON object with --json.
 """
@@ -40,6 +41,7 @@ from homefeed.evaluate.report import format_value, metrics_table, to_json
 
 from homefeed.recall.ann import AnnIndex, normalize, resolve_spec
 from homefeed.recall.graph.channel import EGES, EGESSettings
+from homefeed.recall.graph.diagnostics import link_breakdown
 from homefeed.recall.graph.eges import SideInfo
 from homefeed.recall.graph.embed import PartitionSettings, embed_graph
 from homefeed.recall.graph.graph import GraphSettings, ItemGraph, build_graph, sequence_unit
@@ -280,8 +282,10 @@ def adamic_adar(graph: ItemGraph, pairs: np.ndarray) -> np.ndarray:
     return np.asarray(adj[pairs[:, 0]].multiply(weighted[pairs[:, 1]]).sum(1)).ravel()
 
 
-def real_log_aucs(names: list[str], walks: WalkSettings, train: TrainSettings, *, directed: bool, cache: Path) -> dict:
-    """Per shared real log: link-prediction AUC of each method (the log's train part, default `LinkProtocol`)."""
+def real_log_aucs(names: list[str], walks: WalkSettings, train: TrainSettings, *, directed: bool, cache: Path,
+                  breakdown: dict | None = None) -> dict:
+    """Per shared real log: link-prediction AUC of each method (the log's train part, default `LinkProtocol`).
+    With `breakdown` (a dict), also fills it with `diagnostics.link_breakdown` rows "<log>:<split>:<bin>"."""
     import importlib.util
 
     spec = importlib.util.spec_from_file_location("real_logs", Path(__file__).with_name("real_logs.py"))
@@ -310,11 +314,15 @@ def real_log_aucs(names: list[str], walks: WalkSettings, train: TrainSettings, *
             except ValueError as e:  # e.g. a forest: no edge can be held out with its ends still connected
                 note(f"{name}{label}: {e}")
                 continue
-            row = {"adamic_adar": auc(labels, adamic_adar(train_graph, pairs))}  # the neighbourhood peer
+            scores = {"adamic_adar": adamic_adar(train_graph, pairs)}  # the neighbourhood peer
             for method in METHODS:
                 emb = embed_graph(train_graph, side, mode=method, walks=walks, train=train)
-                row[method] = auc(labels, emb.pair_scores(pairs, "cosine"))
-                row[f"{method}_context"] = auc(labels, emb.pair_scores(pairs, "context"))
+                scores[method] = emb.pair_scores(pairs, "cosine")
+                scores[f"{method}_context"] = emb.pair_scores(pairs, "context")
+            row = {name_: auc(labels, score) for name_, score in scores.items()}
+            if breakdown is not None:
+                for split, cells in link_breakdown(train_graph, pairs, labels, scores).items():
+                    breakdown.update({f"{name}{label}:{split}:{b}": cell for b, cell in cells.items()})
             out[name + label] = {**row, "held_out_edges": int(labels.sum()), "nodes": int(graph.active().sum()),
                                  "edges": graph.nnz, "walked_by": sequence_unit(events, settings.graph),
                                  "side_fields": ",".join(side.names) or "-", "seconds": time.perf_counter() - t0}
@@ -330,6 +338,8 @@ def main() -> None:
     src.add_argument("--real-logs", help="comma-separated shared logs (or 'all', as in benchmarks/real_logs.py): "
                                          "link-prediction AUC per log only")
     ap.add_argument("--directed", action="store_true", help="with --real-logs: also train on the one-way graph")
+    ap.add_argument("--breakdown", action="store_true", help="with --real-logs: also each score's AUC split by the pairs' "
+                                                             "smaller endpoint degree and shared neighbours (diagnostics.py)")
     ap.add_argument("--cache", type=Path, default=Path(tempfile.gettempdir()) / "homefeed_real_logs",
                     help="ingested real logs (shared with benchmarks/real_logs.py)")
     ap.add_argument("--walks-per-node", type=int, default=5)
@@ -361,8 +371,11 @@ def main() -> None:
                           side_measure=args.side_measure,
                           side_prior=args.side_prior)
     if args.real_logs:
+        split = {} if args.breakdown else None
         result = {"link_auc": real_log_aucs(args.real_logs.split(","), walks, train, directed=args.directed,
-                                            cache=args.cache), "peak_mb": peak_mb()}
+                                            cache=args.cache, breakdown=split)}
+        result.update({"link_breakdown": split} if split is not None else {})
+        result["peak_mb"] = peak_mb()
         if args.out:
             args.out.write_text(to_json(result))
         print(to_json(result)) if args.json else print_tables(result)
