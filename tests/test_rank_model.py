@@ -4,7 +4,7 @@ import torch
 from pydantic import ValidationError
 
 from homefeed.rank.export import random_batch
-from homefeed.rank.model import PRESETS, ModelConfig, RankModel, build_model, model_config
+from homefeed.rank.model import EMBED_STD, FM_EMBED_STD, PRESETS, ModelConfig, RankModel, build_model, model_config
 from homefeed.rank.spec import DenseField, FeatureSpec, SequenceField, SparseField
 
 
@@ -25,7 +25,8 @@ BATCH = {  # 3 rows; sequences of length 1, 3, 3, right-padded with 0
     "seq_gap": torch.tensor([[1, 0, 0, 0], [4, 4, 1, 0], [5, 2, 5, 0]]),
 }
 
-# logits of torch.manual_seed(0); build_model(tiny_spec(), preset, embed_dim=4, hidden=[8, 4]) on BATCH
+# logits of torch.manual_seed(0); build_model(tiny_spec(), preset, embed_dim=4, hidden=[8, 4], embed_std=0.05) on BATCH
+# (the goldens pin the arithmetic; embed_std=0.05, the init they were recorded with, keeps them when the default moves)
 GOLDEN = {
     "lr": [0.0044933259, 0.010233496, -0.038966738],  # the wide dense weights start at 0
     "wdl": [0.033731062, 0.047037352, 0.034639239],
@@ -67,7 +68,7 @@ def test_embedding_rows_are_the_rows_the_batch_reads():
 
 def seeded(preset: str, spec: FeatureSpec | None = None, **overrides) -> RankModel:
     torch.manual_seed(0)
-    return build_model(spec or tiny_spec(), preset, **({"embed_dim": 4, "hidden": [8, 4]} | overrides)).eval()
+    return build_model(spec or tiny_spec(), preset, **({"embed_dim": 4, "hidden": [8, 4], "embed_std": 0.05} | overrides)).eval()
 
 
 def test_every_preset_has_a_golden_value():
@@ -216,3 +217,27 @@ def test_training_first_layer_by_code_under_bf16_autocast_trains():
     torch.nn.functional.binary_cross_entropy_with_logits(logits.float(), batch["label"]).backward()
     assert model.deep[0].weight.grad.dtype == torch.float32 and model.deep[0].weight.grad.abs().sum() > 0
     assert model.embedding.table.weight.grad.is_sparse
+
+def test_embed_std_default_is_small_with_the_fm_term_and_set_by_the_config():
+    torch.manual_seed(0)
+    spec = tiny_spec()
+    std = lambda preset, **kw: float(build_model(spec, preset, **kw).embedding.table.weight.std())  # noqa: E731
+    assert std("deepfm") == pytest.approx(FM_EMBED_STD, rel=0.25)  # FM reads the embeddings
+    assert std("dcn") == pytest.approx(EMBED_STD, rel=0.25)
+    assert std("bst", fm=True) == pytest.approx(FM_EMBED_STD, rel=0.25)  # the rule follows the block, not the preset name
+    assert std("deepfm", embed_std=0.2) == pytest.approx(0.2, rel=0.25)
+    with pytest.raises(ValidationError, match="embed_std"):
+        model_config("deepfm", embed_std=0.0)
+
+
+def test_small_embed_init_keeps_deepfm_pair_term_small():
+    """Why FM gets a small init: its term sums F(F-1)/2 products of random vectors, noise of ~std^2 * sqrt(P D)."""
+    spec = tiny_spec()
+    batch = random_batch(spec, 256, seed=1)
+    spread = {}
+    for std in (EMBED_STD, FM_EMBED_STD):
+        torch.manual_seed(0)
+        model = build_model(spec, "deepfm", embed_std=std).eval()
+        with torch.no_grad():
+            spread[std] = float(model.fm(model.embedding(batch["sparse"])).std())
+    assert spread[FM_EMBED_STD] < spread[EMBED_STD] / 10

@@ -26,10 +26,21 @@ from homefeed.rank.first_layer import FieldLookupLinear
 from homefeed.rank.spec import FeatureSpec
 
 
+EMBED_STD = 0.05  # field embeddings' init std (ModelConfig.embed_std None) ...
+FM_EMBED_STD = 0.01  # ... and with the FM term, whose pair sum turns a large init into logit noise
+
+
 class ModelConfig(Section):
     """The blocks a RankModel assembles and their sizes; any combination that reaches the logit is legal."""
 
     embed_dim: int = Field(16, ge=1)  # D: width of every field embedding
+    # std of the field embeddings' normal init; None: FM_EMBED_STD when the FM term reads them, else EMBED_STD.
+    # Why smaller with FM: its logit term sums P = F(F-1)/2 products of random vectors, ~std^2 sqrt(P D) of init
+    # noise (0.11 logit at 0.05, F=16, D=16) that one epoch's few lazy updates per rare code never unlearn
+    # (benchmarks/rank.py, 500k rows, 2 seeds: DeepFM test AUC .6065 at 0.05, .6133 at 0.01, deepctr-torch .6129;
+    # DeepFM without its FM term .6137). The cross network wants the larger init (DCN .6153 at 0.05, .6107 at 0.01):
+    # its cross terms are x0-scaled, so a small x0 slows them.
+    embed_std: float | None = Field(None, gt=0.0)
     linear: bool = False  # wide term: one weight per code + a linear map of the dense values
     fm: bool = False  # factorisation machine second-order term
     cross: Literal["v1", "v2"] | None = None  # cross network on the flat input, beside the deep tower
@@ -91,7 +102,7 @@ class RankModel(nn.Module):
             raise ValueError(f"sequence={c.sequence!r} needs sequence fields in the feature spec; it has none")
         self.n_dense = n_dense
         only_wide = not (c.fm or c.cross or c.deep)  # LR reads no field embeddings: no table, no lookup
-        self.embedding = FieldEmbedding(vocab, d, sparse=c.sparse_grad) if not only_wide else None
+        self.embedding = FieldEmbedding(vocab, d, sparse=c.sparse_grad, std=self._embed_std(c)) if not only_wide else None
         self.wide = Wide(vocab, n_dense, sparse=c.sparse_grad) if c.linear else None
         self.fm = FM() if c.fm else None
         self.sequence = self._sequence_block(spec, c)
@@ -149,6 +160,11 @@ class RankModel(nn.Module):
         self.register_buffer("train_small_cols", torch.tensor(cols(small), dtype=torch.int64), persistent=False)
         rest = cols(large) + list(range(len(vocab) * d, deep_in)) if small else []
         self.register_buffer("train_rest_cols", torch.tensor(rest, dtype=torch.int64), persistent=False)
+
+    @staticmethod
+    def _embed_std(c: ModelConfig) -> float:
+        """The field embeddings' init std: the config's, else by whether the FM term multiplies them (ModelConfig.embed_std)."""
+        return c.embed_std if c.embed_std is not None else FM_EMBED_STD if c.fm else EMBED_STD
 
     @staticmethod
     def _sequence_block(spec: FeatureSpec, c: ModelConfig) -> nn.Module | None:
