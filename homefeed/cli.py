@@ -144,7 +144,7 @@ def train(
                 baselines = baseline_rows(build_all(ds, rank.samples), rank, progress=progress)
     except (ValueError, KeyError, RuntimeError) as e:
         fail(str(e))
-    rows = dict(baselines) | {cfg.rank.preset: {k: v for k, v in metrics.items() if not isinstance(v, (str, dict))}}
+    rows = dict(baselines) | {cfg.rank.preset: {k: v for k, v in metrics.items() if k == "start" or not isinstance(v, (str, dict))}}
     results = RankResults(rows, {"protocol": metrics["protocol"], "warnings": check_baselines(rows)})
     stdout = stdout_console()
     stdout.print(rank_table(results, title=f"test metrics ({metrics['protocol']} protocol), served {metrics['served']}"))
