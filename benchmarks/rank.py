@@ -24,11 +24,12 @@ to score 500 candidates of one request (eager fp32, eager int8, TorchScript int8
     python benchmarks/rank.py --rows 100000 --models deepfm,bst --json
 Targets (issue 7): >= 3x the peers' training samples/s at equal AUC (within 0.002); 500 candidates < 10 ms.
 
-Measured 2026-12-05 (issue 18, DeepFM's AUC gap), 500k rows, --threads 2, load average 10-11, before/after interleaved
-under the CPU lock, 3 runs each, median: DeepFM test AUC 0.6057 -> 0.6122 against deepctr fit's 0.6129 (gap 0.0072 ->
-0.0007), samples/s ratio 2.28x -> 2.23x (ours 104.5k -> 95.8k, deepctr 45.2k -> 43.1k; same arithmetic per step, the
-spread is the load). The cause was the embeddings' init: std 0.05 made the FM term ~0.1 logit of random pair noise
-that one epoch never unlearned; DeepFM now starts its embeddings at std 0.01 (`ModelConfig.embed_std`).
+Measured 2026-12-05 (issue 18, DeepFM's AUC gap), 500k rows, --threads 2, load average 7-11, before/after interleaved
+under the CPU lock, 6 runs each, median: DeepFM test AUC 0.6057 -> 0.6122 against deepctr fit's 0.6129 (gap 0.0072 ->
+0.0007), samples/s ratio 2.29x -> 2.25x (single runs 2.20-2.43 and 2.12-2.53; ours 106.6k -> 97.5k, deepctr 45.6k ->
+43.2k, the same code, so the spread is the load). In one process, alternating 10-step rounds, a step is 25.6 vs 25.9 ms.
+The cause was the embeddings' init: std 0.05 made the FM term ~0.1 logit of random pair noise that one epoch never
+unlearned; DeepFM now starts its embeddings at std 0.01 (`ModelConfig.embed_std`).
 The last lines print ours / the peer's fit per model (samples/s ratio, AUC difference), and the JSON's "ratios".
 
 Measured 2026-12-05, 500k rows, --threads 2, load average 20-28 (other jobs), the code before and after the
