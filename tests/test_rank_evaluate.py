@@ -128,7 +128,7 @@ def test_real_sequence_log_gives_leave_one_out_samples(tmp_path):
 
 
 def test_warm_start_begins_as_the_trained_lr_and_keeps_it_when_nothing_beats_it(toy_parts):
-    from homefeed.rank.evaluate import warm_start
+    from homefeed.rank.start import warm_start
     from homefeed.rank.model import build_model
     from homefeed.rank.train import predict_logits
 

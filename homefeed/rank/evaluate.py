@@ -42,7 +42,7 @@ from homefeed.config import Section
 from homefeed.data.dataset import Dataset
 from homefeed.evaluate.metrics import ctr_metrics
 from homefeed.rank.samples import SampleSettings, Samples, build_all
-from homefeed.rank.start import FM_START_SHRINK, fit_started, preset_of, warm_start  # noqa: F401  (re-exported)
+from homefeed.rank.start import fit_started
 from homefeed.rank.train import TrainSettings, predict, train
 
 COLUMNS = ("auc", "gauc", "logloss", "calibration", "ece", "valid_auc", "best_epoch", "train_s", "start", "check")
